@@ -1,0 +1,61 @@
+#!/bin/bash
+# Run every check: what CI runs (.ci/run) and what a developer runs before committing.
+# Installs what is missing (scripts/setup.sh), then: rustfmt, clippy, release build, cargo test
+# (unit and integration tests, against the release binary), fsx and pjdfstest through a
+# 2-replica mount. Every step runs even if an earlier one failed (the peer suites are skipped
+# only if the build failed); the exit status is non-zero if any step failed.
+# Usage: scripts/test.sh        (as root: the tests mount filesystems)
+set -eu
+cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+results=()
+failed=0
+passed=0
+
+# step NAME COMMAND...: run one step with a header, record its result and time.
+step() {
+    local name=$1 start end rc=0
+    shift
+    printf '\n==================== %s ====================\n' "$name"
+    printf '$ %s\n' "$*"
+    start=$(date +%s)
+    "$@" || rc=$?
+    end=$(date +%s)
+    if [ "$rc" = 0 ]; then
+        results+=("$(printf '  PASS  %-22s %5ss' "$name" $((end - start)))")
+        passed=$((passed + 1))
+    else
+        results+=("$(printf '  FAIL  %-22s %5ss  (exit %s)' "$name" $((end - start)) "$rc")")
+        failed=$((failed + 1))
+    fi
+    return 0
+}
+
+skip() {
+    printf '\n==================== %s ====================\nskipped: %s\n' "$1" "$2"
+    results+=("$(printf '  FAIL  %-22s        (skipped: %s)' "$1" "$2")")
+    failed=$((failed + 1))
+}
+
+total_start=$(date +%s)
+step setup scripts/setup.sh
+step rustfmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+build_before=$failed
+step build scripts/build.sh
+build_ok=1
+[ "$failed" = "$build_before" ] || build_ok=0
+step "cargo test" cargo test --workspace --release
+if [ "$build_ok" = 1 ]; then
+    step fsx tests/peer/fsx.sh
+    step pjdfstest tests/peer/pjdfstest.sh
+else
+    skip fsx "the build failed"
+    skip pjdfstest "the build failed"
+fi
+
+printf '\n==================== summary (%ss) ====================\n' $(($(date +%s) - total_start))
+printf '%s\n' "${results[@]}"
+echo "test.sh: $passed passed, $failed failed"
+[ "$failed" = 0 ]

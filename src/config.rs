@@ -1,0 +1,1352 @@
+//! Command line -> validated [`Config`]. Raw arguments are parsed (ChironFS 1.1 compatible,
+//! mount.fuse3 compatible), then checked against the filesystem, so that `main` only ever sees
+//! a configuration that can be mounted.
+//!
+//! CONTRACT (owned by the core engine; keep these names and types):
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, ColorChoice, CommandFactory, Parser};
+use fuser::MountOption;
+
+/// One replica directory from the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSpec {
+    /// Canonical absolute path of the replica directory.
+    pub path: PathBuf,
+    /// `:`-prefixed: read only when no normal-priority replica can serve.
+    pub low_priority: bool,
+}
+
+/// Everything the daemon needs to mount, validated (built by [`parse_args`]).
+///
+/// If every replica was given with `:` (all low priority), all are stored with
+/// `low_priority == false`: priority is only relative, so "all low" means "all equal".
+/// `mount_options` holds only kernel flags; the caller adds `FSName(fsname)`,
+/// `DefaultPermissions` and the allow-other setting itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Replicas in command-line order (the order decides priority and error choice).
+    pub replicas: Vec<ReplicaSpec>,
+    /// Canonical mount point.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (`-f`, `-d`); otherwise daemonize.
+    pub foreground: bool,
+    /// Debug logging (`-d`).
+    pub debug: bool,
+    /// Name shown by df/mount (`-n`, `-o fsname=`); default: the replica spec as given.
+    pub fsname: String,
+    /// Extra log file (`-l/--log FILE`, `--log=FILE`, `-o log=FILE`), reopened on SIGHUP.
+    pub log_file: Option<PathBuf>,
+    /// Do not print errors to stderr (`-q`, `-o quiet`).
+    pub quiet: bool,
+    /// Per-replica deadline; a replica slower than this is taken out (`--timeout`, `-o timeout=`).
+    pub timeout: Duration,
+    /// Status file path (`--status-file`, `-o status_file=`).
+    pub status_file: PathBuf,
+    /// Control socket path (`-c/--ctl`, `-o ctl=`).
+    pub control_socket: PathBuf,
+    /// Syslog socket (`--syslog-socket`, `-o syslog_socket=`); default /dev/log.
+    pub syslog_socket: PathBuf,
+    /// FUSE request threads (`--threads`, `-o threads=`).
+    pub threads: usize,
+    /// `allow_other` was asked for.
+    pub allow_other: bool,
+    /// Kernel mount flags passed through (ro, nosuid, nodev, noexec, noatime, ...).
+    pub mount_options: Vec<fuser::MountOption>,
+}
+
+/// Default per-replica deadline (`--timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of FUSE request threads (`--threads`).
+pub const DEFAULT_THREADS: usize = 8;
+/// Largest accepted `--threads` value; more only adds contention on the replicas.
+pub const MAX_THREADS: usize = 64;
+/// Largest accepted `--timeout` in seconds (one day), so deadline arithmetic cannot overflow.
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// Default syslog socket.
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+/// Directory holding the default status file and control socket of each mount.
+pub const RUNTIME_DIR: &str = "/run/chironfs";
+
+/// What the command line asks for. Help and version text are returned, not printed, so that
+/// `main` decides where they go (stdout, exit code 0) and the parser stays testable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Mount with this validated configuration.
+    Mount(Config),
+    /// `-h`/`--help`: the full help text (no trailing newline; print it with `println!`).
+    Help(String),
+    /// `-V`/`--version`: `chironfs VERSION` (no trailing newline).
+    Version(String),
+}
+
+/// A command-line or configuration problem. Its `Display` is exactly one line, starting with
+/// `chironfs: `, fit to be printed on stderr as the only explanation of why nothing was mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+    usage: bool,
+}
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+            usage: false,
+        }
+    }
+
+    fn usage(detail: impl std::fmt::Display) -> Self {
+        ConfigError {
+            message: format!("chironfs: {detail}; try 'chironfs --help'"),
+            usage: true,
+        }
+    }
+
+    /// The one-line message (same text as `Display`), for callers that want a `&str`.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True for malformed command lines (unknown option, missing argument, bad number), as
+    /// opposed to a well-formed command line naming unusable paths; lets `main` pick an exit
+    /// code (e.g. 2 for usage errors, 1 otherwise).
+    pub fn is_usage(&self) -> bool {
+        self.usage
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ABOUT: &str =
+    "ChironFS: a replicating FUSE filesystem. Every change is applied to all replicas;
+reads are served by one replica, with fail-over to the others.";
+
+const AFTER_HELP: &str = "\
+Replicas: PATH=PATH[=PATH...] lists two or more existing directories that hold copies of the
+same tree. A ':' before a path gives that replica low read priority: it is read only when no
+normal replica can serve. If every replica has ':', all are treated as normal priority.
+
+Mount options (-o, comma-separated, also usable in fstab):
+  chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
+            timeout=SECS threads=N syslog_socket=PATH
+  kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
+            exec noexec atime noatime sync async dirsync
+  ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
+            nouser owner group auto noauto nofail _netdev subtype=... x-... comment=...
+A command-line option wins over the same setting given with -o.
+
+Defaults: timeout 5 s, 8 threads, fsname = the replica list as given, syslog socket
+/dev/log, status file /run/chironfs/NAME.status and control socket /run/chironfs/NAME.sock,
+where NAME is the mount point with '/' turned into '-' (/mnt/data -> mnt-data, / -> root).
+
+Example fstab line:
+  /srv/a=/srv/b  /mnt/data  fuse.chironfs  allow_other,log=/var/log/chironfs.log  0 0";
+
+/// Help layout: the positionals are optional for clap (so that missing ones get our own
+/// message) and hidden, and described here instead, without clap's `[...]` brackets.
+const HELP_TEMPLATE: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
+
+Arguments:
+  [:]PATH=[:]PATH[=...]   Replica directories separated by '=' (':' = low read priority)
+  MOUNTPOINT              Existing directory to mount the replicated tree on
+
+Options:
+{options}{after-help}";
+
+/// Raw clap view of the command line; positionals are optional so that missing ones get our
+/// own one-line message instead of clap's multi-line one.
+#[derive(Parser, Debug)]
+#[command(
+    name = "chironfs",
+    version = env!("CARGO_PKG_VERSION"),
+    about = ABOUT,
+    after_help = AFTER_HELP,
+    override_usage = "chironfs [OPTIONS] [:]PATH=[:]PATH[=[:]PATH...] MOUNTPOINT [OPTIONS]",
+    help_template = HELP_TEMPLATE,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true,
+    color = ColorChoice::Never,
+)]
+struct Cli {
+    /// Replica directories separated by '='
+    #[arg(value_name = "[:]PATH=[:]PATH[=...]", hide = true)]
+    spec: Option<String>,
+
+    /// Directory to mount on
+    #[arg(value_name = "MOUNTPOINT", hide = true)]
+    mountpoint: Option<PathBuf>,
+
+    /// Stay in the foreground instead of daemonizing
+    #[arg(short = 'f', long)]
+    foreground: bool,
+
+    /// Debug logging; implies --foreground
+    #[arg(short = 'd', long)]
+    debug: bool,
+
+    /// Comma-separated mount options (repeatable; see below)
+    #[arg(short = 'o', long = "fuseoptions", value_name = "OPTS", action = ArgAction::Append)]
+    options: Vec<String>,
+
+    /// Also log to FILE (appended; reopened on SIGHUP)
+    #[arg(short = 'l', long = "log", value_name = "FILE")]
+    log: Option<PathBuf>,
+
+    /// Do not print errors on stderr (logs are unaffected)
+    #[arg(short = 'q', long)]
+    quiet: bool,
+
+    /// Name shown by df and mount [default: the replica list]
+    #[arg(short = 'n', long, value_name = "NAME")]
+    fsname: Option<String>,
+
+    /// Control socket for chironctl [default: /run/chironfs/NAME.sock]
+    #[arg(short = 'c', long = "ctl", value_name = "SOCKET")]
+    ctl: Option<PathBuf>,
+
+    /// Status file [default: /run/chironfs/NAME.status]
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<PathBuf>,
+
+    /// Per-replica deadline in seconds, e.g. 2.5 [default: 5]
+    #[arg(short = 't', long, value_name = "SECS", value_parser = parse_timeout,
+          allow_negative_numbers = true)]
+    timeout: Option<Duration>,
+
+    /// FUSE request threads, 1 to 64 [default: 8]
+    #[arg(long, value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
+    threads: Option<usize>,
+
+    /// Syslog socket [default: /dev/log]
+    #[arg(long, value_name = "PATH")]
+    syslog_socket: Option<PathBuf>,
+
+    /// Print this help and exit
+    #[arg(short = 'h', long, short_alias = '?', action = ArgAction::Help)]
+    help: Option<bool>,
+
+    /// Print the version and exit
+    #[arg(short = 'V', long, action = ArgAction::Version)]
+    version: Option<bool>,
+}
+
+/// Settings found inside `-o` lists (chironfs's own keys and kernel flags).
+#[derive(Debug, Default, PartialEq)]
+struct MountOpts {
+    log: Option<PathBuf>,
+    fsname: Option<String>,
+    quiet: bool,
+    debug: bool,
+    ctl: Option<PathBuf>,
+    status_file: Option<PathBuf>,
+    timeout: Option<Duration>,
+    threads: Option<usize>,
+    syslog_socket: Option<PathBuf>,
+    allow_other: bool,
+    mount_options: Vec<MountOption>,
+}
+
+/// The command line after pure parsing: options merged, relative paths made absolute, but
+/// nothing checked against the filesystem yet.
+#[derive(Debug)]
+struct RawConfig {
+    spec: String,
+    mountpoint: PathBuf,
+    foreground: bool,
+    debug: bool,
+    fsname: Option<String>,
+    log_file: Option<PathBuf>,
+    quiet: bool,
+    timeout: Duration,
+    status_file: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    syslog_socket: PathBuf,
+    threads: usize,
+    allow_other: bool,
+    mount_options: Vec<MountOption>,
+}
+
+/// Parses a full command line (`args` includes argv\[0\]) into what to do.
+///
+/// Accepts `chironfs [options] [:]PATH=[:]PATH[=...] MOUNTPOINT [options]`, with options
+/// before or after the positionals (so `mount.fuse3`'s `chironfs SPEC MNT -o rw,...` works).
+/// On [`Action::Mount`] the configuration has been validated against the filesystem (replicas
+/// and mount point exist, are directories, are distinct and not nested; the log file is
+/// outside the mount point). A spec in which every replica has `:` is accepted and treated as
+/// all normal priority, because priority is only relative.
+pub fn parse_args<I, T>(args: I) -> Result<Action, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp => Ok(Action::Help(help_text())),
+                ErrorKind::DisplayVersion => Ok(Action::Version(version_text())),
+                _ => Err(clap_error(&e)),
+            };
+        }
+    };
+    let raw = raw_config(cli)?;
+    validate(raw).map(Action::Mount)
+}
+
+/// The `-h` text, also useful for a man page or README.
+pub fn help_text() -> String {
+    Cli::command()
+        .render_help()
+        .to_string()
+        .trim_end()
+        .to_string()
+}
+
+/// The `-V` text: `chironfs VERSION`.
+pub fn version_text() -> String {
+    format!("chironfs {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Name used for a mount's runtime files (`/run/chironfs/<name>.status`, `.sock`): the mount
+/// point's components joined with `-` (`/mnt/data` -> `mnt-data`, `/` -> `root`). Shared with
+/// chironctl so both find the same files. Expects a canonical (absolute, normalized) path.
+pub fn runtime_name(mountpoint: &Path) -> String {
+    let parts: Vec<String> = mountpoint
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        "root".to_string()
+    } else {
+        parts.join("-")
+    }
+}
+
+/// Default status file of the mount at `mountpoint` (canonical): `/run/chironfs/<name>.status`.
+pub fn default_status_file(mountpoint: &Path) -> PathBuf {
+    Path::new(RUNTIME_DIR).join(format!("{}.status", runtime_name(mountpoint)))
+}
+
+/// Default control socket of the mount at `mountpoint` (canonical): `/run/chironfs/<name>.sock`.
+pub fn default_control_socket(mountpoint: &Path) -> PathBuf {
+    Path::new(RUNTIME_DIR).join(format!("{}.sock", runtime_name(mountpoint)))
+}
+
+/// Splits a replica spec (`[:]PATH=[:]PATH[=...]`) into `(path, low_priority)` pairs, in
+/// order, without touching the filesystem. Rejects empty entries (`a==b`, leading or
+/// trailing `=`, a lone `:`) and fewer than two replicas. If every entry has `:`, all are
+/// returned as normal priority (priority is only relative, so "all low" means "all equal").
+pub fn split_spec(spec: &str) -> Result<Vec<(String, bool)>, ConfigError> {
+    if spec.is_empty() {
+        return Err(ConfigError::new(
+            "chironfs: the replica list is empty; give at least two directories separated by '='",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, entry) in spec.split('=').enumerate() {
+        let (path, low) = match entry.strip_prefix(':') {
+            Some(rest) => (rest, true),
+            None => (entry, false),
+        };
+        if path.is_empty() {
+            let what = if low {
+                "only ':' with no path after it"
+            } else {
+                "empty (check for '==' or a leading or trailing '=')"
+            };
+            return Err(ConfigError::new(format!(
+                "chironfs: replica {} of the replica list '{spec}' is {what}",
+                i + 1
+            )));
+        }
+        out.push((path.to_string(), low));
+    }
+    if out.len() < 2 {
+        return Err(ConfigError::new(format!(
+            "chironfs: at least two replicas separated by '=' are needed; got one: '{spec}'"
+        )));
+    }
+    if out.iter().all(|(_, low)| *low) {
+        for entry in &mut out {
+            entry.1 = false;
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a timeout in (possibly fractional) seconds: finite, > 0, at most one day.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err("must be a number of seconds greater than 0".to_string());
+    }
+    if secs > MAX_TIMEOUT_SECS {
+        return Err(format!("must be at most {MAX_TIMEOUT_SECS} seconds"));
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err("must be a number of seconds greater than 0".to_string()),
+    }
+}
+
+/// Parses a thread count in `1..=MAX_THREADS`.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from 1 to {MAX_THREADS}")),
+    }
+}
+
+/// Turns a clap error into one sentence plus the `--help` hint.
+fn clap_error(e: &clap::Error) -> ConfigError {
+    if e.kind() == ErrorKind::UnknownArgument
+        && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+    {
+        return if arg.starts_with('-') {
+            ConfigError::usage(format!("unknown option '{arg}'"))
+        } else {
+            ConfigError::usage(format!(
+                "unexpected extra argument '{arg}' (only the replica list and the mount point \
+                 are expected)"
+            ))
+        };
+    }
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or("invalid command line").trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    ConfigError::usage(line)
+}
+
+/// Makes a path absolute against the current directory (lexically; the daemon later chdirs
+/// to `/`, so relative paths must be fixed now).
+fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(p).map_err(|e| {
+        ConfigError::new(format!(
+            "chironfs: cannot make '{}' absolute: {}",
+            p.display(),
+            os_reason(&e)
+        ))
+    })
+}
+
+/// Reads a list of `-o` option strings, taking out chironfs's own keys and mapping kernel
+/// flags; any unknown key is an error. Later keys win over earlier ones.
+fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
+    let mut o = MountOpts::default();
+    for item in lists.iter().flat_map(|l| l.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        let need = |v: Option<&str>| -> Result<String, ConfigError> {
+            match v {
+                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                _ => Err(ConfigError::usage(format!(
+                    "mount option '{key}' needs a value ({key}=...)"
+                ))),
+            }
+        };
+        let bad = |reason: String| {
+            ConfigError::usage(format!("invalid value in mount option '{item}': {reason}"))
+        };
+        let flag = |mo: MountOption| -> Result<MountOption, ConfigError> {
+            match value {
+                None => Ok(mo),
+                Some(_) => Err(ConfigError::usage(format!(
+                    "mount option '{key}' takes no value"
+                ))),
+            }
+        };
+        match key {
+            "log" => o.log = Some(PathBuf::from(need(value)?)),
+            "fsname" => o.fsname = Some(need(value)?),
+            "ctl" => o.ctl = Some(PathBuf::from(need(value)?)),
+            "status_file" => o.status_file = Some(PathBuf::from(need(value)?)),
+            "syslog_socket" => o.syslog_socket = Some(PathBuf::from(need(value)?)),
+            "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
+            "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
+            "quiet" | "debug" | "allow_other" | "allow_root" | "default_permissions" => {
+                if value.is_some() {
+                    return Err(ConfigError::usage(format!(
+                        "mount option '{key}' takes no value"
+                    )));
+                }
+                match key {
+                    "quiet" => o.quiet = true,
+                    "debug" => o.debug = true,
+                    "allow_other" | "allow_root" => o.allow_other = true,
+                    _ => {} // default_permissions: always on anyway
+                }
+            }
+            "rw" => o.mount_options.push(flag(MountOption::RW)?),
+            "ro" => o.mount_options.push(flag(MountOption::RO)?),
+            "suid" => o.mount_options.push(flag(MountOption::Suid)?),
+            "nosuid" => o.mount_options.push(flag(MountOption::NoSuid)?),
+            "dev" => o.mount_options.push(flag(MountOption::Dev)?),
+            "nodev" => o.mount_options.push(flag(MountOption::NoDev)?),
+            "exec" => o.mount_options.push(flag(MountOption::Exec)?),
+            "noexec" => o.mount_options.push(flag(MountOption::NoExec)?),
+            "atime" => o.mount_options.push(flag(MountOption::Atime)?),
+            "noatime" => o.mount_options.push(flag(MountOption::NoAtime)?),
+            "sync" => o.mount_options.push(flag(MountOption::Sync)?),
+            "async" => o.mount_options.push(flag(MountOption::Async)?),
+            "dirsync" => o.mount_options.push(flag(MountOption::DirSync)?),
+            // Accepted and ignored: fstab/mount(8) bookkeeping, atime variants the kernel
+            // handles by itself, and the FUSE subtype that mount.fuse3 may pass.
+            "defaults" | "relatime" | "norelatime" | "strictatime" | "nostrictatime"
+            | "lazytime" | "nolazytime" | "diratime" | "nodiratime" | "nonempty" | "user"
+            | "users" | "nouser" | "owner" | "group" | "auto" | "noauto" | "nofail" | "_netdev"
+            | "subtype" | "comment" => {}
+            k if k.starts_with("x-") => {}
+            _ => {
+                return Err(ConfigError::usage(format!("unknown mount option '{item}'")));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Pure step: merges `-o` settings with the explicit options (explicit options win), applies
+/// defaults and makes relative file paths absolute. Does not look at the filesystem.
+fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
+    let (spec, mountpoint) = match (cli.spec, cli.mountpoint) {
+        (Some(s), Some(m)) => (s, m),
+        (Some(s), None) => {
+            return Err(ConfigError::usage(format!(
+                "missing the mount point after the replica list '{s}'"
+            )));
+        }
+        _ => {
+            return Err(ConfigError::usage(
+                "missing the replica list and the mount point",
+            ));
+        }
+    };
+    let o = parse_mount_opts(&cli.options)?;
+    let debug = cli.debug || o.debug;
+    let abs = |p: Option<PathBuf>| p.map(|p| absolute(&p)).transpose();
+    Ok(RawConfig {
+        spec,
+        mountpoint,
+        foreground: cli.foreground || debug,
+        debug,
+        fsname: cli.fsname.or(o.fsname),
+        log_file: abs(cli.log.or(o.log))?,
+        quiet: cli.quiet || o.quiet,
+        timeout: cli.timeout.or(o.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        status_file: abs(cli.status_file.or(o.status_file))?,
+        control_socket: abs(cli.ctl.or(o.ctl))?,
+        syslog_socket: abs(cli.syslog_socket.or(o.syslog_socket))?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
+        threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
+        allow_other: o.allow_other,
+        mount_options: o.mount_options,
+    })
+}
+
+/// The OS reason of an I/O error, without Rust's " (os error N)" suffix.
+fn os_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Checks that `p` exists and is a directory, and returns its canonical path.
+fn existing_dir(what: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+    let cannot = |e: std::io::Error| {
+        ConfigError::new(format!(
+            "chironfs: {what} '{}' cannot be used: {}",
+            p.display(),
+            os_reason(&e)
+        ))
+    };
+    let md = fs::metadata(p).map_err(cannot)?;
+    if !md.is_dir() {
+        return Err(ConfigError::new(format!(
+            "chironfs: {what} '{}' is not a directory",
+            p.display()
+        )));
+    }
+    fs::canonicalize(p).map_err(cannot)
+}
+
+/// Resolves a file path whose file may not exist yet: the parent directory is canonicalized
+/// (it must exist), and the file itself too if it already exists (following symlinks).
+fn resolve_file(what: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(ConfigError::new(format!(
+            "chironfs: {what} '{}' does not name a file",
+            p.display()
+        )));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = fs::canonicalize(parent).map_err(|e| {
+        ConfigError::new(format!(
+            "chironfs: directory of {what} '{}' cannot be used: {}",
+            p.display(),
+            os_reason(&e)
+        ))
+    })?;
+    let full = dir.join(name);
+    Ok(fs::canonicalize(&full).unwrap_or(full))
+}
+
+/// Filesystem step: checks every rule that needs the real directories (existence, type,
+/// duplicates, nesting, log file placement) and produces the final [`Config`].
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.mountpoint.as_os_str().as_bytes().starts_with(b":") {
+        return Err(ConfigError::new(
+            "chironfs: a ':' before the mount point is not supported; list that directory as \
+             a replica instead",
+        ));
+    }
+    let entries = split_spec(&raw.spec)?;
+
+    let mut replicas: Vec<(String, PathBuf, bool)> = Vec::with_capacity(entries.len());
+    for (given, low) in entries {
+        let canon = existing_dir("replica", Path::new(&given))?;
+        replicas.push((given, canon, low));
+    }
+    let mountpoint = existing_dir("mount point", &raw.mountpoint)?;
+    let mp_shown = raw.mountpoint.display();
+
+    for (i, (given_i, canon_i, _)) in replicas.iter().enumerate() {
+        for (given_j, canon_j, _) in &replicas[..i] {
+            if canon_i == canon_j {
+                return Err(ConfigError::new(if given_i == given_j {
+                    format!("chironfs: replica '{given_i}' is listed twice")
+                } else {
+                    format!(
+                        "chironfs: replicas '{given_j}' and '{given_i}' are the same directory \
+                         ('{}')",
+                        canon_i.display()
+                    )
+                }));
+            }
+            for (inner, outer, outer_given, inner_given) in [
+                (canon_i, canon_j, given_j, given_i),
+                (canon_j, canon_i, given_i, given_j),
+            ] {
+                if inner.starts_with(outer) {
+                    return Err(ConfigError::new(format!(
+                        "chironfs: replica '{inner_given}' is inside replica '{outer_given}'"
+                    )));
+                }
+            }
+        }
+        if *canon_i == mountpoint {
+            return Err(ConfigError::new(format!(
+                "chironfs: replica '{given_i}' is the mount point '{mp_shown}' itself"
+            )));
+        }
+        if canon_i.starts_with(&mountpoint) {
+            return Err(ConfigError::new(format!(
+                "chironfs: replica '{given_i}' is inside the mount point '{mp_shown}'"
+            )));
+        }
+        if mountpoint.starts_with(canon_i) {
+            return Err(ConfigError::new(format!(
+                "chironfs: the mount point '{mp_shown}' is inside replica '{given_i}'"
+            )));
+        }
+    }
+
+    let log_file = match &raw.log_file {
+        None => None,
+        Some(p) => {
+            if p.is_dir() {
+                return Err(ConfigError::new(format!(
+                    "chironfs: log file '{}' is a directory",
+                    p.display()
+                )));
+            }
+            let resolved = resolve_file("log file", p)?;
+            if resolved.starts_with(&mountpoint) {
+                return Err(ConfigError::new(format!(
+                    "chironfs: log file '{}' is inside the mount point '{mp_shown}'; it must be \
+                     outside",
+                    p.display()
+                )));
+            }
+            Some(resolved)
+        }
+    };
+
+    // The status file and socket are written by the daemon itself; inside its own mount that
+    // would deadlock. Their directory may not exist yet, so only resolve it when it does.
+    let status_file = raw
+        .status_file
+        .unwrap_or_else(|| default_status_file(&mountpoint));
+    let control_socket = raw
+        .control_socket
+        .unwrap_or_else(|| default_control_socket(&mountpoint));
+    for (what, p) in [
+        ("status file", &status_file),
+        ("control socket", &control_socket),
+    ] {
+        let resolved = resolve_file(what, p).unwrap_or_else(|_| p.clone());
+        if resolved.starts_with(&mountpoint) {
+            return Err(ConfigError::new(format!(
+                "chironfs: {what} '{}' is inside the mount point '{mp_shown}'; it must be outside",
+                p.display()
+            )));
+        }
+    }
+
+    Ok(Config {
+        replicas: replicas
+            .into_iter()
+            .map(|(_, path, low_priority)| ReplicaSpec { path, low_priority })
+            .collect(),
+        mountpoint,
+        foreground: raw.foreground,
+        debug: raw.debug,
+        fsname: raw.fsname.unwrap_or(raw.spec),
+        log_file,
+        quiet: raw.quiet,
+        timeout: raw.timeout,
+        status_file,
+        control_socket,
+        syslog_socket: raw.syslog_socket,
+        threads: raw.threads,
+        allow_other: raw.allow_other,
+        mount_options: raw.mount_options,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    /// A temp tree with replicas `a`, `b` and mount point `mnt`, plus a plain file `file`.
+    struct Tree {
+        dir: TempDir,
+    }
+
+    impl Tree {
+        fn new() -> Tree {
+            let dir = tempfile::tempdir().unwrap();
+            for d in ["a", "b", "mnt"] {
+                fs::create_dir(dir.path().join(d)).unwrap();
+            }
+            fs::write(dir.path().join("file"), b"x").unwrap();
+            Tree { dir }
+        }
+        /// Path (as given on the command line) of `rel` inside the tree.
+        fn p(&self, rel: &str) -> String {
+            self.dir.path().join(rel).to_str().unwrap().to_string()
+        }
+        /// Canonical path of `rel` inside the tree.
+        fn c(&self, rel: &str) -> PathBuf {
+            fs::canonicalize(self.dir.path().join(rel)).unwrap()
+        }
+        fn spec(&self) -> String {
+            format!("{}={}", self.p("a"), self.p("b"))
+        }
+    }
+
+    fn run(args: &[&str]) -> Result<Action, ConfigError> {
+        let mut v = vec!["chironfs"];
+        v.extend_from_slice(args);
+        parse_args(v)
+    }
+
+    fn mount(args: &[&str]) -> Config {
+        match run(args) {
+            Ok(Action::Mount(c)) => c,
+            other => panic!("expected Mount for {args:?}, got {other:?}"),
+        }
+    }
+
+    /// Runs and expects an error; checks it is a single `chironfs: ` line and returns it.
+    fn fail(args: &[&str]) -> String {
+        match run(args) {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.contains('\n'), "multi-line error: {msg:?}");
+                assert!(msg.starts_with("chironfs: "), "bad prefix: {msg:?}");
+                assert_eq!(msg, e.message());
+                msg
+            }
+            Ok(a) => panic!("expected an error for {args:?}, got {a:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let t = Tree::new();
+        let spec = t.spec();
+        let c = mount(&[&spec, &t.p("mnt")]);
+        assert_eq!(
+            c.replicas,
+            vec![
+                ReplicaSpec {
+                    path: t.c("a"),
+                    low_priority: false
+                },
+                ReplicaSpec {
+                    path: t.c("b"),
+                    low_priority: false
+                },
+            ]
+        );
+        assert_eq!(c.mountpoint, t.c("mnt"));
+        assert!(!c.foreground && !c.debug && !c.quiet && !c.allow_other);
+        assert_eq!(c.fsname, spec);
+        assert_eq!(c.log_file, None);
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.threads, 8);
+        assert_eq!(c.syslog_socket, PathBuf::from("/dev/log"));
+        let name = runtime_name(&t.c("mnt"));
+        assert_eq!(
+            c.status_file,
+            PathBuf::from(format!("/run/chironfs/{name}.status"))
+        );
+        assert_eq!(
+            c.control_socket,
+            PathBuf::from(format!("/run/chironfs/{name}.sock"))
+        );
+        assert!(c.mount_options.is_empty());
+    }
+
+    #[test]
+    fn runtime_names() {
+        assert_eq!(runtime_name(Path::new("/mnt/data")), "mnt-data");
+        assert_eq!(runtime_name(Path::new("/")), "root");
+        assert_eq!(runtime_name(Path::new("/a/b/c")), "a-b-c");
+        assert_eq!(runtime_name(Path::new("/srv")), "srv");
+        assert_eq!(
+            default_status_file(Path::new("/mnt/data")),
+            PathBuf::from("/run/chironfs/mnt-data.status")
+        );
+        assert_eq!(
+            default_control_socket(Path::new("/")),
+            PathBuf::from("/run/chironfs/root.sock")
+        );
+    }
+
+    #[test]
+    fn options_before_and_after_positionals() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let (spec, mnt) = (spec.as_str(), mnt.as_str());
+        for args in [
+            vec!["-f", "-q", spec, mnt],
+            vec![spec, mnt, "-f", "-q"],
+            vec!["-f", spec, "-q", mnt],
+            vec![spec, "--foreground", mnt, "--quiet"],
+        ] {
+            let c = mount(&args);
+            assert!(c.foreground && c.quiet, "{args:?}");
+            assert!(!c.debug);
+        }
+    }
+
+    #[test]
+    fn mount_fuse3_style() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let c = mount(&[&spec, &mnt, "-o", "rw,allow_other,nosuid,nodev"]);
+        assert!(c.allow_other);
+        assert_eq!(
+            c.mount_options,
+            vec![MountOption::RW, MountOption::NoSuid, MountOption::NoDev]
+        );
+        assert!(!c.foreground);
+    }
+
+    #[test]
+    fn debug_implies_foreground() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let (spec, mnt) = (spec.as_str(), mnt.as_str());
+        for args in [
+            vec!["-d", spec, mnt],
+            vec![spec, mnt, "--debug"],
+            vec![spec, mnt, "-o", "debug"],
+        ] {
+            let c = mount(&args);
+            assert!(c.debug && c.foreground, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn o_splitting_and_own_keys() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let log = t.p("x.log");
+        let opts = format!(
+            "log={log},fsname=myfs,quiet,ctl=/tmp/c.sock,status_file=/tmp/s.status,\
+             timeout=2.5,threads=4,syslog_socket=/tmp/sl,ro"
+        );
+        let c = mount(&[&spec, &mnt, "-o", &opts, "-o", "noexec,,allow_root"]);
+        assert_eq!(c.log_file, Some(t.c(".").join("x.log")));
+        assert_eq!(c.fsname, "myfs");
+        assert!(c.quiet);
+        assert_eq!(c.control_socket, PathBuf::from("/tmp/c.sock"));
+        assert_eq!(c.status_file, PathBuf::from("/tmp/s.status"));
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.threads, 4);
+        assert_eq!(c.syslog_socket, PathBuf::from("/tmp/sl"));
+        assert!(c.allow_other);
+        assert_eq!(c.mount_options, vec![MountOption::RO, MountOption::NoExec]);
+
+        // --fuseoptions is the long form of -o.
+        let c = mount(&[&spec, &mnt, "--fuseoptions", "allow_other,sync"]);
+        assert!(c.allow_other);
+        assert_eq!(c.mount_options, vec![MountOption::Sync]);
+    }
+
+    #[test]
+    fn all_kernel_flags() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let c = mount(&[
+            &spec,
+            &mnt,
+            "-o",
+            "rw,ro,suid,nosuid,dev,nodev,exec,noexec,atime,noatime,sync,async,dirsync",
+        ]);
+        use MountOption::*;
+        assert_eq!(
+            c.mount_options,
+            vec![
+                RW, RO, Suid, NoSuid, Dev, NoDev, Exec, NoExec, Atime, NoAtime, Sync, Async,
+                DirSync
+            ]
+        );
+    }
+
+    #[test]
+    fn ignored_o_keys() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let c = mount(&[
+            &spec,
+            &mnt,
+            "-o",
+            "defaults,default_permissions,relatime,norelatime,strictatime,lazytime,user,\
+             nofail,_netdev,auto,noauto,subtype=chironfs,nonempty,x-systemd.automount",
+        ]);
+        assert!(c.mount_options.is_empty());
+        assert!(!c.allow_other);
+    }
+
+    #[test]
+    fn log_forms_agree() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let (spec, mnt) = (spec.as_str(), mnt.as_str());
+        let log = t.p("x.log");
+        let log = log.as_str();
+        let want = Some(t.c(".").join("x.log"));
+        let (eq, glued, opt) = (
+            format!("--log={log}"),
+            format!("-l{log}"),
+            format!("log={log}"),
+        );
+        let (eq, glued, opt) = (eq.as_str(), glued.as_str(), opt.as_str());
+        for args in [
+            vec![spec, mnt, eq],
+            vec![spec, mnt, "--log", log],
+            vec!["-l", log, spec, mnt],
+            vec![spec, mnt, glued],
+            vec![spec, mnt, "-o", opt],
+        ] {
+            assert_eq!(mount(&args).log_file, want, "{args:?}");
+        }
+        // An existing log file is fine too.
+        fs::write(t.dir.path().join("x.log"), b"").unwrap();
+        assert_eq!(mount(&[spec, mnt, "--log", log]).log_file, want);
+    }
+
+    #[test]
+    fn cli_option_wins_over_o() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let c = mount(&[
+            "-o",
+            "fsname=fromo,timeout=9,threads=2",
+            &spec,
+            &mnt,
+            "-n",
+            "cli",
+        ]);
+        assert_eq!(c.fsname, "cli");
+        assert_eq!(c.timeout, Duration::from_secs(9));
+        let c = mount(&[
+            &spec,
+            &mnt,
+            "-o",
+            "timeout=9,threads=2",
+            "-t",
+            "1",
+            "--threads",
+            "3",
+        ]);
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        assert_eq!(c.threads, 3);
+        // Repeating an option: the last one wins.
+        let c = mount(&[&spec, &mnt, "-n", "one", "--fsname", "two"]);
+        assert_eq!(c.fsname, "two");
+    }
+
+    #[test]
+    fn relative_paths_made_absolute() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let cwd = std::env::current_dir().unwrap();
+        let c = mount(&[
+            &spec,
+            &mnt,
+            "--status-file",
+            "rel.status",
+            "-c",
+            "rel.sock",
+            "--syslog-socket",
+            "rel.log",
+            "-l",
+            "rel-test.log",
+        ]);
+        assert_eq!(c.status_file, cwd.join("rel.status"));
+        assert_eq!(c.control_socket, cwd.join("rel.sock"));
+        assert_eq!(c.syslog_socket, cwd.join("rel.log"));
+        assert_eq!(
+            c.log_file,
+            Some(fs::canonicalize(&cwd).unwrap().join("rel-test.log"))
+        );
+        assert!(
+            !cwd.join("rel-test.log").exists(),
+            "parsing must not create the log"
+        );
+    }
+
+    #[test]
+    fn unknown_option() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let m = fail(&[&spec, &mnt, "--bogus"]);
+        assert_eq!(
+            m,
+            "chironfs: unknown option '--bogus'; try 'chironfs --help'"
+        );
+        let m = fail(&["-x", &spec, &mnt]);
+        assert!(m.contains("'-x'"), "{m}");
+        let m = fail(&[&spec, &mnt, "extra"]);
+        assert!(m.contains("unexpected extra argument 'extra'"), "{m}");
+        let m = fail(&[&spec, &mnt, "--log"]);
+        assert!(
+            m.contains("--log") && m.ends_with("try 'chironfs --help'"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn unknown_o_key() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let m = fail(&[&spec, &mnt, "-o", "rw,foo"]);
+        assert_eq!(
+            m,
+            "chironfs: unknown mount option 'foo'; try 'chironfs --help'"
+        );
+        let m = fail(&[&spec, &mnt, "-o", "big_writes"]);
+        assert!(m.contains("unknown mount option 'big_writes'"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", "log="]);
+        assert!(m.contains("'log' needs a value"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", "quiet=yes"]);
+        assert!(m.contains("'quiet' takes no value"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", "ro=1"]);
+        assert!(m.contains("'ro' takes no value"), "{m}");
+    }
+
+    #[test]
+    fn missing_positionals() {
+        let m = fail(&[]);
+        assert!(
+            m.contains("missing the replica list and the mount point"),
+            "{m}"
+        );
+        let m = fail(&["/a=/b"]);
+        assert!(m.contains("missing the mount point"), "{m}");
+        let m = fail(&["-f"]);
+        assert!(m.contains("missing"), "{m}");
+    }
+
+    #[test]
+    fn help_and_version() {
+        for flag in ["-h", "--help", "-?"] {
+            match run(&[flag]) {
+                Ok(Action::Help(h)) => {
+                    assert!(h.contains("Usage: chironfs"), "{h}");
+                    assert!(h.contains("--timeout"), "{h}");
+                    assert!(!h.ends_with('\n'));
+                }
+                other => panic!("{flag}: {other:?}"),
+            }
+        }
+        // Help wins even with other arguments around it.
+        assert!(matches!(run(&["/a=/b", "/m", "-h"]), Ok(Action::Help(_))));
+        let want = format!("chironfs {}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(run(&["-V"]), Ok(Action::Version(want.clone())));
+        assert_eq!(run(&["--version"]), Ok(Action::Version(want)));
+        assert_eq!(help_text(), help_text().trim_end());
+    }
+
+    #[test]
+    fn split_spec_basic() {
+        assert_eq!(
+            split_spec("/a=/b").unwrap(),
+            vec![("/a".to_string(), false), ("/b".to_string(), false)]
+        );
+        assert_eq!(
+            split_spec(":/a=/b=:rel").unwrap(),
+            vec![
+                ("/a".to_string(), true),
+                ("/b".to_string(), false),
+                ("rel".to_string(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn split_spec_all_low_is_all_normal() {
+        assert_eq!(
+            split_spec(":/a=:/b").unwrap(),
+            vec![("/a".to_string(), false), ("/b".to_string(), false)]
+        );
+        let t = Tree::new();
+        let spec = format!(":{}=:{}", t.p("a"), t.p("b"));
+        let c = mount(&[&spec, &t.p("mnt")]);
+        assert!(c.replicas.iter().all(|r| !r.low_priority));
+        assert_eq!(c.fsname, spec);
+    }
+
+    #[test]
+    fn split_spec_empty_entries() {
+        let cases = [
+            ("/a==/b", 2),
+            ("/a=/b=", 3),
+            ("=/a=/b", 1),
+            ("/a=:", 2),
+            ("/a=:=/b", 2),
+        ];
+        for (spec, pos) in cases {
+            let m = split_spec(spec).unwrap_err().to_string();
+            assert!(
+                m.starts_with(&format!(
+                    "chironfs: replica {pos} of the replica list '{spec}'"
+                )),
+                "{spec}: {m}"
+            );
+            assert!(!m.contains('\n'));
+        }
+        assert!(
+            split_spec("/a=:")
+                .unwrap_err()
+                .to_string()
+                .contains("only ':'")
+        );
+        assert!(
+            split_spec("")
+                .unwrap_err()
+                .to_string()
+                .contains("replica list is empty")
+        );
+    }
+
+    #[test]
+    fn fewer_than_two_replicas() {
+        for spec in ["/a", ":/a"] {
+            let m = split_spec(spec).unwrap_err().to_string();
+            assert_eq!(
+                m,
+                format!(
+                    "chironfs: at least two replicas separated by '=' are needed; got one: '{spec}'"
+                )
+            );
+        }
+        let t = Tree::new();
+        let m = fail(&[&t.p("a"), &t.p("mnt")]);
+        assert!(m.contains("at least two replicas"), "{m}");
+    }
+
+    #[test]
+    fn duplicates() {
+        let t = Tree::new();
+        let mnt = t.p("mnt");
+        let a = t.p("a");
+        let m = fail(&[&format!("{a}={a}"), &mnt]);
+        assert_eq!(m, format!("chironfs: replica '{a}' is listed twice"));
+        let m = fail(&[&format!("{a}={}={a}/.", t.p("b")), &mnt]);
+        assert!(m.contains("are the same directory"), "{m}");
+        std::os::unix::fs::symlink(t.c("a"), t.dir.path().join("link")).unwrap();
+        let m = fail(&[&format!("{a}={}", t.p("link")), &mnt]);
+        assert!(m.contains("are the same directory"), "{m}");
+    }
+
+    #[test]
+    fn nesting() {
+        let t = Tree::new();
+        fs::create_dir(t.dir.path().join("a/sub")).unwrap();
+        fs::create_dir(t.dir.path().join("mnt/sub")).unwrap();
+        fs::create_dir(t.dir.path().join("a/m")).unwrap();
+        let (a, sub, mnt) = (t.p("a"), t.p("a/sub"), t.p("mnt"));
+        let m = fail(&[&format!("{a}={sub}"), &mnt]);
+        assert_eq!(
+            m,
+            format!("chironfs: replica '{sub}' is inside replica '{a}'")
+        );
+        let m = fail(&[&format!("{sub}={a}"), &mnt]);
+        assert_eq!(
+            m,
+            format!("chironfs: replica '{sub}' is inside replica '{a}'")
+        );
+        // Replica == mount point.
+        let m = fail(&[&format!("{}={mnt}", t.p("b")), &mnt]);
+        assert!(m.contains("is the mount point"), "{m}");
+        // Replica inside the mount point.
+        let m = fail(&[&format!("{}={}", t.p("b"), t.p("mnt/sub")), &mnt]);
+        assert!(m.contains("is inside the mount point"), "{m}");
+        // Mount point inside a replica.
+        let m = fail(&[&t.spec(), &t.p("a/m")]);
+        assert!(m.contains("the mount point") && m.contains(&format!("inside replica '{a}'")));
+        // Siblings sharing a name prefix are not nested.
+        fs::create_dir(t.dir.path().join("ab")).unwrap();
+        mount(&[&format!("{a}={}", t.p("ab")), &mnt]);
+    }
+
+    #[test]
+    fn missing_and_non_directory() {
+        let t = Tree::new();
+        let mnt = t.p("mnt");
+        let missing = t.p("nope");
+        let m = fail(&[&format!("{}={missing}", t.p("a")), &mnt]);
+        assert_eq!(
+            m,
+            format!("chironfs: replica '{missing}' cannot be used: No such file or directory")
+        );
+        let file = t.p("file");
+        let m = fail(&[&format!("{}={file}", t.p("a")), &mnt]);
+        assert_eq!(m, format!("chironfs: replica '{file}' is not a directory"));
+        let m = fail(&[&t.spec(), &missing]);
+        assert!(
+            m.contains("mount point") && m.contains("No such file or directory"),
+            "{m}"
+        );
+        let m = fail(&[&t.spec(), &file]);
+        assert_eq!(
+            m,
+            format!("chironfs: mount point '{file}' is not a directory")
+        );
+    }
+
+    #[test]
+    fn colon_mountpoint() {
+        let t = Tree::new();
+        let m = fail(&[&t.spec(), &format!(":{}", t.p("mnt"))]);
+        assert_eq!(
+            m,
+            "chironfs: a ':' before the mount point is not supported; list that directory as \
+             a replica instead"
+        );
+    }
+
+    #[test]
+    fn log_inside_mount() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let inside = t.p("mnt/x.log");
+        let m = fail(&[&spec, &mnt, "--log", &inside]);
+        assert!(
+            m.contains("log file") && m.contains("inside the mount point"),
+            "{m}"
+        );
+        // Through a `..` detour it is still caught.
+        let detour = format!("{}/../mnt/y.log", t.p("a"));
+        let m = fail(&[&spec, &mnt, "-o", &format!("log={detour}")]);
+        assert!(m.contains("inside the mount point"), "{m}");
+        // Missing directory.
+        let m = fail(&[&spec, &mnt, "--log", &t.p("nodir/x.log")]);
+        assert!(m.contains("No such file or directory"), "{m}");
+        // A directory is not a log file.
+        let m = fail(&[&spec, &mnt, "--log", &t.p("b")]);
+        assert!(m.contains("is a directory"), "{m}");
+        // Status file and control socket inside the mount are rejected too.
+        let m = fail(&[&spec, &mnt, "--status-file", &t.p("mnt/s")]);
+        assert!(m.contains("status file"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", &format!("ctl={}", t.p("mnt/c"))]);
+        assert!(m.contains("control socket"), "{m}");
+    }
+
+    #[test]
+    fn timeout_and_threads_values() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        assert_eq!(
+            mount(&[&spec, &mnt, "--timeout=2.5"]).timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            mount(&[&spec, &mnt, "-t", "0.1"]).timeout,
+            Duration::from_millis(100)
+        );
+        for bad in ["0", "-1", "abc", "nan", "inf", "", "1e9", "0.0"] {
+            let m = fail(&[&spec, &mnt, "-t", bad]);
+            assert!(
+                m.contains("invalid value") && m.contains("--timeout"),
+                "{bad}: {m}"
+            );
+            let m = fail(&[&spec, &mnt, "-o", &format!("timeout={bad}")]);
+            assert!(m.contains("timeout"), "{bad}: {m}");
+        }
+        assert_eq!(mount(&[&spec, &mnt, "--threads", "64"]).threads, 64);
+        assert_eq!(mount(&[&spec, &mnt, "-o", "threads=1"]).threads, 1);
+        for bad in ["0", "65", "-2", "x", "1.5"] {
+            let m = fail(&[&spec, &mnt, "--threads", bad]);
+            assert!(m.contains("1 to 64"), "{bad}: {m}");
+            let m = fail(&[&spec, &mnt, "-o", &format!("threads={bad}")]);
+            assert!(m.contains("threads"), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn error_trait() {
+        let e: Box<dyn std::error::Error> = Box::new(split_spec("/a").unwrap_err());
+        assert!(e.to_string().starts_with("chironfs: "));
+        assert!(!split_spec("/a").unwrap_err().is_usage());
+        assert!(run(&["--bogus"]).unwrap_err().is_usage());
+    }
+}

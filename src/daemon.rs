@@ -1,0 +1,249 @@
+//! Start-up and shutdown of the chironfs daemon: daemonize (returning only once the mount
+//! answers), open the replicas, mount, keep the status file, control socket and health checks
+//! running, and unmount cleanly on SIGTERM/SIGINT.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fuser::{MountOption, SessionACL};
+
+use crate::config::Config;
+use crate::fs::ChironFs;
+use crate::logging::{self, LogTargets};
+use crate::replica::Replica;
+use crate::set::ReplicaSet;
+use crate::snapshot::ControlHandler;
+use crate::{control, status_file, sys};
+
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1024 * 1024;
+
+/// Runs the daemon; returns the process exit code.
+pub fn run(config: Config) -> i32 {
+    sys::clear_umask();
+    sys::raise_nofile_limit();
+    if config.foreground {
+        return match serve(&config, None) {
+            Ok(()) => 0,
+            Err(e) => {
+                if !config.quiet {
+                    eprintln!("chironfs: {e}");
+                }
+                log::error!("{e}");
+                1
+            }
+        };
+    }
+    let (read_end, write_end) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("chironfs: cannot create a pipe: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: no thread has been started yet (replicas, FUSE and logging start after this),
+    // so the child is a faithful single-threaded copy.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            eprintln!("chironfs: cannot fork: {e}");
+            1
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(write_end);
+            let mut report = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut report);
+            match report.strip_prefix("OK") {
+                Some(_) => 0,
+                None => {
+                    let report = report.trim();
+                    if !config.quiet {
+                        if report.is_empty() {
+                            eprintln!("chironfs: the daemon exited before the mount answered");
+                        } else {
+                            eprintln!("chironfs: {report}");
+                        }
+                    }
+                    1
+                }
+            }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(read_end);
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+            detach_stdio();
+            let parent = Arc::new(std::sync::Mutex::new(Some(std::fs::File::from(write_end))));
+            match serve(&config, Some(Arc::clone(&parent))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("{e}");
+                    if let Some(mut p) = parent.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        let _ = p.write_all(e.as_bytes());
+                    }
+                    1
+                }
+            }
+        }
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+        }
+    }
+}
+
+fn fuse_config(config: &Config) -> fuser::Config {
+    let mut fc = fuser::Config::default();
+    fc.mount_options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("chironfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    fc.mount_options
+        .extend(config.mount_options.iter().cloned());
+    fc.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fc.n_threads = Some(config.threads);
+    fc.clone_fd = true;
+    fc
+}
+
+/// The pipe to the waiting parent (daemon mode); taken when the outcome is reported.
+type ParentPipe = Arc<std::sync::Mutex<Option<std::fs::File>>>;
+
+/// Mounts and serves until a signal or an external unmount; `parent` hears "OK" once the mount
+/// answers (daemon mode), or the error.
+fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
+    let explicit_syslog = config.syslog_socket != std::path::Path::new("/dev/log");
+    logging::init(&LogTargets {
+        stderr: config.foreground,
+        quiet: config.quiet,
+        syslog: (!config.foreground || explicit_syslog).then(|| config.syslog_socket.clone()),
+        file: config.log_file.clone(),
+        debug: config.debug,
+    })?;
+    let mut replicas = Vec::new();
+    for (index, spec) in config.replicas.iter().enumerate() {
+        let r = Replica::open(
+            index,
+            spec.path.clone(),
+            spec.low_priority,
+            config.threads + 2,
+        )
+        .map_err(|e| format!("cannot open replica {}: {e}", spec.path.display()))?;
+        replicas.push(r);
+    }
+    let mountpoint = config.mountpoint.display().to_string();
+    let set = Arc::new(ReplicaSet::new(
+        replicas,
+        config.timeout,
+        mountpoint.clone(),
+    ));
+    let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE);
+    let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config(config))
+        .map_err(|e| format!("cannot mount {mountpoint}: {e}"))?;
+    let mut unmounter = session.unmount_callable();
+    let ended = Arc::new(AtomicBool::new(false));
+    let session_thread = {
+        let ended = Arc::clone(&ended);
+        std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || {
+                let r = session.run();
+                ended.store(true, Ordering::SeqCst);
+                r
+            })
+            .map_err(|e| format!("cannot start the FUSE threads: {e}"))?
+    };
+    std::fs::metadata(&config.mountpoint)
+        .map_err(|e| format!("the mount at {mountpoint} does not answer: {e}"))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler: Arc<dyn ControlHandler> = set.clone();
+    let status_writer = status_file::spawn_writer(
+        config.status_file.clone(),
+        Arc::clone(&handler),
+        Duration::from_secs(1),
+        Arc::clone(&stop),
+    );
+    let control = control::spawn_server(&config.control_socket, handler, Arc::clone(&stop))
+        .map_err(|e| {
+            let _ = unmounter.unmount();
+            format!(
+                "cannot serve the control socket {}: {e}",
+                config.control_socket.display()
+            )
+        })?;
+    {
+        let set = Arc::clone(&set);
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    set.check_health();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .map_err(|e| format!("cannot start the health thread: {e}"))?;
+    }
+
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&term))
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    log::info!(
+        "mounted {} on {mountpoint} ({} replicas, timeout {:.1} s, status {}, control {})",
+        config.fsname,
+        config.replicas.len(),
+        config.timeout.as_secs_f64(),
+        config.status_file.display(),
+        config.control_socket.display()
+    );
+    // Report success and close the pipe so the parent returns now.
+    if let Some(mut p) = parent.and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take()) {
+        let _ = p.write_all(b"OK");
+    }
+
+    while !ended.load(Ordering::SeqCst) {
+        if term.swap(false, Ordering::SeqCst) {
+            log::info!("signal received: unmounting {mountpoint}");
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount of {mountpoint} failed ({e}); detaching it lazily");
+                let _ = nix::mount::umount2(&config.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if hup.swap(false, Ordering::SeqCst) {
+            logging::reopen();
+            log::info!("log file reopened");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    control.shutdown();
+    let _ = status_writer.join();
+    let result = session_thread.join();
+    log::info!("unmounted {mountpoint}");
+    match result {
+        Ok(Ok(())) | Ok(Err(_)) => Ok(()),
+        Err(_) => Err("the FUSE session panicked".into()),
+    }
+}

@@ -1,0 +1,1067 @@
+//! The FUSE glue: turns each kernel request into replica jobs run through the [`ReplicaSet`]
+//! (fan-out for mutations, fail-over for reads) and keeps the node and handle tables.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::arbitrate::Outcome;
+use crate::nodes::{NodeTable, ROOT};
+use crate::replica::Replica;
+use crate::set::{ReplicaJob, ReplicaSet};
+use crate::sys::{self, Credentials, TimeSpec, XattrOp, XattrReply};
+
+/// How long the kernel may cache attributes and names.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Flags never passed to a replica's open: appends are placed by the kernel's offset on every
+/// replica, O_DIRECT is not promised to the kernel, creation is decided by the op itself.
+const STRIPPED_OPEN_FLAGS: i32 =
+    libc::O_APPEND | libc::O_DIRECT | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
+
+/// One open file: a descriptor per replica (opened lazily for reads) and the replica serving
+/// its reads first.
+#[derive(Debug)]
+struct OpenFile {
+    path: PathBuf,
+    flags: i32,
+    fds: Vec<Mutex<Option<Arc<OwnedFd>>>>,
+    read_order: Vec<usize>,
+}
+
+impl OpenFile {
+    fn new(path: PathBuf, flags: i32, replicas: usize, read_order: Vec<usize>) -> Self {
+        OpenFile {
+            path,
+            flags,
+            fds: (0..replicas).map(|_| Mutex::new(None)).collect(),
+            read_order,
+        }
+    }
+
+    fn store(&self, index: usize, fd: OwnedFd) {
+        *self.fds[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(fd));
+    }
+
+    /// This replica's descriptor, opened now if the handle has none yet (a read fail-over).
+    fn fd(&self, replica: &Replica) -> io::Result<Arc<OwnedFd>> {
+        let mut slot = self.fds[replica.index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = slot.as_ref() {
+            return Ok(Arc::clone(fd));
+        }
+        let fd = Arc::new(open_file(replica, &self.path, self.flags)?);
+        *slot = Some(Arc::clone(&fd));
+        Ok(fd)
+    }
+}
+
+/// The chironfs filesystem.
+#[derive(Debug)]
+pub struct ChironFs {
+    set: Arc<ReplicaSet>,
+    nodes: NodeTable,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<sys::DirEntry>>>>,
+    next_fh: AtomicU64,
+    open_ticket: AtomicUsize,
+    max_write: u32,
+}
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    if p.as_os_str().is_empty() {
+        Ok(c".".to_owned())
+    } else {
+        sys::cstr(p.as_os_str())
+    }
+}
+
+/// Calls `f(dirfd, name)` for `rel` on a replica: the parent is opened beneath the root with
+/// no symlink allowed on the way; the root itself is (root, ".").
+fn at<T>(
+    r: &Replica,
+    rel: &Path,
+    f: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<T>,
+) -> io::Result<T> {
+    match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            let dir = sys::open_dir_path(r.root(), &cstr(parent)?)?;
+            f(dir.as_fd(), &sys::cstr(name)?)
+        }
+        (_, Some(name)) => f(r.root(), &sys::cstr(name)?),
+        _ => f(r.root(), c"."),
+    }
+}
+
+fn open_file(r: &Replica, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_NOFOLLOW;
+    sys::open_beneath(r.root(), &cstr(rel)?, flags, 0, false)
+}
+
+fn lstat(r: &Replica, rel: &Path) -> io::Result<libc::stat> {
+    at(r, rel, sys::lstat_at)
+}
+
+fn to_time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn kind_of_dirent(d_type: u8) -> FileType {
+    match d_type {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn attr(ino: u64, st: &libc::stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: to_time(st.st_atime, st.st_atime_nsec),
+        mtime: to_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: to_time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: kind_of(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
+    match t {
+        None => TimeSpec::Omit,
+        Some(TimeOrNow::Now) => TimeSpec::Now,
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::At {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if nsec < 0 {
+                    sec -= 1;
+                    nsec += 1_000_000_000;
+                }
+                TimeSpec::At { sec, nsec }
+            }
+        },
+    }
+}
+
+fn caller(req: &Request) -> Credentials {
+    Credentials::of_caller(req.uid(), req.gid(), req.pid())
+}
+
+/// A job's result paired with the replica that produced it (to remember hard links).
+type Stat = (usize, libc::stat);
+
+impl ChironFs {
+    /// A filesystem over `set`; `max_write` is the largest write the kernel may send.
+    pub fn new(set: Arc<ReplicaSet>, max_write: u32) -> Self {
+        ChironFs {
+            set,
+            nodes: NodeTable::new(),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            open_ticket: AtomicUsize::new(0),
+            max_write,
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        self.nodes.path(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        if name.as_bytes().contains(&b'/') {
+            return Err(Errno::EINVAL);
+        }
+        self.nodes.child_path(parent.0, name).ok_or(Errno::ENOENT)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn mutate<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        creds: &Credentials,
+        job: impl Fn(&Replica) -> io::Result<T> + Send + Sync + 'static,
+    ) -> Result<T, Errno> {
+        let job: ReplicaJob<T> = Arc::new(job);
+        self.set
+            .mutate(op, path, creds, job)
+            .map_err(Errno::from_i32)
+    }
+
+    /// A read-type job on the metadata replica, failing over to the next ones.
+    fn read_meta<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        job: impl Fn(&Replica) -> io::Result<T> + Send + Sync + 'static,
+    ) -> Result<(usize, T), Errno> {
+        let order = self.set.priority_order();
+        let job: ReplicaJob<T> = Arc::new(job);
+        self.set
+            .read(op, path, &order, &Credentials::root(), job)
+            .map_err(Errno::from_i32)
+    }
+
+    /// Registers a new or found entry and answers the kernel with it.
+    fn entry(&self, parent: INodeNo, name: &OsStr, (index, st): Stat, reply: ReplyEntry) {
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let id = self
+            .nodes
+            .remember(parent.0, name, index, st.st_dev, st.st_ino, is_dir);
+        reply.entry(&TTL, &attr(id, &st), Generation(0));
+    }
+
+    /// Creates `name` in `parent` on every replica as the caller, then answers with its entry.
+    fn make(
+        &self,
+        req: &Request,
+        op: &str,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        make: impl Fn(BorrowedFd<'_>, &CStr) -> io::Result<()> + Send + Sync + 'static,
+    ) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        let result = self.mutate(op, &path, &caller(req), move |r| {
+            at(r, &rel, |dir, name| {
+                make(dir, name)?;
+                Ok((r.index, sys::lstat_at(dir, name)?))
+            })
+        });
+        match result {
+            Ok(stat) => self.entry(parent, name, stat, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, file);
+        FileHandle(fh)
+    }
+
+    /// Fans a data mutation out over the replicas holding this handle, in file order.
+    fn mutate_handle<T: Send + 'static>(
+        &self,
+        op: &str,
+        ino: INodeNo,
+        fh: FileHandle,
+        job: impl Fn(&Replica, BorrowedFd<'_>) -> io::Result<T> + Send + Sync + 'static,
+    ) -> Result<T, Errno> {
+        let file = self.file(fh)?;
+        let order = self.nodes.order_lock(ino.0);
+        let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
+        let path = file.path.clone();
+        self.mutate(op, &path, &Credentials::root(), move |r| {
+            let fd = file.fd(r)?;
+            job(r, fd.as_fd())
+        })
+    }
+}
+
+impl Filesystem for ChironFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(self.max_write);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        match self.read_meta("lookup", &path, move |r| lstat(r, &rel)) {
+            Ok((index, st)) => self.entry(parent, name, (index, st), reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.nodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(file) = fh.and_then(|fh| self.file(fh).ok()) {
+            let order: Vec<usize> = file.read_order.clone();
+            let path = file.path.clone();
+            let job: ReplicaJob<libc::stat> =
+                Arc::new(move |r: &Replica| sys::fstat(file.fd(r)?.as_fd()));
+            return match self
+                .set
+                .read("getattr", &path, &order, &Credentials::root(), job)
+            {
+                Ok((_, st)) => reply.attr(&TTL, &attr(ino.0, &st)),
+                Err(e) => reply.error(Errno::from_i32(e)),
+            };
+        }
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        match self.read_meta("getattr", &path, move |r| lstat(r, &rel)) {
+            Ok((_, st)) => reply.attr(&TTL, &attr(ino.0, &st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let file = fh.and_then(|fh| self.file(fh).ok());
+        let order = self.nodes.order_lock(ino.0);
+        let _in_order = size.map(|_| order.lock().unwrap_or_else(|e| e.into_inner()));
+        let (atime, mtime) = (time_spec(atime), time_spec(mtime));
+        let rel = path.clone();
+        let result = self.mutate("setattr", &path, &Credentials::root(), move |r| {
+            if let Some(size) = size {
+                match &file {
+                    Some(f) => sys::ftruncate(f.fd(r)?.as_fd(), size)?,
+                    None => sys::ftruncate(open_file(r, &rel, libc::O_WRONLY)?.as_fd(), size)?,
+                }
+            }
+            at(r, &rel, |dir, name| {
+                if uid.is_some() || gid.is_some() {
+                    sys::chown_at(dir, name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+                }
+                if let Some(mode) = mode {
+                    sys::chmod_at(dir, name, mode & 0o7777)?;
+                }
+                if atime != TimeSpec::Omit || mtime != TimeSpec::Omit {
+                    sys::utimens_at(dir, name, atime, mtime)?;
+                }
+                sys::lstat_at(dir, name)
+            })
+        });
+        match result {
+            Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        match self.read_meta("readlink", &path, move |r| at(r, &rel, sys::readlink_at)) {
+            Ok((_, target)) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(req, "mknod", parent, name, reply, move |dir, name| {
+            sys::mknod_at(dir, name, mode, rdev as libc::dev_t)
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(req, "mkdir", parent, name, reply, move |dir, name| {
+            sys::mkdir_at(dir, name, mode)
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove("unlink", parent, name, false, reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove("rmdir", parent, name, true, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let target = match sys::cstr(target.as_os_str()) {
+            Ok(t) => t,
+            Err(e) => return reply.error(e.into()),
+        };
+        self.make(
+            req,
+            "symlink",
+            parent,
+            link_name,
+            reply,
+            move |dir, name| sys::symlink_at(&target, dir, name),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let bits = flags.bits();
+        let (a, b) = (from.clone(), to.clone());
+        let result = self.mutate("rename", &from, &Credentials::root(), move |r| {
+            at(r, &a, |old_dir, old_name| {
+                at(r, &b, |new_dir, new_name| {
+                    sys::rename_at(old_dir, old_name, new_dir, new_name, bits)
+                })
+            })
+        });
+        match result {
+            Ok(()) => {
+                let exchange = bits & libc::RENAME_EXCHANGE != 0;
+                self.nodes
+                    .rename(parent.0, name, newparent.0, newname, exchange);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (from, to) = match (self.path(ino), self.child(newparent, newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let (a, b) = (from.clone(), to.clone());
+        let result = self.mutate("link", &to, &Credentials::root(), move |r| {
+            at(r, &a, |old_dir, old_name| {
+                at(r, &b, |new_dir, new_name| {
+                    sys::link_at(old_dir, old_name, new_dir, new_name)?;
+                    sys::lstat_at(new_dir, new_name)
+                })
+            })
+        });
+        match result {
+            Ok(st) => {
+                self.nodes.link(ino.0, newparent.0, newname);
+                reply.entry(&TTL, &attr(ino.0, &st), Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let flags = flags.0;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let ticket = self.open_ticket.fetch_add(1, Ordering::Relaxed);
+        let order = self.set.data_order(ticket);
+        let file = Arc::new(OpenFile::new(
+            path.clone(),
+            flags,
+            self.set.replicas().len(),
+            order.clone(),
+        ));
+        let result = if writable {
+            let lock = self.nodes.order_lock(ino.0);
+            let _in_order = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let f = Arc::clone(&file);
+            self.mutate("open", &path, &Credentials::root(), move |r| {
+                f.store(r.index, open_file(r, &f.path, f.flags)?);
+                Ok(())
+            })
+        } else {
+            let f = Arc::clone(&file);
+            let job: ReplicaJob<()> = Arc::new(move |r: &Replica| f.fd(r).map(drop));
+            self.set
+                .read("open", &path, &order, &Credentials::root(), job)
+                .map(drop)
+                .map_err(Errno::from_i32)
+        };
+        match result {
+            Ok(()) => reply.opened(self.new_handle(file), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let order = file.read_order.clone();
+        let path = file.path.clone();
+        let job: ReplicaJob<Vec<u8>> = Arc::new(move |r: &Replica| {
+            sys::pread_full(file.fd(r)?.as_fd(), size as usize, offset)
+        });
+        match self
+            .set
+            .read("read", &path, &order, &Credentials::root(), job)
+        {
+            Ok((_, data)) => reply.data(&data),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data: Arc<[u8]> = Arc::from(data);
+        let len = data.len() as u32;
+        match self.mutate_handle("write", ino, fh, move |_, fd| {
+            sys::pwrite_full(fd, &data, offset)
+        }) {
+            Ok(()) => reply.written(len),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.file(fh) {
+            Ok(f) if f.flags & libc::O_ACCMODE == libc::O_RDONLY => return reply.ok(),
+            Err(e) => return reply.error(e),
+            _ => {}
+        }
+        match self.mutate_handle("flush", ino, fh, |_, fd| sys::flush(fd)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Dropping the handle closes every replica's descriptor, including those of replicas
+        // taken out of service meanwhile (ChironFS 1.1 leaked them).
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.mutate_handle("fsync", ino, fh, move |_, fd| sys::fsync(fd, datasync)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        match self.read_meta("readdir", &path, move |r| {
+            sys::read_dir_all(r.root(), &cstr(&rel)?)
+        }) {
+            Ok((_, entries)) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+        {
+            Some(e) => e,
+            None => return reply.error(Errno::EBADF),
+        };
+        // Offsets: 1 = ".", 2 = "..", 3.. = entries; the offset given is the last one returned.
+        let dots = [
+            (ino.0, FileType::Directory, OsStr::new(".")),
+            (ROOT, FileType::Directory, OsStr::new("..")),
+        ];
+        let listed = dots.into_iter().chain(entries.iter().map(|e| {
+            let id = self
+                .nodes
+                .known_child(ino.0, &e.name)
+                .unwrap_or_else(|| unknown_ino(ino.0, &e.name));
+            (id, kind_of_dirent(e.kind), e.name.as_os_str())
+        }));
+        for (i, (id, kind, name)) in listed.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(id), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        match self.mutate("fsyncdir", &path, &Credentials::root(), move |r| {
+            let dir = open_file(r, &rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            sys::fsync(dir.as_fd(), datasync)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let job: ReplicaJob<libc::statvfs> = Arc::new(|r: &Replica| sys::statvfs(r.root()));
+        let order = self.set.priority_order();
+        let answers: Vec<libc::statvfs> = self
+            .set
+            .run(&order, &Credentials::root(), &job)
+            .into_iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Done(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        // The smallest free space decides: a write must fit on every replica.
+        let Some(least) = answers
+            .iter()
+            .min_by_key(|s| s.f_bavail as u128 * s.f_frsize as u128)
+        else {
+            return reply.error(Errno::EIO);
+        };
+        let ffree = answers.iter().map(|s| s.f_ffree).min().unwrap_or(0);
+        reply.statfs(
+            least.f_blocks,
+            least.f_bfree,
+            least.f_bavail,
+            least.f_files,
+            ffree,
+            least.f_bsize as u32,
+            least.f_namemax as u32,
+            least.f_frsize as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
+            (Ok(p), Ok(n)) => (p, n),
+            (Err(e), _) => return reply.error(e),
+            (_, Err(e)) => return reply.error(e.into()),
+        };
+        let (rel, value) = (path.clone(), value.to_vec());
+        match self.mutate("setxattr", &path, &Credentials::root(), move |r| {
+            at(r, &rel, |dir, n| {
+                sys::xattr(dir, n, XattrOp::Set(&attr_name, &value, flags))
+            })
+        }) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
+            (Ok(p), Ok(n)) => (p, n),
+            (Err(e), _) => return reply.error(e),
+            (_, Err(e)) => return reply.error(e.into()),
+        };
+        let rel = path.clone();
+        let result = self.read_meta("getxattr", &path, move |r| {
+            at(r, &rel, |dir, n| {
+                sys::xattr(dir, n, XattrOp::Get(&attr_name, size as usize))
+            })
+        });
+        reply_xattr(result, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        let result = self.read_meta("listxattr", &path, move |r| {
+            at(r, &rel, |dir, n| {
+                sys::xattr(dir, n, XattrOp::List(size as usize))
+            })
+        });
+        reply_xattr(result, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
+            (Ok(p), Ok(n)) => (p, n),
+            (Err(e), _) => return reply.error(e),
+            (_, Err(e)) => return reply.error(e.into()),
+        };
+        let rel = path.clone();
+        match self.mutate("removexattr", &path, &Credentials::root(), move |r| {
+            at(r, &rel, |dir, n| {
+                sys::xattr(dir, n, XattrOp::Remove(&attr_name))
+            })
+        }) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Only reached without default_permissions (never, as mounted): existence is the answer.
+        match self.path(ino) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let ticket = self.open_ticket.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(OpenFile::new(
+            path.clone(),
+            flags & !(libc::O_TRUNC),
+            self.set.replicas().len(),
+            self.set.data_order(ticket),
+        ));
+        let f = Arc::clone(&file);
+        let create_flags = (flags & !STRIPPED_OPEN_FLAGS)
+            | libc::O_CREAT
+            | (flags & libc::O_EXCL)
+            | libc::O_NOFOLLOW;
+        let result = self.mutate("create", &path, &caller(req), move |r| {
+            let fd = sys::open_beneath(
+                r.root(),
+                &cstr(&f.path)?,
+                create_flags,
+                mode & 0o7777,
+                false,
+            )?;
+            let st = sys::fstat(fd.as_fd())?;
+            f.store(r.index, fd);
+            Ok((r.index, st))
+        });
+        match result {
+            Ok((index, st)) => {
+                let id = self
+                    .nodes
+                    .remember(parent.0, name, index, st.st_dev, st.st_ino, false);
+                let fh = self.new_handle(file);
+                reply.created(&TTL, &attr(id, &st), Generation(0), fh, FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.mutate_handle("fallocate", ino, fh, move |_, fd| {
+            sys::fallocate(fd, mode, offset, length)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let order = file.read_order.clone();
+        let path = file.path.clone();
+        let job: ReplicaJob<i64> =
+            Arc::new(move |r: &Replica| sys::lseek(file.fd(r)?.as_fd(), offset, whence));
+        match self
+            .set
+            .read("lseek", &path, &order, &Credentials::root(), job)
+        {
+            Ok((_, off)) => reply.offset(off),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let source = match self.file(fh_in) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        match self.mutate_handle("copy_file_range", ino_out, fh_out, move |r, out| {
+            let input = source.fd(r)?;
+            sys::copy_range(input.as_fd(), offset_in, out, offset_out, len)
+        }) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+impl ChironFs {
+    fn remove(&self, op: &str, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        match self.mutate(op, &path, &Credentials::root(), move |r| {
+            at(r, &rel, |d, n| sys::unlink_at(d, n, dir))
+        }) {
+            Ok(()) => {
+                self.nodes.unlink(parent.0, name);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn reply_xattr(result: Result<(usize, XattrReply), Errno>, reply: ReplyXattr) {
+    match result {
+        Ok((_, XattrReply::Size(n))) => reply.size(n as u32),
+        Ok((_, XattrReply::Data(d))) => reply.data(&d),
+        Ok((_, XattrReply::Done)) => reply.error(Errno::EIO),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// A stable stand-in inode number for a directory entry the kernel has not looked up yet
+/// (its real node id is given at lookup). The top bit keeps it apart from node ids.
+fn unknown_ino(parent: u64, name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.hash(&mut h);
+    name.hash(&mut h);
+    h.finish() | (1 << 63)
+}

@@ -1,0 +1,18 @@
+//! chironfs: a FUSE filesystem that replicates one directory tree onto N directories.
+//!
+//! The library holds the pure logic (configuration, replica choice, arbitration, state) and a
+//! thin FUSE glue layer; the `chironfs` and `chironctl` binaries are thin wrappers.
+
+pub mod arbitrate;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod fs;
+pub mod logging;
+pub mod nodes;
+pub mod replica;
+pub mod select;
+pub mod set;
+pub mod snapshot;
+pub mod status_file;
+pub mod sys;

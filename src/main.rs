@@ -1,0 +1,18 @@
+//! `chironfs`: parse the command line, then hand over to the daemon.
+
+use chironfs::config::{self, Action};
+
+fn main() {
+    let code = match config::parse_args(std::env::args_os()) {
+        Ok(Action::Mount(config)) => chironfs::daemon::run(config),
+        Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            if e.is_usage() { 2 } else { 1 }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,355 @@
+//! The node table: FUSE inode numbers <-> paths relative to each replica root.
+//!
+//! Identity across replicas is the relative path, not a (dev, ino) pair, because each replica
+//! has its own inode numbers. The number shown as `st_ino` is our node id, so it does not change
+//! when the serving replica does; hard links found through the same replica share a node.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// FUSE's root inode.
+pub const ROOT: u64 = 1;
+
+#[derive(Debug)]
+struct Node {
+    /// Every (parent, name) this node is known under; the first one is used to reach it.
+    links: Vec<(u64, OsString)>,
+    /// Lookups the kernel holds (dropped by forget).
+    lookups: u64,
+    /// (replica, dev, ino) it was last seen as, to recognise hard links.
+    backing: Option<(usize, u64, u64)>,
+    /// Serialises data mutations of this file so every replica sees them in the same order.
+    order: Arc<Mutex<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    nodes: HashMap<u64, Node>,
+    by_name: HashMap<(u64, OsString), u64>,
+    by_backing: HashMap<(usize, u64, u64), u64>,
+    next: u64,
+}
+
+/// Thread-safe node table.
+#[derive(Debug)]
+pub struct NodeTable {
+    inner: Mutex<Inner>,
+}
+
+impl Default for NodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeTable {
+    /// A table holding only the root.
+    pub fn new() -> Self {
+        let mut inner = Inner {
+            next: ROOT + 1,
+            ..Default::default()
+        };
+        inner.nodes.insert(
+            ROOT,
+            Node {
+                links: Vec::new(),
+                lookups: 1,
+                backing: None,
+                order: Arc::default(),
+            },
+        );
+        NodeTable {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Path of a node relative to the replica roots ("" for the root), or None if unknown or
+    /// no longer linked anywhere.
+    pub fn path(&self, ino: u64) -> Option<PathBuf> {
+        let inner = self.lock();
+        inner.path(ino)
+    }
+
+    /// Path of `name` inside directory `parent`.
+    pub fn child_path(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
+        let inner = self.lock();
+        inner.path(parent).map(|p| p.join(name))
+    }
+
+    /// Node id known for `name` in `parent`, if any (no lookup counted).
+    pub fn known_child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.lock()
+            .by_name
+            .get(&(parent, name.to_os_string()))
+            .copied()
+    }
+
+    /// The per-file ordering lock (held while a data mutation fans out).
+    pub fn order_lock(&self, ino: u64) -> Arc<Mutex<()>> {
+        let inner = self.lock();
+        inner
+            .nodes
+            .get(&ino)
+            .map(|n| Arc::clone(&n.order))
+            .unwrap_or_default()
+    }
+
+    /// Records that the kernel now knows `name` in `parent` as the object (dev, ino) seen on
+    /// `replica`, and returns its node id with one more lookup counted. A known name keeps its
+    /// node; an unknown name of a non-directory already seen under another name is a hard link.
+    pub fn remember(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        replica: usize,
+        dev: u64,
+        ino: u64,
+        is_dir: bool,
+    ) -> u64 {
+        let mut inner = self.lock();
+        let key = (parent, name.to_os_string());
+        let backing = (replica, dev, ino);
+        let id = if let Some(&id) = inner.by_name.get(&key) {
+            id
+        } else if let Some(&id) = inner.by_backing.get(&backing).filter(|_| !is_dir) {
+            inner.by_name.insert(key.clone(), id);
+            if let Some(node) = inner.nodes.get_mut(&id) {
+                node.links.push(key);
+            }
+            id
+        } else {
+            let id = inner.next;
+            inner.next += 1;
+            inner.nodes.insert(
+                id,
+                Node {
+                    links: vec![key.clone()],
+                    lookups: 0,
+                    backing: None,
+                    order: Arc::default(),
+                },
+            );
+            inner.by_name.insert(key, id);
+            id
+        };
+        if let Some(node) = inner.nodes.get_mut(&id) {
+            node.lookups += 1;
+            if node.backing != Some(backing) {
+                let old = node.backing.replace(backing);
+                if let Some(old) = old
+                    && inner.by_backing.get(&old) == Some(&id)
+                {
+                    inner.by_backing.remove(&old);
+                }
+                inner.by_backing.insert(backing, id);
+            }
+        }
+        id
+    }
+
+    /// The kernel dropped `n` lookups of `ino`; the node goes when none is left.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut inner = self.lock();
+        let gone = match inner.nodes.get_mut(&ino) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0
+            }
+            None => false,
+        };
+        if gone && let Some(node) = inner.nodes.remove(&ino) {
+            for link in node.links {
+                if inner.by_name.get(&link) == Some(&ino) {
+                    inner.by_name.remove(&link);
+                }
+            }
+            if let Some(b) = node.backing
+                && inner.by_backing.get(&b) == Some(&ino)
+            {
+                inner.by_backing.remove(&b);
+            }
+        }
+    }
+
+    /// `name` in `parent` was removed (unlink, rmdir).
+    pub fn unlink(&self, parent: u64, name: &OsStr) {
+        let mut inner = self.lock();
+        inner.drop_name(&(parent, name.to_os_string()));
+    }
+
+    /// `name` moved from `parent` to `new_parent/new_name`; with `exchange` the two swapped.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        exchange: bool,
+    ) {
+        let mut inner = self.lock();
+        let from = (parent, name.to_os_string());
+        let to = (new_parent, new_name.to_os_string());
+        let moving = inner.by_name.remove(&from);
+        let target = inner.by_name.remove(&to);
+        if exchange {
+            if let Some(t) = target {
+                inner.relink(t, &to, &from);
+            }
+        } else if let Some(t) = target {
+            inner.by_name.insert(to.clone(), t);
+            inner.drop_name(&to);
+        }
+        if let Some(m) = moving {
+            inner.relink(m, &from, &to);
+        }
+    }
+
+    /// A hard link `new_parent/new_name` to `ino` was made.
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) {
+        let mut inner = self.lock();
+        let key = (new_parent, new_name.to_os_string());
+        if let Some(node) = inner.nodes.get_mut(&ino) {
+            node.links.push(key.clone());
+            inner.by_name.insert(key, ino);
+        }
+    }
+
+    /// Number of nodes held (for stats and memory checks).
+    pub fn len(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
+    /// True when only the root is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 1
+    }
+}
+
+impl Inner {
+    fn path(&self, ino: u64) -> Option<PathBuf> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        // Bounded walk: a cycle would be a bug, never a hang.
+        for _ in 0..4096 {
+            if cur == ROOT {
+                let mut p = PathBuf::new();
+                for part in parts.iter().rev() {
+                    p.push(part);
+                }
+                return Some(p);
+            }
+            let (parent, name) = self.nodes.get(&cur)?.links.first()?;
+            parts.push(name);
+            cur = *parent;
+        }
+        None
+    }
+
+    fn drop_name(&mut self, key: &(u64, OsString)) {
+        if let Some(id) = self.by_name.remove(key)
+            && let Some(node) = self.nodes.get_mut(&id)
+        {
+            node.links.retain(|l| l != key);
+        }
+    }
+
+    fn relink(&mut self, id: u64, from: &(u64, OsString), to: &(u64, OsString)) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            match node.links.iter_mut().find(|l| *l == from) {
+                Some(l) => *l = to.clone(),
+                None => node.links.insert(0, to.clone()),
+            }
+        }
+        self.by_name.insert(to.clone(), id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn paths_follow_parents_and_renames() {
+        let t = NodeTable::new();
+        let d = t.remember(ROOT, os("d"), 0, 1, 10, true);
+        let f = t.remember(d, os("f"), 0, 1, 11, false);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("d/f"));
+        t.rename(ROOT, os("d"), ROOT, os("e"), false);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("e/f"));
+        assert_eq!(t.path(ROOT).unwrap(), PathBuf::new());
+    }
+
+    #[test]
+    fn same_name_keeps_its_node_even_from_another_replica() {
+        let t = NodeTable::new();
+        let a = t.remember(ROOT, os("f"), 0, 1, 11, false);
+        let b = t.remember(ROOT, os("f"), 1, 7, 99, false);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn hard_links_share_a_node_and_survive_unlink_of_one_name() {
+        let t = NodeTable::new();
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        let b = t.remember(ROOT, os("b"), 0, 1, 11, false);
+        assert_eq!(a, b);
+        t.unlink(ROOT, os("a"));
+        assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
+        assert_eq!(t.known_child(ROOT, os("a")), None);
+    }
+
+    #[test]
+    fn directories_never_merge_by_inode() {
+        let t = NodeTable::new();
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, true);
+        let b = t.remember(ROOT, os("b"), 0, 1, 11, true);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn rename_over_a_target_drops_the_target_name() {
+        let t = NodeTable::new();
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        let b = t.remember(ROOT, os("b"), 0, 1, 12, false);
+        t.rename(ROOT, os("a"), ROOT, os("b"), false);
+        assert_eq!(t.known_child(ROOT, os("b")), Some(a));
+        assert_eq!(t.path(b), None, "the overwritten file has no name left");
+    }
+
+    #[test]
+    fn exchange_swaps() {
+        let t = NodeTable::new();
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        let b = t.remember(ROOT, os("b"), 0, 1, 12, false);
+        t.rename(ROOT, os("a"), ROOT, os("b"), true);
+        assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
+        assert_eq!(t.path(b).unwrap(), PathBuf::from("a"));
+    }
+
+    #[test]
+    fn forget_drops_the_node_when_lookups_reach_zero() {
+        let t = NodeTable::new();
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        t.remember(ROOT, os("a"), 0, 1, 11, false);
+        t.forget(a, 1);
+        assert!(t.path(a).is_some());
+        t.forget(a, 1);
+        assert!(t.path(a).is_none());
+        assert!(t.is_empty());
+        let again = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        assert_ne!(again, a, "node ids are never reused");
+    }
+}

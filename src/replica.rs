@@ -1,0 +1,268 @@
+//! One replica: its root directory, its own worker threads (so a hung replica only blocks its
+//! own workers, never the FUSE threads), its service state and its counters.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use crate::snapshot::{ReplicaSnapshot, ReplicaState};
+use crate::sys;
+
+/// A unit of work run on one of a replica's worker threads.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+/// The service state of one replica and how it may change; pure, so it is unit-tested.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// In or out of service.
+    pub state: ReplicaState,
+    /// Why it is out (empty when in service).
+    pub reason: String,
+    /// Unix time of the last change.
+    pub since: u64,
+    /// It missed at least one mutation while out of service (or the one that failed on it).
+    pub stale: bool,
+}
+
+impl ServiceStatus {
+    /// A replica starting in service.
+    pub fn in_service(now: u64) -> Self {
+        ServiceStatus {
+            state: ReplicaState::InService,
+            reason: String::new(),
+            since: now,
+            stale: false,
+        }
+    }
+
+    /// Takes the replica out; `missed_write` says the failing operation was a mutation that
+    /// the others applied. Returns false if it was already out (nothing to log).
+    pub fn take_out(&mut self, reason: String, now: u64, missed_write: bool) -> bool {
+        self.stale |= missed_write;
+        if self.state == ReplicaState::OutOfService {
+            return false;
+        }
+        self.state = ReplicaState::OutOfService;
+        self.reason = reason;
+        self.since = now;
+        true
+    }
+
+    /// Records that the other replicas applied a mutation this one did not get.
+    pub fn missed_mutation(&mut self) {
+        if self.state == ReplicaState::OutOfService {
+            self.stale = true;
+        }
+    }
+
+    /// Puts the replica back in service. A stale replica is refused unless `force`: it would
+    /// serve old data and resurrect deleted files.
+    pub fn enable(&mut self, now: u64, force: bool) -> Result<(), String> {
+        if self.state == ReplicaState::InService {
+            return Err("it is already in service".into());
+        }
+        if self.stale && !force {
+            return Err(
+                "it missed writes while out of service and would serve stale data; \
+                 resync it first (chironctl resync), or use --force if you have copied it by hand"
+                    .into(),
+            );
+        }
+        *self = ServiceStatus::in_service(now);
+        Ok(())
+    }
+}
+
+/// One replica directory and everything the daemon keeps about it.
+#[derive(Debug)]
+pub struct Replica {
+    /// Command-line position: priority order and error choice.
+    pub index: usize,
+    /// Canonical path, used in logs and status.
+    pub path: PathBuf,
+    /// `:`-prefixed.
+    pub low_priority: bool,
+    /// The replica's root directory, opened once at start: every call is relative to it.
+    root: OwnedFd,
+    /// (dev, ino) of the root at start, to notice the directory vanishing or being unmounted.
+    root_id: (u64, u64),
+    jobs: Sender<Job>,
+    in_service: AtomicBool,
+    status: Mutex<ServiceStatus>,
+    /// Read-type requests answered.
+    pub reads: AtomicU64,
+    /// Mutations applied.
+    pub writes: AtomicU64,
+    /// Failures and timeouts.
+    pub errors: AtomicU64,
+}
+
+impl Replica {
+    /// Opens the replica root and starts `workers` threads for it.
+    pub fn open(
+        index: usize,
+        path: PathBuf,
+        low_priority: bool,
+        workers: usize,
+    ) -> std::io::Result<Arc<Self>> {
+        let root = std::fs::File::open(&path)?;
+        let root: OwnedFd = root.into();
+        let st = sys::fstat(root.as_fd())?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..workers.max(1) {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("replica{index}-{n}"))
+                .spawn(move || worker_loop(&rx))?;
+        }
+        Ok(Arc::new(Replica {
+            index,
+            path,
+            low_priority,
+            root,
+            root_id: (st.st_dev, st.st_ino),
+            jobs: tx,
+            in_service: AtomicBool::new(true),
+            status: Mutex::new(ServiceStatus::in_service(now())),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }))
+    }
+
+    /// The root directory fd, base of every `*at` call.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Queues a job on this replica's workers.
+    pub fn submit(&self, job: Job) {
+        // The workers live as long as the process, so the channel cannot be closed.
+        let _ = self.jobs.send(job);
+    }
+
+    /// Whether it takes part in reads and writes (lock-free, checked on every request).
+    pub fn is_in_service(&self) -> bool {
+        self.in_service.load(Ordering::Acquire)
+    }
+
+    /// Applies `change` to the service status and mirrors the result in the fast flag.
+    pub fn update_status<R>(&self, change: impl FnOnce(&mut ServiceStatus) -> R) -> R {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let r = change(&mut status);
+        self.in_service
+            .store(status.state == ReplicaState::InService, Ordering::Release);
+        r
+    }
+
+    /// Checks that the root is still the directory we opened: not deleted, not unmounted or
+    /// replaced. Returns the problem in words.
+    pub fn check_root(&self) -> Result<(), String> {
+        let st = sys::fstat(self.root()).map_err(|e| format!("cannot stat its root: {e}"))?;
+        if st.st_nlink == 0 {
+            return Err("its directory was deleted".into());
+        }
+        let now = std::fs::symlink_metadata(&self.path)
+            .map_err(|e| format!("its directory is gone: {e}"))?;
+        use std::os::unix::fs::MetadataExt;
+        if (now.dev(), now.ino()) != self.root_id {
+            return Err("its directory was replaced or unmounted".into());
+        }
+        Ok(())
+    }
+
+    /// The replica's row in a snapshot.
+    pub fn snapshot(&self) -> ReplicaSnapshot {
+        let status = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        ReplicaSnapshot {
+            index: self.index,
+            path: self.path.display().to_string(),
+            low_priority: self.low_priority,
+            state: status.state,
+            reason: status.reason,
+            since: status.since,
+            stale: status.stale,
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn worker_loop(rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+            rx.recv()
+        };
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_out_by_a_failed_write_is_stale_and_refused_back_without_force() {
+        let mut s = ServiceStatus::in_service(1);
+        assert!(s.take_out("write /f failed: EIO".into(), 2, true));
+        assert_eq!(s.state, ReplicaState::OutOfService);
+        assert!(s.stale);
+        let err = s.enable(3, false).unwrap_err();
+        assert!(err.contains("missed writes"), "{err}");
+        assert!(s.enable(3, true).is_ok());
+        assert_eq!(s.state, ReplicaState::InService);
+        assert!(!s.stale);
+    }
+
+    #[test]
+    fn admin_disable_without_writes_can_be_enabled_again() {
+        let mut s = ServiceStatus::in_service(1);
+        assert!(s.take_out("disabled by the administrator".into(), 2, false));
+        assert!(!s.stale);
+        assert!(s.enable(3, false).is_ok());
+    }
+
+    #[test]
+    fn a_mutation_while_out_makes_it_stale() {
+        let mut s = ServiceStatus::in_service(1);
+        s.missed_mutation();
+        assert!(
+            !s.stale,
+            "in service replicas get the mutation, they do not miss it"
+        );
+        s.take_out("admin".into(), 2, false);
+        s.missed_mutation();
+        assert!(s.stale);
+    }
+
+    #[test]
+    fn second_take_out_keeps_first_reason_and_reports_no_change() {
+        let mut s = ServiceStatus::in_service(1);
+        assert!(s.take_out("first".into(), 2, false));
+        assert!(!s.take_out("second".into(), 3, false));
+        assert_eq!(s.reason, "first");
+        assert_eq!(s.since, 2);
+        assert!(s.enable(4, false).is_ok());
+        assert_eq!(s.enable(5, false).unwrap_err(), "it is already in service");
+    }
+}

@@ -1,0 +1,336 @@
+//! The replica set: fans mutations out to every in-service replica in parallel with a deadline,
+//! arbitrates the outcomes, serves reads with fail-over, and takes failing replicas out of
+//! service with one alert line each.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
+use crate::replica::{Replica, now};
+use crate::select::{self, Candidate};
+use crate::snapshot::{ControlHandler, ReplicaState, Snapshot};
+use crate::sys::{self, Credentials};
+
+/// Work to run on each replica: gets the replica, returns a value or an I/O error.
+pub type ReplicaJob<T> = Arc<dyn Fn(&Replica) -> io::Result<T> + Send + Sync>;
+
+/// The replicas of one mount and the rules that keep them identical.
+#[derive(Debug)]
+pub struct ReplicaSet {
+    replicas: Vec<Arc<Replica>>,
+    timeout: Duration,
+    mountpoint: String,
+}
+
+/// Log target for alert-level lines (a replica taken out of service): the logger sends these
+/// at syslog severity ALERT so syslog-based alerting catches them.
+pub const ALERT_TARGET: &str = "chironfs::alert";
+
+fn describe_errno(errno: i32) -> String {
+    format!(
+        "{} ({})",
+        sys::errno_name(errno),
+        io::Error::from_raw_os_error(errno)
+            .to_string()
+            .split(" (os error")
+            .next()
+            .unwrap_or_default()
+    )
+}
+
+fn describe_fault(fault: Fault, timeout: Duration) -> String {
+    match fault {
+        Fault::Errno(e) => describe_errno(e),
+        Fault::TimedOut => format!("no answer within {:.1} s (hung?)", timeout.as_secs_f64()),
+    }
+}
+
+/// The path inside the mount, for log lines.
+fn shown(path: &Path) -> String {
+    format!("/{}", path.display())
+}
+
+impl ReplicaSet {
+    /// A set over already opened replicas.
+    pub fn new(replicas: Vec<Arc<Replica>>, timeout: Duration, mountpoint: String) -> Self {
+        ReplicaSet {
+            replicas,
+            timeout,
+            mountpoint,
+        }
+    }
+
+    /// All replicas, in command-line order.
+    pub fn replicas(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.replicas
+            .iter()
+            .map(|r| Candidate {
+                index: r.index,
+                low_priority: r.low_priority,
+                readable: r.is_in_service(),
+            })
+            .collect()
+    }
+
+    /// In-service replicas in priority order (metadata source first).
+    pub fn priority_order(&self) -> Vec<usize> {
+        select::priority_order(&self.candidates())
+    }
+
+    /// Fail-over order for a newly opened file's data, spread by `ticket`.
+    pub fn data_order(&self, ticket: usize) -> Vec<usize> {
+        select::data_order(&self.candidates(), ticket)
+    }
+
+    /// Runs `job` on each of `targets` in parallel, under `creds`, and collects the outcomes
+    /// in the order of `targets`. A replica that has not answered by the deadline is TimedOut;
+    /// its worker goes on alone and its late answer is dropped.
+    pub fn run<T: Send + 'static>(
+        &self,
+        targets: &[usize],
+        creds: &Credentials,
+        job: &ReplicaJob<T>,
+    ) -> Vec<(usize, Outcome<T>)> {
+        let (tx, rx) = mpsc::channel::<(usize, io::Result<T>)>();
+        for &index in targets {
+            let replica = Arc::clone(&self.replicas[index]);
+            let job = Arc::clone(job);
+            let tx = tx.clone();
+            let creds = creds.clone();
+            self.replicas[index].submit(Box::new(move || {
+                let result = sys::set_thread_credentials(&creds).and_then(|()| job(&replica));
+                let _ = tx.send((index, result));
+            }));
+        }
+        drop(tx);
+        let deadline = Instant::now() + self.timeout;
+        let mut got: Vec<Option<Outcome<T>>> = targets.iter().map(|_| None).collect();
+        let mut missing = targets.len();
+        while missing > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((index, result)) => {
+                    if let Some(pos) = targets.iter().position(|&t| t == index) {
+                        got[pos] = Some(match result {
+                            Ok(v) => Outcome::Done(v),
+                            Err(e) => Outcome::Failed(e.raw_os_error().unwrap_or(libc::EIO)),
+                        });
+                        missing -= 1;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        targets
+            .iter()
+            .zip(got)
+            .map(|(&i, o)| (i, o.unwrap_or(Outcome::TimedOut)))
+            .collect()
+    }
+
+    /// Applies a mutation to every in-service replica and answers when all have answered
+    /// (or the deadline passed). Replicas at fault are taken out; replicas already out are
+    /// marked stale because they miss this change.
+    pub fn mutate<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<T, i32> {
+        let targets = self.priority_order();
+        if targets.is_empty() {
+            return Err(libc::EIO);
+        }
+        let results = self.run(&targets, creds, &job);
+        let verdict = arbitrate(results);
+        let blamed: Vec<usize> = verdict.at_fault.iter().map(|(i, _)| *i).collect();
+        for &index in &targets {
+            if !blamed.contains(&index) && verdict.answer.is_ok() {
+                self.replicas[index]
+                    .writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        for (index, fault) in verdict.at_fault {
+            self.take_out(index, op, path, fault, true);
+        }
+        if verdict.answer.is_ok() {
+            for r in &self.replicas {
+                if !targets.contains(&r.index) {
+                    r.update_status(|s| s.missed_mutation());
+                }
+            }
+        }
+        verdict.answer
+    }
+
+    /// Runs a read-type job on the first replica of `order` that can answer: a replica that
+    /// fails with a fault errno or times out is taken out and the next one is tried; any other
+    /// errno is the answer. Returns the serving replica's index with the value.
+    pub fn read<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        order: &[usize],
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<(usize, T), i32> {
+        for &index in order {
+            if !self.replicas[index].is_in_service() {
+                continue;
+            }
+            let outcome = self.run(&[index], creds, &job).pop().map(|(_, o)| o);
+            let replica = &self.replicas[index];
+            match outcome {
+                Some(Outcome::Done(v)) => {
+                    replica
+                        .reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((index, v));
+                }
+                Some(Outcome::Failed(errno)) => {
+                    let vanished = matches!(errno, libc::ENOENT | libc::ESTALE)
+                        && replica.check_root().is_err();
+                    if !(is_replica_fault(errno) || vanished) {
+                        return Err(errno);
+                    }
+                    self.take_out(index, op, path, Fault::Errno(errno), false);
+                }
+                Some(Outcome::TimedOut) | None => {
+                    self.take_out(index, op, path, Fault::TimedOut, false);
+                }
+            }
+        }
+        Err(libc::EIO)
+    }
+
+    /// Takes a replica out of service after `op` on `path` failed there, with an alert line.
+    pub fn take_out(&self, index: usize, op: &str, path: &Path, fault: Fault, missed_write: bool) {
+        let replica = &self.replicas[index];
+        replica
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let what = describe_fault(fault, self.timeout);
+        log::error!(
+            "{op} failed accessing {} for {}: {what}",
+            replica.path.display(),
+            shown(path)
+        );
+        let reason = format!("{op} {} failed: {what}", shown(path));
+        self.take_out_because(index, reason, missed_write);
+    }
+
+    /// Takes a replica out of service for `reason`, logging the state change at alert level.
+    pub fn take_out_because(&self, index: usize, reason: String, missed_write: bool) {
+        let replica = &self.replicas[index];
+        let changed = replica.update_status(|s| s.take_out(reason.clone(), now(), missed_write));
+        if changed {
+            let left = self.priority_order().len();
+            log::error!(
+                target: ALERT_TARGET,
+                "disabling replica {} (out of service): {reason}; {left} of {} replicas in service on {}",
+                replica.path.display(),
+                self.replicas.len(),
+                self.mountpoint
+            );
+        }
+    }
+
+    /// Checks every in-service replica's root (vanished, unmounted, hung) on its own workers;
+    /// called once a second by the health thread so an idle mount still notices a dead replica.
+    pub fn check_health(&self) {
+        let targets = self.priority_order();
+        let probe: ReplicaJob<Result<(), String>> = Arc::new(|r: &Replica| {
+            sys::statvfs(r.root())?;
+            Ok(r.check_root())
+        });
+        for (index, outcome) in self.run(&targets, &Credentials::root(), &probe) {
+            let problem = match outcome {
+                Outcome::Done(Ok(())) => continue,
+                Outcome::Done(Err(words)) => words,
+                Outcome::Failed(e) => format!("health check failed: {}", describe_errno(e)),
+                Outcome::TimedOut => format!(
+                    "health check got no answer within {:.1} s (hung?)",
+                    self.timeout.as_secs_f64()
+                ),
+            };
+            self.replicas[index]
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.take_out_because(index, problem, false);
+        }
+    }
+
+    fn find(&self, replica: &str) -> Result<&Arc<Replica>, String> {
+        let wanted = replica.trim_end_matches('/');
+        self.replicas
+            .iter()
+            .find(|r| {
+                r.index.to_string() == wanted
+                    || r.path == Path::new(wanted)
+                    || std::fs::canonicalize(wanted).ok().as_deref() == Some(r.path.as_path())
+            })
+            .ok_or_else(|| {
+                format!(
+                    "no replica '{replica}' on {} (give its index or path)",
+                    self.mountpoint
+                )
+            })
+    }
+}
+
+impl ControlHandler for ReplicaSet {
+    fn snapshot(&self) -> Snapshot {
+        let replicas: Vec<_> = self.replicas.iter().map(|r| r.snapshot()).collect();
+        Snapshot {
+            pid: std::process::id(),
+            mountpoint: self.mountpoint.clone(),
+            time: now(),
+            state: Snapshot::overall_of(&replicas),
+            replicas,
+        }
+    }
+
+    fn enable(&self, replica: &str, force: bool) -> Result<String, String> {
+        let r = self.find(replica)?;
+        if let Err(problem) = r.check_root() {
+            return Err(format!("cannot enable {}: {problem}", r.path.display()));
+        }
+        r.update_status(|s| s.enable(now(), force))
+            .map_err(|why| format!("refusing to enable {}: {why}", r.path.display()))?;
+        let how = if force { " (forced)" } else { "" };
+        log::warn!(
+            "trusting replica {}: back in service by administrator{how}",
+            r.path.display()
+        );
+        Ok(format!("{} is in service{how}", r.path.display()))
+    }
+
+    fn disable(&self, replica: &str) -> Result<String, String> {
+        let r = self.find(replica)?;
+        if r.snapshot().state == ReplicaState::OutOfService {
+            return Err(format!("{} is already out of service", r.path.display()));
+        }
+        let others = self
+            .priority_order()
+            .into_iter()
+            .filter(|&i| i != r.index)
+            .count();
+        if others == 0 {
+            return Err(format!(
+                "refusing to disable {}: it is the last replica in service",
+                r.path.display()
+            ));
+        }
+        self.take_out_because(r.index, "disabled by the administrator".into(), false);
+        Ok(format!("{} is out of service", r.path.display()))
+    }
+}

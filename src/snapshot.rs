@@ -1,0 +1,115 @@
+//! A point-in-time view of the replica set, shared by the status file, the control socket
+//! and `chironctl`, so that every consumer reads the same facts in the same words.
+
+use serde::{Deserialize, Serialize};
+
+/// Overall health of the mount, as monitors (OCF agent, Nagios) need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overall {
+    /// Every replica is in service.
+    Ok,
+    /// At least one replica is out of service, but the mount still serves.
+    Degraded,
+    /// No replica is in service: callers see errors.
+    Failed,
+}
+
+impl Overall {
+    /// The word used in the status file and by `chironctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overall::Ok => "ok",
+            Overall::Degraded => "degraded",
+            Overall::Failed => "failed",
+        }
+    }
+}
+
+/// Whether a replica takes part in reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaState {
+    /// Receives every mutation and may serve reads.
+    InService,
+    /// Taken out after a failure or by the administrator; receives nothing.
+    OutOfService,
+}
+
+impl ReplicaState {
+    /// The word used in the status file and by `chironctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::InService => "in-service",
+            ReplicaState::OutOfService => "out-of-service",
+        }
+    }
+}
+
+/// One replica's state and counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSnapshot {
+    /// Position on the command line (0-based); also its priority order.
+    pub index: usize,
+    /// Canonical path of the replica directory.
+    pub path: String,
+    /// True for a `:`-prefixed replica, read only when no normal one can serve.
+    pub low_priority: bool,
+    /// In or out of service.
+    pub state: ReplicaState,
+    /// Why it is out of service (empty when in service).
+    pub reason: String,
+    /// Unix time (seconds) of the last state change.
+    pub since: u64,
+    /// True when it missed mutations while out of service: it must be resynced before use.
+    pub stale: bool,
+    /// Read-type requests answered by this replica.
+    pub reads: u64,
+    /// Mutations applied to this replica.
+    pub writes: u64,
+    /// Operations that failed or timed out on this replica.
+    pub errors: u64,
+}
+
+/// The whole replica set at one instant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Pid of the daemon.
+    pub pid: u32,
+    /// Canonical mount point.
+    pub mountpoint: String,
+    /// Unix time (seconds) the snapshot was taken.
+    pub time: u64,
+    /// Overall health.
+    pub state: Overall,
+    /// One entry per replica, in command-line order.
+    pub replicas: Vec<ReplicaSnapshot>,
+}
+
+impl Snapshot {
+    /// Overall health derived from per-replica states: the one rule every consumer shares.
+    pub fn overall_of(replicas: &[ReplicaSnapshot]) -> Overall {
+        let in_service = replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::InService)
+            .count();
+        if in_service == 0 {
+            Overall::Failed
+        } else if in_service < replicas.len() {
+            Overall::Degraded
+        } else {
+            Overall::Ok
+        }
+    }
+}
+
+/// What the daemon lets the control socket do; implemented by the running filesystem.
+pub trait ControlHandler: Send + Sync {
+    /// Current state of the replica set.
+    fn snapshot(&self) -> Snapshot;
+    /// Put a replica (index or path) back in service. A stale replica is refused unless
+    /// `force`; the error says why. Ok carries a one-line message for the admin.
+    fn enable(&self, replica: &str, force: bool) -> Result<String, String>;
+    /// Take a replica (index or path) out of service by admin request.
+    fn disable(&self, replica: &str) -> Result<String, String>;
+}

@@ -1,0 +1,671 @@
+//! Every system call chironfs makes on a replica, in one place.
+//!
+//! All paths handed to these wrappers are relative to a replica's root directory fd, and every
+//! path walk goes through `openat2(RESOLVE_BENEATH)` so no name coming from the kernel can
+//! escape a replica. Each `unsafe` block says why it is sound.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+/// Turns a C return value into `io::Result`, reading errno on -1.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Same as [`check`] for calls returning `ssize_t`.
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A path or name as a C string; an interior NUL cannot come from the kernel, so it is EINVAL.
+pub fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Opens `rel` beneath `root`. `no_symlinks` refuses every symlink on the way, which is what
+/// walking to a parent directory needs (our tree never routes a path through a symlink).
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    no_symlinks: bool,
+) -> io::Result<OwnedFd> {
+    let mut resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    if no_symlinks {
+        resolve |= libc::RESOLVE_NO_SYMLINKS;
+    }
+    // SAFETY: open_how is a plain C struct for which all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        how.mode = mode as u64;
+    }
+    how.resolve = resolve;
+    loop {
+        // SAFETY: `rel` is a valid NUL-terminated string and `how` a fully initialised
+        // open_how whose size we pass; the kernel only reads both.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                rel.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let err = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename raced the RESOLVE_BENEATH walk; the kernel asks to retry.
+        if err.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(err);
+        }
+    }
+}
+
+/// Opens a directory of the tree as an `O_PATH` handle to use as the dirfd of `*at` calls.
+pub fn open_dir_path(root: BorrowedFd<'_>, rel: &CStr) -> io::Result<OwnedFd> {
+    open_beneath(root, rel, libc::O_PATH | libc::O_DIRECTORY, 0, true)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: `st` is a valid out-pointer of the right type; `name` is NUL-terminated.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat` of an open fd.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    lstat_at(fd, c"")
+}
+
+/// `mkdirat`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd and NUL-terminated name.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// `mknodat` (fifos, sockets, devices, regular files).
+pub fn mknod_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    rdev: libc::dev_t,
+) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd and NUL-terminated name.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated; the fd is valid.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// `linkat` without following a symlink source.
+pub fn link_at(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+) -> io::Result<()> {
+    // SAFETY: valid fds and NUL-terminated names.
+    check(unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat`; `dir_flag` removes a directory (rmdir).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> io::Result<()> {
+    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid fd and NUL-terminated name.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat2` with the caller's flags (RENAME_NOREPLACE, RENAME_EXCHANGE).
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: valid fds and NUL-terminated names.
+    check(unsafe {
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `fchmodat` (the kernel never sends a chmod of a symlink, so following is harmless).
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: valid fd and NUL-terminated name.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// `fchownat(AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id unchanged.
+pub fn chown_at(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: valid fd and NUL-terminated name.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// One timestamp for [`utimens_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSpec {
+    /// Leave unchanged (UTIME_OMIT).
+    Omit,
+    /// The current time (UTIME_NOW).
+    Now,
+    /// An exact time, nanosecond precision.
+    At { sec: i64, nsec: i64 },
+}
+
+impl TimeSpec {
+    fn to_timespec(self) -> libc::timespec {
+        match self {
+            TimeSpec::Omit => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            TimeSpec::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            TimeSpec::At { sec, nsec } => libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            },
+        }
+    }
+}
+
+/// `utimensat(AT_SYMLINK_NOFOLLOW)`: nanosecond times, NOW and OMIT, never following links.
+pub fn utimens_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    atime: TimeSpec,
+    mtime: TimeSpec,
+) -> io::Result<()> {
+    let times = [atime.to_timespec(), mtime.to_timespec()];
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: `times` is a 2-element array as utimensat requires; valid fd and name.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+        .map(drop)
+}
+
+/// `readlinkat`.
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the buffer is valid for `buf.len()` bytes.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `ftruncate`.
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+}
+
+/// `pread`, looping until `len` bytes or end of file, so a short read only means EOF.
+pub fn pread_full(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        // SAFETY: the destination range lies inside `buf`.
+        let n = check_size(unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf[done..].as_mut_ptr().cast(),
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        });
+        match n {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// `pwrite` of the whole buffer; a replica that stores fewer bytes fails with ENOSPC
+/// (a short write is a failure, never a silent divergence).
+pub fn pwrite_full(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: the source range lies inside `data`.
+        let n = check_size(unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        });
+        match n {
+            Ok(0) => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `fsync` or `fdatasync`.
+pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        if data_only {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// `fallocate` with the caller's mode bits.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `close(dup(fd))`: makes NFS/SSHFS report delayed write errors, like a close would.
+pub fn flush(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let dup = fd.try_clone_to_owned()?;
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(dup);
+    // SAFETY: we own `raw` (just duplicated) and close it exactly once.
+    check(unsafe { libc::close(raw) }).map(drop)
+}
+
+/// `lseek` (SEEK_DATA / SEEK_HOLE support).
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `fstatvfs`.
+pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid out-pointer of the right type.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// One directory entry: name, d_ino and d_type.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// Entry name (never "." or "..").
+    pub name: std::ffi::OsString,
+    /// The DT_* type from the directory, DT_UNKNOWN if the filesystem does not say.
+    pub kind: u8,
+}
+
+/// Reads a whole directory (opened beneath the root) into memory, without "." and "..".
+pub fn read_dir_all(root: BorrowedFd<'_>, rel: &CStr) -> io::Result<Vec<DirEntry>> {
+    let fd = open_beneath(root, rel, libc::O_RDONLY | libc::O_DIRECTORY, 0, true)?;
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+    // SAFETY: `raw` is an open directory fd we own; fdopendir takes ownership on success.
+    let dirp = unsafe { libc::fdopendir(raw) };
+    if dirp.is_null() {
+        let err = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so we still own `raw` and close it once.
+        unsafe { libc::close(raw) };
+        return Err(err);
+    }
+    let mut out = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; reset it to tell end-of-directory from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dirp` is a valid DIR* until closedir below.
+        let ent = unsafe { libc::readdir64(dirp) };
+        if ent.is_null() {
+            let errno = io::Error::last_os_error();
+            break if errno.raw_os_error() == Some(0) {
+                Ok(())
+            } else {
+                Err(errno)
+            };
+        }
+        // SAFETY: readdir returned a valid dirent whose d_name is NUL-terminated.
+        let (name, kind) = unsafe {
+            (
+                CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes().to_vec(),
+                (*ent).d_type,
+            )
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(DirEntry {
+            name: std::ffi::OsString::from_vec(name),
+            kind,
+        });
+    };
+    // SAFETY: `dirp` is valid and closed exactly once (this also closes `raw`).
+    unsafe { libc::closedir(dirp) };
+    result.map(|()| out)
+}
+
+/// Which xattr call [`xattr`] makes.
+#[derive(Clone, Copy, Debug)]
+pub enum XattrOp<'a> {
+    /// getxattr into a buffer of the given size (0 = ask for the size).
+    Get(&'a CStr, usize),
+    /// listxattr into a buffer of the given size (0 = ask for the size).
+    List(usize),
+    /// setxattr(value, flags).
+    Set(&'a CStr, &'a [u8], i32),
+    /// removexattr.
+    Remove(&'a CStr),
+}
+
+/// What an xattr call gives back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XattrReply {
+    /// The length of the value/list (the caller asked with size 0).
+    Size(usize),
+    /// The value or the NUL-separated name list.
+    Data(Vec<u8>),
+    /// Set or remove succeeded.
+    Done,
+}
+
+/// Extended attributes of `name` in `dir` without following a symlink: the object is opened
+/// `O_PATH|O_NOFOLLOW` and reached through its /proc/self/fd magic link, which lands on the
+/// object itself (the virtiofsd way, valid for every file type).
+pub fn xattr(dir: BorrowedFd<'_>, name: &CStr, op: XattrOp<'_>) -> io::Result<XattrReply> {
+    let target = if name.is_empty() {
+        open_beneath(dir, c".", libc::O_PATH, 0, true)?
+    } else {
+        open_beneath(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0, true)?
+    };
+    let proc_path = CString::new(format!("/proc/self/fd/{}", target.as_raw_fd()))
+        .expect("no NUL in a formatted path");
+    let p = proc_path.as_ptr();
+    let sized = |size: usize, n: usize, mut buf: Vec<u8>| {
+        if size == 0 {
+            XattrReply::Size(n)
+        } else {
+            buf.truncate(n);
+            XattrReply::Data(buf)
+        }
+    };
+    match op {
+        XattrOp::Get(attr, size) => {
+            let mut buf = vec![0u8; size];
+            // SAFETY: the buffer is valid for `size` bytes (size 0 asks for the length only).
+            let n = check_size(unsafe {
+                libc::getxattr(p, attr.as_ptr(), buf.as_mut_ptr().cast(), size)
+            })?;
+            Ok(sized(size, n, buf))
+        }
+        XattrOp::List(size) => {
+            let mut buf = vec![0u8; size];
+            // SAFETY: as above, for listxattr.
+            let n = check_size(unsafe { libc::listxattr(p, buf.as_mut_ptr().cast(), size) })?;
+            Ok(sized(size, n, buf))
+        }
+        XattrOp::Set(attr, value, flags) => {
+            // SAFETY: value is valid for its length; strings are NUL-terminated.
+            check(unsafe {
+                libc::setxattr(p, attr.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+            })?;
+            Ok(XattrReply::Done)
+        }
+        XattrOp::Remove(attr) => {
+            // SAFETY: NUL-terminated strings.
+            check(unsafe { libc::removexattr(p, attr.as_ptr()) })?;
+            Ok(XattrReply::Done)
+        }
+    }
+}
+
+/// `copy_file_range` of the whole range between two fds; a short copy is retried until done
+/// or the source ends.
+pub fn copy_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: u64,
+) -> io::Result<u64> {
+    let mut done: u64 = 0;
+    while done < len {
+        let mut off_in = (src_off + done) as libc::loff_t;
+        let mut off_out = (dst_off + done) as libc::loff_t;
+        // SAFETY: the offsets are valid in/out pointers; fds are valid.
+        let n = check_size(unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                (len - done) as usize,
+                0,
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// The identity a filesystem call runs under on a replica: the FUSE caller's uid, gid and
+/// supplementary groups, so new objects get the right owner and the replica's own permission
+/// check agrees with the kernel's.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Credentials {
+    /// Filesystem uid.
+    pub uid: u32,
+    /// Filesystem gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// The daemon's own identity (root).
+    pub fn root() -> Self {
+        Credentials::default()
+    }
+
+    /// The caller of a FUSE request, with its supplementary groups read from /proc (the
+    /// process may be gone: then it gets no supplementary groups, which only narrows access).
+    pub fn of_caller(uid: u32, gid: u32, pid: u32) -> Self {
+        if uid == 0 {
+            return Credentials {
+                uid,
+                gid,
+                groups: Vec::new(),
+            };
+        }
+        let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Groups:").map(str::to_owned))
+            })
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Credentials { uid, gid, groups }
+    }
+}
+
+thread_local! {
+    static CURRENT_CREDS: std::cell::RefCell<Credentials> = std::cell::RefCell::new(Credentials::root());
+}
+
+/// Switches the calling thread (only it) to `creds` for filesystem access. glibc's
+/// setuid/setgroups would change every thread of the process, so raw syscalls are used.
+pub fn set_thread_credentials(creds: &Credentials) -> io::Result<()> {
+    CURRENT_CREDS.with(|cur| {
+        let mut cur = cur.borrow_mut();
+        if *cur == *creds {
+            return Ok(());
+        }
+        // Back to root first so that the group change is permitted.
+        // SAFETY: setfsuid/setfsgid take plain integers and affect only this thread.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, 0);
+        }
+        // SAFETY: the pointer and length describe `creds.groups`; the raw syscall (unlike
+        // glibc's wrapper) changes only this thread.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_setgroups,
+                creds.groups.len(),
+                creds.groups.as_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::syscall(libc::SYS_setfsgid, creds.gid);
+            libc::syscall(libc::SYS_setfsuid, creds.uid);
+        }
+        *cur = creds.clone();
+        Ok(())
+    })
+}
+
+/// Sets the process umask to 0: the kernel already applied the caller's umask to every mode.
+pub fn clear_umask() {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0) };
+}
+
+/// Raises the soft open-file limit to the hard limit (every open file holds one fd per replica).
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer; then the same struct back in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Name of an errno ("EIO"), for log lines that monitoring can grep.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ESTALE => "ESTALE",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EDQUOT => "EDQUOT",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFAULT => "EFAULT",
+        _ => "E?",
+    }
+}
