@@ -60,13 +60,6 @@ posix_fadvise = 1
 copy_file_range = 1
 EOF
 
-keep_artifacts=1
-if [ -z "$artifacts" ]; then
-    artifacts=$(mktemp -d /tmp/chironfs-fsx-artifacts.XXXXXX)
-    keep_artifacts=0
-fi
-mkdir -p "$artifacts"
-
 peer_tmpfs "$PEER_WORK/tmpfs"
 if [ "$native" = 1 ]; then
     target=$PEER_WORK/tmpfs/native
@@ -78,6 +71,13 @@ else
     peer_mount "$target" "$rep1" "$rep2"
     what="chironfs, 2 replicas on tmpfs"
 fi
+
+keep_artifacts=1
+if [ -z "$artifacts" ]; then
+    artifacts=$(mktemp -d /tmp/chironfs-fsx-artifacts.XXXXXX)
+    keep_artifacts=0
+fi
+mkdir -p "$artifacts"
 
 echo "fsx: $what: $ops ops, seed $seed, file $target/fsxfile"
 start=$(date +%s.%N)

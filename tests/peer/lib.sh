@@ -29,6 +29,7 @@ PEER_WORK=""
 PEER_FUSE_MOUNTS=()   # chironfs mount points, in mount order
 PEER_TMPFS_MOUNTS=()  # tmpfs mount points, in mount order
 PEER_PIDS=()          # daemon pids (chironfs), parallel to PEER_FUSE_MOUNTS
+PEER_EXTRA_PIDS=()    # other processes to stop at teardown (a daemonizing launcher)
 PEER_MOUNT_SEQ=0
 
 peer_log() { printf '%s: %s\n' "${PEER_NAME:-peer}" "$*" >&2; }
@@ -96,10 +97,12 @@ peer_wait_mounted() {
     return 1
 }
 
-# peer_find_daemon MNT BIN: pid of the process running BIN whose last argument is MNT.
+# peer_find_daemon MNT BIN [EXCEPT]: pid of the process running BIN whose last argument is MNT
+# (other than EXCEPT).
 peer_find_daemon() {
-    local mnt=$1 bin=$2 p args
+    local mnt=$1 bin=$2 except=${3:-} p args
     for p in /proc/[0-9]*; do
+        [ "${p#/proc/}" != "$except" ] || continue
         [ "$(readlink "$p/exe" 2>/dev/null)" = "$(readlink -f "$bin")" ] || continue
         args=$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null | tail -n 1) || continue
         if [ "$args" = "$mnt" ]; then
@@ -114,7 +117,7 @@ peer_find_daemon() {
 # wait until the mount is there. Sets PEER_LAST_PID, PEER_LAST_LOG, PEER_LAST_STATUS,
 # PEER_LAST_SOCKET.
 peer_mount() {
-    local mnt=$1 bin spec rep pid="" n timeout=${PEER_MOUNT_TIMEOUT:-30}
+    local mnt=$1 bin spec rep pid="" n timeout=${PEER_MOUNT_TIMEOUT:-30} launcher launcher_rc i
     shift
     [ "$#" -ge 1 ] || peer_die "peer_mount: no replicas"
     bin=$(peer_chironfs)
@@ -137,11 +140,29 @@ peer_mount() {
     # Record the mount point before starting, so that the teardown looks at it whatever happens.
     PEER_FUSE_MOUNTS+=("$mnt")
     if [ "${PEER_DAEMONIZE:-0}" = 1 ]; then
-        if ! "$bin" "${opts[@]}" "$spec" "$mnt" >"$PEER_LAST_LOG" 2>&1 </dev/null; then
+        # It must return once mounted; run it in the background so that a launcher that never
+        # returns cannot hang the script, and give it the mount timeout to do both.
+        "$bin" "${opts[@]}" "$spec" "$mnt" >"$PEER_LAST_LOG" 2>&1 </dev/null &
+        launcher=$!
+        PEER_EXTRA_PIDS+=("$launcher")
+        i=0
+        while peer_pid_alive "$launcher" && [ "$i" -lt $((timeout * 10)) ]; do
+            sleep 0.1
+            i=$((i + 1))
+        done
+        pid=$(peer_find_daemon "$mnt" "$bin" "$launcher") || pid=""
+        if peer_pid_alive "$launcher"; then
+            PEER_PIDS+=("$pid")
             cat "$PEER_LAST_LOG" >&2
-            peer_die "chironfs failed to start (daemonized); log above"
+            peer_die "chironfs (daemonizing) has not returned after ${timeout}s"
         fi
-        pid=$(peer_find_daemon "$mnt" "$bin") || pid=""
+        launcher_rc=0
+        wait "$launcher" || launcher_rc=$?
+        if [ "$launcher_rc" != 0 ]; then
+            PEER_PIDS+=("$pid")
+            cat "$PEER_LAST_LOG" >&2
+            peer_die "chironfs (daemonizing) failed with exit $launcher_rc; log above"
+        fi
     else
         "$bin" -f "${opts[@]}" "$spec" "$mnt" >"$PEER_LAST_LOG" 2>&1 </dev/null &
         pid=$!
@@ -273,6 +294,9 @@ peer_teardown() {
     for ((i = ${#PEER_FUSE_MOUNTS[@]} - 1; i >= 0; i--)); do
         peer_unmount "${PEER_FUSE_MOUNTS[i]}" || ok=0
         peer_stop_pid "${PEER_PIDS[i]:-}"
+    done
+    for ((i = 0; i < ${#PEER_EXTRA_PIDS[@]}; i++)); do
+        peer_stop_pid "${PEER_EXTRA_PIDS[i]}"
     done
     for ((i = ${#PEER_TMPFS_MOUNTS[@]} - 1; i >= 0; i--)); do
         peer_unmount "${PEER_TMPFS_MOUNTS[i]}" || ok=0
