@@ -13,6 +13,10 @@ PJDFSTEST_VERSION=0.2.2
 die() { echo "setup.sh: error: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (installs Debian packages)"
+CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+export PATH="$CARGO_HOME/bin:$PATH"
+command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found (looked in PATH and $CARGO_HOME/bin); install a Rust toolchain (rustup) first"
 
 # --- Debian packages -------------------------------------------------------------------------
 missing=""
@@ -35,10 +39,6 @@ if [ -n "$missing" ]; then
 fi
 
 # --- Rust peer suites ------------------------------------------------------------------------
-CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
-export PATH="$CARGO_HOME/bin:$PATH"
-command -v cargo >/dev/null 2>&1 ||
-    die "cargo not found (looked in PATH and $CARGO_HOME/bin); install a Rust toolchain (rustup) first"
 
 # installed_version CRATE: the version `cargo install` recorded for CRATE, or nothing.
 installed_version() {

@@ -36,6 +36,9 @@ const STRIPPED_OPEN_FLAGS: i32 =
 /// its reads first.
 #[derive(Debug)]
 struct OpenFile {
+    /// The node it was opened as (0 until `create` knows it): an unlinked file that is still
+    /// open is reached through its handles.
+    ino: AtomicU64,
     path: PathBuf,
     flags: i32,
     fds: Vec<Mutex<Option<Arc<OwnedFd>>>>,
@@ -45,8 +48,10 @@ struct OpenFile {
 impl OpenFile {
     fn new(path: PathBuf, flags: i32, replicas: usize, read_order: Vec<usize>) -> Self {
         OpenFile {
+            ino: AtomicU64::new(0),
             path,
-            flags,
+            // Kept for lazy re-opens on fail-over, which must never truncate again.
+            flags: flags & !libc::O_TRUNC,
             fds: (0..replicas).map(|_| Mutex::new(None)).collect(),
             read_order,
         }
@@ -294,6 +299,16 @@ impl ChironFs {
         }
     }
 
+    /// An open handle of `ino`, if any (to reach a file that has no name left).
+    fn handle_of(&self, ino: INodeNo) -> Option<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|f| f.ino.load(Ordering::Relaxed) == ino.0)
+            .cloned()
+    }
+
     fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files
@@ -347,7 +362,12 @@ impl Filesystem for ChironFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        if let Some(file) = fh.and_then(|fh| self.file(fh).ok()) {
+        let path = self.path(ino);
+        // fstat of a file unlinked while open: no name left, but its handles still reach it.
+        let file = fh
+            .and_then(|fh| self.file(fh).ok())
+            .or_else(|| path.is_err().then(|| self.handle_of(ino)).flatten());
+        if let Some(file) = file {
             let order: Vec<usize> = file.read_order.clone();
             let path = file.path.clone();
             let job: ReplicaJob<libc::stat> =
@@ -360,7 +380,7 @@ impl Filesystem for ChironFs {
                 Err(e) => reply.error(Errno::from_i32(e)),
             };
         }
-        let path = match self.path(ino) {
+        let path = match path {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
@@ -389,34 +409,51 @@ impl Filesystem for ChironFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let path = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
+        // A file unlinked while open (fchmod, futimens, ftruncate after unlink) has no name:
+        // then the change goes through one of its handles.
+        let (path, handle) = match (self.path(ino), fh.and_then(|fh| self.file(fh).ok())) {
+            (Ok(p), h) => (p, h),
+            (Err(e), h) => match h.or_else(|| self.handle_of(ino)) {
+                Some(f) => (f.path.clone(), Some(f)),
+                None => return reply.error(e),
+            },
         };
-        let file = fh.and_then(|fh| self.file(fh).ok());
+        let by_handle = self.path(ino).is_err();
         let order = self.nodes.order_lock(ino.0);
         let _in_order = size.map(|_| order.lock().unwrap_or_else(|e| e.into_inner()));
         let (atime, mtime) = (time_spec(atime), time_spec(mtime));
         let rel = path.clone();
         let result = self.mutate("setattr", &path, &Credentials::root(), move |r| {
-            if let Some(size) = size {
-                match &file {
-                    Some(f) => sys::ftruncate(f.fd(r)?.as_fd(), size)?,
-                    None => sys::ftruncate(open_file(r, &rel, libc::O_WRONLY)?.as_fd(), size)?,
-                }
-            }
-            at(r, &rel, |dir, name| {
+            let change = |dir: BorrowedFd<'_>, name: &CStr| -> io::Result<libc::stat> {
                 if uid.is_some() || gid.is_some() {
                     sys::chown_at(dir, name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
                 }
                 if let Some(mode) = mode {
-                    sys::chmod_at(dir, name, mode & 0o7777)?;
+                    if name.is_empty() {
+                        sys::fchmod(dir, mode & 0o7777)?;
+                    } else {
+                        sys::chmod_at(dir, name, mode & 0o7777)?;
+                    }
                 }
                 if atime != TimeSpec::Omit || mtime != TimeSpec::Omit {
                     sys::utimens_at(dir, name, atime, mtime)?;
                 }
                 sys::lstat_at(dir, name)
-            })
+            };
+            if by_handle && let Some(f) = &handle {
+                let fd = f.fd(r)?;
+                if let Some(size) = size {
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+                return change(fd.as_fd(), c"");
+            }
+            if let Some(size) = size {
+                match &handle {
+                    Some(f) => sys::ftruncate(f.fd(r)?.as_fd(), size)?,
+                    None => sys::ftruncate(open_file(r, &rel, libc::O_WRONLY)?.as_fd(), size)?,
+                }
+            }
+            at(r, &rel, change)
         });
         match result {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
@@ -574,12 +611,13 @@ impl Filesystem for ChironFs {
             self.set.replicas().len(),
             order.clone(),
         ));
+        file.ino.store(ino.0, Ordering::Relaxed);
         let result = if writable {
             let lock = self.nodes.order_lock(ino.0);
             let _in_order = lock.lock().unwrap_or_else(|e| e.into_inner());
             let f = Arc::clone(&file);
             self.mutate("open", &path, &Credentials::root(), move |r| {
-                f.store(r.index, open_file(r, &f.path, f.flags)?);
+                f.store(r.index, open_file(r, &f.path, flags)?);
                 Ok(())
             })
         } else {
@@ -950,6 +988,7 @@ impl Filesystem for ChironFs {
                 let id = self
                     .nodes
                     .remember(parent.0, name, index, st.st_dev, st.st_ino, false);
+                file.ino.store(id, Ordering::Relaxed);
                 let fh = self.new_handle(file);
                 reply.created(&TTL, &attr(id, &st), Generation(0), fh, FopenFlags::empty());
             }

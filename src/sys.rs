@@ -32,6 +32,25 @@ pub fn cstr(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// The open(2) flags openat2 accepts (the kernel's VALID_OPEN_FLAGS, less O_TMPFILE which
+/// chironfs never asks for and FASYNC which open(2) ignores anyway).
+const VALID_OPEN_FLAGS: libc::c_int = libc::O_ACCMODE
+    | libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DSYNC
+    | libc::O_SYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_NOATIME
+    | libc::O_CLOEXEC
+    | libc::O_PATH;
+
 /// Opens `rel` beneath `root`. `no_symlinks` refuses every symlink on the way, which is what
 /// walking to a parent directory needs (our tree never routes a path through a symlink).
 pub fn open_beneath(
@@ -47,7 +66,9 @@ pub fn open_beneath(
     }
     // SAFETY: open_how is a plain C struct for which all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    // openat2 refuses unknown bits with EINVAL, unlike open(2) which ignores them; the kernel
+    // hands FUSE internal ones (__FMODE_EXEC when a file is executed, FMODE_NONOTIFY...).
+    how.flags = ((flags & VALID_OPEN_FLAGS) | libc::O_CLOEXEC) as u64;
     if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
         how.mode = mode as u64;
     }
@@ -174,6 +195,12 @@ pub fn rename_at(
 pub fn chmod_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: valid fd and NUL-terminated name.
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// `fchmod` of an open file (one with no name left).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
 }
 
 /// `fchownat(AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id unchanged.

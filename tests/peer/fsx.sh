@@ -3,10 +3,12 @@
 # a byte-for-byte comparison of the two replicas' copies of the file: equal content through the
 # mount is not enough.
 #
-# Usage: tests/peer/fsx.sh [--native] [-N OPS] [-S SEED] [--artifacts DIR]
+# Usage: tests/peer/fsx.sh [--native] [-N OPS] [-S SEED] [--timeout SEC] [--artifacts DIR]
 #   --native        run on a plain tmpfs directory instead (the reference numbers)
 #   -N OPS          number of operations (default 100000, env FSX_OPS)
 #   -S SEED         random seed (default 1, env FSX_SEED)
+#   --timeout SEC   watchdog (default 900, env FSX_TIMEOUT_SEC): then the FUSE connection is
+#                   aborted through fusectl, fsx is killed and the run fails
 #   --artifacts DIR keep fsx's artifacts (.fsxlog, .fsxgood) there; by default they go to a
 #                   temp dir that is kept and printed only if the run fails
 # Env: CHIRONFS, CHIRONFS_OPTS and the PEER_* settings of lib.sh.
@@ -17,6 +19,7 @@ set -eu
 native=0
 ops=${FSX_OPS:-100000}
 seed=${FSX_SEED:-1}
+timeout=${FSX_TIMEOUT_SEC:-900}
 artifacts=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -24,6 +27,7 @@ while [ "$#" -gt 0 ]; do
     -N) ops=$2; shift ;;
     -S) seed=$2; shift ;;
     --artifacts) artifacts=$2; shift ;;
+    --timeout) timeout=$2; shift ;;
     -h | --help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "fsx.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -82,8 +86,10 @@ mkdir -p "$artifacts"
 echo "fsx: $what: $ops ops, seed $seed, file $target/fsxfile"
 start=$(date +%s.%N)
 rc=0
-fsx -v -f "$PEER_WORK/fsx.toml" -S "$seed" -N "$ops" -P "$artifacts" "$target/fsxfile" \
-    >"$artifacts/fsx.out" 2>&1 || rc=$?
+abort_mnt=""
+[ "$native" = 1 ] || abort_mnt=$target
+peer_watchdog "$timeout" "$abort_mnt" "$artifacts/fsx.out" \
+    fsx -v -f "$PEER_WORK/fsx.toml" -S "$seed" -N "$ops" -P "$artifacts" "$target/fsxfile" || rc=$?
 end=$(date +%s.%N)
 elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
 grep -v "^\[INFO  *fsx\] *[0-9]" "$artifacts/fsx.out" | tail -n 20
@@ -97,6 +103,7 @@ if [ "$rc" = 0 ]; then
     echo "fsx: $what: $ops ops in ${elapsed}s ($rate ops/s)"
 else
     echo "fsx: $what: FAILED at op $done_ops of $ops after ${elapsed}s (fsx exit $rc)"
+    [ "$PEER_WATCHDOG_FIRED" = 0 ] || echo "fsx: hung: stopped by the watchdog after ${timeout}s"
 fi
 
 fail=0

@@ -71,9 +71,11 @@ peer_is_mounted() { [ -n "$(peer_mount_field "$1" 5)" ]; }
 
 # peer_tmpfs DIR: mount a fresh tmpfs on DIR (created if needed).
 peer_tmpfs() {
+    local dir
     mkdir -p "$1"
-    mount -t tmpfs -o mode=0755 "chironfs-peer-tmpfs" "$1"
-    PEER_TMPFS_MOUNTS+=("$1")
+    dir=$(cd "$1" && pwd -P)
+    PEER_TMPFS_MOUNTS+=("$dir")
+    mount -t tmpfs -o mode=0755 "chironfs-peer-tmpfs" "$dir"
 }
 
 # peer_pid_alive PID: true while PID exists and is not a zombie.
@@ -166,6 +168,7 @@ peer_mount() {
     else
         "$bin" -f "${opts[@]}" "$spec" "$mnt" >"$PEER_LAST_LOG" 2>&1 </dev/null &
         pid=$!
+        disown "$pid" # its end is watched through /proc; no job report if it has to be killed
     fi
     PEER_PIDS+=("$pid")
     # shellcheck disable=SC2034 # for the calling script
@@ -258,6 +261,34 @@ peer_unmount() {
         return 1
     fi
     return 0
+}
+
+# peer_watchdog LIMIT MNT OUT CMD...: run CMD (stdin /dev/null, stdout and stderr to OUT) for at
+# most LIMIT seconds. If it is still running then, abort MNT's FUSE connection (when MNT is not
+# empty) so that nothing stays blocked in it, kill CMD, and set PEER_WATCHDOG_FIRED=1. Returns
+# CMD's exit status (137 after the watchdog).
+PEER_WATCHDOG_FIRED=0
+peer_watchdog() {
+    local limit=$1 mnt=$2 out=$3 pid start rc=0
+    shift 3
+    start=$(date +%s)
+    "$@" >"$out" 2>&1 </dev/null &
+    pid=$!
+    PEER_WATCHDOG_FIRED=0
+    while peer_pid_alive "$pid"; do
+        if [ $(($(date +%s) - start)) -ge "$limit" ]; then
+            # shellcheck disable=SC2034 # for the calling script
+            PEER_WATCHDOG_FIRED=1
+            peer_log "WATCHDOG: $1 not finished after ${limit}s; last lines of its output:"
+            tail -n 5 "$out" | sed 's/^/    /' >&2
+            [ -z "$mnt" ] || peer_fuse_abort "$mnt" || true
+            kill -s KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    wait "$pid" 2>/dev/null || rc=$?
+    return "$rc"
 }
 
 # peer_stop_pid PID: wait for PID to exit (it should once its mount is gone), then TERM, then

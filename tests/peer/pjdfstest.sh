@@ -88,28 +88,17 @@ mkdir -p "$dir"
 [ "${#dir}" -le 40 ] || peer_log "warning: test dir $dir is long: the socket tests may fail"
 
 out=$PEER_WORK/pjdfstest.out
-echo "pjdfstest: $what: $dir (secondary $PEER_WORK/s), watchdog ${PJDFSTEST_TIMEOUT_SEC:-$((timeout_min * 60))}s"
-start=$(date +%s)
-NO_COLOR=1 pjdfstest -c "$PEER_WORK/pjdfstest.toml" -p "$dir" -s "$PEER_WORK/s" \
-    ${patterns[@]+"${patterns[@]}"} >"$out" 2>&1 </dev/null &
-pid=$!
-hung=0
 limit=${PJDFSTEST_TIMEOUT_SEC:-$((timeout_min * 60))}
-while peer_pid_alive "$pid"; do
-    if [ $(($(date +%s) - start)) -ge "$limit" ]; then
-        hung=1
-        echo "pjdfstest: WATCHDOG: not finished after ${limit}s; last lines:" >&2
-        tail -n 5 "$out" | sed 's/^/    /' >&2
-        if [ "$native" = 0 ]; then
-            peer_fuse_abort "$base" || true
-        fi
-        kill -s KILL "$pid" 2>/dev/null || true
-        break
-    fi
-    sleep 0.2
-done
+echo "pjdfstest: $what: $dir (secondary $PEER_WORK/s), watchdog ${limit}s"
+start=$(date +%s)
+abort_mnt=""
+[ "$native" = 1 ] || abort_mnt=$base
 rc=0
-wait "$pid" || rc=$?
+export NO_COLOR=1 # plain output, to parse
+peer_watchdog "$limit" "$abort_mnt" "$out" \
+    pjdfstest -c "$PEER_WORK/pjdfstest.toml" -p "$dir" -s "$PEER_WORK/s" ${patterns[@]+"${patterns[@]}"} ||
+    rc=$?
+hung=$PEER_WATCHDOG_FIRED
 elapsed=$(($(date +%s) - start))
 
 # Results: "NAME   ok|FAILED|skipped|failed as expected|PASSED UNEXPECTEDLY".
