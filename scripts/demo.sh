@@ -81,10 +81,24 @@ scripts/build.sh
 mkdir -p "$REP1" "$REP2" "$MNT"
 rm -f "$SOCKET"
 echo "demo.sh: mounting: $BIN -o allow_other --status-file $STATUS -c $SOCKET --log $LOG $REP1=$REP2 $MNT"
-"$BIN" -o allow_other --status-file "$STATUS" -c "$SOCKET" --log "$LOG" "$REP1=$REP2" "$MNT"
+# It daemonizes and returns once mounted; it is waited for in the background, so that the demo
+# cannot hang on it.
+"$BIN" -o allow_other --status-file "$STATUS" -c "$SOCKET" --log "$LOG" "$REP1=$REP2" "$MNT" &
+launcher=$!
 i=0
-while ! mounted && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-mounted || die "chironfs returned but $MNT is not mounted (see $LOG)"
+while kill -0 "$launcher" 2>/dev/null && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+if kill -0 "$launcher" 2>/dev/null; then
+    mounted || die "chironfs neither mounted $MNT nor returned within 30 s (see $LOG)"
+    echo "demo.sh: warning: chironfs has mounted $MNT but not returned after 30 s" >&2
+    disown "$launcher"
+else
+    rc=0
+    wait "$launcher" || rc=$?
+    [ "$rc" = 0 ] || die "chironfs failed (exit $rc; see $LOG)"
+    i=0
+    while ! mounted && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    mounted || die "chironfs returned but $MNT is not mounted (see $LOG)"
+fi
 
 echo "hello from chironfs, written through $MNT at $(date)" >"$MNT/hello.txt"
 echo

@@ -318,6 +318,13 @@ pub fn help_text() -> String {
         .to_string()
 }
 
+/// The clap command `chironfs` parses with, for generated documentation (man page, shell
+/// completions). Its two positionals are hidden in `--help` (the help template describes
+/// them); a generator that wants them listed un-hides `spec` and `mountpoint`.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// The `-V` text: `chironfs VERSION`.
 pub fn version_text() -> String {
     format!("chironfs {}", env!("CARGO_PKG_VERSION"))

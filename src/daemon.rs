@@ -152,6 +152,21 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         config.timeout,
         mountpoint.clone(),
     ));
+    // The control socket first: a second daemon on the same socket is refused before it
+    // mounts anything or writes a status file.
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler: Arc<dyn ControlHandler> = set.clone();
+    let control = control::spawn_server(
+        &config.control_socket,
+        Arc::clone(&handler),
+        Arc::clone(&stop),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot serve the control socket {}: {e}",
+            config.control_socket.display()
+        )
+    })?;
     let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE);
     let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config(config))
         .map_err(|e| format!("cannot mount {mountpoint}: {e}"))?;
@@ -171,22 +186,12 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     std::fs::metadata(&config.mountpoint)
         .map_err(|e| format!("the mount at {mountpoint} does not answer: {e}"))?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler: Arc<dyn ControlHandler> = set.clone();
     let status_writer = status_file::spawn_writer(
         config.status_file.clone(),
-        Arc::clone(&handler),
+        handler,
         Duration::from_secs(1),
         Arc::clone(&stop),
     );
-    let control = control::spawn_server(&config.control_socket, handler, Arc::clone(&stop))
-        .map_err(|e| {
-            let _ = unmounter.unmount();
-            format!(
-                "cannot serve the control socket {}: {e}",
-                config.control_socket.display()
-            )
-        })?;
     {
         let set = Arc::clone(&set);
         let stop = Arc::clone(&stop);

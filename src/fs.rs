@@ -195,6 +195,26 @@ fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
     }
 }
 
+/// "Now" as one exact time, taken once per mutation: every replica records the same
+/// timestamp, where letting each replica's clock tick on its own would leave the replicas'
+/// mtimes a few microseconds apart (and rsync, make or a verify would see them differ).
+fn now() -> TimeSpec {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    TimeSpec::At {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos() as i64,
+    }
+}
+
+/// Sets the mtime of an open file to `stamp` after a change of its data (as the change itself
+/// would have, but with the same value on every replica). Best effort: a replica that refuses
+/// is no reason to fail the write that already succeeded.
+fn stamp_mtime(fd: BorrowedFd<'_>, stamp: TimeSpec) {
+    let _ = sys::utimens_at(fd, c"", TimeSpec::Omit, stamp);
+}
+
 fn caller(req: &Request) -> Credentials {
     Credentials::of_caller(req.uid(), req.gid(), req.pid())
 }
@@ -265,10 +285,10 @@ impl ChironFs {
 
     /// Registers a new or found entry and answers the kernel with it.
     fn entry(&self, parent: INodeNo, name: &OsStr, (index, st): Stat, reply: ReplyEntry) {
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let hard_linked = st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1;
         let id = self
             .nodes
-            .remember(parent.0, name, index, st.st_dev, st.st_ino, is_dir);
+            .remember(parent.0, name, index, st.st_dev, st.st_ino, hard_linked);
         reply.entry(&TTL, &attr(id, &st), Generation(0));
     }
 
@@ -287,9 +307,12 @@ impl ChironFs {
             Err(e) => return reply.error(e),
         };
         let rel = path.clone();
+        let stamp = now();
         let result = self.mutate(op, &path, &caller(req), move |r| {
             at(r, &rel, |dir, name| {
                 make(dir, name)?;
+                // The new object's times, the same on every replica (the caller owns it).
+                let _ = sys::utimens_at(dir, name, stamp, stamp);
                 Ok((r.index, sys::lstat_at(dir, name)?))
             })
         });
@@ -324,15 +347,17 @@ impl ChironFs {
         op: &str,
         ino: INodeNo,
         fh: FileHandle,
-        job: impl Fn(&Replica, BorrowedFd<'_>) -> io::Result<T> + Send + Sync + 'static,
+        job: impl Fn(&Replica, BorrowedFd<'_>, TimeSpec) -> io::Result<T> + Send + Sync + 'static,
     ) -> Result<T, Errno> {
         let file = self.file(fh)?;
         let order = self.nodes.order_lock(ino.0);
         let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
+        // Taken under the file's order lock, so the stamps of one file only go forward.
+        let stamp = now();
         let path = file.path.clone();
         self.mutate(op, &path, &Credentials::root(), move |r| {
             let fd = file.fd(r)?;
-            job(r, fd.as_fd())
+            job(r, fd.as_fd(), stamp)
         })
     }
 }
@@ -421,7 +446,14 @@ impl Filesystem for ChironFs {
         let by_handle = self.path(ino).is_err();
         let order = self.nodes.order_lock(ino.0);
         let _in_order = size.map(|_| order.lock().unwrap_or_else(|e| e.into_inner()));
-        let (atime, mtime) = (time_spec(atime), time_spec(mtime));
+        // UTIME_NOW (touch, and the kernel's truncate) becomes one exact time, so that every
+        // replica records the same; the kernel has checked the caller may set times at all.
+        let stamp = now();
+        let resolve = |t| match time_spec(t) {
+            TimeSpec::Now => stamp,
+            t => t,
+        };
+        let (atime, mtime) = (resolve(atime), resolve(mtime));
         let rel = path.clone();
         let result = self.mutate("setattr", &path, &Credentials::root(), move |r| {
             let change = |dir: BorrowedFd<'_>, name: &CStr| -> io::Result<libc::stat> {
@@ -616,8 +648,14 @@ impl Filesystem for ChironFs {
             let lock = self.nodes.order_lock(ino.0);
             let _in_order = lock.lock().unwrap_or_else(|e| e.into_inner());
             let f = Arc::clone(&file);
+            let stamp = now();
             self.mutate("open", &path, &Credentials::root(), move |r| {
-                f.store(r.index, open_file(r, &f.path, flags)?);
+                let fd = open_file(r, &f.path, flags)?;
+                if flags & libc::O_TRUNC != 0 {
+                    // O_TRUNC updates the mtime (and ctime) even of an empty file.
+                    stamp_mtime(fd.as_fd(), stamp);
+                }
+                f.store(r.index, fd);
                 Ok(())
             })
         } else {
@@ -677,8 +715,12 @@ impl Filesystem for ChironFs {
     ) {
         let data: Arc<[u8]> = Arc::from(data);
         let len = data.len() as u32;
-        match self.mutate_handle("write", ino, fh, move |_, fd| {
-            sys::pwrite_full(fd, &data, offset)
+        match self.mutate_handle("write", ino, fh, move |_, fd, stamp| {
+            sys::pwrite_full(fd, &data, offset)?;
+            if !data.is_empty() {
+                stamp_mtime(fd, stamp);
+            }
+            Ok(())
         }) {
             Ok(()) => reply.written(len),
             Err(e) => reply.error(e),
@@ -698,7 +740,7 @@ impl Filesystem for ChironFs {
             Err(e) => return reply.error(e),
             _ => {}
         }
-        match self.mutate_handle("flush", ino, fh, |_, fd| sys::flush(fd)) {
+        match self.mutate_handle("flush", ino, fh, |_, fd, _| sys::flush(fd)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -731,7 +773,7 @@ impl Filesystem for ChironFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.mutate_handle("fsync", ino, fh, move |_, fd| sys::fsync(fd, datasync)) {
+        match self.mutate_handle("fsync", ino, fh, move |_, fd, _| sys::fsync(fd, datasync)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -967,27 +1009,43 @@ impl Filesystem for ChironFs {
             self.set.data_order(ticket),
         ));
         let f = Arc::clone(&file);
-        let create_flags = (flags & !STRIPPED_OPEN_FLAGS)
-            | libc::O_CREAT
-            | (flags & libc::O_EXCL)
-            | libc::O_NOFOLLOW;
+        let open_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_NOFOLLOW;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let stamp = now();
         let result = self.mutate("create", &path, &caller(req), move |r| {
-            let fd = sys::open_beneath(
-                r.root(),
-                &cstr(&f.path)?,
-                create_flags,
-                mode & 0o7777,
-                false,
-            )?;
+            let rel = cstr(&f.path)?;
+            let flags = open_flags | libc::O_CREAT | libc::O_EXCL;
+            let fd = match sys::open_beneath(r.root(), &rel, flags, mode & 0o7777, false) {
+                Ok(fd) => {
+                    // A new file: its times, the same on every replica (the caller owns it).
+                    let _ = sys::utimens_at(fd.as_fd(), c"", stamp, stamp);
+                    fd
+                }
+                // The kernel asks to create a name it believed absent; without O_EXCL an
+                // existing file is opened as open(2) would.
+                Err(e) if !exclusive && e.raw_os_error() == Some(libc::EEXIST) => {
+                    let fd = sys::open_beneath(r.root(), &rel, open_flags, 0, false)?;
+                    if open_flags & libc::O_TRUNC != 0 {
+                        stamp_mtime(fd.as_fd(), stamp);
+                    }
+                    fd
+                }
+                Err(e) => return Err(e),
+            };
             let st = sys::fstat(fd.as_fd())?;
             f.store(r.index, fd);
             Ok((r.index, st))
         });
         match result {
             Ok((index, st)) => {
-                let id = self
-                    .nodes
-                    .remember(parent.0, name, index, st.st_dev, st.st_ino, false);
+                let id = self.nodes.remember(
+                    parent.0,
+                    name,
+                    index,
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_nlink > 1,
+                );
                 file.ino.store(id, Ordering::Relaxed);
                 let fh = self.new_handle(file);
                 reply.created(&TTL, &attr(id, &st), Generation(0), fh, FopenFlags::empty());
@@ -1006,8 +1064,12 @@ impl Filesystem for ChironFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.mutate_handle("fallocate", ino, fh, move |_, fd| {
-            sys::fallocate(fd, mode, offset, length)
+        match self.mutate_handle("fallocate", ino, fh, move |_, fd, stamp| {
+            sys::fallocate(fd, mode, offset, length)?;
+            // Filesystems differ on which modes move the mtime (ext4: all of them); moving
+            // it always, to the same value, keeps the replicas equal whatever they are.
+            stamp_mtime(fd, stamp);
+            Ok(())
         }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1057,9 +1119,13 @@ impl Filesystem for ChironFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        match self.mutate_handle("copy_file_range", ino_out, fh_out, move |r, out| {
+        match self.mutate_handle("copy_file_range", ino_out, fh_out, move |r, out, stamp| {
             let input = source.fd(r)?;
-            sys::copy_range(input.as_fd(), offset_in, out, offset_out, len)
+            let n = sys::copy_range(input.as_fd(), offset_in, out, offset_out, len)?;
+            if n > 0 {
+                stamp_mtime(out, stamp);
+            }
+            Ok(n)
         }) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),

@@ -6,6 +6,7 @@
 pub mod arbitrate;
 pub mod config;
 pub mod control;
+pub mod ctl_cli;
 pub mod daemon;
 pub mod fs;
 pub mod logging;

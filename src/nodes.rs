@@ -102,7 +102,11 @@ impl NodeTable {
 
     /// Records that the kernel now knows `name` in `parent` as the object (dev, ino) seen on
     /// `replica`, and returns its node id with one more lookup counted. A known name keeps its
-    /// node; an unknown name of a non-directory already seen under another name is a hard link.
+    /// node; an unknown name is a hard link of a node seen under another name only if the
+    /// object has more than one link (`hard_linked`: a non-directory with st_nlink > 1):
+    /// replica filesystems reuse the inode number of a deleted file at once, and a new file
+    /// must never take the identity (and the kernel's cached pages) of a file that is gone
+    /// or only still open.
     pub fn remember(
         &self,
         parent: u64,
@@ -110,14 +114,18 @@ impl NodeTable {
         replica: usize,
         dev: u64,
         ino: u64,
-        is_dir: bool,
+        hard_linked: bool,
     ) -> u64 {
         let mut inner = self.lock();
         let key = (parent, name.to_os_string());
         let backing = (replica, dev, ino);
+        let linked_node =
+            inner.by_backing.get(&backing).copied().filter(|id| {
+                hard_linked && inner.nodes.get(id).is_some_and(|n| !n.links.is_empty())
+            });
         let id = if let Some(&id) = inner.by_name.get(&key) {
             id
-        } else if let Some(&id) = inner.by_backing.get(&backing).filter(|_| !is_dir) {
+        } else if let Some(id) = linked_node {
             inner.by_name.insert(key.clone(), id);
             if let Some(node) = inner.nodes.get_mut(&id) {
                 node.links.push(key);
@@ -213,12 +221,15 @@ impl NodeTable {
         }
     }
 
-    /// A hard link `new_parent/new_name` to `ino` was made.
+    /// A hard link `new_parent/new_name` to `ino` was made; the entry answered to the kernel
+    /// counts as one lookup (the kernel will forget it like any other).
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) {
         let mut inner = self.lock();
         let key = (new_parent, new_name.to_os_string());
+        inner.drop_name(&key);
         if let Some(node) = inner.nodes.get_mut(&ino) {
             node.links.push(key.clone());
+            node.lookups += 1;
             inner.by_name.insert(key, ino);
         }
     }
@@ -259,6 +270,14 @@ impl Inner {
             && let Some(node) = self.nodes.get_mut(&id)
         {
             node.links.retain(|l| l != key);
+            // No name left: the object is gone (or only open), and its inode number is free
+            // for the replica to give to a new file.
+            if node.links.is_empty()
+                && let Some(b) = node.backing.take()
+                && self.by_backing.get(&b) == Some(&id)
+            {
+                self.by_backing.remove(&b);
+            }
         }
     }
 
@@ -303,8 +322,8 @@ mod tests {
     #[test]
     fn hard_links_share_a_node_and_survive_unlink_of_one_name() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
-        let b = t.remember(ROOT, os("b"), 0, 1, 11, false);
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, true);
+        let b = t.remember(ROOT, os("b"), 0, 1, 11, true);
         assert_eq!(a, b);
         t.unlink(ROOT, os("a"));
         assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
@@ -314,9 +333,30 @@ mod tests {
     #[test]
     fn directories_never_merge_by_inode() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, true);
-        let b = t.remember(ROOT, os("b"), 0, 1, 11, true);
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        let b = t.remember(ROOT, os("b"), 0, 1, 11, false);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_reused_inode_number_is_a_new_file() {
+        let t = NodeTable::new();
+        // Still linked, but the new object has one link: not a hard link of it.
+        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        let b = t.remember(ROOT, os("b"), 0, 1, 11, false);
+        assert_ne!(a, b);
+        // Unlinked (maybe still open): its number is free, even for a multi-link object.
+        let c = t.remember(ROOT, os("c"), 0, 1, 20, true);
+        t.unlink(ROOT, os("c"));
+        let d = t.remember(ROOT, os("d"), 0, 1, 20, true);
+        assert_ne!(c, d);
+        // Overwritten by a rename: the same.
+        let e = t.remember(ROOT, os("e"), 0, 1, 30, false);
+        let f = t.remember(ROOT, os("f"), 0, 1, 31, false);
+        t.rename(ROOT, os("f"), ROOT, os("e"), false);
+        let g = t.remember(ROOT, os("g"), 0, 1, 30, true);
+        assert_ne!(g, e);
+        assert_eq!(t.known_child(ROOT, os("e")), Some(f));
     }
 
     #[test]

@@ -144,6 +144,17 @@ impl Replica {
         let _ = self.jobs.send(job);
     }
 
+    /// Wraps a descriptor opened on this replica so that it is closed on this replica's own
+    /// workers: close(2) can block (a FUSE or NFS replica flushes on close, forever if its
+    /// server hangs), and must then block only this replica, never a FUSE thread, another
+    /// replica's worker, or whoever held a lock while dropping the last reference.
+    pub fn adopt(&self, fd: OwnedFd) -> ReplicaFd {
+        ReplicaFd {
+            fd: Some(fd),
+            jobs: self.jobs.clone(),
+        }
+    }
+
     /// Whether it takes part in reads and writes (lock-free, checked on every request).
     pub fn is_in_service(&self) -> bool {
         self.in_service.load(Ordering::Acquire)
@@ -196,6 +207,29 @@ impl Replica {
     }
 }
 
+/// A descriptor on one replica, closed on that replica's workers when dropped (see
+/// [`Replica::adopt`]). Dropping it never blocks.
+#[derive(Debug)]
+pub struct ReplicaFd {
+    fd: Option<OwnedFd>,
+    jobs: Sender<Job>,
+}
+
+impl AsFd for ReplicaFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_ref().expect("only taken in drop").as_fd()
+    }
+}
+
+impl Drop for ReplicaFd {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            // If the workers are gone (process exit), the job comes back and closes here.
+            let _ = self.jobs.send(Box::new(move || drop(fd)));
+        }
+    }
+}
+
 fn worker_loop(rx: &Mutex<Receiver<Job>>) {
     loop {
         let job = {
@@ -220,6 +254,34 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adopted_descriptors_are_closed_on_the_replicas_workers_without_blocking() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("chironfs-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // One worker, held busy: the close must wait behind it, and the drop must not.
+        let r = Replica::open(0, dir.clone(), false, 1).unwrap();
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        r.submit(Box::new(move || {
+            let _ = hold_rx.recv();
+        }));
+        let fd: OwnedFd = std::fs::File::open(&dir).unwrap().into();
+        let raw = fd.as_raw_fd();
+        let adopted = r.adopt(fd);
+        assert_eq!(adopted.as_fd().as_raw_fd(), raw);
+        drop(adopted);
+        // Still our directory (another test thread may reuse the number once it is closed).
+        let open = || std::fs::read_link(format!("/proc/self/fd/{raw}")).ok() == Some(dir.clone());
+        assert!(open(), "closed on the dropping thread");
+        hold_tx.send(()).unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while open() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!open(), "never closed");
+        let _ = std::fs::remove_dir(&dir);
+    }
 
     #[test]
     fn taken_out_by_a_failed_write_is_stale_and_refused_back_without_force() {

@@ -98,7 +98,23 @@ impl ReplicaSet {
         creds: &Credentials,
         job: &ReplicaJob<T>,
     ) -> Vec<(usize, Outcome<T>)> {
-        let (tx, rx) = mpsc::channel::<(usize, io::Result<T>)>();
+        self.run_checked(targets, creds, job)
+            .into_iter()
+            .map(|(i, o, _)| (i, o))
+            .collect()
+    }
+
+    /// [`ReplicaSet::run`], plus, for a replica whose job failed with ENOENT or ESTALE, what is
+    /// wrong with its root if anything (checked on the replica's own worker, right after the
+    /// failure: a deleted replica directory answers ENOENT to everything).
+    fn run_checked<T: Send + 'static>(
+        &self,
+        targets: &[usize],
+        creds: &Credentials,
+        job: &ReplicaJob<T>,
+    ) -> Vec<(usize, Outcome<T>, Option<String>)> {
+        type Answer<T> = (usize, io::Result<T>, Option<String>);
+        let (tx, rx) = mpsc::channel::<Answer<T>>();
         for &index in targets {
             let replica = Arc::clone(&self.replicas[index]);
             let job = Arc::clone(job);
@@ -106,22 +122,30 @@ impl ReplicaSet {
             let creds = creds.clone();
             self.replicas[index].submit(Box::new(move || {
                 let result = sys::set_thread_credentials(&creds).and_then(|()| job(&replica));
-                let _ = tx.send((index, result));
+                let root_problem = match &result {
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
+                        replica.check_root().err()
+                    }
+                    _ => None,
+                };
+                let _ = tx.send((index, result, root_problem));
             }));
         }
         drop(tx);
         let deadline = Instant::now() + self.timeout;
-        let mut got: Vec<Option<Outcome<T>>> = targets.iter().map(|_| None).collect();
+        let mut got: Vec<Option<(Outcome<T>, Option<String>)>> =
+            targets.iter().map(|_| None).collect();
         let mut missing = targets.len();
         while missing > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok((index, result)) => {
+                Ok((index, result, root_problem)) => {
                     if let Some(pos) = targets.iter().position(|&t| t == index) {
-                        got[pos] = Some(match result {
+                        let outcome = match result {
                             Ok(v) => Outcome::Done(v),
                             Err(e) => Outcome::Failed(e.raw_os_error().unwrap_or(libc::EIO)),
-                        });
+                        };
+                        got[pos] = Some((outcome, root_problem));
                         missing -= 1;
                     }
                 }
@@ -131,7 +155,10 @@ impl ReplicaSet {
         targets
             .iter()
             .zip(got)
-            .map(|(&i, o)| (i, o.unwrap_or(Outcome::TimedOut)))
+            .map(|(&i, o)| match o {
+                Some((outcome, problem)) => (i, outcome, problem),
+                None => (i, Outcome::TimedOut, None),
+            })
             .collect()
     }
 
@@ -149,7 +176,17 @@ impl ReplicaSet {
         if targets.is_empty() {
             return Err(libc::EIO);
         }
-        let results = self.run(&targets, creds, &job);
+        let checked = self.run_checked(&targets, creds, &job);
+        let mut root_problems: Vec<(usize, String)> = Vec::new();
+        let results: Vec<(usize, Outcome<T>)> = checked
+            .into_iter()
+            .map(|(i, o, problem)| {
+                if let Some(p) = problem {
+                    root_problems.push((i, p));
+                }
+                (i, o)
+            })
+            .collect();
         let verdict = arbitrate(results);
         let blamed: Vec<usize> = verdict.at_fault.iter().map(|(i, _)| *i).collect();
         for &index in &targets {
@@ -160,7 +197,11 @@ impl ReplicaSet {
             }
         }
         for (index, fault) in verdict.at_fault {
-            self.take_out(index, op, path, fault, true);
+            let problem = root_problems
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, p)| p.as_str());
+            self.take_out_with(index, op, path, fault, problem, true);
         }
         if verdict.answer.is_ok() {
             for r in &self.replicas {
@@ -187,24 +228,23 @@ impl ReplicaSet {
             if !self.replicas[index].is_in_service() {
                 continue;
             }
-            let outcome = self.run(&[index], creds, &job).pop().map(|(_, o)| o);
+            let answer = self.run_checked(&[index], creds, &job).pop();
             let replica = &self.replicas[index];
-            match outcome {
-                Some(Outcome::Done(v)) => {
+            match answer {
+                Some((_, Outcome::Done(v), _)) => {
                     replica
                         .reads
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok((index, v));
                 }
-                Some(Outcome::Failed(errno)) => {
-                    let vanished = matches!(errno, libc::ENOENT | libc::ESTALE)
-                        && replica.check_root().is_err();
-                    if !(is_replica_fault(errno) || vanished) {
+                Some((_, Outcome::Failed(errno), root_problem)) => {
+                    if !(is_replica_fault(errno) || root_problem.is_some()) {
                         return Err(errno);
                     }
-                    self.take_out(index, op, path, Fault::Errno(errno), false);
+                    let fault = Fault::Errno(errno);
+                    self.take_out_with(index, op, path, fault, root_problem.as_deref(), false);
                 }
-                Some(Outcome::TimedOut) | None => {
+                Some((_, Outcome::TimedOut, _)) | None => {
                     self.take_out(index, op, path, Fault::TimedOut, false);
                 }
             }
@@ -214,11 +254,28 @@ impl ReplicaSet {
 
     /// Takes a replica out of service after `op` on `path` failed there, with an alert line.
     pub fn take_out(&self, index: usize, op: &str, path: &Path, fault: Fault, missed_write: bool) {
+        self.take_out_with(index, op, path, fault, None, missed_write);
+    }
+
+    /// [`ReplicaSet::take_out`], saying what is wrong with the replica's root when known
+    /// ("its directory was deleted"), so the alert explains an ENOENT.
+    fn take_out_with(
+        &self,
+        index: usize,
+        op: &str,
+        path: &Path,
+        fault: Fault,
+        root_problem: Option<&str>,
+        missed_write: bool,
+    ) {
         let replica = &self.replicas[index];
         replica
             .errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let what = describe_fault(fault, self.timeout);
+        let mut what = describe_fault(fault, self.timeout);
+        if let Some(problem) = root_problem {
+            what = format!("{what}: {problem}");
+        }
         log::error!(
             "{op} failed accessing {} for {}: {what}",
             replica.path.display(),
@@ -248,36 +305,56 @@ impl ReplicaSet {
     /// called once a second by the health thread so an idle mount still notices a dead replica.
     pub fn check_health(&self) {
         let targets = self.priority_order();
+        for (index, result) in targets.iter().copied().zip(self.probe(&targets)) {
+            let Err(problem) = result else { continue };
+            self.replicas[index]
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.take_out_because(index, format!("health check: {problem}"), false);
+        }
+    }
+
+    /// Asks each of `targets`, on its own workers and within the deadline, whether its root is
+    /// alive: a statfs (a real round trip to a network file server; a stat may be answered from
+    /// a cache) and the check that the root is still the directory that was mounted. Returns
+    /// each replica's problem in words.
+    fn probe(&self, targets: &[usize]) -> Vec<Result<(), String>> {
         let probe: ReplicaJob<Result<(), String>> = Arc::new(|r: &Replica| {
             sys::statvfs(r.root())?;
             Ok(r.check_root())
         });
-        for (index, outcome) in self.run(&targets, &Credentials::root(), &probe) {
-            let problem = match outcome {
-                Outcome::Done(Ok(())) => continue,
-                Outcome::Done(Err(words)) => words,
-                Outcome::Failed(e) => format!("health check failed: {}", describe_errno(e)),
-                Outcome::TimedOut => format!(
-                    "health check got no answer within {:.1} s (hung?)",
+        self.run(targets, &Credentials::root(), &probe)
+            .into_iter()
+            .map(|(_, outcome)| match outcome {
+                Outcome::Done(answer) => answer,
+                Outcome::Failed(e) => Err(format!("its root fails: {}", describe_errno(e))),
+                Outcome::TimedOut => Err(format!(
+                    "its root gave no answer within {:.1} s (hung?)",
                     self.timeout.as_secs_f64()
-                ),
-            };
-            self.replicas[index]
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.take_out_because(index, problem, false);
-        }
+                )),
+            })
+            .collect()
     }
 
     fn find(&self, replica: &str) -> Result<&Arc<Replica>, String> {
         let wanted = replica.trim_end_matches('/');
+        let literal =
+            |r: &&Arc<Replica>| r.index.to_string() == wanted || r.path == Path::new(wanted);
+        if let Some(r) = self.replicas.iter().find(literal) {
+            return Ok(r);
+        }
+        // Resolve symlinks in the parent only: a stat of the replica itself would hang on a
+        // dead network mount, and with it the control socket.
+        let wanted = Path::new(wanted);
+        let resolved = match (wanted.parent(), wanted.file_name()) {
+            (Some(dir), Some(name)) if wanted.is_absolute() => {
+                std::fs::canonicalize(dir).ok().map(|d| d.join(name))
+            }
+            _ => None,
+        };
         self.replicas
             .iter()
-            .find(|r| {
-                r.index.to_string() == wanted
-                    || r.path == Path::new(wanted)
-                    || std::fs::canonicalize(wanted).ok().as_deref() == Some(r.path.as_path())
-            })
+            .find(|r| resolved.as_deref() == Some(r.path.as_path()))
             .ok_or_else(|| {
                 format!(
                     "no replica '{replica}' on {} (give its index or path)",
@@ -301,11 +378,16 @@ impl ControlHandler for ReplicaSet {
 
     fn enable(&self, replica: &str, force: bool) -> Result<String, String> {
         let r = self.find(replica)?;
-        if let Err(problem) = r.check_root() {
+        let refusing = |why: String| format!("refusing to enable {}: {why}", r.path.display());
+        // The rules first (a dry run), then the replica itself, on its own workers within the
+        // deadline: a hung replica must not wedge the control socket, nor come back.
+        r.update_status(|s| s.clone().enable(now(), force))
+            .map_err(refusing)?;
+        if let Some(Err(problem)) = self.probe(&[r.index]).pop() {
             return Err(format!("cannot enable {}: {problem}", r.path.display()));
         }
         r.update_status(|s| s.enable(now(), force))
-            .map_err(|why| format!("refusing to enable {}: {why}", r.path.display()))?;
+            .map_err(refusing)?;
         let how = if force { " (forced)" } else { "" };
         log::warn!(
             "trusting replica {}: back in service by administrator{how}",

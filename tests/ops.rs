@@ -7,7 +7,9 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{
+    DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,7 +38,9 @@ fn lmeta(p: &Path) -> fs::Metadata {
 
 /// lstat of `rel` on every replica.
 fn on_all(m: &Mount, rel: &str) -> Vec<fs::Metadata> {
-    (0..m.replicas.len()).map(|i| lmeta(&m.on(i, rel))).collect()
+    (0..m.replicas.len())
+        .map(|i| lmeta(&m.on(i, rel)))
+        .collect()
 }
 
 fn absent_everywhere(m: &Mount, rel: &str) {
@@ -46,18 +50,33 @@ fn absent_everywhere(m: &Mount, rel: &str) {
             "{rel} still on replica {i}"
         );
     }
-    assert!(fs::symlink_metadata(m.path(rel)).is_err(), "{rel} still in the mount");
+    assert!(
+        fs::symlink_metadata(m.path(rel)).is_err(),
+        "{rel} still in the mount"
+    );
 }
 
 fn content_everywhere(m: &Mount, rel: &str, want: &[u8]) {
-    assert_eq!(fs::read(m.path(rel)).unwrap(), want, "{rel} through the mount");
+    assert_eq!(
+        fs::read(m.path(rel)).unwrap(),
+        want,
+        "{rel} through the mount"
+    );
     for i in 0..m.replicas.len() {
-        assert_eq!(fs::read(m.on(i, rel)).unwrap(), want, "{rel} on replica {i}");
+        assert_eq!(
+            fs::read(m.on(i, rel)).unwrap(),
+            want,
+            "{rel} on replica {i}"
+        );
     }
 }
 
 fn mode_everywhere(m: &Mount, rel: &str, want: u32) {
-    assert_eq!(lmeta(&m.path(rel)).mode() & 0o7777, want, "{rel} mode through the mount");
+    assert_eq!(
+        lmeta(&m.path(rel)).mode() & 0o7777,
+        want,
+        "{rel} mode through the mount"
+    );
     for (i, md) in on_all(m, rel).iter().enumerate() {
         assert_eq!(md.mode() & 0o7777, want, "{rel} mode on replica {i}");
     }
@@ -175,12 +194,15 @@ fn mkdir_fifo_socket_chardev_symlink_on_every_replica() {
     mode_everywhere(&m, "d", 0o750);
 
     // SAFETY: valid path string.
-    ok(unsafe { libc::mkfifo(c(&m.path("d/fifo")).as_ptr(), 0o620) } as i64, "mkfifo");
+    ok(
+        unsafe { libc::mkfifo(c(&m.path("d/fifo")).as_ptr(), 0o640) } as i64,
+        "mkfifo",
+    );
     assert!(lmeta(&m.path("d/fifo")).file_type().is_fifo());
     for md in on_all(&m, "d/fifo") {
         assert!(md.file_type().is_fifo());
     }
-    mode_everywhere(&m, "d/fifo", 0o620);
+    mode_everywhere(&m, "d/fifo", 0o640);
 
     // A unix socket bound in the mount: the node is on every replica and it answers.
     let listener = std::os::unix::net::UnixListener::bind(m.path("d/sock")).unwrap();
@@ -296,7 +318,8 @@ fn unlink_and_rmdir() {
     let md = f.metadata().unwrap();
     assert_eq!(md.nlink(), 0);
     assert_eq!(md.len(), 10);
-    f.set_permissions(fs::Permissions::from_mode(0o600)).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
     assert_eq!(f.metadata().unwrap().mode() & 0o7777, 0o600);
     let mut s = String::new();
     f.seek(SeekFrom::Start(0)).unwrap();
@@ -336,7 +359,11 @@ fn rename_plain_over_dir_noreplace_exchange() {
     fs::rename(m.path("b"), m.path("c")).unwrap();
     absent_everywhere(&m, "b");
     content_everywhere(&m, "c", b"A");
-    assert_eq!(lmeta(&m.path("c")).ino(), before, "the moved file keeps its inode");
+    assert_eq!(
+        lmeta(&m.path("c")).ino(),
+        before,
+        "the moved file keeps its inode"
+    );
 
     // A directory with children: the children follow and stay reachable.
     fs::create_dir_all(m.path("d/sub")).unwrap();
@@ -443,10 +470,17 @@ fn truncate_shrink_grow_and_ftruncate() {
     content_everywhere(&m, "f", b"0123");
     // truncate(2) by path grows with zeros.
     // SAFETY: valid path string.
-    ok(unsafe { libc::truncate(c(&m.path("f")).as_ptr(), 8) } as i64, "truncate");
+    ok(
+        unsafe { libc::truncate(c(&m.path("f")).as_ptr(), 8) } as i64,
+        "truncate",
+    );
     content_everywhere(&m, "f", b"0123\0\0\0\0");
     // ftruncate on a file opened read-write, then more writes through the same fd.
-    let f = File::options().read(true).write(true).open(m.path("f")).unwrap();
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
     f.set_len(2).unwrap();
     f.write_all_at(b"Z", 5).unwrap();
     drop(f);
@@ -486,7 +520,14 @@ fn utimensat_ns_now_omit_and_nofollow() {
     fs::write(m.path("f"), b"x").unwrap();
     let p = m.path("f");
     ok(
-        utimensat(&p, [ts(1_000_000_000, 123_456_789), ts(1_100_000_000, 987_654_321)], 0),
+        utimensat(
+            &p,
+            [
+                ts(1_000_000_000, 123_456_789),
+                ts(1_100_000_000, 987_654_321),
+            ],
+            0,
+        ),
         "utimensat",
     );
     let want = ((1_000_000_000, 123_456_789), (1_100_000_000, 987_654_321));
@@ -500,7 +541,10 @@ fn utimensat_ns_now_omit_and_nofollow() {
         "UTIME_OMIT atime",
     );
     for md in on_all(&m, "f").iter().chain([&lmeta(&p)]) {
-        assert_eq!(times(md), ((1_000_000_000, 123_456_789), (1_200_000_000, 5)));
+        assert_eq!(
+            times(md),
+            ((1_000_000_000, 123_456_789), (1_200_000_000, 5))
+        );
     }
     // UTIME_NOW for the atime, mtime omitted.
     let before = std::time::SystemTime::now()
@@ -512,7 +556,10 @@ fn utimensat_ns_now_omit_and_nofollow() {
         "UTIME_NOW",
     );
     for md in on_all(&m, "f").iter().chain([&lmeta(&p)]) {
-        assert!(md.atime() >= before && md.atime() <= before + 5, "atime now");
+        assert!(
+            md.atime() >= before && md.atime() <= before + 5,
+            "atime now"
+        );
         assert_eq!((md.mtime(), md.mtime_nsec()), (1_200_000_000, 5));
     }
     let on0 = lmeta(&m.on(0, "f"));
@@ -535,7 +582,10 @@ fn utimensat_ns_now_omit_and_nofollow() {
     let target_after: Vec<_> = on_all(&m, "f").iter().map(times).collect();
     assert_eq!(target_before, target_after, "the target is untouched");
     // Without the flag it follows the link.
-    ok(utimensat(&m.path("l"), [ts(7, 7), ts(8, 8)], 0), "utimensat follow");
+    ok(
+        utimensat(&m.path("l"), [ts(7, 7), ts(8, 8)], 0),
+        "utimensat follow",
+    );
     for md in on_all(&m, "f") {
         assert_eq!(times(&md), ((7, 7), (8, 8)));
     }
@@ -643,18 +693,32 @@ fn xattrs_set_get_list_remove() {
         let n = CString::new(name).unwrap();
         // SAFETY: valid strings and value buffer.
         unsafe {
-            libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
-                as i64
+            libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            ) as i64
         }
     };
     ok(set("user.one", b"1", 0), "setxattr");
-    ok(set("user.two", b"second value", libc::XATTR_CREATE), "setxattr create");
+    ok(
+        set("user.two", b"second value", libc::XATTR_CREATE),
+        "setxattr create",
+    );
     assert_eq!(
-        fails(set("user.one", b"again", libc::XATTR_CREATE), "XATTR_CREATE twice"),
+        fails(
+            set("user.one", b"again", libc::XATTR_CREATE),
+            "XATTR_CREATE twice"
+        ),
         libc::EEXIST
     );
     assert_eq!(
-        fails(set("user.none", b"x", libc::XATTR_REPLACE), "XATTR_REPLACE missing"),
+        fails(
+            set("user.none", b"x", libc::XATTR_REPLACE),
+            "XATTR_REPLACE missing"
+        ),
         libc::ENODATA
     );
     for path in [m.path("f"), m.on(0, "f"), m.on(1, "f")] {
@@ -669,7 +733,10 @@ fn xattrs_set_get_list_remove() {
     let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
     assert_eq!(len, 12);
     // SAFETY: valid strings.
-    ok(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) } as i64, "removexattr");
+    ok(
+        unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) } as i64,
+        "removexattr",
+    );
     for path in [m.path("f"), m.on(0, "f"), m.on(1, "f")] {
         assert_eq!(xattr_get(&path, "user.two"), Err(libc::ENODATA));
         assert_eq!(xattr_list(&path), ["user.one"]);
@@ -706,7 +773,12 @@ fn fsync_fdatasync_and_directory_fsync() {
     // Every replica took part: each counted the writes.
     let snap = m.snapshot();
     for r in &snap.replicas {
-        assert!(r.writes >= 4, "replica {} counted {} writes", r.path, r.writes);
+        assert!(
+            r.writes >= 4,
+            "replica {} counted {} writes",
+            r.path,
+            r.writes
+        );
     }
 }
 
@@ -723,13 +795,20 @@ fn statfs_reports_the_smallest_replica() {
         .arg(&small)
         .output()
         .unwrap();
-    assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mount tmpfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut m = b.replica_path(1, small.clone()).start();
     m.unmount_at_end(small.clone());
     let st = nix::sys::statvfs::statvfs(&m.mnt).unwrap();
     let total = st.blocks() as u64 * st.fragment_size() as u64;
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-    assert!(total <= 8 << 20 && total > 7 << 20, "total {total} is the 8 MiB tmpfs");
+    assert!(
+        total <= 8 << 20 && total > 7 << 20,
+        "total {total} is the 8 MiB tmpfs"
+    );
     assert!(free <= 8 << 20 && free > 7 << 20, "free {free}");
     // Filling the small replica shows in the free space.
     fs::write(m.path("fill"), vec![1u8; 4 << 20]).unwrap();
@@ -753,7 +832,12 @@ fn map(f: &File, len: usize, flags: i32) -> *mut libc::c_void {
             0,
         )
     };
-    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
     p
 }
 
@@ -765,7 +849,11 @@ fn mmap_shared_write_reaches_replicas_private_does_not() {
     let m = Mount::two();
     let len = 3 * 4096 + 100;
     fs::write(m.path("f"), vec![b'.'; len]).unwrap();
-    let f = File::options().read(true).write(true).open(m.path("f")).unwrap();
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
     let p = map(&f, len, libc::MAP_SHARED);
     // SAFETY: the mapping is `len` bytes, readable and writable.
     let s = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
@@ -781,7 +869,11 @@ fn mmap_shared_write_reaches_replicas_private_does_not() {
     want[len - 3..].copy_from_slice(b"end");
     content_everywhere(&m, "f", &want);
 
-    let f = File::options().read(true).write(true).open(m.path("f")).unwrap();
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
     let p = map(&f, len, libc::MAP_PRIVATE);
     // SAFETY: as above.
     let s = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
@@ -806,7 +898,11 @@ fn inode_number_survives_disabling_the_serving_replica() {
     let dir_before = lmeta(&m.path("d")).ino();
     assert_eq!(fs::read(m.path("d/f")).unwrap(), b"stable");
     let out = m.chironctl(&["disable", "0"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Past the attribute timeout, so the kernel asks again (now replica 1 answers).
     std::thread::sleep(Duration::from_millis(1200));
     let reads_before = m.snapshot().replicas[1].reads;
@@ -842,4 +938,50 @@ fn large_random_file_is_byte_identical_everywhere() {
     let mut want = data;
     want[5 << 20..(5 << 20) + 70_000].fill(0xAA);
     content_everywhere(&m, "big", &want);
+}
+
+#[test]
+fn a_new_file_never_takes_the_identity_of_an_unlinked_open_one() {
+    if !can_mount() {
+        return;
+    }
+    // Replica filesystems reuse a freed inode number at once; a file still open through the
+    // mount (read-only: its data comes from one replica only) must not be mistaken for the
+    // new file that got its old number on another replica (the kernel would then share one
+    // inode, and its cached pages, between the two).
+    let m = Mount::two();
+    let mut seen_reuse = false;
+    for round in 0..40 {
+        let old = format!("old{round}");
+        fs::write(m.path(&old), vec![b'o'; 8192]).unwrap();
+        let inos: Vec<u64> = (0..2).map(|i| lmeta(&m.on(i, &old)).ino()).collect();
+        let old_ino = lmeta(&m.path(&old)).ino();
+        let mut held = File::open(m.path(&old)).unwrap();
+        let mut buf = vec![0u8; 8192];
+        held.read_exact(&mut buf).unwrap();
+        fs::remove_file(m.path(&old)).unwrap();
+        let new = format!("new{round}");
+        fs::write(m.path(&new), vec![b'n'; 8192]).unwrap();
+        let reused = (0..2).any(|i| lmeta(&m.on(i, &new)).ino() == inos[i]);
+        seen_reuse |= reused;
+        assert_ne!(
+            lmeta(&m.path(&new)).ino(),
+            old_ino,
+            "round {round}: same st_ino"
+        );
+        assert_eq!(
+            fs::read(m.path(&new)).unwrap(),
+            vec![b'n'; 8192],
+            "round {round}"
+        );
+        held.seek(SeekFrom::Start(0)).unwrap();
+        held.read_exact(&mut buf).unwrap();
+        assert_eq!(
+            buf,
+            vec![b'o'; 8192],
+            "round {round}: the open file changed"
+        );
+        drop(held);
+    }
+    eprintln!("inode number reuse seen on a replica: {seen_reuse}");
 }

@@ -1,71 +1,18 @@
 //! `chironctl`: inspect and control a running chironfs through its control socket, and check
 //! it Nagios-style (from the socket or, without root, from the status file). All wording lives
-//! in `chironfs::control` so it is unit-tested; this file only parses arguments and prints.
+//! in `chironfs::control` so it is unit-tested, and the command line is defined in
+//! `chironfs::ctl_cli` (shared with the man page generator); this file only runs and prints.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use chironfs::config;
 use chironfs::control::{self, CheckResult, Request};
+use chironfs::ctl_cli::{Cli, Cmd};
 use chironfs::snapshot::Snapshot;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "chironctl",
-    version,
-    about = "Inspect and control a running chironfs replicating filesystem"
-)]
-struct Cli {
-    /// Control socket of the daemon to talk to.
-    #[arg(short = 's', long = "socket", value_name = "PATH", global = true)]
-    socket: Option<PathBuf>,
-    /// Mount point of the daemon to talk to (its socket is /run/chironfs/<name>.sock).
-    #[arg(short = 'm', long = "mountpoint", value_name = "DIR", global = true)]
-    mountpoint: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Show every replica's state, priority, counters and why it is out of service.
-    Status {
-        /// Print the raw snapshot as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show per-replica read/write/error counters.
-    Stats {
-        /// Print the counters as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Put a replica back in service.
-    Enable {
-        /// Replica index (0-based, as in `status`) or path.
-        replica: String,
-        /// Enable even if the replica is stale (missed writes while out of service).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Take a replica out of service.
-    Disable {
-        /// Replica index (0-based, as in `status`) or path.
-        replica: String,
-    },
-    /// Nagios plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
-    Check {
-        /// Read this status file instead of asking the control socket (no root needed).
-        #[arg(long, value_name = "PATH")]
-        status_file: Option<PathBuf>,
-        /// A status file older than this many seconds means the daemon is dead (UNKNOWN).
-        #[arg(long, value_name = "SECS", default_value_t = 10)]
-        max_age: u64,
-    },
-}
 
 /// Canonical form of a mount point. A FUSE mount whose daemon died answers ENOTCONN to
 /// stat(2), so fall back to canonicalizing the parent and appending the last component.
@@ -210,26 +157,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cli_parses() {
-        let c =
-            Cli::try_parse_from(["chironctl", "-m", "/mnt/x", "enable", "1", "--force"]).unwrap();
-        assert!(matches!(c.cmd, Cmd::Enable { ref replica, force: true } if replica == "1"));
-        let c = Cli::try_parse_from([
-            "chironctl",
-            "check",
-            "--status-file",
-            "/x",
-            "--max-age",
-            "30",
-        ])
-        .unwrap();
-        assert!(matches!(c.cmd, Cmd::Check { max_age: 30, .. }));
-        let c =
-            Cli::try_parse_from(["chironctl", "status", "-s", "/tmp/s.sock", "--json"]).unwrap();
-        assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/s.sock")));
-    }
 
     #[test]
     fn socket_from_mountpoint() {

@@ -50,8 +50,7 @@ pub fn mount_device(mnt: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let target = mnt.to_str()?;
     info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(target))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(target))
         .and_then(|l| l.split(' ').nth(2).map(str::to_owned))
 }
 
@@ -417,4 +416,41 @@ pub fn run_as(uid: u32, gid: u32, groups: &[u32], cmd: &str) -> Output {
         .args(["sh", "-c", cmd])
         .output()
         .expect("setpriv")
+}
+
+impl Mount {
+    /// Adopts a chironfs that was mounted some other way (mount(8), mount.fuse3, an fstab
+    /// line, a hand-made command line) on `mnt`, with its status file at `status_file`: waits
+    /// for the status file, takes the daemon pid from it, and from then on cleans up like a
+    /// [`MountBuilder`] mount (unmount, stop the daemon by pid).
+    pub fn adopt(
+        tmp: tempfile::TempDir,
+        replicas: Vec<PathBuf>,
+        mnt: PathBuf,
+        status_file: PathBuf,
+        socket: PathBuf,
+        log: PathBuf,
+    ) -> Mount {
+        let mut pid = None;
+        wait_until(Duration::from_secs(5), || {
+            pid = std::fs::read_to_string(&status_file).ok().and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("pid="))
+                    .and_then(|p| p.parse().ok())
+            });
+            pid.is_some()
+        });
+        let m = Mount {
+            tmp,
+            replicas,
+            mnt,
+            status_file,
+            socket,
+            log,
+            pid: pid.unwrap_or(-1),
+            extra_unmounts: Vec::new(),
+        };
+        assert!(m.pid > 0, "no pid in the status file of the adopted mount");
+        m
+    }
 }

@@ -1,0 +1,101 @@
+//! Command-line definition of `chironctl` (clap derive). It lives in the library, not in
+//! `src/bin/chironctl.rs`, so that `tools/gen-docs` can render the man page and the shell
+//! completions from the very definition the binary parses with.
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Parsed `chironctl` command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "chironctl",
+    version,
+    about = "Inspect and control a running chironfs replicating filesystem"
+)]
+pub struct Cli {
+    /// Control socket of the daemon to talk to.
+    #[arg(short = 's', long = "socket", value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    /// Mount point of the daemon to talk to (its socket is /run/chironfs/<name>.sock).
+    #[arg(short = 'm', long = "mountpoint", value_name = "DIR", global = true)]
+    pub mountpoint: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// `chironctl` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Show every replica's state, priority, counters and why it is out of service.
+    Status {
+        /// Print the raw snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show per-replica read/write/error counters.
+    Stats {
+        /// Print the counters as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a replica back in service.
+    Enable {
+        /// Replica index (0-based, as in `status`) or path.
+        replica: String,
+        /// Enable even if the replica is stale (missed writes while out of service).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take a replica out of service.
+    Disable {
+        /// Replica index (0-based, as in `status`) or path.
+        replica: String,
+    },
+    /// Nagios plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Check {
+        /// Read this status file instead of asking the control socket (no root needed).
+        #[arg(long, value_name = "PATH")]
+        status_file: Option<PathBuf>,
+        /// A status file older than this many seconds means the daemon is dead (UNKNOWN).
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        max_age: u64,
+    },
+}
+
+/// The clap command `chironctl` parses with (for man pages and shell completions).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn cli_parses() {
+        let c =
+            Cli::try_parse_from(["chironctl", "-m", "/mnt/x", "enable", "1", "--force"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Enable { ref replica, force: true } if replica == "1"));
+        let c = Cli::try_parse_from([
+            "chironctl",
+            "check",
+            "--status-file",
+            "/x",
+            "--max-age",
+            "30",
+        ])
+        .unwrap();
+        assert!(matches!(c.cmd, Cmd::Check { max_age: 30, .. }));
+        let c =
+            Cli::try_parse_from(["chironctl", "status", "-s", "/tmp/s.sock", "--json"]).unwrap();
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/s.sock")));
+    }
+
+    #[test]
+    fn command_is_consistent() {
+        command().debug_assert();
+    }
+}
