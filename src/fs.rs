@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -19,7 +19,7 @@ use fuser::{
 };
 
 use crate::arbitrate::Outcome;
-use crate::nodes::{NodeTable, ROOT};
+use crate::nodes::NodeTable;
 use crate::replica::Replica;
 use crate::set::{ReplicaJob, ReplicaSet};
 use crate::sys::{self, Credentials, TimeSpec, XattrOp, XattrReply};
@@ -39,17 +39,26 @@ struct OpenFile {
     /// The node it was opened as (0 until `create` knows it): an unlinked file that is still
     /// open is reached through its handles.
     ino: AtomicU64,
-    path: PathBuf,
+    /// Where the file was when opened; it may have moved since (see [`OpenFile::path`]).
+    opened_as: PathBuf,
+    nodes: Arc<NodeTable>,
     flags: i32,
     fds: Vec<Mutex<Option<Arc<OwnedFd>>>>,
     read_order: Vec<usize>,
 }
 
 impl OpenFile {
-    fn new(path: PathBuf, flags: i32, replicas: usize, read_order: Vec<usize>) -> Self {
+    fn new(
+        nodes: &Arc<NodeTable>,
+        path: PathBuf,
+        flags: i32,
+        replicas: usize,
+        read_order: Vec<usize>,
+    ) -> Self {
         OpenFile {
             ino: AtomicU64::new(0),
-            path,
+            opened_as: path,
+            nodes: Arc::clone(nodes),
             // Kept for lazy re-opens on fail-over, which must never truncate again.
             flags: flags & !libc::O_TRUNC,
             fds: (0..replicas).map(|_| Mutex::new(None)).collect(),
@@ -61,7 +70,23 @@ impl OpenFile {
         *self.fds[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(fd));
     }
 
+    /// Where the file is now: renamed files are followed through the node table. None once
+    /// it has no name left (unlinked while open).
+    fn current_path(&self) -> Option<PathBuf> {
+        match self.ino.load(Ordering::Relaxed) {
+            0 => Some(self.opened_as.clone()),
+            ino => self.nodes.path(ino),
+        }
+    }
+
+    /// The path to name in log lines.
+    fn path(&self) -> PathBuf {
+        self.current_path()
+            .unwrap_or_else(|| self.opened_as.clone())
+    }
+
     /// This replica's descriptor, opened now if the handle has none yet (a read fail-over).
+    /// The file is opened where it is now, never at a name another file may have taken since.
     fn fd(&self, replica: &Replica) -> io::Result<Arc<OwnedFd>> {
         let mut slot = self.fds[replica.index]
             .lock()
@@ -69,19 +94,37 @@ impl OpenFile {
         if let Some(fd) = slot.as_ref() {
             return Ok(Arc::clone(fd));
         }
-        let fd = Arc::new(open_file(replica, &self.path, self.flags)?);
+        // Unlinked while open: nothing left to open on a replica that had no descriptor.
+        let path = self
+            .current_path()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let fd = Arc::new(open_file(replica, &path, self.flags)?);
         *slot = Some(Arc::clone(&fd));
         Ok(fd)
     }
+}
+
+/// One open directory: the listing read at opendir, read again at a rewind (offset 0 after
+/// the first pass), so that rewinddir(3) sees the entries made since, as POSIX asks.
+#[derive(Debug)]
+struct OpenDir {
+    entries: Mutex<Arc<Vec<sys::DirEntry>>>,
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 /// The chironfs filesystem.
 #[derive(Debug)]
 pub struct ChironFs {
     set: Arc<ReplicaSet>,
-    nodes: NodeTable,
+    nodes: Arc<NodeTable>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<sys::DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    /// Orders directory renames against every other path-based operation: a rename moves a
+    /// whole subtree, and an operation on a path inside it that the kernel does not order
+    /// against the rename must reach every replica on the same side of it (else it succeeds
+    /// on some replicas and fails on others, which then get blamed). Held shared from the
+    /// moment a path is computed until its fan-out ends; a directory rename holds it alone.
+    tree: RwLock<()>,
     next_fh: AtomicU64,
     open_ticket: AtomicUsize,
     max_write: u32,
@@ -227,13 +270,23 @@ impl ChironFs {
     pub fn new(set: Arc<ReplicaSet>, max_write: u32) -> Self {
         ChironFs {
             set,
-            nodes: NodeTable::new(),
+            nodes: Arc::new(NodeTable::new()),
             files: Mutex::default(),
             dirs: Mutex::default(),
+            tree: RwLock::new(()),
             next_fh: AtomicU64::new(1),
             open_ticket: AtomicUsize::new(0),
             max_write,
         }
+    }
+
+    /// See [`ChironFs::tree`]; taken once per request, at its start.
+    fn tree_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.tree.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tree_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.tree.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
@@ -285,30 +338,28 @@ impl ChironFs {
 
     /// Registers a new or found entry and answers the kernel with it.
     fn entry(&self, parent: INodeNo, name: &OsStr, (index, st): Stat, reply: ReplyEntry) {
-        let hard_linked = st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1;
-        let id = self
-            .nodes
-            .remember(parent.0, name, index, st.st_dev, st.st_ino, hard_linked);
+        let id = self.nodes.remember(parent.0, name, index, &st);
         reply.entry(&TTL, &attr(id, &st), Generation(0));
     }
 
     /// Creates `name` in `parent` on every replica as the caller, then answers with its entry.
     fn make(
         &self,
-        req: &Request,
+        creds: Credentials,
         op: &str,
         parent: INodeNo,
         name: &OsStr,
         reply: ReplyEntry,
         make: impl Fn(BorrowedFd<'_>, &CStr) -> io::Result<()> + Send + Sync + 'static,
     ) {
+        let _tree = self.tree_shared();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         let rel = path.clone();
         let stamp = now();
-        let result = self.mutate(op, &path, &caller(req), move |r| {
+        let result = self.mutate(op, &path, &creds, move |r| {
             at(r, &rel, |dir, name| {
                 make(dir, name)?;
                 // The new object's times, the same on every replica (the caller owns it).
@@ -330,6 +381,15 @@ impl ChironFs {
             .values()
             .find(|f| f.ino.load(Ordering::Relaxed) == ino.0)
             .cloned()
+    }
+
+    /// The entries of directory `path`, from the metadata replica.
+    fn list_dir(&self, path: &Path) -> Result<Vec<sys::DirEntry>, Errno> {
+        let rel = path.to_path_buf();
+        self.read_meta("readdir", path, move |r| {
+            sys::read_dir_all(r.root(), &cstr(&rel)?)
+        })
+        .map(|(_, entries)| entries)
     }
 
     fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
@@ -354,7 +414,7 @@ impl ChironFs {
         let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
         // Taken under the file's order lock, so the stamps of one file only go forward.
         let stamp = now();
-        let path = file.path.clone();
+        let path = file.path();
         self.mutate(op, &path, &Credentials::root(), move |r| {
             let fd = file.fd(r)?;
             job(r, fd.as_fd(), stamp)
@@ -365,12 +425,25 @@ impl ChironFs {
 impl Filesystem for ChironFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(self.max_write);
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // One at a time: add_capabilities refuses the whole set if the kernel lacks one.
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // The kernel enforces the POSIX ACLs stored on the replicas (with
+            // default_permissions it would otherwise check the mode bits only, and a user
+            // granted access by an ACL would be refused).
+            InitFlags::FUSE_POSIX_ACL,
+            // The kernel leaves the umask to us: the replica applies the caller's (set per
+            // request) unless the parent directory has a default ACL, which then wins.
+            InitFlags::FUSE_DONT_MASK,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _tree = self.tree_shared();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -387,6 +460,7 @@ impl Filesystem for ChironFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _tree = self.tree_shared();
         let path = self.path(ino);
         // fstat of a file unlinked while open: no name left, but its handles still reach it.
         let file = fh
@@ -394,7 +468,7 @@ impl Filesystem for ChironFs {
             .or_else(|| path.is_err().then(|| self.handle_of(ino)).flatten());
         if let Some(file) = file {
             let order: Vec<usize> = file.read_order.clone();
-            let path = file.path.clone();
+            let path = file.path();
             let job: ReplicaJob<libc::stat> =
                 Arc::new(move |r: &Replica| sys::fstat(file.fd(r)?.as_fd()));
             return match self
@@ -434,12 +508,13 @@ impl Filesystem for ChironFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _tree = self.tree_shared();
         // A file unlinked while open (fchmod, futimens, ftruncate after unlink) has no name:
         // then the change goes through one of its handles.
         let (path, handle) = match (self.path(ino), fh.and_then(|fh| self.file(fh).ok())) {
             (Ok(p), h) => (p, h),
             (Err(e), h) => match h.or_else(|| self.handle_of(ino)) {
-                Some(f) => (f.path.clone(), Some(f)),
+                Some(f) => (f.path(), Some(f)),
                 None => return reply.error(e),
             },
         };
@@ -494,6 +569,7 @@ impl Filesystem for ChironFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _tree = self.tree_shared();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -511,11 +587,12 @@ impl Filesystem for ChironFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.make(req, "mknod", parent, name, reply, move |dir, name| {
+        let creds = caller(req).with_umask(umask);
+        self.make(creds, "mknod", parent, name, reply, move |dir, name| {
             sys::mknod_at(dir, name, mode, rdev as libc::dev_t)
         });
     }
@@ -526,10 +603,11 @@ impl Filesystem for ChironFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.make(req, "mkdir", parent, name, reply, move |dir, name| {
+        let creds = caller(req).with_umask(umask);
+        self.make(creds, "mkdir", parent, name, reply, move |dir, name| {
             sys::mkdir_at(dir, name, mode)
         });
     }
@@ -555,7 +633,7 @@ impl Filesystem for ChironFs {
             Err(e) => return reply.error(e.into()),
         };
         self.make(
-            req,
+            caller(req),
             "symlink",
             parent,
             link_name,
@@ -574,11 +652,25 @@ impl Filesystem for ChironFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let bits = flags.bits();
+        // Moving a directory moves everything below it: nothing else may run meanwhile (see
+        // `tree`). The kernel looked both names up first; unknown counts as a directory.
+        let exchange = bits & libc::RENAME_EXCHANGE != 0;
+        let moves_dir = self.nodes.child_is_dir(parent.0, name).unwrap_or(true)
+            || (exchange
+                && self
+                    .nodes
+                    .child_is_dir(newparent.0, newname)
+                    .unwrap_or(true));
+        let (_alone, _shared) = if moves_dir {
+            (Some(self.tree_exclusive()), None)
+        } else {
+            (None, Some(self.tree_shared()))
+        };
         let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
-        let bits = flags.bits();
         let (a, b) = (from.clone(), to.clone());
         let result = self.mutate("rename", &from, &Credentials::root(), move |r| {
             at(r, &a, |old_dir, old_name| {
@@ -589,7 +681,6 @@ impl Filesystem for ChironFs {
         });
         match result {
             Ok(()) => {
-                let exchange = bits & libc::RENAME_EXCHANGE != 0;
                 self.nodes
                     .rename(parent.0, name, newparent.0, newname, exchange);
                 reply.ok()
@@ -606,6 +697,7 @@ impl Filesystem for ChironFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _tree = self.tree_shared();
         let (from, to) = match (self.path(ino), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -629,6 +721,7 @@ impl Filesystem for ChironFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _tree = self.tree_shared();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -638,6 +731,7 @@ impl Filesystem for ChironFs {
         let ticket = self.open_ticket.fetch_add(1, Ordering::Relaxed);
         let order = self.set.data_order(ticket);
         let file = Arc::new(OpenFile::new(
+            &self.nodes,
             path.clone(),
             flags,
             self.set.replicas().len(),
@@ -650,7 +744,7 @@ impl Filesystem for ChironFs {
             let f = Arc::clone(&file);
             let stamp = now();
             self.mutate("open", &path, &Credentials::root(), move |r| {
-                let fd = open_file(r, &f.path, flags)?;
+                let fd = open_file(r, &f.opened_as, flags)?;
                 if flags & libc::O_TRUNC != 0 {
                     // O_TRUNC updates the mtime (and ctime) even of an empty file.
                     stamp_mtime(fd.as_fd(), stamp);
@@ -688,7 +782,7 @@ impl Filesystem for ChironFs {
             Err(e) => return reply.error(e),
         };
         let order = file.read_order.clone();
-        let path = file.path.clone();
+        let path = file.path();
         let job: ReplicaJob<Vec<u8>> = Arc::new(move |r: &Replica| {
             sys::pread_full(file.fd(r)?.as_fd(), size as usize, offset)
         });
@@ -780,20 +874,22 @@ impl Filesystem for ChironFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _tree = self.tree_shared();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let rel = path.clone();
-        match self.read_meta("readdir", &path, move |r| {
-            sys::read_dir_all(r.root(), &cstr(&rel)?)
-        }) {
-            Ok((_, entries)) => {
+        match self.list_dir(&path) {
+            Ok(entries) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                let dir = OpenDir {
+                    entries: Mutex::new(Arc::new(entries)),
+                    fresh: true.into(),
+                };
                 self.dirs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(entries));
+                    .insert(fh, Arc::new(dir));
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
             Err(e) => reply.error(e),
@@ -808,20 +904,34 @@ impl Filesystem for ChironFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self
+        let _tree = self.tree_shared();
+        let dir = match self
             .dirs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
             .cloned()
         {
-            Some(e) => e,
+            Some(d) => d,
             None => return reply.error(Errno::EBADF),
         };
+        if offset == 0 && !dir.fresh.swap(false, Ordering::Relaxed) {
+            // A rewind: list again.
+            let listed = self.path(ino).and_then(|p| self.list_dir(&p));
+            match listed {
+                Ok(e) => *dir.entries.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(e),
+                Err(e) => return reply.error(e),
+            }
+        }
+        let entries = Arc::clone(&dir.entries.lock().unwrap_or_else(|e| e.into_inner()));
         // Offsets: 1 = ".", 2 = "..", 3.. = entries; the offset given is the last one returned.
         let dots = [
             (ino.0, FileType::Directory, OsStr::new(".")),
-            (ROOT, FileType::Directory, OsStr::new("..")),
+            (
+                self.nodes.parent(ino.0),
+                FileType::Directory,
+                OsStr::new(".."),
+            ),
         ];
         let listed = dots.into_iter().chain(entries.iter().map(|e| {
             let id = self
@@ -861,6 +971,7 @@ impl Filesystem for ChironFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _tree = self.tree_shared();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -917,6 +1028,7 @@ impl Filesystem for ChironFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _tree = self.tree_shared();
         let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
             (Ok(p), Ok(n)) => (p, n),
             (Err(e), _) => return reply.error(e),
@@ -934,6 +1046,7 @@ impl Filesystem for ChironFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _tree = self.tree_shared();
         let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
             (Ok(p), Ok(n)) => (p, n),
             (Err(e), _) => return reply.error(e),
@@ -949,6 +1062,7 @@ impl Filesystem for ChironFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _tree = self.tree_shared();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -963,6 +1077,7 @@ impl Filesystem for ChironFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _tree = self.tree_shared();
         let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
             (Ok(p), Ok(n)) => (p, n),
             (Err(e), _) => return reply.error(e),
@@ -993,16 +1108,18 @@ impl Filesystem for ChironFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _tree = self.tree_shared();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         let ticket = self.open_ticket.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(OpenFile::new(
+            &self.nodes,
             path.clone(),
             flags & !(libc::O_TRUNC),
             self.set.replicas().len(),
@@ -1012,8 +1129,9 @@ impl Filesystem for ChironFs {
         let open_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_NOFOLLOW;
         let exclusive = flags & libc::O_EXCL != 0;
         let stamp = now();
-        let result = self.mutate("create", &path, &caller(req), move |r| {
-            let rel = cstr(&f.path)?;
+        let creds = caller(req).with_umask(umask);
+        let result = self.mutate("create", &path, &creds, move |r| {
+            let rel = cstr(&f.opened_as)?;
             let flags = open_flags | libc::O_CREAT | libc::O_EXCL;
             let fd = match sys::open_beneath(r.root(), &rel, flags, mode & 0o7777, false) {
                 Ok(fd) => {
@@ -1038,14 +1156,7 @@ impl Filesystem for ChironFs {
         });
         match result {
             Ok((index, st)) => {
-                let id = self.nodes.remember(
-                    parent.0,
-                    name,
-                    index,
-                    st.st_dev,
-                    st.st_ino,
-                    st.st_nlink > 1,
-                );
+                let id = self.nodes.remember(parent.0, name, index, &st);
                 file.ino.store(id, Ordering::Relaxed);
                 let fh = self.new_handle(file);
                 reply.created(&TTL, &attr(id, &st), Generation(0), fh, FopenFlags::empty());
@@ -1090,7 +1201,7 @@ impl Filesystem for ChironFs {
             Err(e) => return reply.error(e),
         };
         let order = file.read_order.clone();
-        let path = file.path.clone();
+        let path = file.path();
         let job: ReplicaJob<i64> =
             Arc::new(move |r: &Replica| sys::lseek(file.fd(r)?.as_fd(), offset, whence));
         match self
@@ -1135,6 +1246,7 @@ impl Filesystem for ChironFs {
 
 impl ChironFs {
     fn remove(&self, op: &str, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let _tree = self.tree_shared();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),

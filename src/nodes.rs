@@ -20,6 +20,8 @@ struct Node {
     lookups: u64,
     /// (replica, dev, ino) it was last seen as, to recognise hard links.
     backing: Option<(usize, u64, u64)>,
+    /// A directory (renaming one moves a whole subtree).
+    is_dir: bool,
     /// Serialises data mutations of this file so every replica sees them in the same order.
     order: Arc<Mutex<()>>,
 }
@@ -57,6 +59,7 @@ impl NodeTable {
                 links: Vec::new(),
                 lookups: 1,
                 backing: None,
+                is_dir: true,
                 order: Arc::default(),
             },
         );
@@ -82,12 +85,28 @@ impl NodeTable {
         inner.path(parent).map(|p| p.join(name))
     }
 
+    /// The directory holding `ino` (its first name's), ROOT for the root or an unknown node.
+    pub fn parent(&self, ino: u64) -> u64 {
+        self.lock()
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.links.first())
+            .map_or(ROOT, |(parent, _)| *parent)
+    }
+
     /// Node id known for `name` in `parent`, if any (no lookup counted).
     pub fn known_child(&self, parent: u64, name: &OsStr) -> Option<u64> {
         self.lock()
             .by_name
             .get(&(parent, name.to_os_string()))
             .copied()
+    }
+
+    /// Whether `name` in `parent` is known as a directory (None: not known at all).
+    pub fn child_is_dir(&self, parent: u64, name: &OsStr) -> Option<bool> {
+        let inner = self.lock();
+        let id = inner.by_name.get(&(parent, name.to_os_string()))?;
+        inner.nodes.get(id).map(|n| n.is_dir)
     }
 
     /// The per-file ordering lock (held while a data mutation fans out).
@@ -100,25 +119,19 @@ impl NodeTable {
             .unwrap_or_default()
     }
 
-    /// Records that the kernel now knows `name` in `parent` as the object (dev, ino) seen on
+    /// Records that the kernel now knows `name` in `parent` as the object `st` found on
     /// `replica`, and returns its node id with one more lookup counted. A known name keeps its
     /// node; an unknown name is a hard link of a node seen under another name only if the
-    /// object has more than one link (`hard_linked`: a non-directory with st_nlink > 1):
-    /// replica filesystems reuse the inode number of a deleted file at once, and a new file
-    /// must never take the identity (and the kernel's cached pages) of a file that is gone
-    /// or only still open.
-    pub fn remember(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        replica: usize,
-        dev: u64,
-        ino: u64,
-        hard_linked: bool,
-    ) -> u64 {
+    /// object has more than one link (a non-directory with st_nlink > 1): replica
+    /// filesystems reuse the inode number of a deleted file at once, and a new file must never
+    /// take the identity (and the kernel's cached pages) of a file that is gone or only still
+    /// open.
+    pub fn remember(&self, parent: u64, name: &OsStr, replica: usize, st: &libc::stat) -> u64 {
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let hard_linked = !is_dir && st.st_nlink > 1;
         let mut inner = self.lock();
         let key = (parent, name.to_os_string());
-        let backing = (replica, dev, ino);
+        let backing = (replica, st.st_dev, st.st_ino);
         let linked_node =
             inner.by_backing.get(&backing).copied().filter(|id| {
                 hard_linked && inner.nodes.get(id).is_some_and(|n| !n.links.is_empty())
@@ -140,6 +153,7 @@ impl NodeTable {
                     links: vec![key.clone()],
                     lookups: 0,
                     backing: None,
+                    is_dir,
                     order: Arc::default(),
                 },
             );
@@ -148,6 +162,7 @@ impl NodeTable {
         };
         if let Some(node) = inner.nodes.get_mut(&id) {
             node.lookups += 1;
+            node.is_dir = is_dir;
             if node.backing != Some(backing) {
                 let old = node.backing.replace(backing);
                 if let Some(old) = old
@@ -300,11 +315,28 @@ mod tests {
         OsStr::new(s)
     }
 
+    /// A stat for the tests: `dir` a directory, else a file with `links` 1 or 2 (`true`).
+    fn st(dev: u64, ino: u64, dir_or_linked: bool) -> libc::stat {
+        // SAFETY: all-zero is a valid libc::stat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        st.st_dev = dev;
+        st.st_ino = ino;
+        st.st_mode = libc::S_IFREG | 0o644;
+        st.st_nlink = if dir_or_linked { 2 } else { 1 };
+        st
+    }
+
+    fn dir(dev: u64, ino: u64) -> libc::stat {
+        let mut s = st(dev, ino, false);
+        s.st_mode = libc::S_IFDIR | 0o755;
+        s
+    }
+
     #[test]
     fn paths_follow_parents_and_renames() {
         let t = NodeTable::new();
-        let d = t.remember(ROOT, os("d"), 0, 1, 10, true);
-        let f = t.remember(d, os("f"), 0, 1, 11, false);
+        let d = t.remember(ROOT, os("d"), 0, &dir(1, 10));
+        let f = t.remember(d, os("f"), 0, &st(1, 11, false));
         assert_eq!(t.path(f).unwrap(), PathBuf::from("d/f"));
         t.rename(ROOT, os("d"), ROOT, os("e"), false);
         assert_eq!(t.path(f).unwrap(), PathBuf::from("e/f"));
@@ -314,16 +346,16 @@ mod tests {
     #[test]
     fn same_name_keeps_its_node_even_from_another_replica() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("f"), 0, 1, 11, false);
-        let b = t.remember(ROOT, os("f"), 1, 7, 99, false);
+        let a = t.remember(ROOT, os("f"), 0, &st(1, 11, false));
+        let b = t.remember(ROOT, os("f"), 1, &st(7, 99, false));
         assert_eq!(a, b);
     }
 
     #[test]
     fn hard_links_share_a_node_and_survive_unlink_of_one_name() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, true);
-        let b = t.remember(ROOT, os("b"), 0, 1, 11, true);
+        let a = t.remember(ROOT, os("a"), 0, &st(1, 11, true));
+        let b = t.remember(ROOT, os("b"), 0, &st(1, 11, true));
         assert_eq!(a, b);
         t.unlink(ROOT, os("a"));
         assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
@@ -333,28 +365,30 @@ mod tests {
     #[test]
     fn directories_never_merge_by_inode() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
-        let b = t.remember(ROOT, os("b"), 0, 1, 11, false);
+        let a = t.remember(ROOT, os("a"), 0, &dir(1, 11));
+        let b = t.remember(ROOT, os("b"), 0, &dir(1, 11));
         assert_ne!(a, b);
+        assert_eq!(t.child_is_dir(ROOT, os("a")), Some(true));
+        assert_eq!(t.child_is_dir(ROOT, os("zz")), None);
     }
 
     #[test]
     fn a_reused_inode_number_is_a_new_file() {
         let t = NodeTable::new();
         // Still linked, but the new object has one link: not a hard link of it.
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
-        let b = t.remember(ROOT, os("b"), 0, 1, 11, false);
+        let a = t.remember(ROOT, os("a"), 0, &st(1, 11, false));
+        let b = t.remember(ROOT, os("b"), 0, &st(1, 11, false));
         assert_ne!(a, b);
         // Unlinked (maybe still open): its number is free, even for a multi-link object.
-        let c = t.remember(ROOT, os("c"), 0, 1, 20, true);
+        let c = t.remember(ROOT, os("c"), 0, &st(1, 20, true));
         t.unlink(ROOT, os("c"));
-        let d = t.remember(ROOT, os("d"), 0, 1, 20, true);
+        let d = t.remember(ROOT, os("d"), 0, &st(1, 20, true));
         assert_ne!(c, d);
         // Overwritten by a rename: the same.
-        let e = t.remember(ROOT, os("e"), 0, 1, 30, false);
-        let f = t.remember(ROOT, os("f"), 0, 1, 31, false);
+        let e = t.remember(ROOT, os("e"), 0, &st(1, 30, false));
+        let f = t.remember(ROOT, os("f"), 0, &st(1, 31, false));
         t.rename(ROOT, os("f"), ROOT, os("e"), false);
-        let g = t.remember(ROOT, os("g"), 0, 1, 30, true);
+        let g = t.remember(ROOT, os("g"), 0, &st(1, 30, true));
         assert_ne!(g, e);
         assert_eq!(t.known_child(ROOT, os("e")), Some(f));
     }
@@ -362,8 +396,8 @@ mod tests {
     #[test]
     fn rename_over_a_target_drops_the_target_name() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
-        let b = t.remember(ROOT, os("b"), 0, 1, 12, false);
+        let a = t.remember(ROOT, os("a"), 0, &st(1, 11, false));
+        let b = t.remember(ROOT, os("b"), 0, &st(1, 12, false));
         t.rename(ROOT, os("a"), ROOT, os("b"), false);
         assert_eq!(t.known_child(ROOT, os("b")), Some(a));
         assert_eq!(t.path(b), None, "the overwritten file has no name left");
@@ -372,8 +406,8 @@ mod tests {
     #[test]
     fn exchange_swaps() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
-        let b = t.remember(ROOT, os("b"), 0, 1, 12, false);
+        let a = t.remember(ROOT, os("a"), 0, &st(1, 11, false));
+        let b = t.remember(ROOT, os("b"), 0, &st(1, 12, false));
         t.rename(ROOT, os("a"), ROOT, os("b"), true);
         assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
         assert_eq!(t.path(b).unwrap(), PathBuf::from("a"));
@@ -382,14 +416,14 @@ mod tests {
     #[test]
     fn forget_drops_the_node_when_lookups_reach_zero() {
         let t = NodeTable::new();
-        let a = t.remember(ROOT, os("a"), 0, 1, 11, false);
-        t.remember(ROOT, os("a"), 0, 1, 11, false);
+        let a = t.remember(ROOT, os("a"), 0, &st(1, 11, false));
+        t.remember(ROOT, os("a"), 0, &st(1, 11, false));
         t.forget(a, 1);
         assert!(t.path(a).is_some());
         t.forget(a, 1);
         assert!(t.path(a).is_none());
         assert!(t.is_empty());
-        let again = t.remember(ROOT, os("a"), 0, 1, 11, false);
+        let again = t.remember(ROOT, os("a"), 0, &st(1, 11, false));
         assert_ne!(again, a, "node ids are never reused");
     }
 }

@@ -97,6 +97,9 @@ pub struct Replica {
     pub writes: AtomicU64,
     /// Failures and timeouts.
     pub errors: AtomicU64,
+    /// The last health check failed but the replica was kept (nothing else could serve):
+    /// logged once, not every second.
+    pub health_failing: AtomicBool,
 }
 
 impl Replica {
@@ -130,6 +133,7 @@ impl Replica {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            health_failing: AtomicBool::new(false),
         }))
     }
 

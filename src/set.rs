@@ -5,6 +5,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -191,9 +192,7 @@ impl ReplicaSet {
         let blamed: Vec<usize> = verdict.at_fault.iter().map(|(i, _)| *i).collect();
         for &index in &targets {
             if !blamed.contains(&index) && verdict.answer.is_ok() {
-                self.replicas[index]
-                    .writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.replicas[index].writes.fetch_add(1, Ordering::Relaxed);
             }
         }
         for (index, fault) in verdict.at_fault {
@@ -214,8 +213,14 @@ impl ReplicaSet {
     }
 
     /// Runs a read-type job on the first replica of `order` that can answer: a replica that
-    /// fails with a fault errno or times out is taken out and the next one is tried; any other
-    /// errno is the answer. Returns the serving replica's index with the value.
+    /// fails with a fault errno (or ENOENT from a vanished root) or times out is skipped and the
+    /// next one is tried; any other errno is the answer. Returns the serving replica's index
+    /// with the value.
+    ///
+    /// Blame follows [`arbitrate`]: the skipped replicas are taken out only once another
+    /// replica answered: a success blames them all; an errno answer blames those that timed
+    /// out or whose root is gone. When nothing answers, the caller gets the first replica's
+    /// errno and nobody is taken out: one bad file must not take the last replicas down.
     pub fn read<T: Send + 'static>(
         &self,
         op: &str,
@@ -224,32 +229,43 @@ impl ReplicaSet {
         creds: &Credentials,
         job: ReplicaJob<T>,
     ) -> Result<(usize, T), i32> {
+        let mut skipped: Vec<(usize, Fault, Option<String>)> = Vec::new();
+        let blame = |skipped: Vec<(usize, Fault, Option<String>)>, success: bool| {
+            for (index, fault, problem) in skipped {
+                if success || fault == Fault::TimedOut || problem.is_some() {
+                    self.take_out_with(index, op, path, fault, problem.as_deref(), false);
+                }
+            }
+        };
         for &index in order {
             if !self.replicas[index].is_in_service() {
                 continue;
             }
-            let answer = self.run_checked(&[index], creds, &job).pop();
-            let replica = &self.replicas[index];
-            match answer {
+            match self.run_checked(&[index], creds, &job).pop() {
                 Some((_, Outcome::Done(v), _)) => {
-                    replica
-                        .reads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.replicas[index].reads.fetch_add(1, Ordering::Relaxed);
+                    blame(skipped, true);
                     return Ok((index, v));
                 }
-                Some((_, Outcome::Failed(errno), root_problem)) => {
-                    if !(is_replica_fault(errno) || root_problem.is_some()) {
+                Some((_, Outcome::Failed(errno), problem)) => {
+                    if !(is_replica_fault(errno) || problem.is_some()) {
+                        blame(skipped, false);
                         return Err(errno);
                     }
-                    let fault = Fault::Errno(errno);
-                    self.take_out_with(index, op, path, fault, root_problem.as_deref(), false);
+                    skipped.push((index, Fault::Errno(errno), problem));
                 }
                 Some((_, Outcome::TimedOut, _)) | None => {
-                    self.take_out(index, op, path, Fault::TimedOut, false);
+                    skipped.push((index, Fault::TimedOut, None));
                 }
             }
         }
-        Err(libc::EIO)
+        Err(skipped
+            .iter()
+            .find_map(|(_, fault, _)| match fault {
+                Fault::Errno(e) => Some(*e),
+                Fault::TimedOut => None,
+            })
+            .unwrap_or(libc::EIO))
     }
 
     /// Takes a replica out of service after `op` on `path` failed there, with an alert line.
@@ -269,9 +285,7 @@ impl ReplicaSet {
         missed_write: bool,
     ) {
         let replica = &self.replicas[index];
-        replica
-            .errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        replica.errors.fetch_add(1, Ordering::Relaxed);
         let mut what = describe_fault(fault, self.timeout);
         if let Some(problem) = root_problem {
             what = format!("{what}: {problem}");
@@ -305,12 +319,31 @@ impl ReplicaSet {
     /// called once a second by the health thread so an idle mount still notices a dead replica.
     pub fn check_health(&self) {
         let targets = self.priority_order();
-        for (index, result) in targets.iter().copied().zip(self.probe(&targets)) {
-            let Err(problem) = result else { continue };
-            self.replicas[index]
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.take_out_because(index, format!("health check: {problem}"), false);
+        let results = self.probe_detailed(&targets);
+        let healthy = results.iter().filter(|r| r.is_ok()).count();
+        for (index, result) in targets.iter().copied().zip(results) {
+            let replica = &self.replicas[index];
+            let (problem, root_gone) = match result {
+                Ok(()) => {
+                    if replica.health_failing.swap(false, Ordering::Relaxed) {
+                        log::warn!("health check of {} passes again", replica.path.display());
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            replica.errors.fetch_add(1, Ordering::Relaxed);
+            // A vanished or unmounted root is out even if it is the last one (never serve an
+            // empty directory); a hung or failing one stays while nothing else can serve, so
+            // that the mount recovers by itself when the server comes back.
+            if root_gone || healthy > 0 {
+                self.take_out_because(index, format!("health check: {problem}"), false);
+            } else if !replica.health_failing.swap(true, Ordering::Relaxed) {
+                log::error!(
+                    "health check of {} failed: {problem}; kept in service: no other replica can serve",
+                    replica.path.display()
+                );
+            }
         }
     }
 
@@ -319,6 +352,15 @@ impl ReplicaSet {
     /// a cache) and the check that the root is still the directory that was mounted. Returns
     /// each replica's problem in words.
     fn probe(&self, targets: &[usize]) -> Vec<Result<(), String>> {
+        self.probe_detailed(targets)
+            .into_iter()
+            .map(|r| r.map_err(|(words, _)| words))
+            .collect()
+    }
+
+    /// [`ReplicaSet::probe`], telling a root that is gone (deleted, unmounted: true) from one
+    /// that fails or hangs (false).
+    fn probe_detailed(&self, targets: &[usize]) -> Vec<Result<(), (String, bool)>> {
         let probe: ReplicaJob<Result<(), String>> = Arc::new(|r: &Replica| {
             sys::statvfs(r.root())?;
             Ok(r.check_root())
@@ -326,11 +368,16 @@ impl ReplicaSet {
         self.run(targets, &Credentials::root(), &probe)
             .into_iter()
             .map(|(_, outcome)| match outcome {
-                Outcome::Done(answer) => answer,
-                Outcome::Failed(e) => Err(format!("its root fails: {}", describe_errno(e))),
-                Outcome::TimedOut => Err(format!(
-                    "its root gave no answer within {:.1} s (hung?)",
-                    self.timeout.as_secs_f64()
+                Outcome::Done(answer) => answer.map_err(|words| (words, true)),
+                Outcome::Failed(e) => {
+                    Err((format!("its root fails: {}", describe_errno(e)), false))
+                }
+                Outcome::TimedOut => Err((
+                    format!(
+                        "its root gave no answer within {:.1} s (hung?)",
+                        self.timeout.as_secs_f64()
+                    ),
+                    false,
                 )),
             })
             .collect()

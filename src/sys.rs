@@ -191,10 +191,20 @@ pub fn rename_at(
     .map(drop)
 }
 
-/// `fchmodat` (the kernel never sends a chmod of a symlink, so following is harmless).
+/// `fchmodat(AT_SYMLINK_NOFOLLOW)`: the kernel never sends a chmod of a symlink, but a
+/// replica changed behind our back could hold one at this name, and following it could lead
+/// anywhere (into this very mount, where the request would wait on itself).
 pub fn chmod_at(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+    check(unsafe {
+        libc::fchmodat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
 }
 
 /// `fchmod` of an open file (one with no name left).
@@ -431,6 +441,21 @@ pub fn read_dir_all(root: BorrowedFd<'_>, rel: &CStr) -> io::Result<Vec<DirEntry
         if name == b"." || name == b".." {
             continue;
         }
+        // Some filesystems (XFS without ftype, some NFS servers) leave the type out; a
+        // directory passed on as a regular file would stop find(1) from descending into it.
+        let kind = if kind == libc::DT_UNKNOWN {
+            let cname = CString::new(name.clone()).expect("no NUL in a directory entry");
+            // SAFETY: `dirp` is a valid DIR* until closedir below.
+            let dfd = unsafe { libc::dirfd(dirp) };
+            // SAFETY: `dfd` belongs to `dirp`, which outlives this borrow.
+            let dir = unsafe { BorrowedFd::borrow_raw(dfd) };
+            match lstat_at(dir, &cname) {
+                Ok(st) => dtype_of_mode(st.st_mode),
+                Err(_) => kind,
+            }
+        } else {
+            kind
+        };
         out.push(DirEntry {
             name: std::ffi::OsString::from_vec(name),
             kind,
@@ -439,6 +464,20 @@ pub fn read_dir_all(root: BorrowedFd<'_>, rel: &CStr) -> io::Result<Vec<DirEntry
     // SAFETY: `dirp` is valid and closed exactly once (this also closes `raw`).
     unsafe { libc::closedir(dirp) };
     result.map(|()| out)
+}
+
+/// The DT_* directory-entry type of an st_mode.
+fn dtype_of_mode(mode: libc::mode_t) -> u8 {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        libc::S_IFCHR => libc::DT_CHR,
+        libc::S_IFBLK => libc::DT_BLK,
+        libc::S_IFREG => libc::DT_REG,
+        _ => libc::DT_UNKNOWN,
+    }
 }
 
 /// Which xattr call [`xattr`] makes.
@@ -558,6 +597,10 @@ pub struct Credentials {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// The umask new objects are created under (the caller's for create, mkdir and mknod:
+    /// the replica then applies it, or the parent directory's default ACL instead, as the
+    /// kernel would natively).
+    pub umask: u32,
 }
 
 impl Credentials {
@@ -573,7 +616,7 @@ impl Credentials {
             return Credentials {
                 uid,
                 gid,
-                groups: Vec::new(),
+                ..Credentials::default()
             };
         }
         let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -588,7 +631,18 @@ impl Credentials {
                     .collect()
             })
             .unwrap_or_default();
-        Credentials { uid, gid, groups }
+        Credentials {
+            uid,
+            gid,
+            groups,
+            umask: 0,
+        }
+    }
+
+    /// The same caller creating an object under `umask`.
+    pub fn with_umask(mut self, umask: u32) -> Self {
+        self.umask = umask & 0o777;
+        self
     }
 }
 
@@ -604,34 +658,64 @@ pub fn set_thread_credentials(creds: &Credentials) -> io::Result<()> {
         if *cur == *creds {
             return Ok(());
         }
-        // Back to root first so that the group change is permitted.
-        // SAFETY: setfsuid/setfsgid take plain integers and affect only this thread.
-        unsafe {
-            libc::syscall(libc::SYS_setfsuid, 0);
+        if (cur.uid, cur.gid, &cur.groups) != (creds.uid, creds.gid, &creds.groups) {
+            // Until the switch is complete the thread's identity is unknown: a failure below
+            // must make the next call switch again, never skip it.
+            cur.uid = u32::MAX;
+            // Back to root first so that the group change is permitted.
+            // SAFETY: setfsuid/setfsgid take plain integers and affect only this thread.
+            unsafe {
+                libc::syscall(libc::SYS_setfsuid, 0);
+            }
+            // SAFETY: the pointer and length describe `creds.groups`; the raw syscall (unlike
+            // glibc's wrapper) changes only this thread.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_setgroups,
+                    creds.groups.len(),
+                    creds.groups.as_ptr(),
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as above.
+            unsafe {
+                libc::syscall(libc::SYS_setfsgid, creds.gid);
+                libc::syscall(libc::SYS_setfsuid, creds.uid);
+            }
+            cur.uid = creds.uid;
+            cur.gid = creds.gid;
+            cur.groups = creds.groups.clone();
         }
-        // SAFETY: the pointer and length describe `creds.groups`; the raw syscall (unlike
-        // glibc's wrapper) changes only this thread.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_setgroups,
-                creds.groups.len(),
-                creds.groups.as_ptr(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        if cur.umask != creds.umask {
+            set_thread_umask(creds.umask)?;
+            cur.umask = creds.umask;
         }
-        // SAFETY: as above.
-        unsafe {
-            libc::syscall(libc::SYS_setfsgid, creds.gid);
-            libc::syscall(libc::SYS_setfsuid, creds.uid);
-        }
-        *cur = creds.clone();
         Ok(())
     })
 }
 
-/// Sets the process umask to 0: the kernel already applied the caller's umask to every mode.
+thread_local! {
+    static OWN_FS_STRUCT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Gives the calling thread its own umask (unsharing its fs attributes from the process the
+/// first time), so that objects are created under the caller's umask on every replica.
+fn set_thread_umask(mask: u32) -> io::Result<()> {
+    if !OWN_FS_STRUCT.with(|own| own.get()) {
+        // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask from the
+        // other threads'; the daemon uses no relative paths.
+        check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        OWN_FS_STRUCT.with(|own| own.set(true));
+    }
+    // SAFETY: umask cannot fail; after the unshare it affects only this thread.
+    unsafe { libc::umask(mask & 0o777) };
+    Ok(())
+}
+
+/// Sets the process umask to 0: the umask that applies is the caller's, set per request (see
+/// [`Credentials::umask`]); everything else the daemon creates gets exactly the mode it asks.
 pub fn clear_umask() {
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0) };

@@ -186,3 +186,121 @@ fn overlapping_writers_leave_replicas_identical() {
     }
     assert_replicas_identical(&m);
 }
+
+#[test]
+fn each_callers_umask_applies_even_when_they_create_at_once() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::create_dir(m.path("shared")).unwrap();
+    fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let dir = m.path("shared");
+    let umasks = [
+        (1001u32, 0o077u32),
+        (1002, 0o027),
+        (1003, 0o022),
+        (1004, 0o002),
+    ];
+    let barrier = Arc::new(Barrier::new(umasks.len()));
+    let workers: Vec<_> = umasks
+        .iter()
+        .map(|&(uid, umask)| {
+            let (barrier, dir) = (Arc::clone(&barrier), dir.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let cmd = format!(
+                    "umask {umask:03o}; cd {} && i=0; while [ $i -lt 50 ]; do \
+                     : > f{uid}_$i && mkdir d{uid}_$i || exit 1; i=$((i+1)); done",
+                    dir.display()
+                );
+                run_as(uid, uid, &[], &cmd)
+            })
+        })
+        .collect();
+    for w in workers {
+        let out = w.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for &(uid, umask) in &umasks {
+        for i in 0..50 {
+            for (rel, base) in [
+                (format!("f{uid}_{i}"), 0o666),
+                (format!("d{uid}_{i}"), 0o777),
+            ] {
+                let rel = format!("shared/{rel}");
+                for p in [m.path(&rel), m.on(0, &rel), m.on(1, &rel)] {
+                    let mode = fs::metadata(&p).unwrap().mode() & 0o777;
+                    assert_eq!(mode, base & !umask, "{} (umask {umask:03o})", p.display());
+                }
+            }
+        }
+    }
+    assert_replicas_identical(&m);
+}
+
+#[test]
+fn directory_renames_racing_with_work_inside_keep_replicas_identical() {
+    if !can_mount() {
+        return;
+    }
+    // A subtree moves back and forth while other threads create, write, chmod and remove
+    // files deep inside it. The kernel does not order these against each other, so the
+    // daemon must: every replica has to see them in the same order, and none may be blamed.
+    let m = MountBuilder::new(3).start();
+    fs::create_dir_all(m.path("a/sub/deeper")).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mover = {
+        let (a, b, stop) = (m.path("a"), m.path("b"), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 400 {
+                let (from, to) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                fs::rename(from, to).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let (a, b) = (m.path("a"), m.path("b"));
+            std::thread::spawn(move || {
+                let mut done = 0;
+                for i in 0..300 {
+                    for root in [&a, &b] {
+                        let f = root.join(format!("sub/deeper/t{t}_{i}"));
+                        if fs::write(&f, b"data").is_ok() {
+                            let _ = fs::set_permissions(&f, fs::Permissions::from_mode(0o600));
+                            if i % 3 == 0 {
+                                let _ = fs::remove_file(&f);
+                            }
+                            done += 1;
+                            break;
+                        }
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for w in workers {
+        done += w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moves = mover.join().unwrap();
+    assert!(
+        done > 100 && moves > 10,
+        "the race did not happen ({done} files, {moves} moves)"
+    );
+    let snap = m.snapshot();
+    for r in &snap.replicas {
+        assert_eq!(r.errors, 0, "replica {} was blamed: {}", r.path, r.reason);
+    }
+    assert_replicas_identical(&m);
+}

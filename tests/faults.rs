@@ -441,6 +441,7 @@ fn assert_taken_out(rig: &Rig, names: &[String], faulty: usize, needles: &[&str]
             rig.syslog.messages()
         );
     };
+    eprintln!("syslog: {alert}");
     let log = rig.log_text();
     assert!(
         log.lines()
@@ -637,17 +638,31 @@ fn replica_unmounted_under_the_daemon_is_survived() {
     prefill(&tmp.join("r1"));
     let rig = start_rig(b, syslog, None, vec![t]);
     let names = replica_names(&rig);
-    let t0 = Instant::now();
     run_ok(Command::new("umount").arg("-l").arg(&rig.replicas[1]));
-
-    run_workload(&rig, Duration::from_secs(30));
-    assert_holds_workload(&rig.replicas[0]);
+    let t0 = Instant::now();
+    // The application goes on while the daemon notices.
+    let mnt = rig.mnt.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(workload(&mnt));
+    });
     // An unmounted replica still answers through the daemon's open root: only the health check
     // can tell, within about a second.
-    assert_taken_out(&rig, &names, 1, &["unmounted"]);
+    assert!(wait_until(Duration::from_secs(4), || rig
+        .snapshot()
+        .replicas[1]
+        .state
+        == ReplicaState::OutOfService));
     let took = t0.elapsed();
     eprintln!("unmounted replica out of service after {took:?}");
-    assert!(took < Duration::from_secs(4), "took {took:?} to notice");
+    let result = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the workload did not finish within 30 s: the mount hangs");
+    if let Err(e) = result {
+        panic!("the application got an error: {e}");
+    }
+    assert_holds_workload(&rig.replicas[0]);
+    assert_taken_out(&rig, &names, 1, &["unmounted"]);
     // The bare mount point directory is not the replica: no way back in.
     let out = rig.chironctl(&["enable", "1", "--force"]);
     assert!(!out.status.success(), "an unmounted replica was re-enabled");
@@ -933,6 +948,59 @@ fn files_open_on_a_hung_replica_do_not_tie_up_the_daemon() {
     assert_eq!(fs::read(rig.on(0, "new/later")).unwrap(), b"later");
 }
 
+#[test]
+fn a_hung_last_replica_is_kept_and_the_mount_recovers_with_its_server() {
+    if !can_mount() {
+        return;
+    }
+    // Nothing else can serve: requests fail with EIO after the deadline (never hang), the
+    // replica stays in service, and the mount works again as soon as the server answers.
+    let b = MountBuilder::new(2).timeout(1.0);
+    let tmp = b.tmp().to_owned();
+    prefill(&tmp.join("r0-src"));
+    prefill(&tmp.join("r1"));
+    let ff = FaultFs::start(&tmp.join("r0-src"), &tmp.join("r0"));
+    let mut m = b.start();
+    m.unmount_at_end(ff.mnt.clone());
+    ctl_ok(&m, &["disable", "1"]);
+    ff.set("all hang\n");
+    let p = m.path("pre/keep.txt");
+    let (errno, took) = in_thread(
+        "a read of a hung mount",
+        Duration::from_secs(10),
+        move || {
+            let t = Instant::now();
+            (
+                fs::read(&p).err().and_then(|e| e.raw_os_error()),
+                t.elapsed(),
+            )
+        },
+    );
+    assert_eq!(errno, Some(libc::EIO), "after {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    std::thread::sleep(Duration::from_millis(2500)); // two health checks
+    let s = m.snapshot();
+    assert_eq!(s.replicas[0].state, ReplicaState::InService, "{s:?}");
+    assert!(
+        m.log_text()
+            .contains("kept in service: no other replica can serve")
+    );
+    ff.set("");
+    let p = m.path("pre/keep.txt");
+    let got = in_thread(
+        "a read after recovery",
+        Duration::from_secs(10),
+        move || {
+            wait_until(Duration::from_secs(5), || {
+                fs::read(&p).ok() == Some(keep_data())
+            })
+        },
+    );
+    assert!(got, "the mount did not recover with its server");
+    drop(m);
+    drop(ff);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Every replica failing
 // ---------------------------------------------------------------------------------------------
@@ -1002,6 +1070,54 @@ fn all_replicas_failing_returns_the_first_replicas_errno_and_takes_nobody_out() 
         drop(m);
         drop(ff);
     }
+}
+
+#[test]
+fn a_read_failing_everywhere_returns_eio_and_takes_nobody_out() {
+    if !can_mount() {
+        return;
+    }
+    // Both replicas have a bad copy of one file: the reader gets EIO, but the replicas stay in
+    // service (they serve everything else), and the last replica in service is never taken out
+    // by one bad file either.
+    let b = MountBuilder::new(2).timeout(2.0);
+    let tmp = b.tmp().to_owned();
+    prefill(&tmp.join("r0-src"));
+    prefill(&tmp.join("r1-src"));
+    let f0 = FaultFs::start(&tmp.join("r0-src"), &tmp.join("r0"));
+    let f1 = FaultFs::start(&tmp.join("r1-src"), &tmp.join("r1"));
+    let mut m = b.start();
+    m.unmount_at_end(f0.mnt.clone());
+    m.unmount_at_end(f1.mnt.clone());
+    let read_errno = |m: &Mount| {
+        let p = m.path("pre/old.txt");
+        in_thread("a read", Duration::from_secs(20), move || {
+            fs::read(&p).err().and_then(|e| e.raw_os_error())
+        })
+    };
+    f0.set("read EIO old.txt\n");
+    f1.set("read EIO old.txt\n");
+    assert_eq!(read_errno(&m), Some(libc::EIO));
+    assert_nobody_out(&m);
+    assert_eq!(fs::read(m.path("pre/keep.txt")).unwrap(), keep_data());
+    // Replica 1 out by the administrator; replica 0, now alone, fails one file.
+    ctl_ok(&m, &["disable", "1"]);
+    f1.set("");
+    assert_eq!(read_errno(&m), Some(libc::EIO));
+    let s = m.snapshot();
+    assert_eq!(
+        s.replicas[0].state,
+        ReplicaState::InService,
+        "the last replica in service was taken out for one bad file: {s:?}"
+    );
+    assert_eq!(fs::read(m.path("pre/keep.txt")).unwrap(), keep_data());
+    // Back with replica 1: the same read now succeeds and replica 0 is the one at fault.
+    ctl_ok(&m, &["enable", "1"]);
+    assert_eq!(read_errno(&m), None);
+    assert_eq!(read_errno(&m), None);
+    assert!(m.wait_out_of_service(0));
+    drop(m);
+    drop((f0, f1));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -985,3 +985,207 @@ fn a_new_file_never_takes_the_identity_of_an_unlinked_open_one() {
     }
     eprintln!("inode number reuse seen on a replica: {seen_reuse}");
 }
+
+#[test]
+fn read_fail_over_after_rename_reads_the_same_file() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::write(m.path("f"), vec![b'1'; 10_000]).unwrap();
+    let held = File::open(m.path("f")).unwrap();
+    let before = m.snapshot();
+    let mut buf = vec![0u8; 10_000];
+    held.read_exact_at(&mut buf, 0).unwrap();
+    let after = m.snapshot();
+    let serving = (0..2)
+        .find(|&i| after.replicas[i].reads > before.replicas[i].reads)
+        .expect("one replica served the read");
+    // The open file moves away and another file takes its old name.
+    fs::rename(m.path("f"), m.path("moved")).unwrap();
+    fs::write(m.path("f"), vec![b'2'; 10_000]).unwrap();
+    let out = m.chironctl(&["disable", &serving.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Drop the cached pages so the next read reaches the daemon (and fails over).
+    // SAFETY: plain syscall on an open fd.
+    unsafe { libc::posix_fadvise(held.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert!(
+        buf.iter().all(|b| *b == b'1'),
+        "fail-over read another file"
+    );
+}
+
+/// (name, d_ino, d_type) of every entry, through readdir(3) on an open DIR*.
+fn read_entries(dirp: *mut libc::DIR) -> Vec<(String, u64, u8)> {
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `dirp` is a valid open DIR*.
+        let ent = unsafe { libc::readdir64(dirp) };
+        if ent.is_null() {
+            return out;
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let (name, ino, kind) = unsafe {
+            (
+                std::ffi::CStr::from_ptr((*ent).d_name.as_ptr())
+                    .to_string_lossy()
+                    .into_owned(),
+                (*ent).d_ino,
+                (*ent).d_type,
+            )
+        };
+        out.push((name, ino, kind));
+    }
+}
+
+#[test]
+fn readdir_lists_everything_with_types_and_rewinds() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::create_dir_all(m.path("top/d")).unwrap();
+    for i in 0..3000 {
+        File::create(m.path(&format!("top/d/file-with-a-longish-name-{i:05}"))).unwrap();
+    }
+    fs::create_dir(m.path("top/d/sub")).unwrap();
+    std::os::unix::fs::symlink("x", m.path("top/d/link")).unwrap();
+    // SAFETY: valid path string.
+    ok(
+        unsafe { libc::mkfifo(c(&m.path("top/d/fifo")).as_ptr(), 0o644) } as i64,
+        "mkfifo",
+    );
+
+    let d = c(&m.path("top/d"));
+    // SAFETY: valid path string; checked for null.
+    let dirp = unsafe { libc::opendir(d.as_ptr()) };
+    assert!(!dirp.is_null());
+    let first = read_entries(dirp);
+    let names: std::collections::BTreeSet<&str> = first.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(first.len(), 3000 + 3 + 2, "no entry lost or repeated");
+    assert_eq!(names.len(), first.len());
+    let kind = |n: &str| first.iter().find(|e| e.0 == n).unwrap().2;
+    assert_eq!(kind("sub"), libc::DT_DIR);
+    assert_eq!(kind("link"), libc::DT_LNK);
+    assert_eq!(kind("fifo"), libc::DT_FIFO);
+    assert_eq!(kind("file-with-a-longish-name-00042"), libc::DT_REG);
+    // d_ino agrees with st_ino for "." and ".." (and for entries the kernel knows).
+    let ino = |n: &str| first.iter().find(|e| e.0 == n).unwrap().1;
+    assert_eq!(ino("."), lmeta(&m.path("top/d")).ino());
+    assert_eq!(ino(".."), lmeta(&m.path("top")).ino());
+    assert_eq!(ino("sub"), lmeta(&m.path("top/d/sub")).ino());
+
+    // rewinddir(3) shows what changed since opendir.
+    File::create(m.path("top/d/late")).unwrap();
+    fs::remove_file(m.path("top/d/file-with-a-longish-name-00000")).unwrap();
+    // SAFETY: valid DIR*.
+    unsafe { libc::rewinddir(dirp) };
+    let second = read_entries(dirp);
+    // SAFETY: closing the DIR* opened above, once.
+    unsafe { libc::closedir(dirp) };
+    assert!(
+        second.iter().any(|e| e.0 == "late"),
+        "rewinddir missed a new entry"
+    );
+    assert!(
+        !second
+            .iter()
+            .any(|e| e.0 == "file-with-a-longish-name-00000"),
+        "rewinddir still lists a removed entry"
+    );
+    assert_eq!(second.len(), first.len());
+    // And everything goes away again.
+    fs::remove_dir_all(m.path("top")).unwrap();
+    absent_everywhere(&m, "top");
+}
+
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn posix_acls_are_replicated_and_enforced() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::write(m.path("f"), b"acl\n").unwrap();
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    let f = m.path("f").display().to_string();
+    sh(&format!("setfacl -m u:1001:r {f}"));
+    for i in 0..2 {
+        let acl = sh(&format!("getfacl -c {}", m.on(i, "f").display()));
+        assert!(acl.contains("user:1001:r--"), "replica {i}: {acl}");
+    }
+    // The kernel enforces it through the mount: 1001 may read, 1002 may not.
+    let out = run_as(1001, 1001, &[], &format!("cat {f}"));
+    assert!(
+        out.status.success(),
+        "ACL grant ignored: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"acl\n");
+    assert!(
+        !run_as(1002, 1002, &[], &format!("cat {f}"))
+            .status
+            .success()
+    );
+    // chmod updates the ACL mask everywhere.
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    for i in 0..2 {
+        let acl = sh(&format!("getfacl -c {}", m.on(i, "f").display()));
+        assert!(acl.contains("mask::---"), "replica {i}: {acl}");
+    }
+    assert!(
+        !run_as(1001, 1001, &[], &format!("cat {f}"))
+            .status
+            .success()
+    );
+
+    // A default ACL is inherited, and then the umask does not apply (as natively).
+    fs::create_dir(m.path("d")).unwrap();
+    let d = m.path("d").display().to_string();
+    sh(&format!(
+        "setfacl -m u:1001:rwx {d} && setfacl -d -m u:1001:rwx {d}"
+    ));
+    let out = run_as(
+        1001,
+        1001,
+        &[],
+        &format!("umask 022; echo x > {d}/new && mkdir {d}/sub"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..2 {
+        let acl = sh(&format!("getfacl -c {}", m.on(i, "d/new").display()));
+        assert!(
+            acl.contains("user:1001:rwx") && acl.contains("mask::rw-"),
+            "replica {i}: {acl}"
+        );
+        assert_eq!(
+            lmeta(&m.on(i, "d/new")).mode() & 0o777,
+            0o664,
+            "replica {i}"
+        );
+        let acl = sh(&format!("getfacl -c {}", m.on(i, "d/sub").display()));
+        assert!(acl.contains("default:user:1001:rwx"), "replica {i}: {acl}");
+    }
+    assert_replicas_identical(&m);
+}

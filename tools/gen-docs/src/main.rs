@@ -268,9 +268,13 @@ fn chironfs_page(meta: &Meta) -> Vec<u8> {
         )])
         .control("TP", [])
         .text([italic("/var/log/chironfs/")])
-        .text([roman("Conventional place for --log files; rotated by logrotate.")])
+        .text([roman(
+            "Conventional place for --log files; rotated by logrotate.",
+        )])
         .control("SH", ["EXAMPLES"])
-        .text([roman("Mount two replicas, one of them read only as a last resort:")])
+        .text([roman(
+            "Mount two replicas, one of them read only as a last resort:",
+        )])
         .control("PP", [])
         .control("RS", ["4"])
         .control("nf", [])
@@ -283,7 +287,8 @@ fn chironfs_page(meta: &Meta) -> Vec<u8> {
         .control("RS", ["4"])
         .control("nf", [])
         .text([roman(
-            "/srv/a=:/mnt/nfs/b  /data  fuse.chironfs  allow_other,log=/var/log/chironfs/data.log  0 0",
+            "/srv/a=:/mnt/nfs/b  /data  fuse.chironfs  \
+             allow_other,log=/var/log/chironfs/data.log  0 0",
         )])
         .control("fi", [])
         .control("RE", [])
@@ -598,10 +603,10 @@ fn ocf_page(meta: &Meta, xml: &str) -> Result<Vec<u8>, String> {
 
     let mut action_names: Vec<&str> = Vec::new();
     for a in &actions {
-        if let Some(n) = a.attribute("name") {
-            if !action_names.contains(&n) {
-                action_names.push(n);
-            }
+        if let Some(n) = a.attribute("name")
+            && !action_names.contains(&n)
+        {
+            action_names.push(n);
         }
     }
     r.control("SH", ["SYNOPSIS"]).text([
@@ -697,7 +702,10 @@ fn ocf_page(meta: &Meta, xml: &str) -> Result<Vec<u8>, String> {
         })
         .collect();
     r.control("SH", ["EXAMPLE CRM SHELL"])
-        .text([roman("The following is an example configuration for this resource agent using the crm(8) shell:")])
+        .text([roman(
+            "The following is an example configuration for this resource agent using the \
+             crm(8) shell:",
+        )])
         .control("PP", [])
         .control("RS", ["4"])
         .control("nf", [])
@@ -709,12 +717,15 @@ fn ocf_page(meta: &Meta, xml: &str) -> Result<Vec<u8>, String> {
     }
     r.control("fi", []).control("RE", []);
     r.control("SH", ["EXAMPLE PCS"])
-        .text([roman("The following is an example configuration for this resource agent using pcs:")])
+        .text([roman(
+            "The following is an example configuration for this resource agent using pcs:",
+        )])
         .control("PP", [])
         .control("RS", ["4"])
         .control("nf", [])
         .text([roman(format!(
-            "pcs resource create p_{name} ocf:chiron:{name} {} op monitor OCF_CHECK_LEVEL=0 timeout=20s interval=10s",
+            "pcs resource create p_{name} ocf:chiron:{name} {} \
+             op monitor OCF_CHECK_LEVEL=0 timeout=20s interval=10s",
             example.join(" ")
         ))])
         .control("fi", [])
