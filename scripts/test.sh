@@ -2,8 +2,10 @@
 # Run every check: what CI runs (.ci/run) and what a developer runs before committing.
 # Installs what is missing (scripts/setup.sh), then: rustfmt, clippy, release build, cargo test
 # (unit and integration tests, against the release binary), fsx and pjdfstest through a
-# 2-replica mount. Every step runs even if an earlier one failed (the peer suites are skipped
-# only if the build failed); the exit status is non-zero if any step failed.
+# 2-replica mount, and the .deb and .rpm packages (tests/packaging/test.sh: built, linted,
+# installed, used, removed). Every step runs even if an earlier one failed (the peer suites and
+# the packaging are skipped only if the build failed); the exit status is non-zero if any step
+# failed.
 # Usage: scripts/test.sh        (as root: the tests mount filesystems)
 set -eu
 cd "$(dirname "$0")/.."
@@ -50,9 +52,11 @@ step "cargo test" cargo test --workspace --release
 if [ "$build_ok" = 1 ]; then
     step fsx tests/peer/fsx.sh
     step pjdfstest tests/peer/pjdfstest.sh
+    step packaging tests/packaging/test.sh
 else
     skip fsx "the build failed"
     skip pjdfstest "the build failed"
+    skip packaging "the build failed"
 fi
 
 printf '\n==================== summary (%ss) ====================\n' $(($(date +%s) - total_start))

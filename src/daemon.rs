@@ -106,7 +106,8 @@ fn fuse_config(config: &Config) -> fuser::Config {
     let mut fc = fuser::Config::default();
     fc.mount_options = vec![
         MountOption::FSName(config.fsname.clone()),
-        MountOption::Subtype("chironfs".into()),
+        // The kernel takes the subtype as a mount option: /proc/mounts then says fuse.chironfs.
+        MountOption::CUSTOM("subtype=chironfs".into()),
         MountOption::DefaultPermissions,
     ];
     fc.mount_options

@@ -20,7 +20,7 @@ use fuser::{
 
 use crate::arbitrate::Outcome;
 use crate::nodes::NodeTable;
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaFd};
 use crate::set::{ReplicaJob, ReplicaSet};
 use crate::sys::{self, Credentials, TimeSpec, XattrOp, XattrReply};
 
@@ -43,7 +43,9 @@ struct OpenFile {
     opened_as: PathBuf,
     nodes: Arc<NodeTable>,
     flags: i32,
-    fds: Vec<Mutex<Option<Arc<OwnedFd>>>>,
+    /// Closed on their own replica's workers when the last user lets go (see
+    /// [`Replica::adopt`]): a close on a hung replica must never hold a FUSE thread.
+    fds: Vec<Mutex<Option<Arc<ReplicaFd>>>>,
     read_order: Vec<usize>,
 }
 
@@ -66,8 +68,10 @@ impl OpenFile {
         }
     }
 
-    fn store(&self, index: usize, fd: OwnedFd) {
-        *self.fds[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(fd));
+    fn store(&self, replica: &Replica, fd: OwnedFd) {
+        *self.fds[replica.index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(replica.adopt(fd)));
     }
 
     /// Where the file is now: renamed files are followed through the node table. None once
@@ -87,7 +91,7 @@ impl OpenFile {
 
     /// This replica's descriptor, opened now if the handle has none yet (a read fail-over).
     /// The file is opened where it is now, never at a name another file may have taken since.
-    fn fd(&self, replica: &Replica) -> io::Result<Arc<OwnedFd>> {
+    fn fd(&self, replica: &Replica) -> io::Result<Arc<ReplicaFd>> {
         let mut slot = self.fds[replica.index]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -98,7 +102,7 @@ impl OpenFile {
         let path = self
             .current_path()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        let fd = Arc::new(open_file(replica, &path, self.flags)?);
+        let fd = Arc::new(replica.adopt(open_file(replica, &path, self.flags)?));
         *slot = Some(Arc::clone(&fd));
         Ok(fd)
     }
@@ -371,6 +375,17 @@ impl ChironFs {
             Ok(stat) => self.entry(parent, name, stat, reply),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// The order locks of these nodes, each once, in id order (so two holders of several can
+    /// never wait on each other in a cycle).
+    fn order_locks(&self, ids: &[Option<u64>]) -> Vec<Arc<Mutex<()>>> {
+        let mut ids: Vec<u64> = ids.iter().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| self.nodes.order_lock(id))
+            .collect()
     }
 
     /// An open handle of `ino`, if any (to reach a file that has no name left).
@@ -667,6 +682,15 @@ impl Filesystem for ChironFs {
         } else {
             (None, Some(self.tree_shared()))
         };
+        // Kept apart from concurrent opens of the moved and the replaced file (see `open`).
+        let locks = self.order_locks(&[
+            self.nodes.known_child(parent.0, name),
+            self.nodes.known_child(newparent.0, newname),
+        ]);
+        let _in_order: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
         let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -722,12 +746,17 @@ impl Filesystem for ChironFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _tree = self.tree_shared();
+        let flags = flags.0;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        // The kernel sends OPEN without holding any lock a rename or unlink of the same file
+        // would wait for: the file's order lock keeps them apart, so every replica opens the
+        // same file (the path is read under the lock, after any rename that got there first).
+        let lock = self.nodes.order_lock(ino.0);
+        let _in_order = writable.then(|| lock.lock().unwrap_or_else(|e| e.into_inner()));
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let flags = flags.0;
-        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let ticket = self.open_ticket.fetch_add(1, Ordering::Relaxed);
         let order = self.set.data_order(ticket);
         let file = Arc::new(OpenFile::new(
@@ -739,8 +768,6 @@ impl Filesystem for ChironFs {
         ));
         file.ino.store(ino.0, Ordering::Relaxed);
         let result = if writable {
-            let lock = self.nodes.order_lock(ino.0);
-            let _in_order = lock.lock().unwrap_or_else(|e| e.into_inner());
             let f = Arc::clone(&file);
             let stamp = now();
             self.mutate("open", &path, &Credentials::root(), move |r| {
@@ -749,7 +776,7 @@ impl Filesystem for ChironFs {
                     // O_TRUNC updates the mtime (and ctime) even of an empty file.
                     stamp_mtime(fd.as_fd(), stamp);
                 }
-                f.store(r.index, fd);
+                f.store(r, fd);
                 Ok(())
             })
         } else {
@@ -972,9 +999,12 @@ impl Filesystem for ChironFs {
         reply: ReplyEmpty,
     ) {
         let _tree = self.tree_shared();
-        let path = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
+        // Kept apart from an rmdir of the same directory (see `open`).
+        let lock = self.nodes.order_lock(ino.0);
+        let _in_order = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(path) = self.path(ino) else {
+            // Removed while open: nothing is left to make durable.
+            return reply.ok();
         };
         let rel = path.clone();
         match self.mutate("fsyncdir", &path, &Credentials::root(), move |r| {
@@ -1151,7 +1181,7 @@ impl Filesystem for ChironFs {
                 Err(e) => return Err(e),
             };
             let st = sys::fstat(fd.as_fd())?;
-            f.store(r.index, fd);
+            f.store(r, fd);
             Ok((r.index, st))
         });
         match result {
@@ -1247,6 +1277,12 @@ impl Filesystem for ChironFs {
 impl ChironFs {
     fn remove(&self, op: &str, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let _tree = self.tree_shared();
+        // Kept apart from a concurrent open of the same file (see `open`).
+        let locks = self.order_locks(&[self.nodes.known_child(parent.0, name)]);
+        let _in_order: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),

@@ -304,3 +304,49 @@ fn directory_renames_racing_with_work_inside_keep_replicas_identical() {
     }
     assert_replicas_identical(&m);
 }
+
+#[test]
+fn opens_racing_with_rename_and_unlink_of_the_same_name() {
+    if !can_mount() {
+        return;
+    }
+    // The atomic-save pattern (write a temp file, rename it over the real one) against
+    // writers that open the real name: every replica must open the same file, and a replica
+    // that sees the rename first must not be blamed for it.
+    let m = MountBuilder::new(3).start();
+    fs::write(m.path("f"), b"start\n").unwrap();
+    let saver = {
+        let (f, tmp) = (m.path("f"), m.path("f.tmp"));
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                fs::write(&tmp, format!("version {i}\n")).unwrap();
+                fs::rename(&tmp, &f).unwrap();
+                if i % 10 == 0 {
+                    fs::remove_file(&f).unwrap();
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let f = m.path("f");
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    if let Ok(file) = OpenOptions::new().append(true).open(&f) {
+                        file.write_all_at(format!("w{t} {i}\n").as_bytes(), 0)
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    saver.join().unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let snap = m.snapshot();
+    for r in &snap.replicas {
+        assert_eq!(r.errors, 0, "replica {} was blamed: {}", r.path, r.reason);
+    }
+    assert_replicas_identical(&m);
+}

@@ -95,6 +95,22 @@ have() {
 
 start=$(date +%s)
 
+# What the checks use besides the build tools (which the build scripts install): man, logrotate,
+# ocf-tester (resource-agents), crm and cibadmin (crmsh, pacemaker-cli-utils). A check whose
+# tool cannot be installed is skipped, not failed.
+need=""
+for p in man-db logrotate resource-agents crmsh pacemaker-cli-utils; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+        need="$need $p"
+done
+if [ -n "$need" ]; then
+    echo "test.sh: installing$need"
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends $need; } >"$tmp/apt.log" 2>&1 ||
+        { echo "test.sh: apt-get failed; the checks needing$need will be skipped"; tail -n 5 "$tmp/apt.log"; }
+fi
+
 section "build and lint"
 if scripts/build-deb.sh >"$tmp/build-deb.log" 2>&1; then
     ok "scripts/build-deb.sh: dpkg-buildpackage -us -uc -b, lintian: no errors, no warnings"
@@ -249,6 +265,7 @@ else
     sed 's/^/        /' "$tmp/mount1.log"
 fi
 
+section "mount -t fuse.chironfs and fstab"
 if mount -t fuse.chironfs "$a=$b" "$mnt" -o allow_other >"$tmp/mount2.log" 2>&1 && mountpoint -q "$mnt"; then
     ok "mount -t fuse.chironfs $a=$b $mnt -o allow_other"
     pid=$(pid_of "$mnt")
