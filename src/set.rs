@@ -548,15 +548,12 @@ mod tests {
             return;
         };
         let set = &f.set;
-        let r = read(
-            &set,
-            job(vec![Some(Err(libc::EIO)), Some(Err(libc::ENXIO))]),
-        );
+        let r = read(set, job(vec![Some(Err(libc::EIO)), Some(Err(libc::ENXIO))]));
         assert_eq!(r, Err(libc::EIO));
         assert_eq!(states(set), [true, true]);
         // A fault errno, then a real answer: the answer wins, and an errno is no proof.
         let r = read(
-            &set,
+            set,
             job(vec![Some(Err(libc::EIO)), Some(Err(libc::ENOENT))]),
         );
         assert_eq!(r, Err(libc::ENOENT));

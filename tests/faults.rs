@@ -246,13 +246,21 @@ impl Drop for Syslog {
     }
 }
 
-/// The faultfs binary, next to chironfs; built first if missing (once per test process).
+/// The faultfs binary, next to chironfs; built first if missing or older than its sources.
 fn faultfs_bin() -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let dir = chironfs_bin().parent().unwrap().to_path_buf();
     let bin = dir.join("faultfs");
-    if !bin.exists() {
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/faultfs/src");
+    let newest_source = fs::read_dir(&src)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| mtime(&e.path()))
+        .max();
+    if mtime(&bin).is_none() || newest_source > mtime(&bin) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -907,8 +915,6 @@ fn hung_sshfs_body(m: &Mount, ssh: &Sshfs, syslog: &Syslog) {
 }
 
 #[test]
-#[ignore = "needs src/fs.rs to hold replica descriptors as ReplicaFd (Replica::adopt), so that \
-            closing them runs on the replica's own workers"]
 fn files_open_on_a_hung_replica_do_not_tie_up_the_daemon() {
     if !can_mount() {
         return;

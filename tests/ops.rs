@@ -446,6 +446,12 @@ fn chmod_setuid_chown_lchown() {
     for md in on_all(&m, "f") {
         assert_eq!((md.uid(), md.gid()), (1234, 42));
     }
+    // The mount's root is each replica's root directory.
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o711)).unwrap();
+    for r in &m.replicas {
+        assert_eq!(lmeta(r).mode() & 0o7777, 0o711, "root of {}", r.display());
+    }
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     // chown through a symlink follows it.
     std::os::unix::fs::chown(m.path("l"), Some(1), Some(1)).unwrap();
     for md in on_all(&m, "f") {
