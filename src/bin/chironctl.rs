@@ -104,7 +104,7 @@ fn run(cli: &Cli) -> Result<String, String> {
             let r = ask(
                 cli,
                 &Request::Enable {
-                    replica: replica.clone(),
+                    replica: absolute(replica),
                     force: *force,
                 },
             )?;
@@ -114,13 +114,25 @@ fn run(cli: &Cli) -> Result<String, String> {
             let r = ask(
                 cli,
                 &Request::Disable {
-                    replica: replica.clone(),
+                    replica: absolute(replica),
                 },
             )?;
             Ok(r.message.map(|m| m + "\n").unwrap_or_default())
         }
         Cmd::Check { .. } => unreachable!("handled in main"),
     }
+}
+
+/// A replica given as a relative path is made absolute here: the daemon's working directory is
+/// `/`. An index (all digits) is passed as is. No stat: the replica may be a hung mount.
+fn absolute(replica: &str) -> String {
+    let is_index = !replica.is_empty() && replica.bytes().all(|b| b.is_ascii_digit());
+    if is_index || replica.starts_with('/') {
+        return replica.to_owned();
+    }
+    std::path::absolute(replica)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| replica.to_owned())
 }
 
 fn main() -> ExitCode {
