@@ -25,8 +25,12 @@ set -eu
 if [ "${1:-}" = --inside ]; then
     set +e # a failed check is counted, not fatal
     W=$2
-    AGENT=$3
+    INSTALLED=$3 # where crmsh and crm_resource find it
     REPO=$4
+    # A private copy for everything else: another test may (un)install the package meanwhile.
+    AGENT=$W/agent/chironfs
+    mkdir -p "$W/agent"
+    install -m 0755 "$REPO/ocf/chironfs" "$AGENT"
     B=$W/bin
     CL_NAME=ocf-tester
     passed=0
@@ -287,7 +291,7 @@ if [ "${1:-}" = --inside ]; then
     check "  ... (both)" not alive "$u2"
 
     log "--- something else mounted on the mount point"
-    mkdir -p "$W/mnt"
+    timeout 10 mkdir -p "$W/mnt"
     mount -t tmpfs chironfs-test-foreign "$W/mnt"
     expect "monitor: not running" 7 monitor
     expect "start refuses" 1 start
@@ -296,13 +300,14 @@ if [ "${1:-}" = --inside ]; then
     umount "$W/mnt"
 
     log "--- mount below the mount point"
-    mkdir -p "$W/mnt/sub"
+    timeout 10 mkdir -p "$W/mnt/sub"
     mount -t tmpfs chironfs-test-below "$W/mnt/sub"
     expect "start refuses" 1 start
     umount "$W/mnt/sub"
     rmdir "$W/mnt/sub"
 
     log "--- crmsh, crm_resource (CIB_file, no cluster)"
+    cmp -s "$INSTALLED" "$AGENT" || install -m 0755 "$AGENT" "$INSTALLED"
     export CIB_file=$W/cib.xml
     cibadmin --empty >"$CIB_file"
     crm_out() { out=$("$@" 2>&1) && rc=0 || rc=$?; }
@@ -379,7 +384,7 @@ if [ "${1:-}" = --inside ]; then
     kill -KILL "$(daemon_pid)"
     sleep 0.3
     hb status
-    check "heartbeat status of a dead mount: rc 1 ($OUT)" test "$RC" = 1
+    check "heartbeat status of a dead mount: rc 1 ($(tail -n 1 <<<"$OUT"))" test "$RC" = 1
     check "  ... not held" not held
     hb start
     check "heartbeat start over a dead mount" test "$RC" = 0
@@ -412,7 +417,9 @@ cl_need ocf-tester crm cibadmin crm_resource crm_verify xmllint fuser unshare ti
 cl_binaries
 cl_install_agent
 rc=0
-unshare -m --propagation private bash "$0" --inside "$CL_WORK" "$CL_AGENT" "$CL_REPO" || rc=$?
+# A watchdog: whatever hangs, the run ends (and the teardown's KILL of the daemons frees
+# anything blocked in a mount).
+timeout -k 10 600 unshare -m --propagation private bash "$0" --inside "$CL_WORK" "$CL_AGENT" "$CL_REPO" || rc=$?
 if [ -x "$CL_DIR/systemd-verify.sh" ]; then
     echo "--- systemd unit"
     "$CL_DIR/systemd-verify.sh" || rc=1
