@@ -157,20 +157,44 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     // mounts anything or writes a status file.
     let stop = Arc::new(AtomicBool::new(false));
     let handler: Arc<dyn ControlHandler> = set.clone();
-    let control = control::spawn_server(
-        &config.control_socket,
-        Arc::clone(&handler),
-        Arc::clone(&stop),
+    // A daemon that was just unmounted may still hold the socket for a moment: an immediate
+    // remount (an OCF restart) waits for it up to 3 s before giving up.
+    let mut attempts = 0;
+    let control = loop {
+        match control::spawn_server(
+            &config.control_socket,
+            Arc::clone(&handler),
+            Arc::clone(&stop),
+        ) {
+            Ok(server) => break server,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 30 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot serve the control socket {}: {e}",
+                    config.control_socket.display()
+                ));
+            }
+        }
+    };
+    status_file::write_atomic(
+        &config.status_file,
+        &status_file::render(&handler.snapshot()),
     )
     .map_err(|e| {
         format!(
-            "cannot serve the control socket {}: {e}",
-            config.control_socket.display()
+            "cannot write the status file {}: {e}",
+            config.status_file.display()
         )
     })?;
     let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE);
-    let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config(config))
-        .map_err(|e| format!("cannot mount {mountpoint}: {e}"))?;
+    let mut session =
+        fuser::Session::new(fs, &config.mountpoint, &fuse_config(config)).map_err(|e| {
+            let _ = std::fs::remove_file(&config.status_file);
+            format!("cannot mount {mountpoint}: {e}")
+        })?;
     let mut unmounter = session.unmount_callable();
     let ended = Arc::new(AtomicBool::new(false));
     let session_thread = {

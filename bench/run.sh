@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# chironfs side-by-side benchmark: one command, as root on Debian 12 (needs cargo):
+#
+#     bench/run.sh                 # full run, ~15 min on 2 cores
+#     bench/run.sh --quick         # smoke run, ~3 min
+#
+# It installs fio, bindfs, mergerfs and procps with apt-get when missing, builds chironfs
+# (cargo build --release), mounts a tmpfs under a fresh temp dir and measures, on that same
+# backing storage and in one run: the native directory, chironfs with 2 and 3 replicas,
+# bindfs (one branch) and mergerfs (one branch; cache.files=off and cache.files=partial).
+# Workloads: sequential write (1 GiB, 1 MiB blocks, fsync at the end), sequential read of it
+# (cold after drop_caches, and warm), 4 KiB random read and write (1 and 4 jobs, 20 s each),
+# metadata (create/stat/delete 10,000 files of 4 KiB in a tree), a source tree (untar the
+# largest crate in ~/.cargo/registry/cache, then cat every file), the daemons' peak RSS, and
+# chironfs's RSS after 100,000 files were looked up. Each figure is the median of the rounds.
+# It prints one table and saves it as bench/results/latest.md (raw data: bench/results/raw/).
+#
+# Options:
+#   --quick             small sizes and short runs (smoke test), 1 round
+#   --repeat N          rounds per measurement (default 3; medians reported)
+#   --rand-repeat N     rounds of the random-I/O runs (default 1: 6 systems x 4 runs x 20 s
+#                       already take 8 minutes; raise it when time allows)
+#   --rand-time S       seconds per random-I/O run (default 20; --quick: 3)
+#   --only LIST         systems, comma-separated, from: native chironfs-2 chironfs-3 bindfs
+#                       mergerfs mergerfs-partial (native is always added: ratios need it)
+#   --workloads LIST    groups from: seq rand meta tree lookup (default all)
+#   --disk DIR          also run everything on a directory of a disk filesystem
+#   --tmpfs-size SIZE   size of the tmpfs (default 8g)
+#   --tarball FILE      gzip tarball for the tree workload (default: the largest .crate)
+#   --no-build          use target/release/chironfs as it is
+#   --no-install        do not apt-get anything
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+py_args=()
+disks=()
+tmpfs_size=8g
+tarball=""
+build=1
+install=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) py_args+=(--quick) ;;
+        --repeat|--rand-repeat|--rand-time|--only|--workloads)
+            [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
+            py_args+=("$1" "$2"); shift ;;
+        --disk) [ $# -ge 2 ] || { echo "--disk needs a directory" >&2; exit 2; }
+            disks+=("$2"); shift ;;
+        --tmpfs-size) tmpfs_size=$2; shift ;;
+        --tarball) tarball=$2; shift ;;
+        --no-build) build=0 ;;
+        --no-install) install=0 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+[ "$(id -u)" = 0 ] || { echo "bench/run.sh must run as root (mounts, drop_caches)" >&2; exit 1; }
+
+if [ "$install" = 1 ]; then
+    need=()
+    for pair in fio:fio bindfs:bindfs mergerfs:mergerfs ps:procps python3:python3 \
+                fusermount3:fuse3 diff:diffutils gzip:gzip tar:tar; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "installing: ${need[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+fi
+
+if [ "$build" = 1 ]; then
+    (cd "$root" && cargo build --release --bin chironfs)
+fi
+chironfs="$root/target/release/chironfs"
+[ -x "$chironfs" ] || { echo "$chironfs missing (build failed?)" >&2; exit 1; }
+
+if [ -z "$tarball" ]; then
+    tarball=$(ls -S "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/*.crate 2>/dev/null | head -1 || true)
+    [ -n "$tarball" ] || { echo "no .crate in ~/.cargo/registry/cache: pass --tarball" >&2; exit 1; }
+fi
+
+tmp=$(mktemp -d /tmp/chironfs-bench.XXXXXX)
+disk_dirs=()
+cleanup() {
+    set +e
+    # Anything still mounted under our temp dir (FUSE mounts first, then the tmpfs).
+    for m in $(awk -v t="$tmp" '$5 == t || index($5, t "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m"
+    done
+    for d in "${disk_dirs[@]}"; do
+        for m in $(awk -v t="$d" '$5 == t || index($5, t "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+            umount "$m" 2>/dev/null || umount -l "$m"
+        done
+        rm -rf "$d"
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir "$tmp/tmpfs"
+mount -t tmpfs -o "size=$tmpfs_size,mode=0755" chironfs-bench "$tmp/tmpfs"
+storage=(--storage "tmpfs=$tmp/tmpfs")
+for d in "${disks[@]}"; do
+    [ -d "$d" ] || { echo "--disk $d: not a directory" >&2; exit 2; }
+    dd=$(mktemp -d "$d/chironfs-bench.XXXXXX")
+    disk_dirs+=("$dd")
+    storage+=(--storage "disk=$dd")
+done
+
+rc=0
+python3 "$here/bench.py" --tmp "$tmp" "${storage[@]}" --chironfs "$chironfs" \
+    --tarball "$tarball" "${py_args[@]}" || rc=$?
+exit $rc
