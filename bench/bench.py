@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -59,8 +60,25 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def sh(cmd, timeout=None, check=True, **kw):
-    return subprocess.run(cmd, timeout=timeout, check=check, **kw)
+def sh(cmd, timeout=None, check=True, capture=False, shell=False):
+    """Runs CMD in its own process group; on timeout or interrupt the whole group (fio's job
+    processes, find's cat) is killed, not only its leader."""
+    pipe = subprocess.PIPE if capture else None
+    with subprocess.Popen(cmd, shell=shell, stdout=pipe, stderr=pipe, text=True,
+                          start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except BaseException:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+            raise
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{cmd if shell else ' '.join(cmd)} exited {p.returncode}: "
+                           f"{(err or '')[-300:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def mounted(path):
@@ -244,7 +262,7 @@ def abort_fuse(mnt):
 def fio(args, timeout):
     cmd = ["fio", "--output-format=json", "--ioengine=psync", "--fallocate=none",
            "--group_reporting=1"] + args
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    r = sh(cmd, timeout=timeout, check=False, capture=True)
     out = r.stdout
     # fio may print warnings before the JSON document.
     start = out.find("{")
@@ -308,7 +326,7 @@ class Runner:
                     return job["read"]["bw_bytes"] / 1e6
                 record("seqread_cold", seqread_cold)
             # warm: one pass to fill whatever cache the system has, then loop for read_time
-            subprocess.run(["cat", f], stdout=subprocess.DEVNULL, timeout=slow)
+            sh(f"cat '{f}' > /dev/null", shell=True, timeout=slow)
 
             def seqread_warm():
                 job = fio(["--name=seqread", f"--filename={f}", "--rw=read", "--bs=1M",
@@ -327,8 +345,8 @@ class Runner:
                                   a.rand_time + slow)
                         return job["read" if rw == "randread" else "write"]["iops"]
                     record(f"{rw}_{jobs}", rand)
-        if os.path.exists(f):
-            os.unlink(f)
+        # seq.dat stays until the end of the session: the replica comparison after unmount
+        # covers the concurrent random writes too.
         if "meta" in g:
             phases = {}
 
@@ -368,7 +386,7 @@ class Runner:
                 os.mkdir(sub)
             os.close(os.open(os.path.join(sub, f"f{i:07d}"), os.O_WRONLY | os.O_CREAT, 0o644))
         t1 = time.perf_counter()
-        r = sh(["find", d, "-type", "f", "-printf", "%s\n"], capture_output=True, text=True,
+        r = sh(["find", d, "-type", "f", "-printf", "%s\n"], capture=True,
                timeout=self.a.timeout)
         found = r.stdout.count("\n")
         t2 = time.perf_counter()
@@ -417,7 +435,9 @@ def compare_replicas(sysm):
         return None
     diffs = []
     for r in sysm.replicas[1:]:
-        p = subprocess.run(["diff", "-rq", sysm.replicas[0], r], capture_output=True,
+        # .chironfs/ holds each replica's own identity and state: it differs by design.
+        p = subprocess.run(["diff", "-rq", "-x", ".chironfs", sysm.replicas[0], r],
+                           capture_output=True,
                            text=True, timeout=600)
         if p.returncode != 0:
             diffs.append((p.stdout + p.stderr).strip()[:500])
@@ -626,8 +646,11 @@ def main():
         live.clear()
 
     def handle_term(_sig, _frm):
-        cleanup_all()
-        sys.exit(130)
+        # Unwind: subprocess.run kills the running fio/tar, then `finally` unmounts.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log("interrupted: unmounting")
+        raise SystemExit(130)
     signal.signal(signal.SIGTERM, handle_term)
     signal.signal(signal.SIGINT, handle_term)
 
@@ -667,6 +690,12 @@ def main():
                             tail = [l.strip() for l in f if l.strip()]
                         if tail:
                             raw.setdefault("daemon_logs", {})[f"{label}/{s}-{rnd}"] = tail[-50:]
+                        for l in tail:
+                            if any(w in l for w in ("WARNING", "ERROR", "ALERT", "CRIT")):
+                                # drop the timestamp and pid, shorten our temp paths
+                                msg = l.split(": ", 1)[-1].replace(a.tmp, "$TMP")
+                                msg = re.sub(r"\b[0-9a-f]{16}\b", "<id>", msg)
+                                notes.append(f"{s} daemon log: {msg}")
                     if not mounted(sysm.mnt):
                         shutil.rmtree(base, ignore_errors=True)
                     else:

@@ -114,7 +114,13 @@ for d in "${disks[@]}"; do
     storage+=(--storage "disk=$dd")
 done
 
+# In the background so that a signal reaches our trap at once; the driver unmounts what it
+# mounted when it gets SIGTERM, then the EXIT trap sweeps whatever is left.
+# exec: $py must be python itself, not a forked copy of this script that would hold the signal.
+(trap - EXIT INT TERM; exec python3 "$here/bench.py" --tmp "$tmp" "${storage[@]}" \
+    --chironfs "$chironfs" --tarball "$tarball" "${py_args[@]}") &
+py=$!
+trap 'kill -TERM "$py" 2>/dev/null; wait "$py" || true; exit 130' INT TERM
 rc=0
-python3 "$here/bench.py" --tmp "$tmp" "${storage[@]}" --chironfs "$chironfs" \
-    --tarball "$tarball" "${py_args[@]}" || rc=$?
+wait "$py" || rc=$?
 exit $rc

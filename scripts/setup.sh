@@ -7,7 +7,8 @@ set -eu
 
 APT_PACKAGES="fuse3 rsyslog sshfs openssh-server openssh-client iproute2 attr acl psmisc
 procps util-linux e2fsprogs
-pacemaker pacemaker-cli-utils corosync crmsh pcs resource-agents kmod libxml2-utils systemd"
+pacemaker pacemaker-cli-utils corosync crmsh pcs resource-agents heartbeat kmod libxml2-utils
+systemd"
 FSX_VERSION=0.3.2
 PJDFSTEST_VERSION=0.2.2
 

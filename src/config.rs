@@ -59,6 +59,9 @@ pub struct Config {
     pub allow_other: bool,
     /// Kernel mount flags passed through (ro, nosuid, nodev, noexec, noatime, ...).
     pub mount_options: Vec<fuser::MountOption>,
+    /// After a split-brain, the replica (index) whose data wins (`--force-source`,
+    /// `-o force_source=`). A u16 (replicas are few) keeps `Config` small.
+    pub force_source: Option<u16>,
 }
 
 /// Default per-replica deadline (`--timeout`).
@@ -141,7 +144,7 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
-            timeout=SECS threads=N syslog_socket=PATH
+            timeout=SECS threads=N syslog_socket=PATH force_source=REPLICA
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
@@ -237,6 +240,10 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     syslog_socket: Option<PathBuf>,
 
+    /// After a split-brain, trust this replica (index or path); the others are resynced from it
+    #[arg(long, value_name = "REPLICA")]
+    force_source: Option<String>,
+
     /// Print this help and exit
     #[arg(short = 'h', long, short_alias = '?', action = ArgAction::Help)]
     help: Option<bool>,
@@ -258,6 +265,7 @@ struct MountOpts {
     timeout: Option<Duration>,
     threads: Option<usize>,
     syslog_socket: Option<PathBuf>,
+    force_source: Option<String>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -278,6 +286,7 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     syslog_socket: PathBuf,
     threads: usize,
+    force_source: Option<String>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -496,6 +505,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "ctl" => o.ctl = Some(PathBuf::from(need(value)?)),
             "status_file" => o.status_file = Some(PathBuf::from(need(value)?)),
             "syslog_socket" => o.syslog_socket = Some(PathBuf::from(need(value)?)),
+            "force_source" => o.force_source = Some(need(value)?),
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
             "quiet" | "debug" | "allow_other" | "allow_root" | "default_permissions" => {
@@ -572,6 +582,7 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
         syslog_socket: abs(cli.syslog_socket.or(o.syslog_socket))?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
+        force_source: cli.force_source.or(o.force_source),
         allow_other: o.allow_other,
         mount_options: o.mount_options,
     })
@@ -731,7 +742,30 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let force_source = match &raw.force_source {
+        None => None,
+        Some(given) => {
+            let is_index = given.bytes().all(|b| b.is_ascii_digit());
+            let found = if is_index {
+                given.parse::<usize>().ok().filter(|&i| i < replicas.len())
+            } else {
+                let canon = fs::canonicalize(given).ok();
+                replicas
+                    .iter()
+                    .position(|(g, c, _)| g == given || Some(c) == canon.as_ref())
+            }
+            .and_then(|i| u16::try_from(i).ok());
+            Some(found.ok_or_else(|| {
+                ConfigError::new(format!(
+                    "chironfs: --force-source '{given}' is not one of the replicas (give its \
+                     index, 0-based, or its path)"
+                ))
+            })?)
+        }
+    };
+
     Ok(Config {
+        force_source,
         replicas: replicas
             .into_iter()
             .map(|(_, path, low_priority)| ReplicaSpec { path, low_priority })
@@ -1316,6 +1350,26 @@ mod tests {
         assert!(m.contains("status file"), "{m}");
         let m = fail(&[&spec, &mnt, "-o", &format!("ctl={}", t.p("mnt/c"))]);
         assert!(m.contains("control socket"), "{m}");
+    }
+
+    #[test]
+    fn force_source_names_a_replica_by_index_or_path() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        assert_eq!(mount(&[&spec, &mnt]).force_source, None);
+        assert_eq!(
+            mount(&[&spec, &mnt, "--force-source", "1"]).force_source,
+            Some(1)
+        );
+        let b = t.p("b");
+        assert_eq!(
+            mount(&[&spec, &mnt, "-o", &format!("force_source={b}")]).force_source,
+            Some(1)
+        );
+        let m = fail(&[&spec, &mnt, "--force-source", "7"]);
+        assert!(m.contains("not one of the replicas"), "{m}");
+        let m = fail(&[&spec, &mnt, "--force-source", &t.p("mnt")]);
+        assert!(m.contains("not one of the replicas"), "{m}");
     }
 
     #[test]

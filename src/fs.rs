@@ -301,6 +301,10 @@ impl ChironFs {
         if name.as_bytes().contains(&b'/') {
             return Err(Errno::EINVAL);
         }
+        if is_meta_dir(parent, name) {
+            // The replicas' own state: never created, renamed or removed through the mount.
+            return Err(Errno::EPERM);
+        }
         self.nodes.child_path(parent.0, name).ok_or(Errno::ENOENT)
     }
 
@@ -401,10 +405,16 @@ impl ChironFs {
     /// The entries of directory `path`, from the metadata replica.
     fn list_dir(&self, path: &Path) -> Result<Vec<sys::DirEntry>, Errno> {
         let rel = path.to_path_buf();
+        let top = path.as_os_str().is_empty();
         self.read_meta("readdir", path, move |r| {
             sys::read_dir_all(r.root(), &cstr(&rel)?)
         })
-        .map(|(_, entries)| entries)
+        .map(|(_, mut entries)| {
+            if top {
+                entries.retain(|e| e.name != OsStr::new(crate::state::META_DIR));
+            }
+            entries
+        })
     }
 
     fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
@@ -458,6 +468,9 @@ impl Filesystem for ChironFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if is_meta_dir(parent, name) {
+            return reply.error(Errno::ENOENT);
+        }
         let _tree = self.tree_shared();
         let path = match self.child(parent, name) {
             Ok(p) => p,
@@ -1307,6 +1320,12 @@ fn reply_xattr(result: Result<(usize, XattrReply), Errno>, reply: ReplyXattr) {
         Ok((_, XattrReply::Done)) => reply.error(Errno::EIO),
         Err(e) => reply.error(e),
     }
+}
+
+/// Whether `name` in `parent` is the replicas' hidden metadata directory (`.chironfs` at the
+/// root): invisible through the mount.
+fn is_meta_dir(parent: INodeNo, name: &OsStr) -> bool {
+    parent == INodeNo::ROOT && name == OsStr::new(crate::state::META_DIR)
 }
 
 /// A stable stand-in inode number for a directory entry the kernel has not looked up yet

@@ -15,5 +15,6 @@ pub mod replica;
 pub mod select;
 pub mod set;
 pub mod snapshot;
+pub mod state;
 pub mod status_file;
 pub mod sys;

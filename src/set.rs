@@ -4,15 +4,16 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
 use crate::replica::{Replica, now};
 use crate::select::{self, Candidate};
 use crate::snapshot::{ControlHandler, ReplicaState, Snapshot};
+use crate::state::{self, Membership};
 use crate::sys::{self, Credentials};
 
 /// Work to run on each replica: gets the replica, returns a value or an I/O error.
@@ -24,6 +25,9 @@ pub struct ReplicaSet {
     replicas: Vec<Arc<Replica>>,
     timeout: Duration,
     mountpoint: String,
+    /// The durable membership (generation) written to the in-service replicas at every
+    /// change; None for a set without on-disk state (unit tests).
+    membership: Mutex<Option<Membership>>,
 }
 
 /// Log target for alert-level lines (a replica taken out of service): the logger sends these
@@ -61,6 +65,93 @@ impl ReplicaSet {
             replicas,
             timeout,
             mountpoint,
+            membership: Mutex::new(None),
+        }
+    }
+
+    /// From now on, every membership change is written to the in-service replicas' state
+    /// files before it takes effect for callers.
+    pub fn install_membership(&self, membership: Membership) {
+        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = Some(membership);
+    }
+
+    /// Writes the current membership to the in-service replicas if it changed since the last
+    /// write (a generation bump). Serialized: a caller that finds a write in progress waits for
+    /// it, so no mutation is acknowledged while the state still names a replica that missed it.
+    /// A replica that cannot store its state is taken out (and the others written again).
+    pub fn persist_membership(&self) {
+        let mut guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = guard.as_mut() else {
+            return;
+        };
+        for _ in 0..=self.replicas.len() {
+            let mut targets = self.priority_order();
+            targets.sort_unstable();
+            if !m.change(&targets, state::random_id()) {
+                return;
+            }
+            log::warn!(
+                "replica set membership of {}: generation {}, {} of {} replicas in service",
+                self.mountpoint,
+                m.generation.number,
+                targets.len(),
+                self.replicas.len()
+            );
+            if !self.write_records(m, &targets, false) {
+                return;
+            }
+        }
+    }
+
+    /// Writes `m` as the state of each of `targets`; takes out those that fail while others
+    /// succeed. Returns true when something was taken out (the membership must change again).
+    fn write_records(&self, m: &Membership, targets: &[usize], clean: bool) -> bool {
+        let records: Arc<Vec<_>> = Arc::new(
+            (0..self.replicas.len())
+                .map(|i| m.record(i, clean, now()))
+                .collect(),
+        );
+        let job: ReplicaJob<()> =
+            Arc::new(move |r: &Replica| state::write_record(&r.path, &records[r.index]));
+        let results = self.run(targets, &Credentials::root(), &job);
+        let ok = results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Done(_)))
+            .count();
+        let mut took_out = false;
+        for (index, outcome) in results {
+            let what = match outcome {
+                Outcome::Done(()) => continue,
+                Outcome::Failed(e) => describe_errno(e),
+                Outcome::TimedOut => describe_fault(Fault::TimedOut, self.timeout),
+            };
+            let path = self.replicas[index].path.display().to_string();
+            log::error!("cannot write the chironfs state of {path}: {what}");
+            if ok > 0 && !clean {
+                took_out |= self.take_out_status(
+                    index,
+                    format!("cannot write its {} state: {what}", state::META_DIR),
+                    true,
+                );
+            }
+        }
+        took_out
+    }
+
+    /// At a clean unmount: records the clean shutdown in the in-service replicas' state.
+    pub fn write_clean_shutdown(&self) {
+        let guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = guard.as_ref() {
+            let mut targets = self.priority_order();
+            targets.sort_unstable();
+            // Only if the recorded membership is the current one: never mark clean a state
+            // that still names a replica now out.
+            let ids: Vec<u64> = targets.iter().map(|&i| m.ids[i]).collect();
+            let mut sorted_ids = ids.clone();
+            sorted_ids.sort_unstable();
+            if sorted_ids == m.in_service {
+                self.write_records(m, &targets, true);
+            }
         }
     }
 
@@ -208,6 +299,10 @@ impl ReplicaSet {
                     r.update_status(|s| s.missed_mutation());
                 }
             }
+            if targets.len() < self.replicas.len() {
+                // Acknowledged only once the state on disk says who missed it.
+                self.persist_membership();
+            }
         }
         verdict.answer
     }
@@ -299,8 +394,16 @@ impl ReplicaSet {
         self.take_out_because(index, reason, missed_write);
     }
 
-    /// Takes a replica out of service for `reason`, logging the state change at alert level.
+    /// Takes a replica out of service for `reason`, logging the state change at alert level,
+    /// and records the new membership on the replicas still in service.
     pub fn take_out_because(&self, index: usize, reason: String, missed_write: bool) {
+        if self.take_out_status(index, reason, missed_write) {
+            self.persist_membership();
+        }
+    }
+
+    /// [`ReplicaSet::take_out_because`] without writing the state; true if it changed.
+    fn take_out_status(&self, index: usize, reason: String, missed_write: bool) -> bool {
         let replica = &self.replicas[index];
         let changed = replica.update_status(|s| s.take_out(reason.clone(), now(), missed_write));
         if changed {
@@ -313,6 +416,7 @@ impl ReplicaSet {
                 self.mountpoint
             );
         }
+        changed
     }
 
     /// Checks every in-service replica's root (vanished, unmounted, hung) on its own workers;
@@ -435,6 +539,7 @@ impl ControlHandler for ReplicaSet {
         }
         r.update_status(|s| s.enable(now(), force))
             .map_err(refusing)?;
+        self.persist_membership();
         let how = if force { " (forced)" } else { "" };
         log::warn!(
             "trusting replica {}: back in service by administrator{how}",

@@ -214,6 +214,10 @@ if [ "${1:-}" = --inside ]; then
     expect "monitor depth 20, degraded, report_degraded=false" 0 OCF_CHECK_LEVEL=20 monitor
     expect "status, degraded" 0 status
     check "  ... says running (degraded" grep -q 'is running (degraded' <<<"$OUT"
+    # Back in service (r2 missed the monitor's writes: stale, hence --force, as after a resync).
+    "$B/chironctl" -s "$W/run/fs.sock" enable 1 --force >/dev/null
+    sleep 1.5
+    expect "monitor, back in service, report_degraded=true" 0 OCF_RESKEY_report_degraded=true monitor
     expect "stop" 0 stop
     check "  ... not mounted" not_mounted
     expect "monitor after stop" 7 monitor

@@ -344,6 +344,8 @@ pub fn tree(dir: &Path) -> Vec<String> {
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    // The replica's own state (`.chironfs`) differs per replica and is not user data.
+    entries.retain(|e| dir != root || e.file_name() != chironfs::state::META_DIR);
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
@@ -452,5 +454,54 @@ impl Mount {
         };
         assert!(m.pid > 0, "no pid in the status file of the adopted mount");
         m
+    }
+}
+
+impl Mount {
+    /// Stops the daemon (if it runs) and starts a new one on `replicas` (any order, any
+    /// directories) with the same mount point, status file, socket and log, plus `args`.
+    /// On success the mount adopts the new daemon and replica list; on failure returns the
+    /// daemon's error message.
+    pub fn restart_with(&mut self, replicas: &[PathBuf], args: &[&str]) -> Result<(), String> {
+        if is_mounted(&self.mnt) || pid_alive(self.pid) {
+            assert!(self.stop(), "the daemon did not stop");
+        }
+        let spec = replicas
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join("=");
+        let _ = std::fs::remove_file(&self.status_file);
+        let out = Command::new(chironfs_bin())
+            .arg("-o")
+            .arg("allow_other")
+            .arg("--status-file")
+            .arg(&self.status_file)
+            .arg("-c")
+            .arg(&self.socket)
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--timeout")
+            .arg("2")
+            .args(args)
+            .arg(spec)
+            .arg(&self.mnt)
+            .output()
+            .expect("run chironfs");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || self.status_file.exists()),
+            "no status file"
+        );
+        let text = std::fs::read_to_string(&self.status_file).unwrap();
+        self.pid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .expect("pid in status file");
+        self.replicas = replicas.to_vec();
+        Ok(())
     }
 }

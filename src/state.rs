@@ -1,0 +1,844 @@
+//! Durable replica state: the `.chironfs` directory at each replica root, its state file
+//! format, the decision taken at mount (who is in service, who is stale, split-brain), and the
+//! generation bookkeeping at every membership change. Pure logic except the small file
+//! helpers at the end; `docs/replica-state.md` describes the format.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+
+/// Name of the metadata directory at each replica root: hidden from the mount, never
+/// replicated as user data.
+pub const META_DIR: &str = ".chironfs";
+/// The state file inside [`META_DIR`].
+pub const STATE_FILE: &str = "state";
+/// Format version written in the state file.
+pub const FORMAT: u32 = 1;
+/// Generations kept in a record's history (to tell "behind" from "diverged").
+pub const HISTORY_LEN: usize = 256;
+
+/// One generation of the replica set's membership: a number bumped at every change and a
+/// random id telling two generations with the same number apart (two halves that each went
+/// on alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Gen {
+    /// Bumped at every membership change; 0 = never in sync.
+    pub number: u64,
+    /// Random; 0 with number 0.
+    pub id: u64,
+}
+
+impl Gen {
+    /// "Never in sync": a new replica, or the loser of a split-brain.
+    pub const NONE: Gen = Gen { number: 0, id: 0 };
+
+    fn render(self) -> String {
+        format!("{}:{:016x}", self.number, self.id)
+    }
+
+    fn parse(s: &str) -> Option<Gen> {
+        let (n, id) = s.split_once(':')?;
+        Some(Gen {
+            number: n.parse().ok()?,
+            id: u64::from_str_radix(id, 16).ok()?,
+        })
+    }
+}
+
+/// The content of one replica's state file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRecord {
+    /// The replica set this replica belongs to.
+    pub set_id: u64,
+    /// This replica's own id (stable whatever the command-line order).
+    pub replica_id: u64,
+    /// The generation this replica is in sync with.
+    pub generation: Gen,
+    /// Earlier generations this replica went through, oldest first.
+    pub history: Vec<Gen>,
+    /// Ids of the replicas in service at `generation`.
+    pub in_service: Vec<u64>,
+    /// The daemon stopped cleanly (false while mounted).
+    pub clean: bool,
+    /// Unix time of the write.
+    pub updated: u64,
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+impl StateRecord {
+    /// The file content.
+    pub fn render(&self) -> String {
+        let list = |v: &[String]| v.join(",");
+        format!(
+            "# chironfs replica state (docs/replica-state.md); written by the daemon, do not edit\n\
+             format={FORMAT}\nset={}\nreplica={}\ngeneration={}\nin_service={}\nclean={}\n\
+             updated={}\nhistory={}\n",
+            hex(self.set_id),
+            hex(self.replica_id),
+            self.generation.render(),
+            list(&self.in_service.iter().map(|i| hex(*i)).collect::<Vec<_>>()),
+            if self.clean { "yes" } else { "no" },
+            self.updated,
+            list(&self.history.iter().map(|g| g.render()).collect::<Vec<_>>()),
+        )
+    }
+
+    /// Parses a state file; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<StateRecord, String> {
+        let mut get = std::collections::HashMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("malformed line '{line}'"))?;
+            get.insert(k.to_string(), v.to_string());
+        }
+        let field = |k: &str| get.get(k).ok_or_else(|| format!("no '{k}' field"));
+        let id = |k: &str| -> Result<u64, String> {
+            u64::from_str_radix(field(k)?, 16).map_err(|_| format!("bad '{k}' field"))
+        };
+        let format: u32 = field("format")?
+            .parse()
+            .map_err(|_| "bad 'format' field".to_string())?;
+        if format != FORMAT {
+            return Err(format!(
+                "format {format} is not supported (this chironfs writes {FORMAT})"
+            ));
+        }
+        let items = |k: &str| -> Vec<String> {
+            get.get(k)
+                .map(|v| {
+                    v.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let in_service = items("in_service")
+            .iter()
+            .map(|s| u64::from_str_radix(s, 16).map_err(|_| "bad 'in_service' field".to_string()))
+            .collect::<Result<_, _>>()?;
+        let history = items("history")
+            .iter()
+            .map(|s| Gen::parse(s).ok_or_else(|| "bad 'history' field".to_string()))
+            .collect::<Result<_, _>>()?;
+        Ok(StateRecord {
+            set_id: id("set")?,
+            replica_id: id("replica")?,
+            generation: Gen::parse(field("generation")?)
+                .ok_or_else(|| "bad 'generation' field".to_string())?,
+            history,
+            in_service,
+            clean: match field("clean")?.as_str() {
+                "yes" => true,
+                "no" => false,
+                _ => return Err("bad 'clean' field".into()),
+            },
+            updated: get.get("updated").and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    /// This replica's data is older than `other`'s: its generation is in the other's history
+    /// (it stopped getting writes there), or it was never in sync.
+    pub fn is_behind(&self, other: &StateRecord) -> bool {
+        if self.generation == other.generation {
+            return false;
+        }
+        self.generation == Gen::NONE || other.history.contains(&self.generation)
+    }
+}
+
+/// What was found at one replica root at mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// A state file.
+    Record(StateRecord),
+    /// No state file; `empty` says the replica holds no files either.
+    Missing {
+        /// Nothing but possibly `lost+found` in it.
+        empty: bool,
+    },
+    /// The state could not be read (I/O error, hung, garbage): the replica starts out of
+    /// service and stale, the mount goes on with the others.
+    Unreadable(String),
+}
+
+/// The membership of the running set: written to the in-service replicas at every change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// Replica-set id.
+    pub set_id: u64,
+    /// Replica id of each replica, by command-line index.
+    pub ids: Vec<u64>,
+    /// Current generation.
+    pub generation: Gen,
+    /// Earlier generations, oldest first.
+    pub history: Vec<Gen>,
+    /// Ids in service at `generation`, sorted.
+    pub in_service: Vec<u64>,
+}
+
+impl Membership {
+    /// Makes `in_service` (command-line indexes) the current membership; bumps the generation
+    /// (with `new_id`) when it differs. Returns whether it changed.
+    pub fn change(&mut self, in_service: &[usize], new_id: u64) -> bool {
+        let ids: Vec<u64> = sorted(in_service.iter().map(|&i| self.ids[i]));
+        if ids == self.in_service {
+            return false;
+        }
+        self.bump(new_id);
+        self.in_service = ids;
+        true
+    }
+
+    fn bump(&mut self, new_id: u64) {
+        if self.generation != Gen::NONE {
+            self.history.push(self.generation);
+        }
+        let excess = self.history.len().saturating_sub(HISTORY_LEN);
+        self.history.drain(..excess);
+        self.generation = Gen {
+            number: self.generation.number + 1,
+            id: new_id,
+        };
+    }
+
+    /// The record of replica `index` as an in-service member.
+    pub fn record(&self, index: usize, clean: bool, now: u64) -> StateRecord {
+        StateRecord {
+            set_id: self.set_id,
+            replica_id: self.ids[index],
+            generation: self.generation,
+            history: self.history.clone(),
+            in_service: self.in_service.clone(),
+            clean,
+            updated: now,
+        }
+    }
+}
+
+fn sorted(ids: impl Iterator<Item = u64>) -> Vec<u64> {
+    ids.collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// The decision taken at mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The membership from now on.
+    pub membership: Membership,
+    /// Per replica: None = in service, Some(why) = out of service and stale.
+    pub stale: Vec<Option<String>>,
+    /// Records to write now (index, record): the in-service replicas, new replicas, and
+    /// split-brain losers reset to "never in sync". Other stale replicas are left untouched.
+    pub writes: Vec<(usize, StateRecord)>,
+    /// Lines for the log.
+    pub notes: Vec<String>,
+}
+
+/// Decides, from what was found at each replica (`names` for messages), who serves and who is
+/// stale. `force_source` names the replica to trust after a split-brain. `fresh` gives new
+/// random ids. An Err is the reason to refuse the mount.
+pub fn plan(
+    found: &[Found],
+    names: &[String],
+    force_source: Option<usize>,
+    fresh: &mut dyn FnMut() -> u64,
+    now: u64,
+) -> Result<Plan, String> {
+    let records: Vec<Option<&StateRecord>> = found
+        .iter()
+        .map(|f| match f {
+            Found::Record(r) => Some(r),
+            Found::Missing { .. } | Found::Unreadable(_) => None,
+        })
+        .collect();
+    let known: Vec<usize> = (0..found.len()).filter(|&i| records[i].is_some()).collect();
+    let rec = |i: usize| records[i].expect("known");
+    let mut notes = Vec::new();
+    let unreadable = |i: usize| match &found[i] {
+        Found::Unreadable(why) => Some(format!("cannot read its {META_DIR} state: {why}")),
+        _ => None,
+    };
+    if (0..found.len()).all(|i| unreadable(i).is_some()) {
+        return Err(format!(
+            "cannot read the {META_DIR} state of any replica ({})",
+            unreadable(0).unwrap_or_default()
+        ));
+    }
+
+    if known.is_empty() {
+        if let Some(f) = force_source {
+            return Err(format!(
+                "--force-source {}: no replica holds chironfs state yet, there is nothing to choose",
+                names[f]
+            ));
+        }
+        let ids: Vec<u64> = found.iter().map(|_| fresh()).collect();
+        let mut membership = Membership {
+            set_id: fresh(),
+            ids,
+            generation: Gen::NONE,
+            history: Vec::new(),
+            in_service: Vec::new(),
+        };
+        let all: Vec<usize> = (0..found.len())
+            .filter(|&i| unreadable(i).is_none())
+            .collect();
+        membership.change(&all, fresh());
+        let holding = found
+            .iter()
+            .any(|f| matches!(f, Found::Missing { empty: false }));
+        notes.push(format!(
+            "new replica set {}: {} (generation {})",
+            hex(membership.set_id),
+            if holding {
+                "adopting the existing files of every replica as identical"
+            } else {
+                "initialized empty replicas"
+            },
+            membership.generation.number
+        ));
+        let writes = all
+            .iter()
+            .map(|&i| (i, membership.record(i, false, now)))
+            .collect();
+        return Ok(Plan {
+            stale: (0..found.len()).map(unreadable).collect(),
+            membership,
+            writes,
+            notes,
+        });
+    }
+
+    // One set, and every replica a different one.
+    let first = known[0];
+    for &i in &known[1..] {
+        if rec(i).set_id != rec(first).set_id {
+            return Err(format!(
+                "replica {} belongs to another replica set (set id {}) than {} (set id {}); \
+                 refusing to mount them together",
+                names[i],
+                hex(rec(i).set_id),
+                names[first],
+                hex(rec(first).set_id)
+            ));
+        }
+        if let Some(&j) = known[..known.iter().position(|&k| k == i).unwrap_or(0)]
+            .iter()
+            .find(|&&j| rec(j).replica_id == rec(i).replica_id)
+        {
+            return Err(format!(
+                "replicas {} and {} carry the same replica id {} (one is a copy of the other?); \
+                 remove the {META_DIR} directory of the copy so it is added as a new replica",
+                names[j],
+                names[i],
+                hex(rec(i).replica_id)
+            ));
+        }
+    }
+
+    // The source: the replica(s) no other one is ahead of.
+    let source = match force_source {
+        Some(f) => {
+            if records[f].is_none() {
+                return Err(format!(
+                    "--force-source {}: it holds no chironfs state (a new replica cannot be the source)",
+                    names[f]
+                ));
+            }
+            f
+        }
+        None => {
+            let ahead: Vec<usize> = known
+                .iter()
+                .copied()
+                .filter(|&i| !known.iter().any(|&j| rec(i).is_behind(rec(j))))
+                .filter(|&i| rec(i).generation != Gen::NONE)
+                .collect();
+            let mut groups: Vec<(Gen, Vec<usize>)> = Vec::new();
+            for i in ahead {
+                match groups.iter_mut().find(|(g, _)| *g == rec(i).generation) {
+                    Some((_, v)) => v.push(i),
+                    None => groups.push((rec(i).generation, vec![i])),
+                }
+            }
+            match groups.len() {
+                0 => {
+                    return Err(
+                        "no replica holds up-to-date data (all were reset or never synced); \
+                         name the one to trust with --force-source REPLICA"
+                            .into(),
+                    );
+                }
+                1 => groups[0].1[0],
+                _ => {
+                    let described: Vec<String> = groups
+                        .iter()
+                        .map(|(g, v)| {
+                            format!(
+                                "{} (generation {})",
+                                v.iter()
+                                    .map(|&i| names[i].as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                g.number
+                            )
+                        })
+                        .collect();
+                    return Err(format!(
+                        "split-brain: replicas {} each went on without the other; nothing is \
+                         merged: name the survivor with --force-source REPLICA (the others will \
+                         be resynced from it)",
+                        described.join(" and ")
+                    ));
+                }
+            }
+        }
+    };
+    let reference = rec(source);
+    let mut stale: Vec<Option<String>> = vec![None; found.len()];
+    let mut in_service: Vec<usize> = Vec::new();
+    let mut reset: Vec<usize> = Vec::new();
+    for (i, f) in found.iter().enumerate() {
+        let why = match f {
+            Found::Missing { empty: true } => {
+                Some("new replica: not synced yet, resync it".to_string())
+            }
+            Found::Missing { empty: false } => Some(format!(
+                "holds files but no {META_DIR} state: not synced yet, resync it"
+            )),
+            Found::Unreadable(_) => unreadable(i),
+            Found::Record(r) if r.generation == reference.generation => {
+                if r.in_service.contains(&r.replica_id) || i == source {
+                    None
+                } else {
+                    Some(format!(
+                        "it was out of service at generation {}: resync it",
+                        r.generation.number
+                    ))
+                }
+            }
+            Found::Record(r) if r.is_behind(reference) => Some(format!(
+                "stale: it missed writes before the restart (generation {} < {}), resync it",
+                r.generation.number, reference.generation.number
+            )),
+            Found::Record(r) => {
+                reset.push(i);
+                Some(format!(
+                    "split-brain loser (generation {}): {} was chosen with --force-source, resync it",
+                    r.generation.number, names[source]
+                ))
+            }
+        };
+        if why.is_none() {
+            in_service.push(i);
+        }
+        stale[i] = why;
+    }
+    let ids: Vec<u64> = found
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match f {
+            Found::Record(r) => r.replica_id,
+            Found::Missing { .. } | Found::Unreadable(_) => {
+                let _ = i;
+                fresh()
+            }
+        })
+        .collect();
+    let mut membership = Membership {
+        set_id: reference.set_id,
+        ids,
+        generation: reference.generation,
+        history: reference.history.clone(),
+        in_service: sorted(reference.in_service.iter().copied()),
+    };
+    if membership.change(&in_service, fresh()) {
+        notes.push(format!(
+            "membership changed: generation {}",
+            membership.generation.number
+        ));
+    }
+    if !reference.clean {
+        notes.push(format!(
+            "the last shutdown of {} was not clean",
+            names[source]
+        ));
+    }
+    let mut writes: Vec<(usize, StateRecord)> = in_service
+        .iter()
+        .map(|&i| (i, membership.record(i, false, now)))
+        .collect();
+    for (i, f) in found.iter().enumerate() {
+        if matches!(f, Found::Missing { .. }) || reset.contains(&i) {
+            writes.push((
+                i,
+                StateRecord {
+                    generation: Gen::NONE,
+                    history: Vec::new(),
+                    clean: true,
+                    ..membership.record(i, true, now)
+                },
+            ));
+        }
+    }
+    writes.sort_by_key(|(i, _)| *i);
+    Ok(Plan {
+        membership,
+        stale,
+        writes,
+        notes,
+    })
+}
+
+/// A random 64-bit id (from the standard library's randomly keyed hasher, mixed with the
+/// time, the pid and a counter).
+pub fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let v = h.finish();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// Reads what is at `root` (a replica directory): its state record, or whether it is empty.
+pub fn read_found(root: &Path) -> std::io::Result<Found> {
+    let file = root.join(META_DIR).join(STATE_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => StateRecord::parse(&text)
+            .map(Found::Record)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", file.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let empty = std::fs::read_dir(root)?
+                .flatten()
+                .all(|e| e.file_name() == "lost+found" || e.file_name() == META_DIR);
+            Ok(Found::Missing { empty })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `record` into `root`'s metadata directory atomically: temp file, fsync, rename,
+/// fsync of the directory.
+pub fn write_record(root: &Path, record: &StateRecord) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = root.join(META_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(record.render().as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter() -> impl FnMut() -> u64 {
+        let mut n = 100;
+        move || {
+            n += 1;
+            n
+        }
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("/r{i}")).collect()
+    }
+
+    fn rec(set: u64, id: u64, generation: Gen, history: &[Gen], in_service: &[u64]) -> Found {
+        Found::Record(StateRecord {
+            set_id: set,
+            replica_id: id,
+            generation,
+            history: history.to_vec(),
+            in_service: in_service.to_vec(),
+            clean: true,
+            updated: 1,
+        })
+    }
+
+    const G1: Gen = Gen { number: 1, id: 11 };
+    const G2: Gen = Gen { number: 2, id: 22 };
+    const G2X: Gen = Gen { number: 2, id: 99 };
+
+    #[test]
+    fn records_round_trip_and_reject_garbage() {
+        let r = StateRecord {
+            set_id: 0xabc,
+            replica_id: 7,
+            generation: G2,
+            history: vec![G1],
+            in_service: vec![7, 8],
+            clean: false,
+            updated: 42,
+        };
+        assert_eq!(StateRecord::parse(&r.render()), Ok(r.clone()));
+        let empty = StateRecord {
+            history: vec![],
+            in_service: vec![],
+            ..r
+        };
+        assert_eq!(StateRecord::parse(&empty.render()), Ok(empty));
+        assert!(
+            StateRecord::parse("format=2\n")
+                .unwrap_err()
+                .contains("format 2")
+        );
+        assert!(StateRecord::parse("hello\n").is_err());
+        assert!(StateRecord::parse("format=1\nset=zz\n").is_err());
+    }
+
+    #[test]
+    fn all_new_replicas_make_a_new_set_all_in_service() {
+        let p = plan(
+            &[
+                Found::Missing { empty: true },
+                Found::Missing { empty: true },
+            ],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert_eq!(p.stale, vec![None, None]);
+        assert_eq!(p.membership.generation.number, 1);
+        assert_eq!(p.writes.len(), 2);
+        assert_ne!(p.writes[0].1.replica_id, p.writes[1].1.replica_id);
+        assert_eq!(p.writes[0].1.set_id, p.writes[1].1.set_id);
+        assert_eq!(p.writes[0].1.in_service.len(), 2);
+        assert!(!p.writes[0].1.clean);
+    }
+
+    #[test]
+    fn a_replica_of_another_set_is_refused() {
+        let e = plan(
+            &[rec(1, 1, G1, &[], &[1, 2]), rec(2, 2, G1, &[], &[1, 2])],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap_err();
+        assert!(e.contains("/r1 belongs to another replica set"), "{e}");
+    }
+
+    #[test]
+    fn a_copied_replica_is_refused() {
+        let e = plan(
+            &[rec(1, 1, G1, &[], &[1]), rec(1, 1, G1, &[], &[1])],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap_err();
+        assert!(e.contains("same replica id"), "{e}");
+    }
+
+    #[test]
+    fn a_replica_behind_is_stale_whatever_the_order() {
+        for order in [[0, 1], [1, 0]] {
+            let f = [rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G1, &[], &[1, 2])];
+            let found: Vec<Found> = order.iter().map(|&i| f[i].clone()).collect();
+            let p = plan(&found, &names(2), None, &mut counter(), 5).unwrap();
+            let behind = order.iter().position(|&i| i == 1).unwrap();
+            assert!(
+                p.stale[behind]
+                    .as_deref()
+                    .unwrap()
+                    .contains("missed writes")
+            );
+            assert!(p.stale[1 - behind].is_none());
+            // Same membership as recorded: no bump, only the in-service one is written.
+            assert_eq!(p.membership.generation, G2);
+            assert_eq!(p.writes.len(), 1);
+            assert_eq!(p.writes[0].0, 1 - behind);
+        }
+    }
+
+    #[test]
+    fn a_replica_recorded_out_of_service_stays_out() {
+        let p = plan(
+            &[rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G2, &[G1], &[1])],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert!(p.stale[0].is_none());
+        assert!(p.stale[1].as_deref().unwrap().contains("out of service"));
+    }
+
+    #[test]
+    fn diverged_replicas_are_a_split_brain_until_one_is_forced() {
+        let found = [rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G2X, &[G1], &[2])];
+        let e = plan(&found, &names(2), None, &mut counter(), 5).unwrap_err();
+        assert!(
+            e.contains("split-brain") && e.contains("/r0") && e.contains("/r1"),
+            "{e}"
+        );
+        assert!(e.contains("--force-source"), "{e}");
+        let p = plan(&found, &names(2), Some(1), &mut counter(), 5).unwrap();
+        assert!(p.stale[1].is_none());
+        assert!(p.stale[0].as_deref().unwrap().contains("split-brain loser"));
+        // The loser is reset to "never in sync": the next mount needs no --force-source.
+        let loser = p.writes.iter().find(|(i, _)| *i == 0).unwrap();
+        assert_eq!(loser.1.generation, Gen::NONE);
+        let winner = p.writes.iter().find(|(i, _)| *i == 1).unwrap().1.clone();
+        assert_eq!(winner.generation, G2X);
+        let again = plan(
+            &[Found::Record(loser.1.clone()), Found::Record(winner)],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert!(again.stale[0].is_some() && again.stale[1].is_none());
+    }
+
+    #[test]
+    fn a_new_empty_replica_joins_out_of_service() {
+        let p = plan(
+            &[rec(1, 1, G1, &[], &[1, 2]), Found::Missing { empty: true }],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert!(p.stale[0].is_none());
+        assert!(p.stale[1].as_deref().unwrap().contains("new replica"));
+        let new = &p.writes.iter().find(|(i, _)| *i == 1).unwrap().1;
+        assert_eq!((new.set_id, new.generation), (1, Gen::NONE));
+        // The old member 2 is not here any more: the generation moves on without it.
+        assert_eq!(p.membership.generation.number, 2);
+        assert_eq!(p.membership.in_service, vec![1]);
+    }
+
+    #[test]
+    fn an_unreadable_replica_starts_out_and_the_others_serve() {
+        let p = plan(
+            &[
+                Found::Unreadable("EIO".into()),
+                rec(1, 1, G1, &[], &[1, 2]),
+                rec(1, 2, G1, &[], &[1, 2]),
+            ],
+            &names(3),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert!(p.stale[0].as_deref().unwrap().contains("cannot read"));
+        assert!(p.stale[1].is_none() && p.stale[2].is_none());
+        assert!(p.writes.iter().all(|(i, _)| *i != 0));
+        let fresh = plan(
+            &[
+                Found::Unreadable("EIO".into()),
+                Found::Missing { empty: true },
+            ],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert!(fresh.stale[0].is_some() && fresh.stale[1].is_none());
+        assert_eq!(fresh.writes.len(), 1);
+        let e = plan(
+            &[
+                Found::Unreadable("EIO".into()),
+                Found::Unreadable("EIO".into()),
+            ],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap_err();
+        assert!(e.contains("any replica"), "{e}");
+    }
+
+    #[test]
+    fn membership_changes_bump_the_generation_and_keep_history() {
+        let mut m = Membership {
+            set_id: 1,
+            ids: vec![10, 20],
+            generation: G1,
+            history: vec![],
+            in_service: vec![10, 20],
+        };
+        assert!(!m.change(&[1, 0], 5));
+        assert!(m.change(&[0], 6));
+        assert_eq!(m.generation, Gen { number: 2, id: 6 });
+        assert_eq!(m.history, vec![G1]);
+        let r = m.record(1, true, 9);
+        assert_eq!((r.replica_id, r.in_service.clone()), (20, vec![10]));
+        for n in 0..(HISTORY_LEN as u64 + 10) {
+            m.change(if n % 2 == 0 { &[0, 1] } else { &[0] }, 100 + n);
+        }
+        assert_eq!(m.history.len(), HISTORY_LEN);
+    }
+
+    #[test]
+    fn files_are_written_atomically_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("chironfs-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(read_found(&dir).unwrap(), Found::Missing { empty: true });
+        std::fs::create_dir(dir.join("lost+found")).unwrap();
+        assert_eq!(read_found(&dir).unwrap(), Found::Missing { empty: true });
+        std::fs::write(dir.join("f"), "x").unwrap();
+        assert_eq!(read_found(&dir).unwrap(), Found::Missing { empty: false });
+        let r = StateRecord {
+            set_id: 1,
+            replica_id: 2,
+            generation: G1,
+            history: vec![],
+            in_service: vec![2],
+            clean: true,
+            updated: 3,
+        };
+        write_record(&dir, &r).unwrap();
+        write_record(&dir, &r).unwrap();
+        assert_eq!(read_found(&dir).unwrap(), Found::Record(r));
+        assert!(!dir.join(META_DIR).join("state.tmp").exists());
+        std::fs::write(dir.join(META_DIR).join(STATE_FILE), "junk").unwrap();
+        assert!(read_found(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
