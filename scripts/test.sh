@@ -4,9 +4,11 @@
 # (unit and integration tests, against the release binary), fsx and pjdfstest through a
 # 2-replica mount, and the .deb and .rpm packages (tests/packaging/test.sh: built, linted,
 # installed, used, removed), and the cluster integration (tests/cluster/ocf-tester.sh: the OCF
-# agent under ocf-tester, crmsh and pcs, the Heartbeat script, the systemd unit). Every step
-# runs even if an earlier one failed (the peer suites, the packaging and the cluster checks are
-# skipped only if the build failed); the exit status is non-zero if any step failed.
+# agent under ocf-tester, crmsh and pcs, the Heartbeat script, the systemd unit;
+# tests/cluster/two-node.sh: failovers in a real two-node Pacemaker and Heartbeat cluster in
+# namespaces, replicas over SSHFS). Every step runs even if an earlier one failed (the peer
+# suites, the packaging and the cluster checks are skipped only if the build failed); the exit
+# status is non-zero if any step failed.
 # Usage: scripts/test.sh        (as root: the tests mount filesystems)
 set -eu
 cd "$(dirname "$0")/.."
@@ -55,11 +57,13 @@ if [ "$build_ok" = 1 ]; then
     step pjdfstest tests/peer/pjdfstest.sh
     step packaging tests/packaging/test.sh
     step ocf-tester tests/cluster/ocf-tester.sh
+    step "two-node cluster" tests/cluster/two-node.sh
 else
     skip fsx "the build failed"
     skip pjdfstest "the build failed"
     skip packaging "the build failed"
     skip ocf-tester "the build failed"
+    skip "two-node cluster" "the build failed"
 fi
 
 printf '\n==================== summary (%ss) ====================\n' $(($(date +%s) - total_start))

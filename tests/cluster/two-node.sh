@@ -241,7 +241,14 @@ start_node() {
     cat "$LAB/$1.launch" >&2
     cl_die "node $1 did not start"
 }
-kill_node() { kill_ns "$NS-$1" KILL; }
+# kill_node NODE: every process of NODE dies "at once", as in a crash: all are stopped first,
+# then killed. A plain SIGKILL of each in turn lets the chironfs daemon outlive its SSHFS
+# clients for a moment, see ENOTCONN from them and take those replicas out of service: not
+# what a crashed machine does.
+kill_node() {
+    kill_ns "$NS-$1" STOP
+    kill_ns "$NS-$1" KILL
+}
 stop_node() {
     local p i
     p=$(cat "$LAB/$1/pacemakerd.pid" 2>/dev/null) || p=""
