@@ -217,6 +217,7 @@ class System:
     def unmount(self):
         if self.name == "native" or not os.path.isdir(self.mnt):
             return
+        t0 = time.time()
         for i in range(20):
             if not mounted(self.mnt):
                 break
@@ -228,14 +229,16 @@ class System:
             self.notes.append(f"{self.name}: umount failed, lazy unmount used")
             abort_fuse(self.mnt)
             subprocess.run(["umount", "-l", self.mnt], capture_output=True)
+        t_umount = time.time()
         if self.pid:
             for _ in range(100):
                 if not pid_alive(self.pid):
                     break
                 time.sleep(0.1)
             else:
-                self.notes.append(f"{self.name}: daemon {self.pid} still alive 10 s after "
-                                  "unmount; sent SIGTERM")
+                state = thread_states(self.pid)
+                self.notes.append(f"{self.name}: daemon still alive 10 s after unmount "
+                                  f"(state {state}); sent SIGTERM")
                 try:
                     os.kill(self.pid, signal.SIGTERM)
                     time.sleep(2)
@@ -243,6 +246,28 @@ class System:
                         os.kill(self.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        log(f"  {self.name:17} unmounted in {t_umount - t0:.1f} s, daemon gone "
+            f"{time.time() - t_umount:.1f} s later")
+
+
+def thread_states(pid):
+    """'comm:state:wchan xN' for each kind of thread of PID, to tell where a daemon waits."""
+    seen = {}
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/stat") as f:
+                    st = f.read()
+                with open(f"/proc/{pid}/task/{t}/wchan") as f:
+                    wchan = f.read().strip()
+            except OSError:
+                continue
+            comm = st[st.find("(") + 1:st.rfind(")")]
+            k = f"{comm}:{st.rsplit(')', 1)[1].split()[0]}:{wchan}"
+            seen[k] = seen.get(k, 0) + 1
+    except OSError:
+        return "?"
+    return ", ".join(f"{k} x{n}" for k, n in sorted(seen.items()))
 
 
 def abort_fuse(mnt):

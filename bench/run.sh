@@ -35,6 +35,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
+orig_args=("$@")
 py_args=()
 disks=()
 tmpfs_size=8g
@@ -60,6 +61,15 @@ while [ $# -gt 0 ]; do
 done
 
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh must run as root (mounts, drop_caches)" >&2; exit 1; }
+
+# Run in a private mount namespace: our mounts then appear in no other namespace. Otherwise a
+# namespace that another program creates meanwhile (`ip netns exec`, `unshare -m`, a container)
+# copies our FUSE mounts, and after our umount their superblocks, daemons and memory live on
+# until that namespace ends.
+if [ -z "${CHIRONFS_BENCH_NS:-}" ] && unshare --mount --propagation private true 2>/dev/null; then
+    export CHIRONFS_BENCH_NS=1
+    exec unshare --mount --propagation private "$0" "${orig_args[@]}"
+fi
 
 if [ "$install" = 1 ]; then
     need=()

@@ -73,6 +73,13 @@ pub enum Request {
         #[serde(deserialize_with = "string_or_number")]
         replica: String,
     },
+    /// Start an online resync of an out-of-service replica (index or path); its progress
+    /// shows in the snapshot (`resync` of that replica).
+    Resync {
+        /// Replica index (as a string or a JSON number) or path.
+        #[serde(deserialize_with = "string_or_number")]
+        replica: String,
+    },
 }
 
 /// Accepts `"1"` and `1` alike, so hand-written requests (`socat`) are not refused for quoting.
@@ -163,6 +170,10 @@ pub fn dispatch(handler: &dyn ControlHandler, req: Request) -> Response {
             Err(e) => Response::with_error(e),
         },
         Request::Disable { replica } => match handler.disable(&replica) {
+            Ok(m) => Response::with_message(m),
+            Err(e) => Response::with_error(e),
+        },
+        Request::Resync { replica } => match handler.resync(&replica) {
             Ok(m) => Response::with_message(m),
             Err(e) => Response::with_error(e),
         },
@@ -900,7 +911,22 @@ pub fn format_status(s: &Snapshot) -> String {
         &rows,
         &[true, false, false, false, false, true, true, true, false],
     ));
+    for r in &s.replicas {
+        if let Some(p) = &r.resync {
+            out.push_str(&format!(
+                "resync of {} from replica {}: {}\n",
+                r.index,
+                p.source,
+                one_line(&crate::resync::describe(p))
+            ));
+        }
+    }
     out
+}
+
+/// One line saying where a resync stands (`chironctl resync --wait`).
+pub fn describe_resync(p: &crate::snapshot::ResyncProgress) -> String {
+    one_line(&crate::resync::describe(p))
 }
 
 /// `chironctl stats`: the per-replica counters and their totals.
@@ -1163,6 +1189,7 @@ mod tests {
                 reads: 0,
                 writes: 0,
                 errors: 0,
+                resync: None,
             };
             Arc::new(TestHandler {
                 replicas: Mutex::new(vec![r(0, "/srv/a"), r(1, "/srv/b")]),
@@ -1252,6 +1279,13 @@ mod tests {
             r,
             Request::Disable {
                 replica: "/srv/b".into()
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"cmd":"resync","replica":1}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Resync {
+                replica: "1".into()
             }
         );
         assert_eq!(
@@ -1619,6 +1653,7 @@ mod tests {
                 reads: 10 * i as u64,
                 writes: 5,
                 errors: i as u64,
+                resync: None,
             })
             .collect();
         Snapshot {

@@ -53,6 +53,16 @@ pub enum Cmd {
         /// Replica index (0-based, as in `status`) or path.
         replica: String,
     },
+    /// Bring an out-of-service (stale) replica back online: copy what it missed from the
+    /// replicas in service while the mount keeps serving, then put it back in service.
+    Resync {
+        /// Replica index (0-based, as in `status`) or path.
+        replica: String,
+        /// Wait for the end, printing progress; exit 0 when it is back in service, 1 when
+        /// the resync failed (with the reason).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Nagios plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Check {
         /// Read this status file instead of asking the control socket (no root needed).
@@ -89,6 +99,8 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(c.cmd, Cmd::Check { max_age: 30, .. }));
+        let c = Cli::try_parse_from(["chironctl", "resync", "1", "--wait"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Resync { ref replica, wait: true } if replica == "1"));
         let c =
             Cli::try_parse_from(["chironctl", "status", "-s", "/tmp/s.sock", "--json"]).unwrap();
         assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/s.sock")));

@@ -709,13 +709,18 @@ impl Filesystem for ChironFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let (a, b) = (from.clone(), to.clone());
-        let result = self.mutate("rename", &from, &Credentials::root(), move |r| {
+        let job: ReplicaJob<()> = Arc::new(move |r: &Replica| {
             at(r, &a, |old_dir, old_name| {
                 at(r, &b, |new_dir, new_name| {
                     sys::rename_at(old_dir, old_name, new_dir, new_name, bits)
                 })
             })
         });
+        // Both names are recorded by a running resync.
+        let result = self
+            .set
+            .mutate_paths("rename", &from, Some(&to), &Credentials::root(), job)
+            .map_err(Errno::from_i32);
         match result {
             Ok(()) => {
                 self.nodes
@@ -740,7 +745,7 @@ impl Filesystem for ChironFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let (a, b) = (from.clone(), to.clone());
-        let result = self.mutate("link", &to, &Credentials::root(), move |r| {
+        let job: ReplicaJob<libc::stat> = Arc::new(move |r: &Replica| {
             at(r, &a, |old_dir, old_name| {
                 at(r, &b, |new_dir, new_name| {
                     sys::link_at(old_dir, old_name, new_dir, new_name)?;
@@ -748,6 +753,11 @@ impl Filesystem for ChironFs {
                 })
             })
         });
+        // A running resync records both names: they must end up one inode on its target.
+        let result = self
+            .set
+            .mutate_paths("link", &to, Some(&from), &Credentials::root(), job)
+            .map_err(Errno::from_i32);
         match result {
             Ok(st) => {
                 self.nodes.link(ino.0, newparent.0, newname);

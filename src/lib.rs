@@ -12,6 +12,7 @@ pub mod fs;
 pub mod logging;
 pub mod nodes;
 pub mod replica;
+pub mod resync;
 pub mod select;
 pub mod set;
 pub mod snapshot;

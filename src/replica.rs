@@ -207,6 +207,7 @@ impl Replica {
             reads: self.reads.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            resync: None,
         }
     }
 }

@@ -6,11 +6,12 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
-use crate::replica::{Replica, now};
+use crate::replica::{Replica, ServiceStatus, now};
+use crate::resync::{self, Engine, Run};
 use crate::select::{self, Candidate};
 use crate::snapshot::{ControlHandler, ReplicaState, Snapshot};
 use crate::state::{self, Membership};
@@ -28,6 +29,13 @@ pub struct ReplicaSet {
     /// The durable membership (generation) written to the in-service replicas at every
     /// change; None for a set without on-disk state (unit tests).
     membership: Mutex<Option<Membership>>,
+    /// Itself, for the resync thread (empty for a set not made by [`ReplicaSet::shared`]).
+    this: Weak<ReplicaSet>,
+    /// Every mutation holds it shared; a resync's last pass holds it alone (the write
+    /// barrier), so no mutation is in flight while the target catches up and joins.
+    barrier: RwLock<()>,
+    /// The running or last resync.
+    resync: Mutex<Option<Arc<Run>>>,
 }
 
 /// Log target for alert-level lines (a replica taken out of service): the logger sends these
@@ -66,7 +74,18 @@ impl ReplicaSet {
             timeout,
             mountpoint,
             membership: Mutex::new(None),
+            this: Weak::new(),
+            barrier: RwLock::new(()),
+            resync: Mutex::new(None),
         }
+    }
+
+    /// The set behind an `Arc`, able to run resyncs on a thread of their own.
+    pub fn shared(self) -> Arc<Self> {
+        Arc::new_cyclic(move |this| ReplicaSet {
+            this: this.clone(),
+            ..self
+        })
     }
 
     /// From now on, every membership change is written to the in-service replicas' state
@@ -264,6 +283,21 @@ impl ReplicaSet {
         creds: &Credentials,
         job: ReplicaJob<T>,
     ) -> Result<T, i32> {
+        self.mutate_paths(op, path, None, creds, job)
+    }
+
+    /// [`ReplicaSet::mutate`] of an operation that also touches `also` (a rename's
+    /// destination): a running resync records both paths.
+    pub fn mutate_paths<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        also: Option<&Path>,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<T, i32> {
+        let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.note_dirty(op, path, also);
         let targets = self.priority_order();
         if targets.is_empty() {
             return Err(libc::EIO);
@@ -305,6 +339,24 @@ impl ReplicaSet {
             }
         }
         verdict.answer
+    }
+
+    /// Records the paths a mutation touches in the running resync's dirty set (before the
+    /// mutation runs: the resync's next pass copies them again).
+    fn note_dirty(&self, op: &str, path: &Path, also: Option<&Path>) {
+        let run = self
+            .resync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // A run that ended records nothing (its dirty set is gone).
+        if let Some(run) = run {
+            let recursive = op == "rename";
+            run.note(path, recursive);
+            if let Some(p) = also {
+                run.note(p, recursive);
+            }
+        }
     }
 
     /// Runs a read-type job on the first replica of `order` that can answer: a replica that
@@ -487,6 +539,238 @@ impl ReplicaSet {
             .collect()
     }
 
+    /// Whether a resync of replica `index` is running.
+    fn resync_running_on(&self, index: usize) -> bool {
+        let run = self.resync.lock().unwrap_or_else(|e| e.into_inner());
+        run.as_ref()
+            .is_some_and(|r| r.target == index && !r.ended())
+    }
+
+    /// Starts an online resync of the out-of-service replica `replica` on a thread of its
+    /// own; see [`ReplicaSet::run_resync`].
+    pub fn start_resync(&self, replica: &str) -> Result<String, String> {
+        let r = self.find(replica)?;
+        let refusing = |why: String| format!("refusing to resync {}: {why}", r.path.display());
+        if r.is_in_service() {
+            return Err(refusing(
+                "it is in service and already up to date (only a replica out of service is \
+                 resynced; `chironctl disable` it first to rebuild it)"
+                    .into(),
+            ));
+        }
+        let Some(this) = self.this.upgrade() else {
+            return Err(refusing("resync is not available in this process".into()));
+        };
+        // Outside the lock: a mutation takes it too, and a hung replica answers only at the
+        // deadline.
+        if let Some(Err(problem)) = self.probe(&[r.index]).pop() {
+            return Err(refusing(problem));
+        }
+        // Installed under the write barrier: a mutation already in flight is over before the
+        // copy starts, and every later one records its paths. (Barrier, then the run: the
+        // order mutations take them in.)
+        let barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.resync.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(run) = current.as_ref() {
+            if !run.ended() {
+                return Err(refusing(format!(
+                    "a resync of {} is already running",
+                    self.replicas[run.target].path.display()
+                )));
+            }
+            if !run.idle.load(Ordering::Acquire) {
+                return Err(refusing(format!(
+                    "the failed resync of {} is still stuck on a replica",
+                    self.replicas[run.target].path.display()
+                )));
+            }
+        }
+        let Some(&source) = self.priority_order().first() else {
+            return Err(refusing("no replica is in service to copy from".into()));
+        };
+        if r.is_in_service() {
+            return Err(refusing("it was put back in service meanwhile".into()));
+        }
+        let run = Arc::new(Run::new(source, r.index));
+        *current = Some(Arc::clone(&run));
+        drop(current);
+        drop(barrier);
+        let spawned = std::thread::Builder::new()
+            .name("resync".into())
+            .spawn(move || this.run_resync(&run));
+        if let Err(e) = spawned {
+            let run = self
+                .resync
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(run) = run {
+                run.idle.store(true, Ordering::Release);
+                run.finish(Err(format!("cannot start the resync thread: {e}")));
+            }
+            return Err(refusing(format!("cannot start the resync thread: {e}")));
+        }
+        Ok(format!(
+            "resync of {} from {} started",
+            r.path.display(),
+            self.replicas[source].path.display()
+        ))
+    }
+
+    /// The resync thread: pass 1 copies the whole tree while mutations go on (recording the
+    /// paths they touch); catch-up passes copy those paths again until few are left; the last
+    /// pass runs under the write barrier, then the target joins the membership.
+    fn run_resync(&self, run: &Arc<Run>) {
+        let (src, dst) = (&self.replicas[run.source], &self.replicas[run.target]);
+        log::warn!(
+            "resync of replica {} from {} started on {}",
+            dst.path.display(),
+            src.path.display(),
+            self.mountpoint
+        );
+        let engine = Arc::new(Mutex::new(Engine::new(
+            Arc::clone(src),
+            Arc::clone(dst),
+            Arc::clone(&run.progress),
+            Arc::clone(&run.cancel),
+        )));
+        let result = self.resync_passes(run, &engine);
+        if result.is_err() {
+            run.cancel.store(true, Ordering::Relaxed);
+        }
+        // The copy thread may still be stuck on a hung replica: the run is idle once it lets
+        // go of the engine.
+        {
+            let run = Arc::clone(run);
+            let engine = Arc::clone(&engine);
+            let _ = std::thread::Builder::new()
+                .name("resync-idle".into())
+                .spawn(move || {
+                    drop(engine.lock());
+                    run.idle.store(true, Ordering::Release);
+                });
+        }
+        run.finish(result.clone());
+        match &result {
+            Ok(()) => log::info!(
+                "resync of replica {} {}",
+                dst.path.display(),
+                resync::describe(&run.snapshot())
+            ),
+            Err(e) => log::error!(
+                "resync of replica {} failed: {e}; it stays out of service",
+                dst.path.display()
+            ),
+        }
+    }
+
+    fn resync_passes(&self, run: &Run, engine: &Arc<Mutex<Engine>>) -> Result<(), String> {
+        self.supervised(run, engine, |e| e.sync_all())?;
+        run.set_phase("catching up");
+        for _ in 0..8 {
+            let dirty = run.take_dirty(true);
+            if dirty.len() <= 256 {
+                // Put back: the barrier pass copies them.
+                for (p, rec) in dirty {
+                    run.note(&p, rec);
+                }
+                break;
+            }
+            let dirty = Arc::new(dirty);
+            self.supervised(run, engine, move |e| e.sync_dirty(&dirty))?;
+        }
+        run.set_phase("barrier");
+        let barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+        let dirty = Arc::new(run.take_dirty(false));
+        let n = dirty.len();
+        let started = Instant::now();
+        self.supervised(run, engine, move |e| {
+            e.set_tolerant(false);
+            e.sync_dirty(&dirty)
+        })?;
+        let target = &self.replicas[run.target];
+        if target.is_in_service() {
+            return Err("it was put back in service during the resync".into());
+        }
+        target.update_status(|s| *s = ServiceStatus::in_service(now()));
+        self.persist_membership();
+        drop(barrier);
+        log::warn!(
+            "trusting replica {}: back in service after resync (write barrier {} paths, {:.3} s)",
+            target.path.display(),
+            n,
+            started.elapsed().as_secs_f64()
+        );
+        if !target.is_in_service() {
+            return Err("it was taken out again while joining".into());
+        }
+        Ok(())
+    }
+
+    /// Runs one pass of `job` on the engine in a thread of its own and waits for it, failing
+    /// when the source leaves service or nothing moves for the deadline (a hung replica).
+    fn supervised(
+        &self,
+        run: &Run,
+        engine: &Arc<Mutex<Engine>>,
+        job: impl FnOnce(&mut Engine) -> Result<(), resync::SyncError> + Send + 'static,
+    ) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        let engine = Arc::clone(engine);
+        std::thread::Builder::new()
+            .name("resync-copy".into())
+            // The walk recurses once per directory level.
+            .stack_size(64 << 20)
+            .spawn(move || {
+                let mut e = engine.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = tx.send(job(&mut e));
+            })
+            .map_err(|e| format!("cannot start the copy thread: {e}"))?;
+        let (src, dst) = (&self.replicas[run.source], &self.replicas[run.target]);
+        let mut seen = run.progress.checked.load(Ordering::Relaxed);
+        let mut moved = Instant::now();
+        let stale_after = self.timeout.max(Duration::from_secs(1));
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    let (side, replica) = match e.side {
+                        resync::Side::Source => ("source", src),
+                        resync::Side::Target => ("target", dst),
+                    };
+                    return Err(format!(
+                        "{} on {side} {}: {}",
+                        shown(&e.path),
+                        replica.path.display(),
+                        describe_errno(e.err.raw_os_error().unwrap_or(libc::EIO))
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the copy thread died".into());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if !src.is_in_service() {
+                run.cancel.store(true, Ordering::Relaxed);
+                return Err(format!(
+                    "the source {} was taken out of service",
+                    src.path.display()
+                ));
+            }
+            let now_seen = run.progress.checked.load(Ordering::Relaxed);
+            if now_seen != seen {
+                seen = now_seen;
+                moved = Instant::now();
+            } else if moved.elapsed() > stale_after {
+                run.cancel.store(true, Ordering::Relaxed);
+                return Err(format!(
+                    "no progress within {:.1} s (a replica hung?)",
+                    stale_after.as_secs_f64()
+                ));
+            }
+        }
+    }
+
     fn find(&self, replica: &str) -> Result<&Arc<Replica>, String> {
         let wanted = replica.trim_end_matches('/');
         let literal =
@@ -517,7 +801,15 @@ impl ReplicaSet {
 
 impl ControlHandler for ReplicaSet {
     fn snapshot(&self) -> Snapshot {
-        let replicas: Vec<_> = self.replicas.iter().map(|r| r.snapshot()).collect();
+        let mut replicas: Vec<_> = self.replicas.iter().map(|r| r.snapshot()).collect();
+        let run = self
+            .resync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(run) = run {
+            replicas[run.target].resync = Some(run.snapshot());
+        }
         Snapshot {
             pid: std::process::id(),
             mountpoint: self.mountpoint.clone(),
@@ -530,6 +822,11 @@ impl ControlHandler for ReplicaSet {
     fn enable(&self, replica: &str, force: bool) -> Result<String, String> {
         let r = self.find(replica)?;
         let refusing = |why: String| format!("refusing to enable {}: {why}", r.path.display());
+        if self.resync_running_on(r.index) {
+            return Err(refusing(
+                "a resync of it is running; it comes back in service when the resync ends".into(),
+            ));
+        }
         // The rules first (a dry run), then the replica itself, on its own workers within the
         // deadline: a hung replica must not wedge the control socket, nor come back.
         r.update_status(|s| s.clone().enable(now(), force))
@@ -566,6 +863,10 @@ impl ControlHandler for ReplicaSet {
         }
         self.take_out_because(r.index, "disabled by the administrator".into(), false);
         Ok(format!("{} is out of service", r.path.display()))
+    }
+
+    fn resync(&self, replica: &str) -> Result<String, String> {
+        self.start_resync(replica)
     }
 }
 

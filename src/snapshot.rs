@@ -69,6 +69,34 @@ pub struct ReplicaSnapshot {
     pub writes: u64,
     /// Operations that failed or timed out on this replica.
     pub errors: u64,
+    /// The last online resync of this replica since the daemon started, if any (absent from
+    /// older status snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncProgress>,
+}
+
+/// Where an online resync (`chironctl resync`) of a replica stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncProgress {
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// What it is doing while running (`copying`, `catching up`, `barrier`).
+    #[serde(default)]
+    pub phase: String,
+    /// Index of the replica copied from.
+    pub source: usize,
+    /// Entries created, replaced, linked, removed or updated on the replica.
+    pub files: u64,
+    /// Bytes of file content copied.
+    pub bytes: u64,
+    /// Entries examined.
+    #[serde(default)]
+    pub checked: u64,
+    /// Seconds since it started (until it ended, once ended).
+    pub seconds: u64,
+    /// Why it failed (empty otherwise).
+    #[serde(default)]
+    pub error: String,
 }
 
 /// The whole replica set at one instant.
@@ -112,4 +140,9 @@ pub trait ControlHandler: Send + Sync {
     fn enable(&self, replica: &str, force: bool) -> Result<String, String>;
     /// Take a replica (index or path) out of service by admin request.
     fn disable(&self, replica: &str) -> Result<String, String>;
+    /// Start an online resync of an out-of-service replica (index or path) from the replicas
+    /// in service; its progress shows in the snapshot. Ok carries a one-line message.
+    fn resync(&self, replica: &str) -> Result<String, String> {
+        Err(format!("cannot resync {replica}: not supported here"))
+    }
 }

@@ -63,6 +63,24 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "replica.{n}.reads={}", r.reads);
         let _ = writeln!(out, "replica.{n}.writes={}", r.writes);
         let _ = writeln!(out, "replica.{n}.errors={}", r.errors);
+        if let Some(rs) = &r.resync {
+            let _ = writeln!(out, "replica.{n}.resync={}", sanitize_value(&rs.state));
+            let _ = writeln!(
+                out,
+                "replica.{n}.resync_phase={}",
+                sanitize_value(&rs.phase)
+            );
+            let _ = writeln!(out, "replica.{n}.resync_source={}", rs.source);
+            let _ = writeln!(out, "replica.{n}.resync_files={}", rs.files);
+            let _ = writeln!(out, "replica.{n}.resync_bytes={}", rs.bytes);
+            let _ = writeln!(out, "replica.{n}.resync_checked={}", rs.checked);
+            let _ = writeln!(out, "replica.{n}.resync_seconds={}", rs.seconds);
+            let _ = writeln!(
+                out,
+                "replica.{n}.resync_error={}",
+                sanitize_value(&rs.error)
+            );
+        }
     }
     out
 }
@@ -177,6 +195,25 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
             reads: num(take(f, "reads", &pre)?, &key("reads"))?,
             writes: num(take(f, "writes", &pre)?, &key("writes"))?,
             errors: num(take(f, "errors", &pre)?, &key("errors"))?,
+            resync: match f.get("resync") {
+                None => None,
+                Some(state) => {
+                    let n = |k: &str| -> Result<u64, String> {
+                        f.get(k).map_or(Ok(0), |v| num(v, &key(k)))
+                    };
+                    let text = |k: &str| f.get(k).cloned().unwrap_or_default();
+                    Some(crate::snapshot::ResyncProgress {
+                        state: state.clone(),
+                        phase: text("resync_phase"),
+                        source: n("resync_source")? as usize,
+                        files: n("resync_files")?,
+                        bytes: n("resync_bytes")?,
+                        checked: n("resync_checked")?,
+                        seconds: n("resync_seconds")?,
+                        error: text("resync_error"),
+                    })
+                }
+            },
         });
     }
     Ok(Snapshot {
@@ -317,6 +354,7 @@ mod tests {
                 reads: 12,
                 writes: 34,
                 errors: 0,
+                resync: None,
             },
             ReplicaSnapshot {
                 index: 1,
@@ -329,6 +367,7 @@ mod tests {
                 reads: 0,
                 writes: 30,
                 errors: 4,
+                resync: None,
             },
         ];
         Snapshot {
@@ -382,6 +421,21 @@ replica.1.errors=4
             ..sample()
         };
         assert_eq!(parse(&render(&empty)).unwrap(), empty);
+        // A replica being resynced: its progress lines are written and read back.
+        let mut resyncing = sample();
+        resyncing.replicas[1].resync = Some(crate::snapshot::ResyncProgress {
+            state: "failed".into(),
+            phase: String::new(),
+            source: 0,
+            files: 12,
+            bytes: 3456,
+            checked: 78,
+            seconds: 9,
+            error: "/big on target /srv/b: ENOSPC".into(),
+        });
+        let text = render(&resyncing);
+        assert!(text.contains("replica.1.resync=failed\n"), "{text}");
+        assert_eq!(parse(&text).unwrap(), resyncing);
     }
 
     #[test]

@@ -119,7 +119,73 @@ fn run(cli: &Cli) -> Result<String, String> {
             )?;
             Ok(r.message.map(|m| m + "\n").unwrap_or_default())
         }
+        Cmd::Resync { replica, wait } => {
+            let r = ask(
+                cli,
+                &Request::Resync {
+                    replica: absolute(replica),
+                },
+            )?;
+            let started = r.message.unwrap_or_default();
+            if !*wait {
+                return Ok(started + "\n");
+            }
+            out(&format!("{started}\n"));
+            wait_resync(cli, replica)
+        }
         Cmd::Check { .. } => unreachable!("handled in main"),
+    }
+}
+
+/// `resync --wait`: prints progress until the resync of `replica` ends; Ok when it is back in
+/// service, Err with the reason when it failed.
+fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let wanted = absolute(replica);
+    let mut last = String::new();
+    loop {
+        let s = snapshot_of(ask(cli, &Request::Status)?)?;
+        let r = s
+            .replicas
+            .iter()
+            .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
+            .or_else(|| {
+                // A path given another way (symlink): the replica with a resync running.
+                s.replicas.iter().find(|r| r.resync.is_some())
+            })
+            .ok_or_else(|| format!("no replica '{replica}' in the daemon's status"))?;
+        let p = r
+            .resync
+            .clone()
+            .ok_or_else(|| format!("no resync of {} is known to the daemon", r.path))?;
+        let line = format!("resync of {}: {}", r.path, control::describe_resync(&p));
+        match p.state.as_str() {
+            "running" => {
+                if line != last {
+                    if tty {
+                        out(&format!("\r\x1b[K{line}"));
+                    } else {
+                        out(&format!("{line}\n"));
+                    }
+                    last = line;
+                }
+            }
+            "done" => {
+                let end = if tty { "\r\x1b[K" } else { "" };
+                return Ok(format!("{end}{line}\n{} is back in service\n", r.path));
+            }
+            _ => {
+                if tty {
+                    out("\n");
+                }
+                return Err(format!(
+                    "resync of {} failed: {}; it stays out of service",
+                    r.path, p.error
+                ));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
