@@ -1145,13 +1145,6 @@ pub fn check_status_file(path: &Path, max_age: u64, now: u64) -> CheckResult {
     check_snapshot(&s)
 }
 
-/// Current unix time in seconds (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 #[cfg(test)]
 mod tests {

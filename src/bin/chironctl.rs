@@ -74,7 +74,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 fn run_check(cli: &Cli, status_file: Option<&Path>, max_age: u64) -> CheckResult {
     if let Some(f) = status_file {
-        return control::check_status_file(f, max_age, control::unix_now());
+        return control::check_status_file(f, max_age, chironfs::replica::now());
     }
     match ask(cli, &Request::Status).and_then(snapshot_of) {
         Ok(s) => control::check_snapshot(&s),
