@@ -2,7 +2,7 @@
 # chironfs side-by-side benchmark: one command, as root on Debian 12 (needs cargo):
 #
 #     bench/run.sh                 # full run, ~15 min on 2 cores
-#     bench/run.sh --quick         # smoke run, ~3 min
+#     bench/run.sh --quick         # smoke run, ~2 min
 #
 # It installs fio, bindfs, mergerfs and procps with apt-get when missing, builds chironfs
 # (cargo build --release), mounts a tmpfs under a fresh temp dir and measures, on that same

@@ -1145,7 +1145,6 @@ pub fn check_status_file(path: &Path, max_age: u64, now: u64) -> CheckResult {
     check_snapshot(&s)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
