@@ -100,6 +100,10 @@ pub struct Replica {
     /// The last health check failed but the replica was kept (nothing else could serve):
     /// logged once, not every second.
     pub health_failing: AtomicBool,
+    /// On a local filesystem (not NFS, FUSE/SSHFS, SMB, Ceph, 9P...): its jobs may run on the
+    /// calling thread, saving two thread hand-offs per request. Network replicas, which can
+    /// hang, always go through their own workers and the deadline.
+    local: AtomicBool,
 }
 
 impl Replica {
@@ -113,6 +117,7 @@ impl Replica {
         let root = std::fs::File::open(&path)?;
         let root: OwnedFd = root.into();
         let st = sys::fstat(root.as_fd())?;
+        let local = sys::is_local_filesystem(root.as_fd());
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..workers.max(1) {
@@ -134,7 +139,19 @@ impl Replica {
             writes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health_failing: AtomicBool::new(false),
+            local: AtomicBool::new(local),
         }))
+    }
+
+    /// Whether its jobs may run on the calling thread (a local filesystem, see the field).
+    pub fn is_local(&self) -> bool {
+        self.local.load(Ordering::Relaxed)
+    }
+
+    /// Sends every job of this replica through its workers and the deadline, as for a network
+    /// replica (for a local disk that must never hold a caller, and for tests of hangs).
+    pub fn always_use_workers(&self) {
+        self.local.store(false, Ordering::Relaxed);
     }
 
     /// The root directory fd, base of every `*at` call.

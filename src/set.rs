@@ -225,22 +225,34 @@ impl ReplicaSet {
         job: &ReplicaJob<T>,
     ) -> Vec<(usize, Outcome<T>, Option<String>)> {
         type Answer<T> = (usize, io::Result<T>, Option<String>);
+        fn answer<T>(replica: &Replica, creds: &Credentials, job: &ReplicaJob<T>) -> Answer<T> {
+            let result = sys::set_thread_credentials(creds).and_then(|()| job(replica));
+            let root_problem = match &result {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
+                    replica.check_root().err()
+                }
+                _ => None,
+            };
+            (replica.index, result, root_problem)
+        }
         let (tx, rx) = mpsc::channel::<Answer<T>>();
-        for &index in targets {
+        // One local replica's job runs here, on the calling thread, after the others were
+        // queued (they run in parallel meanwhile); network replicas always use their workers.
+        let inline = targets
+            .iter()
+            .copied()
+            .find(|&i| self.replicas[i].is_local());
+        for &index in targets.iter().filter(|&&i| Some(i) != inline) {
             let replica = Arc::clone(&self.replicas[index]);
             let job = Arc::clone(job);
             let tx = tx.clone();
             let creds = creds.clone();
             self.replicas[index].submit(Box::new(move || {
-                let result = sys::set_thread_credentials(&creds).and_then(|()| job(&replica));
-                let root_problem = match &result {
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
-                        replica.check_root().err()
-                    }
-                    _ => None,
-                };
-                let _ = tx.send((index, result, root_problem));
+                let _ = tx.send(answer(&replica, &creds, &job));
             }));
+        }
+        if let Some(index) = inline {
+            let _ = tx.send(answer(&self.replicas[index], creds, job));
         }
         drop(tx);
         let deadline = Instant::now() + self.timeout;
@@ -907,7 +919,10 @@ mod tests {
         for i in 0..n {
             let d = base.join(format!("r{i}"));
             std::fs::create_dir_all(&d).unwrap();
-            replicas.push(Replica::open(i, d.clone(), false, 1).unwrap());
+            let replica = Replica::open(i, d.clone(), false, 1).unwrap();
+            // These tests model hung replicas with sleeping jobs: deadlines must apply.
+            replica.always_use_workers();
+            replicas.push(replica);
             dirs.push(d);
         }
         let set = ReplicaSet::new(replicas, Duration::from_millis(timeout_ms), "/mnt".into());

@@ -387,6 +387,32 @@ pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
     }
 }
 
+/// Whether `fd` lives on a local filesystem. Network and FUSE filesystems (NFS, SSHFS and other
+/// FUSE, SMB/CIFS, Ceph, 9P, AFS, Coda) can hang on a dead server; anything else counts as local.
+/// Unknown (fstatfs failed) counts as remote, the safe side.
+pub fn is_local_filesystem(fd: BorrowedFd<'_>) -> bool {
+    const REMOTE: [i64; 10] = [
+        0x6969,          // NFS
+        0x6573_5546,     // FUSE (SSHFS, ...)
+        0x517B,          // SMB
+        0xFE53_4D42,     // SMB2
+        0xFF53_4D42,     // CIFS
+        0x00C3_6400,     // Ceph
+        0x0102_1997,     // 9P
+        0x5346_414F,     // AFS
+        0x0000_6B414653, // kAFS
+        0x7375_7245,     // Coda
+    ];
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid out-pointer of the right type.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded and filled the struct.
+    let kind = unsafe { st.assume_init() }.f_type as i64;
+    !REMOTE.contains(&kind)
+}
+
 /// `fstatvfs`.
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
