@@ -409,7 +409,7 @@ pub fn is_local_filesystem(fd: BorrowedFd<'_>) -> bool {
         return false;
     }
     // SAFETY: fstatfs succeeded and filled the struct.
-    let kind = unsafe { st.assume_init() }.f_type as i64;
+    let kind = unsafe { st.assume_init() }.f_type;
     !REMOTE.contains(&kind)
 }
 
