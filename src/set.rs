@@ -353,14 +353,18 @@ impl ReplicaSet {
         verdict.answer
     }
 
+    /// The resync in progress, if any (a clone, so the lock is not held while it is used).
+    fn current_resync(&self) -> Option<Arc<Run>> {
+        self.resync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Records the paths a mutation touches in the running resync's dirty set (before the
     /// mutation runs: the resync's next pass copies them again).
     fn note_dirty(&self, op: &str, path: &Path, also: Option<&Path>) {
-        let run = self
-            .resync
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let run = self.current_resync();
         // A run that ended records nothing (its dirty set is gone).
         if let Some(run) = run {
             let recursive = op == "rename";
@@ -611,11 +615,7 @@ impl ReplicaSet {
             .name("resync".into())
             .spawn(move || this.run_resync(&run));
         if let Err(e) = spawned {
-            let run = self
-                .resync
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let run = self.current_resync();
             if let Some(run) = run {
                 run.idle.store(true, Ordering::Release);
                 run.finish(Err(format!("cannot start the resync thread: {e}")));
@@ -814,11 +814,7 @@ impl ReplicaSet {
 impl ControlHandler for ReplicaSet {
     fn snapshot(&self) -> Snapshot {
         let mut replicas: Vec<_> = self.replicas.iter().map(|r| r.snapshot()).collect();
-        let run = self
-            .resync
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let run = self.current_resync();
         if let Some(run) = run {
             replicas[run.target].resync = Some(run.snapshot());
         }
