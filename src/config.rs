@@ -55,6 +55,9 @@ pub struct Config {
     pub syslog_socket: PathBuf,
     /// FUSE request threads (`--threads`, `-o threads=`).
     pub threads: usize,
+    /// Kernel passthrough for read-only opens of local replicas (`--passthrough`,
+    /// `-o passthrough=`): the kernel reads the replica's file itself, at native speed.
+    pub passthrough: bool,
     /// `allow_other` was asked for.
     pub allow_other: bool,
     /// Kernel mount flags passed through (ro, nosuid, nodev, noexec, noatime, ...).
@@ -81,8 +84,8 @@ pub const RUNTIME_DIR: &str = "/run/chironfs";
 /// `main` decides where they go (stdout, exit code 0) and the parser stays testable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Mount with this validated configuration.
-    Mount(Config),
+    /// Mount with this validated configuration (boxed: it is far larger than the others).
+    Mount(Box<Config>),
     /// `-h`/`--help`: the full help text (no trailing newline; print it with `println!`).
     Help(String),
     /// `-V`/`--version`: `chironfs VERSION` (no trailing newline).
@@ -144,14 +147,15 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
-            timeout=SECS threads=N syslog_socket=PATH force_source=REPLICA
+            timeout=SECS threads=N passthrough=on|off syslog_socket=PATH
+            force_source=REPLICA
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
             nouser owner group auto noauto nofail _netdev subtype=... x-... comment=...
 A command-line option wins over the same setting given with -o.
 
-Defaults: timeout 5 s, 8 threads, fsname = the replica list as given, syslog socket
+Defaults: timeout 5 s, 8 threads, passthrough on, fsname = the replica list as given, syslog socket
 /dev/log, status file /run/chironfs/NAME.status and control socket /run/chironfs/NAME.sock,
 where NAME is the mount point with '/' turned into '-' (/mnt/data -> mnt-data, / -> root).
 
@@ -236,6 +240,10 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
     threads: Option<usize>,
 
+    /// Kernel passthrough for read-only opens of local replicas: on or off [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    passthrough: Option<bool>,
+
     /// Syslog socket [default: /dev/log]
     #[arg(long, value_name = "PATH")]
     syslog_socket: Option<PathBuf>,
@@ -264,6 +272,7 @@ struct MountOpts {
     status_file: Option<PathBuf>,
     timeout: Option<Duration>,
     threads: Option<usize>,
+    passthrough: Option<bool>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
     allow_other: bool,
@@ -286,6 +295,7 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     syslog_socket: PathBuf,
     threads: usize,
+    passthrough: bool,
     force_source: Option<String>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
@@ -315,7 +325,7 @@ where
         }
     };
     let raw = raw_config(cli)?;
-    validate(raw).map(Action::Mount)
+    validate(raw).map(|c| Action::Mount(Box::new(c)))
 }
 
 /// The `-h` text, also useful for a man page or README.
@@ -435,6 +445,15 @@ fn parse_threads(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses an on/off switch (also yes/no, true/false, 1/0).
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "yes" | "true" | "1" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err("must be on or off".to_string()),
+    }
+}
+
 /// Turns a clap error into one sentence plus the `--help` hint.
 fn clap_error(e: &clap::Error) -> ConfigError {
     if e.kind() == ErrorKind::UnknownArgument
@@ -508,6 +527,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "force_source" => o.force_source = Some(need(value)?),
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
+            "passthrough" => o.passthrough = Some(parse_switch(&need(value)?).map_err(bad)?),
             "quiet" | "debug" | "allow_other" | "allow_root" | "default_permissions" => {
                 if value.is_some() {
                     return Err(ConfigError::usage(format!(
@@ -582,6 +602,7 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
         syslog_socket: abs(cli.syslog_socket.or(o.syslog_socket))?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
+        passthrough: cli.passthrough.or(o.passthrough).unwrap_or(true),
         force_source: cli.force_source.or(o.force_source),
         allow_other: o.allow_other,
         mount_options: o.mount_options,
@@ -781,6 +802,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         control_socket,
         syslog_socket: raw.syslog_socket,
         threads: raw.threads,
+        passthrough: raw.passthrough,
         allow_other: raw.allow_other,
         mount_options: raw.mount_options,
     })
@@ -826,7 +848,7 @@ mod tests {
 
     fn mount(args: &[&str]) -> Config {
         match run(args) {
-            Ok(Action::Mount(c)) => c,
+            Ok(Action::Mount(c)) => *c,
             other => panic!("expected Mount for {args:?}, got {other:?}"),
         }
     }
@@ -1401,6 +1423,20 @@ mod tests {
             let m = fail(&[&spec, &mnt, "-o", &format!("threads={bad}")]);
             assert!(m.contains("threads"), "{bad}: {m}");
         }
+    }
+
+    #[test]
+    fn passthrough_is_on_unless_switched_off() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        assert!(mount(&[&spec, &mnt]).passthrough);
+        assert!(!mount(&[&spec, &mnt, "--passthrough", "off"]).passthrough);
+        assert!(!mount(&[&spec, &mnt, "-o", "passthrough=no"]).passthrough);
+        assert!(mount(&[&spec, &mnt, "-o", "passthrough=off", "--passthrough=on"]).passthrough);
+        let m = fail(&[&spec, &mnt, "-o", "passthrough=maybe"]);
+        assert!(m.contains("passthrough") && m.contains("on or off"), "{m}");
+        let m = fail(&[&spec, &mnt, "--passthrough", "sometimes"]);
+        assert!(m.contains("on or off"), "{m}");
     }
 
     #[test]

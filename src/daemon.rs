@@ -186,7 +186,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
             config.status_file.display()
         )
     })?;
-    let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE);
+    let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE, config.passthrough);
     let mut session =
         fuser::Session::new(fs, &config.mountpoint, &fuse_config(config)).map_err(|e| {
             let _ = std::fs::remove_file(&config.status_file);

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::arbitrate::Outcome;
+use crate::iomode::{IoModes, Mode, Ticket, Wish};
 use crate::nodes::NodeTable;
 use crate::replica::{Replica, ReplicaFd};
 use crate::set::{ReplicaJob, ReplicaSet};
@@ -47,6 +48,8 @@ struct OpenFile {
     /// [`Replica::adopt`]): a close on a hung replica must never hold a FUSE thread.
     fds: Vec<Mutex<Option<Arc<ReplicaFd>>>>,
     read_order: Vec<usize>,
+    /// How the kernel serves it (counted per inode until release, see [`crate::iomode`]).
+    io: Mutex<Option<Ticket<BackingId>>>,
 }
 
 impl OpenFile {
@@ -65,6 +68,7 @@ impl OpenFile {
             flags: flags & !libc::O_TRUNC,
             fds: (0..replicas).map(|_| Mutex::new(None)).collect(),
             read_order,
+            io: Mutex::new(None),
         }
     }
 
@@ -132,6 +136,12 @@ pub struct ChironFs {
     next_fh: AtomicU64,
     open_ticket: AtomicUsize,
     max_write: u32,
+    /// Kernel passthrough for read-only opens: wanted by the admin (`passthrough=`), then
+    /// whether the kernel accepted it at init.
+    passthrough: bool,
+    io_modes: Arc<IoModes<BackingId>>,
+    /// Set after the first failed backing-file registration, so it is logged once.
+    passthrough_failed: std::sync::atomic::AtomicBool,
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -270,8 +280,9 @@ fn caller(req: &Request) -> Credentials {
 type Stat = (usize, libc::stat);
 
 impl ChironFs {
-    /// A filesystem over `set`; `max_write` is the largest write the kernel may send.
-    pub fn new(set: Arc<ReplicaSet>, max_write: u32) -> Self {
+    /// A filesystem over `set`; `max_write` is the largest write the kernel may send;
+    /// `passthrough` lets the kernel read read-only opens of local replicas itself.
+    pub fn new(set: Arc<ReplicaSet>, max_write: u32, passthrough: bool) -> Self {
         ChironFs {
             set,
             nodes: Arc::new(NodeTable::new()),
@@ -281,6 +292,9 @@ impl ChironFs {
             next_fh: AtomicU64::new(1),
             open_ticket: AtomicUsize::new(0),
             max_write,
+            passthrough,
+            io_modes: Arc::new(IoModes::default()),
+            passthrough_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -463,6 +477,18 @@ impl Filesystem for ChironFs {
             InitFlags::FUSE_DONT_MASK,
         ] {
             let _ = config.add_capabilities(flag);
+        }
+        // Passthrough needs the backing files' filesystems one level below ours at most; a
+        // kernel without it (or a daemon without CAP_SYS_ADMIN, refused later per file) keeps
+        // every read in the daemon.
+        if self.passthrough {
+            self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !self.passthrough {
+                log::info!(
+                    "the kernel offers no FUSE passthrough: every read goes through chironfs"
+                );
+            }
         }
         Ok(())
     }
@@ -774,8 +800,11 @@ impl Filesystem for ChironFs {
         // The kernel sends OPEN without holding any lock a rename or unlink of the same file
         // would wait for: the file's order lock keeps them apart, so every replica opens the
         // same file (the path is read under the lock, after any rename that got there first).
+        // With passthrough, read-only opens take it too: the I/O modes of one inode are
+        // decided one open at a time (see crate::iomode).
         let lock = self.nodes.order_lock(ino.0);
-        let _in_order = writable.then(|| lock.lock().unwrap_or_else(|e| e.into_inner()));
+        let _in_order =
+            (writable || self.passthrough).then(|| lock.lock().unwrap_or_else(|e| e.into_inner()));
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -800,18 +829,18 @@ impl Filesystem for ChironFs {
                     stamp_mtime(fd.as_fd(), stamp);
                 }
                 f.store(r, fd);
-                Ok(())
+                Ok(None)
             })
         } else {
             let f = Arc::clone(&file);
             let job: ReplicaJob<()> = Arc::new(move |r: &Replica| f.fd(r).map(drop));
             self.set
                 .read("open", &path, &order, &Credentials::root(), job)
-                .map(drop)
+                .map(|(index, ())| Some(index))
                 .map_err(Errno::from_i32)
         };
         match result {
-            Ok(()) => reply.opened(self.new_handle(file), FopenFlags::empty()),
+            Ok(served_by) => self.answer_open(ino, file, writable, served_by, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -893,7 +922,7 @@ impl Filesystem for ChironFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -902,10 +931,14 @@ impl Filesystem for ChironFs {
     ) {
         // Dropping the handle closes every replica's descriptor, including those of replicas
         // taken out of service meanwhile (ChironFS 1.1 leaked them).
-        self.files
+        let file = self
+            .files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
+        if let Some(file) = file {
+            self.heal_shared_mapping(ino, &file);
+        }
         reply.ok();
     }
 
@@ -1211,8 +1244,34 @@ impl Filesystem for ChironFs {
             Ok((index, st)) => {
                 let id = self.nodes.remember(parent.0, name, index, &st);
                 file.ino.store(id, Ordering::Relaxed);
+                // Usually a new inode; an existing file opened without O_EXCL may be in
+                // passthrough mode, and then this open must join it.
+                let order = self.nodes.order_lock(id);
+                let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
+                let wish = Wish {
+                    writable: true,
+                    eligible: false,
+                };
+                let replicas = self.set.replicas();
+                let decision = self
+                    .io_modes
+                    .decide(id, wish, |r| replicas[r].is_in_service());
+                let backing = decision.backing.as_ref().map(|(b, _)| Arc::clone(b));
+                let ticket = self.io_modes.register(id, decision.mode, decision.backing);
+                *file.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(ticket);
                 let fh = self.new_handle(file);
-                reply.created(&TTL, &attr(id, &st), Generation(0), fh, FopenFlags::empty());
+                let attr = attr(id, &st);
+                match backing {
+                    Some(b) => reply.created_passthrough(
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                        fh,
+                        FopenFlags::FOPEN_DIRECT_IO,
+                        &b,
+                    ),
+                    None => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty()),
+                }
             }
             Err(e) => reply.error(e),
         }
@@ -1298,6 +1357,125 @@ impl Filesystem for ChironFs {
 }
 
 impl ChironFs {
+    /// Answers an open that succeeded on the replicas in the I/O mode [`crate::iomode`]
+    /// decides: a read-only open served by a local replica may become kernel passthrough
+    /// (`served_by` is the replica that opened it; None for a writable open).
+    fn answer_open(
+        &self,
+        ino: INodeNo,
+        file: Arc<OpenFile>,
+        writable: bool,
+        served_by: Option<usize>,
+        reply: ReplyOpen,
+    ) {
+        let replicas = self.set.replicas();
+        let wish = Wish {
+            writable,
+            eligible: self.passthrough && served_by.is_some_and(|i| replicas[i].is_local()),
+        };
+        let decision = self
+            .io_modes
+            .decide(ino.0, wish, |r| replicas[r].is_in_service());
+        let (mode, backing) = match (decision.mode, decision.backing) {
+            (Mode::Passthrough, None) => {
+                match served_by.and_then(|i| self.new_backing(&file, i, &reply)) {
+                    Some(b) => (Mode::Passthrough, Some(b)),
+                    None => (Mode::Cached, None),
+                }
+            }
+            (mode, backing) => (mode, backing),
+        };
+        let id = backing.as_ref().map(|(b, _)| Arc::clone(b));
+        let ticket = self.io_modes.register(ino.0, mode, backing);
+        *file.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(ticket);
+        let fh = self.new_handle(file);
+        match (mode, id) {
+            (Mode::Passthrough, Some(id)) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+            (Mode::Direct, Some(id)) => {
+                reply.opened_passthrough(fh, FopenFlags::FOPEN_DIRECT_IO, &id)
+            }
+            _ => reply.opened(fh, FopenFlags::empty()),
+        }
+    }
+
+    /// A read-write open of an inode in passthrough mode may have been mapped shared: the
+    /// kernel writes such a mapping's pages to the backing replica only (write(2) calls still
+    /// come here and reach every replica). At its release, the other replicas' copies are
+    /// compared with the backing file and the differing blocks copied, under the file's order
+    /// lock. Write-only opens cannot be mapped and cost nothing.
+    fn heal_shared_mapping(&self, ino: INodeNo, file: &Arc<OpenFile>) {
+        let backing = {
+            let io = file.io.lock().unwrap_or_else(|e| e.into_inner());
+            match io.as_ref() {
+                Some(t) if t.mode() == Mode::Direct => t.backing_replica(),
+                _ => None,
+            }
+        };
+        let Some(backing) = backing else { return };
+        if file.flags & libc::O_ACCMODE != libc::O_RDWR {
+            return;
+        }
+        let source = &self.set.replicas()[backing];
+        if !source.is_in_service() {
+            return;
+        }
+        let order = self.nodes.order_lock(ino.0);
+        let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
+        let path = file.path();
+        let Ok(source_fd) = file.fd(source) else {
+            return;
+        };
+        let f = Arc::clone(file);
+        let total = Arc::new(AtomicU64::new(0));
+        let sum = Arc::clone(&total);
+        let healed = self.mutate("heal", &path, &Credentials::root(), move |r| {
+            if r.index != backing {
+                let n = copy_differences(source_fd.as_fd(), f.fd(r)?.as_fd())?;
+                sum.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        match healed.map(|()| total.load(Ordering::Relaxed)) {
+            Ok(0) => {}
+            Ok(bytes) => log::warn!(
+                "healed /{}: a shared mapping wrote to replica {} only; {bytes} bytes copied \
+                 to the other replicas",
+                path.display(),
+                source.path.display()
+            ),
+            Err(e) => log::error!(
+                "cannot heal /{} after a shared mapping wrote to replica {}: {}",
+                path.display(),
+                source.path.display(),
+                sys::errno_name(e.code())
+            ),
+        }
+    }
+
+    /// Registers the file's descriptor on replica `index` as the kernel's backing file; None
+    /// (logged once) when the kernel refuses, and the open stays cached.
+    fn new_backing(
+        &self,
+        file: &OpenFile,
+        index: usize,
+        reply: &ReplyOpen,
+    ) -> Option<(Arc<BackingId>, usize)> {
+        let fd = file.fd(&self.set.replicas()[index]).ok()?;
+        match reply.open_backing(fd.as_fd()) {
+            Ok(id) => Some((Arc::new(id), index)),
+            Err(e) => {
+                if !self.passthrough_failed.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        "kernel passthrough refused for a file of replica {} ({e}): reads \
+                         go through chironfs",
+                        self.set.replicas()[index].path.display()
+                    );
+                }
+                None
+            }
+        }
+    }
+
     fn remove(&self, op: &str, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let _tree = self.tree_shared();
         // Kept apart from a concurrent open of the same file (see `open`).
@@ -1334,6 +1512,39 @@ fn reply_xattr(result: Result<(usize, XattrReply), Errno>, reply: ReplyXattr) {
 
 /// Whether `name` in `parent` is the replicas' hidden metadata directory (`.chironfs` at the
 /// root): invisible through the mount.
+/// Makes `dst` hold the bytes of `src`: compares them block by block, rewrites the blocks that
+/// differ, sets the size and, when anything changed, the source's mtime. Returns the bytes
+/// rewritten.
+fn copy_differences(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<u64> {
+    const BLOCK: usize = 1 << 20;
+    let (src_st, dst_st) = (sys::fstat(src)?, sys::fstat(dst)?);
+    let size = src_st.st_size as u64;
+    let mut rewritten = 0;
+    let mut offset = 0;
+    while offset < size {
+        let want = BLOCK.min((size - offset) as usize);
+        let ours = sys::pread_full(src, want, offset)?;
+        let theirs = sys::pread_full(dst, want, offset)?;
+        if ours != theirs {
+            sys::pwrite_full(dst, &ours, offset)?;
+            rewritten += ours.len() as u64;
+        }
+        offset += want as u64;
+    }
+    if dst_st.st_size as u64 != size {
+        sys::ftruncate(dst, size)?;
+        rewritten += 1;
+    }
+    if rewritten > 0 {
+        let mtime = TimeSpec::At {
+            sec: src_st.st_mtime,
+            nsec: src_st.st_mtime_nsec,
+        };
+        stamp_mtime(dst, mtime);
+    }
+    Ok(rewritten)
+}
+
 fn is_meta_dir(parent: INodeNo, name: &OsStr) -> bool {
     parent == INodeNo::ROOT && name == OsStr::new(crate::state::META_DIR)
 }

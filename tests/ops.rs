@@ -997,7 +997,8 @@ fn read_fail_over_after_rename_reads_the_same_file() {
     if !can_mount() {
         return;
     }
-    let m = Mount::two();
+    // The daemon's read path is under test: passthrough would let the kernel read alone.
+    let m = MountBuilder::new(2).arg("--passthrough=off").start();
     fs::write(m.path("f"), vec![b'1'; 10_000]).unwrap();
     let held = File::open(m.path("f")).unwrap();
     let before = m.snapshot();
