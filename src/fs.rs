@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::arbitrate::Outcome;
@@ -24,6 +25,10 @@ use crate::nodes::NodeTable;
 use crate::replica::{Replica, ReplicaFd};
 use crate::set::{ReplicaJob, ReplicaSet};
 use crate::sys::{self, Credentials, TimeSpec, XattrOp, XattrReply};
+
+/// Writes of at least this many bytes are copied to the replicas in parallel; smaller ones run
+/// one replica after the other on the FUSE thread (a hand-off costs more than they do).
+const BULK_WRITE: usize = 64 << 10;
 
 /// How long the kernel may cache attributes and names.
 const TTL: Duration = Duration::from_secs(1);
@@ -448,16 +453,36 @@ impl ChironFs {
         fh: FileHandle,
         job: impl Fn(&Replica, BorrowedFd<'_>, TimeSpec) -> io::Result<T> + Send + Sync + 'static,
     ) -> Result<T, Errno> {
+        self.mutate_handle_with(op, ino, fh, false, job)
+    }
+
+    /// [`ChironFs::mutate_handle`]; `spread` copies on the replicas in parallel (a large
+    /// write, see [`ReplicaSet::mutate_bulk`]).
+    fn mutate_handle_with<T: Send + 'static>(
+        &self,
+        op: &str,
+        ino: INodeNo,
+        fh: FileHandle,
+        spread: bool,
+        job: impl Fn(&Replica, BorrowedFd<'_>, TimeSpec) -> io::Result<T> + Send + Sync + 'static,
+    ) -> Result<T, Errno> {
         let file = self.file(fh)?;
         let order = self.nodes.order_lock(ino.0);
         let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
         // Taken under the file's order lock, so the stamps of one file only go forward.
         let stamp = now();
         let path = file.path();
-        self.mutate(op, &path, &Credentials::root(), move |r| {
+        let job: ReplicaJob<T> = Arc::new(move |r: &Replica| {
             let fd = file.fd(r)?;
             job(r, fd.as_fd(), stamp)
-        })
+        });
+        let creds = Credentials::root();
+        if spread {
+            self.set.mutate_bulk(op, &path, &creds, job)
+        } else {
+            self.set.mutate(op, &path, &creds, job)
+        }
+        .map_err(Errno::from_i32)
     }
 }
 
@@ -888,7 +913,8 @@ impl Filesystem for ChironFs {
     ) {
         let data: Arc<[u8]> = Arc::from(data);
         let len = data.len() as u32;
-        match self.mutate_handle("write", ino, fh, move |_, fd, stamp| {
+        let spread = data.len() >= BULK_WRITE;
+        match self.mutate_handle_with("write", ino, fh, spread, move |_, fd, stamp| {
             sys::pwrite_full(fd, &data, offset)?;
             if !data.is_empty() {
                 stamp_mtime(fd, stamp);
@@ -1323,6 +1349,23 @@ impl Filesystem for ChironFs {
             Ok((_, off)) => reply.offset(off),
             Err(e) => reply.error(Errno::from_i32(e)),
         }
+    }
+
+    /// No ioctl is passed to the replicas (their fds are private to the daemon): every one
+    /// is answered ENOTTY, as tmpfs answers a terminal query. fuser's default would log a
+    /// warning for each, and Python's open() asks isatty on every file it opens.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn copy_file_range(

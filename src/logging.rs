@@ -124,6 +124,13 @@ pub fn utc_timestamp(secs: u64) -> String {
     )
 }
 
+/// fuser's warning when it tries to unmount at exit a mount the admin already unmounted
+/// (`umount` is how a FUSE mount is normally stopped): EINVAL says it is gone, nothing failed.
+fn is_unmount_noise(record: &Record<'_>) -> bool {
+    let text = record.args().to_string();
+    text.starts_with("Failed to umount filesystem") && text.contains("os error 22")
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= self.level
@@ -134,7 +141,9 @@ impl Log for Logger {
             return;
         }
         // fuser logs its own internals at info and below; keep only its warnings.
-        if record.target().starts_with("fuser") && record.level() > Level::Warn {
+        if record.target().starts_with("fuser")
+            && (record.level() > Level::Warn || is_unmount_noise(record))
+        {
             return;
         }
         let alert = record.target() == ALERT_TARGET;

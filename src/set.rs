@@ -209,7 +209,7 @@ impl ReplicaSet {
         creds: &Credentials,
         job: &ReplicaJob<T>,
     ) -> Vec<(usize, Outcome<T>)> {
-        self.run_checked(targets, creds, job)
+        self.run_checked(targets, creds, job, false)
             .into_iter()
             .map(|(i, o, _)| (i, o))
             .collect()
@@ -218,11 +218,16 @@ impl ReplicaSet {
     /// [`ReplicaSet::run`], plus, for a replica whose job failed with ENOENT or ESTALE, what is
     /// wrong with its root if anything (checked on the replica's own worker, right after the
     /// failure: a deleted replica directory answers ENOENT to everything).
+    ///
+    /// Local replicas run their jobs on the calling thread, one after the other: a hand-off to
+    /// a worker costs more than a small job. With `spread` (a job moving much data) only the
+    /// first local replica does, and the others copy in parallel on their workers.
     fn run_checked<T: Send + 'static>(
         &self,
         targets: &[usize],
         creds: &Credentials,
         job: &ReplicaJob<T>,
+        spread: bool,
     ) -> Vec<(usize, Outcome<T>, Option<String>)> {
         type Answer<T> = (usize, io::Result<T>, Option<String>);
         fn answer<T>(replica: &Replica, creds: &Credentials, job: &ReplicaJob<T>) -> Answer<T> {
@@ -236,13 +241,15 @@ impl ReplicaSet {
             (replica.index, result, root_problem)
         }
         let (tx, rx) = mpsc::channel::<Answer<T>>();
-        // One local replica's job runs here, on the calling thread, after the others were
-        // queued (they run in parallel meanwhile); network replicas always use their workers.
-        let inline = targets
+        // Local replicas' jobs run here, on the calling thread, after the others were queued
+        // (they run in parallel meanwhile); network replicas always use their workers.
+        let inline: Vec<usize> = targets
             .iter()
             .copied()
-            .find(|&i| self.replicas[i].is_local());
-        for &index in targets.iter().filter(|&&i| Some(i) != inline) {
+            .filter(|&i| self.replicas[i].is_local())
+            .take(if spread { 1 } else { usize::MAX })
+            .collect();
+        for &index in targets.iter().filter(|&i| !inline.contains(i)) {
             let replica = Arc::clone(&self.replicas[index]);
             let job = Arc::clone(job);
             let tx = tx.clone();
@@ -251,7 +258,7 @@ impl ReplicaSet {
                 let _ = tx.send(answer(&replica, &creds, &job));
             }));
         }
-        if let Some(index) = inline {
+        for index in inline {
             let _ = tx.send(answer(&self.replicas[index], creds, job));
         }
         drop(tx);
@@ -295,7 +302,19 @@ impl ReplicaSet {
         creds: &Credentials,
         job: ReplicaJob<T>,
     ) -> Result<T, i32> {
-        self.mutate_paths(op, path, None, creds, job)
+        self.mutate_with(op, path, None, creds, job, false)
+    }
+
+    /// [`ReplicaSet::mutate`] of a job that moves much data (a large write): the replicas
+    /// copy in parallel rather than one after the other on the calling thread.
+    pub fn mutate_bulk<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<T, i32> {
+        self.mutate_with(op, path, None, creds, job, true)
     }
 
     /// [`ReplicaSet::mutate`] of an operation that also touches `also` (a rename's
@@ -308,13 +327,25 @@ impl ReplicaSet {
         creds: &Credentials,
         job: ReplicaJob<T>,
     ) -> Result<T, i32> {
+        self.mutate_with(op, path, also, creds, job, false)
+    }
+
+    fn mutate_with<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        also: Option<&Path>,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+        spread: bool,
+    ) -> Result<T, i32> {
         let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.note_dirty(op, path, also);
         let targets = self.priority_order();
         if targets.is_empty() {
             return Err(libc::EIO);
         }
-        let checked = self.run_checked(&targets, creds, &job);
+        let checked = self.run_checked(&targets, creds, &job, spread);
         let mut root_problems: Vec<(usize, String)> = Vec::new();
         let results: Vec<(usize, Outcome<T>)> = checked
             .into_iter()
@@ -404,7 +435,7 @@ impl ReplicaSet {
             if !self.replicas[index].is_in_service() {
                 continue;
             }
-            match self.run_checked(&[index], creds, &job).pop() {
+            match self.run_checked(&[index], creds, &job, false).pop() {
                 Some((_, Outcome::Done(v), _)) => {
                     self.replicas[index].reads.fetch_add(1, Ordering::Relaxed);
                     blame(skipped, true);

@@ -1196,3 +1196,32 @@ fn posix_acls_are_replicated_and_enforced() {
     }
     assert_replicas_identical(&m);
 }
+
+#[test]
+fn a_terminal_query_on_a_file_is_refused_quietly() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::write(m.path("f"), b"data").unwrap();
+    let f = File::open(m.path("f")).unwrap();
+    // SAFETY: isatty on an open fd (TCGETS through FUSE).
+    let tty = unsafe { libc::isatty(f.as_raw_fd()) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((tty, errno), (0, Some(libc::ENOTTY)));
+    drop(f);
+    // The admin's usual way to stop a FUSE mount.
+    let st = std::process::Command::new("umount")
+        .arg(m.path(""))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(wait_until(Duration::from_secs(5), || m
+        .log_text()
+        .contains("INFO: unmounted")));
+    let log = m.log_text();
+    assert!(
+        !log.contains("Not Implemented") && !log.contains("Failed to umount"),
+        "a terminal query and a normal unmount log nothing alarming:\n{log}"
+    );
+}
