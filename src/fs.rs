@@ -22,6 +22,7 @@ use fuser::{
 use crate::arbitrate::Outcome;
 use crate::iomode::{IoModes, Mode, Ticket, Wish};
 use crate::nodes::NodeTable;
+use crate::order::OrderLock;
 use crate::replica::{Replica, ReplicaFd};
 use crate::set::{ReplicaJob, ReplicaSet};
 use crate::sys::{self, Credentials, TimeSpec, XattrOp, XattrReply};
@@ -402,7 +403,7 @@ impl ChironFs {
 
     /// The order locks of these nodes, each once, in id order (so two holders of several can
     /// never wait on each other in a cycle).
-    fn order_locks(&self, ids: &[Option<u64>]) -> Vec<Arc<Mutex<()>>> {
+    fn order_locks(&self, ids: &[Option<u64>]) -> Vec<Arc<OrderLock>> {
         let mut ids: Vec<u64> = ids.iter().flatten().copied().collect();
         ids.sort_unstable();
         ids.dedup();
@@ -451,38 +452,68 @@ impl ChironFs {
         op: &str,
         ino: INodeNo,
         fh: FileHandle,
-        job: impl Fn(&Replica, BorrowedFd<'_>, TimeSpec) -> io::Result<T> + Send + Sync + 'static,
+        job: impl Fn(&Replica, BorrowedFd<'_>, &Stamp) -> io::Result<T> + Send + Sync + 'static,
     ) -> Result<T, Errno> {
-        self.mutate_handle_with(op, ino, fh, false, job)
+        self.mutate_handle_with(op, ino, fh, None, job)
     }
 
-    /// [`ChironFs::mutate_handle`]; `spread` copies on the replicas in parallel (a large
-    /// write, see [`ReplicaSet::mutate_bulk`]).
+    /// [`ChironFs::mutate_handle`]; `write` = Some((offset, len)) for a write: it runs
+    /// alongside writes to other byte ranges of the file, and, when large, copies on the
+    /// replicas in parallel (see [`ReplicaSet::mutate_bulk`]).
     fn mutate_handle_with<T: Send + 'static>(
         &self,
         op: &str,
         ino: INodeNo,
         fh: FileHandle,
-        spread: bool,
-        job: impl Fn(&Replica, BorrowedFd<'_>, TimeSpec) -> io::Result<T> + Send + Sync + 'static,
+        write: Option<(u64, u64)>,
+        job: impl Fn(&Replica, BorrowedFd<'_>, &Stamp) -> io::Result<T> + Send + Sync + 'static,
     ) -> Result<T, Errno> {
         let file = self.file(fh)?;
         let order = self.nodes.order_lock(ino.0);
-        let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
+        let _in_order = match write {
+            Some((offset, len)) => order.lock_range(offset, len),
+            None => order.lock(),
+        };
         // Taken under the file's order lock, so the stamps of one file only go forward.
-        let stamp = now();
+        let stamp = Stamp::new(now(), &order);
         let path = file.path();
         let job: ReplicaJob<T> = Arc::new(move |r: &Replica| {
             let fd = file.fd(r)?;
-            job(r, fd.as_fd(), stamp)
+            job(r, fd.as_fd(), &stamp)
         });
         let creds = Credentials::root();
-        if spread {
+        if write.is_some_and(|(_, len)| len >= BULK_WRITE as u64) {
             self.set.mutate_bulk(op, &path, &creds, job)
         } else {
             self.set.mutate(op, &path, &creds, job)
         }
         .map_err(Errno::from_i32)
+    }
+}
+
+/// The mtime a change of a file's data gives it on every replica: the newest stamp of the
+/// file's writes (see [`crate::order`]), so replicas finishing concurrent writes in different
+/// orders still end with the same mtime.
+struct Stamp(Arc<OrderLock>);
+
+impl Stamp {
+    /// Notes `stamp` as the file's newest change.
+    fn new(stamp: TimeSpec, order: &Arc<OrderLock>) -> Self {
+        if let TimeSpec::At { sec, nsec } = stamp {
+            order.note_stamp(sec.saturating_mul(1_000_000_000).saturating_add(nsec));
+        }
+        Stamp(Arc::clone(order))
+    }
+
+    /// Sets the mtime of `fd` (one replica's copy) after its data changed.
+    fn apply(&self, fd: BorrowedFd<'_>) {
+        self.0.stamp(|nanos| {
+            let at = TimeSpec::At {
+                sec: nanos.div_euclid(1_000_000_000),
+                nsec: nanos.rem_euclid(1_000_000_000),
+            };
+            stamp_mtime(fd, at);
+        });
     }
 }
 
@@ -599,7 +630,7 @@ impl Filesystem for ChironFs {
         };
         let by_handle = self.path(ino).is_err();
         let order = self.nodes.order_lock(ino.0);
-        let _in_order = size.map(|_| order.lock().unwrap_or_else(|e| e.into_inner()));
+        let _in_order = size.map(|_| order.lock());
         // UTIME_NOW (touch, and the kernel's truncate) becomes one exact time, so that every
         // replica records the same; the kernel has checked the caller may set times at all.
         let stamp = now();
@@ -751,10 +782,7 @@ impl Filesystem for ChironFs {
             self.nodes.known_child(parent.0, name),
             self.nodes.known_child(newparent.0, newname),
         ]);
-        let _in_order: Vec<_> = locks
-            .iter()
-            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
+        let _in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
         let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -828,8 +856,7 @@ impl Filesystem for ChironFs {
         // With passthrough, read-only opens take it too: the I/O modes of one inode are
         // decided one open at a time (see crate::iomode).
         let lock = self.nodes.order_lock(ino.0);
-        let _in_order =
-            (writable || self.passthrough).then(|| lock.lock().unwrap_or_else(|e| e.into_inner()));
+        let _in_order = (writable || self.passthrough).then(|| lock.lock());
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -913,11 +940,11 @@ impl Filesystem for ChironFs {
     ) {
         let data: Arc<[u8]> = Arc::from(data);
         let len = data.len() as u32;
-        let spread = data.len() >= BULK_WRITE;
-        match self.mutate_handle_with("write", ino, fh, spread, move |_, fd, stamp| {
+        let range = Some((offset, data.len() as u64));
+        match self.mutate_handle_with("write", ino, fh, range, move |_, fd, stamp| {
             sys::pwrite_full(fd, &data, offset)?;
             if !data.is_empty() {
-                stamp_mtime(fd, stamp);
+                stamp.apply(fd);
             }
             Ok(())
         }) {
@@ -1083,7 +1110,7 @@ impl Filesystem for ChironFs {
         let _tree = self.tree_shared();
         // Kept apart from an rmdir of the same directory (see `open`).
         let lock = self.nodes.order_lock(ino.0);
-        let _in_order = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _in_order = lock.lock();
         let Ok(path) = self.path(ino) else {
             // Removed while open: nothing is left to make durable.
             return reply.ok();
@@ -1273,7 +1300,7 @@ impl Filesystem for ChironFs {
                 // Usually a new inode; an existing file opened without O_EXCL may be in
                 // passthrough mode, and then this open must join it.
                 let order = self.nodes.order_lock(id);
-                let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
+                let _in_order = order.lock();
                 let wish = Wish {
                     writable: true,
                     eligible: false,
@@ -1317,7 +1344,7 @@ impl Filesystem for ChironFs {
             sys::fallocate(fd, mode, offset, length)?;
             // Filesystems differ on which modes move the mtime (ext4: all of them); moving
             // it always, to the same value, keeps the replicas equal whatever they are.
-            stamp_mtime(fd, stamp);
+            stamp.apply(fd);
             Ok(())
         }) {
             Ok(()) => reply.ok(),
@@ -1389,7 +1416,7 @@ impl Filesystem for ChironFs {
             let input = source.fd(r)?;
             let n = sys::copy_range(input.as_fd(), offset_in, out, offset_out, len)?;
             if n > 0 {
-                stamp_mtime(out, stamp);
+                stamp.apply(out);
             }
             Ok(n)
         }) {
@@ -1463,7 +1490,7 @@ impl ChironFs {
             return;
         }
         let order = self.nodes.order_lock(ino.0);
-        let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
+        let _in_order = order.lock();
         let path = file.path();
         let Ok(source_fd) = file.fd(source) else {
             return;
@@ -1523,10 +1550,7 @@ impl ChironFs {
         let _tree = self.tree_shared();
         // Kept apart from a concurrent open of the same file (see `open`).
         let locks = self.order_locks(&[self.nodes.known_child(parent.0, name)]);
-        let _in_order: Vec<_> = locks
-            .iter()
-            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
+        let _in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),

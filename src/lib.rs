@@ -12,6 +12,7 @@ pub mod fs;
 pub mod iomode;
 pub mod logging;
 pub mod nodes;
+pub mod order;
 pub mod replica;
 pub mod resync;
 pub mod select;

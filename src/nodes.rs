@@ -4,6 +4,7 @@
 //! has its own inode numbers. The number shown as `st_ino` is our node id, so it does not change
 //! when the serving replica does; hard links found through the same replica share a node.
 
+use crate::order::OrderLock;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ struct Node {
     /// A directory (renaming one moves a whole subtree).
     is_dir: bool,
     /// Serialises data mutations of this file so every replica sees them in the same order.
-    order: Arc<Mutex<()>>,
+    order: Arc<OrderLock>,
 }
 
 #[derive(Debug, Default)]
@@ -109,8 +110,8 @@ impl NodeTable {
         inner.nodes.get(id).map(|n| n.is_dir)
     }
 
-    /// The per-file ordering lock (held while a data mutation fans out).
-    pub fn order_lock(&self, ino: u64) -> Arc<Mutex<()>> {
+    /// The per-file ordering lock (held while a change of the file fans out).
+    pub fn order_lock(&self, ino: u64) -> Arc<OrderLock> {
         let inner = self.lock();
         inner
             .nodes

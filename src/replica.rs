@@ -169,10 +169,12 @@ impl Replica {
     /// workers: close(2) can block (a FUSE or NFS replica flushes on close, forever if its
     /// server hangs), and must then block only this replica, never a FUSE thread, another
     /// replica's worker, or whoever held a lock while dropping the last reference.
+    /// On a local filesystem, where close(2) does not wait for a server, the descriptor is
+    /// closed where it is dropped (a hand-off to a worker costs more than the close).
     pub fn adopt(&self, fd: OwnedFd) -> ReplicaFd {
         ReplicaFd {
             fd: Some(fd),
-            jobs: self.jobs.clone(),
+            jobs: (!self.is_local()).then(|| self.jobs.clone()),
         }
     }
 
@@ -230,11 +232,12 @@ impl Replica {
 }
 
 /// A descriptor on one replica, closed on that replica's workers when dropped (see
-/// [`Replica::adopt`]). Dropping it never blocks.
+/// [`Replica::adopt`]). Dropping it never blocks on a network replica.
 #[derive(Debug)]
 pub struct ReplicaFd {
     fd: Option<OwnedFd>,
-    jobs: Sender<Job>,
+    /// The replica's workers; None on a local replica (closed in place).
+    jobs: Option<Sender<Job>>,
 }
 
 impl AsFd for ReplicaFd {
@@ -245,9 +248,9 @@ impl AsFd for ReplicaFd {
 
 impl Drop for ReplicaFd {
     fn drop(&mut self) {
-        if let Some(fd) = self.fd.take() {
+        if let (Some(fd), Some(jobs)) = (self.fd.take(), &self.jobs) {
             // If the workers are gone (process exit), the job comes back and closes here.
-            let _ = self.jobs.send(Box::new(move || drop(fd)));
+            let _ = jobs.send(Box::new(move || drop(fd)));
         }
     }
 }
@@ -284,6 +287,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // One worker, held busy: the close must wait behind it, and the drop must not.
         let r = Replica::open(0, dir.clone(), false, 1).unwrap();
+        r.always_use_workers(); // as for a network replica
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         r.submit(Box::new(move || {
             let _ = hold_rx.recv();
@@ -302,6 +306,27 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(!open(), "never closed");
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn a_local_replicas_descriptors_are_closed_in_place() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("chironfs-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = Replica::open(0, dir.clone(), false, 1).unwrap();
+        assert!(r.is_local(), "a temp directory is on a local filesystem");
+        // The only worker is held busy: a close queued to it could not happen yet.
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        r.submit(Box::new(move || {
+            let _ = hold_rx.recv();
+        }));
+        let fd: OwnedFd = std::fs::File::open(&dir).unwrap().into();
+        let raw = fd.as_raw_fd();
+        drop(r.adopt(fd));
+        let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).ok();
+        assert_ne!(target, Some(dir.clone()), "still open after the drop");
+        hold_tx.send(()).unwrap();
         let _ = std::fs::remove_dir(&dir);
     }
 

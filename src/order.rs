@@ -1,0 +1,185 @@
+//! The per-file ordering lock: every replica must apply the changes of one file in the same
+//! order (the write-ordering trap: two overlapping writes racing on two replicas leave them
+//! different). Writes to disjoint byte ranges commute, so they may run together; overlapping
+//! writes and every other change of the file (truncate, fallocate, open, rename...) go one at
+//! a time.
+//!
+//! Concurrent writes also finish on the replicas in different orders, so each sets the file's
+//! mtime to the newest write stamp taken so far, under a small lock ([`OrderLock::stamp`]): the
+//! last write to finish on a replica then sets the same newest stamp on every replica.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+#[derive(Debug, Default)]
+struct State {
+    /// An exclusive holder is inside.
+    exclusive: bool,
+    /// Exclusive lockers waiting: new ranges wait behind them, so they cannot starve.
+    exclusive_waiting: usize,
+    /// Byte ranges `[start, end)` of the writes inside.
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Whether `[a, b)` and `[c, d)` share a byte (an empty range shares none).
+fn overlaps((a, b): (u64, u64), (c, d): (u64, u64)) -> bool {
+    a < d && c < b
+}
+
+/// One file's ordering lock (see the module documentation).
+#[derive(Debug, Default)]
+pub struct OrderLock {
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Newest write stamp, nanoseconds since the epoch.
+    newest: AtomicI64,
+    /// Held while one replica's mtime is set (see [`OrderLock::stamp`]).
+    stamping: Mutex<()>,
+}
+
+/// Held while a change of the file fans out; lets the next one in when dropped.
+#[derive(Debug)]
+pub struct OrderGuard<'a> {
+    lock: &'a OrderLock,
+    range: Option<(u64, u64)>,
+}
+
+impl Drop for OrderGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.lock.state();
+        match self.range {
+            None => state.exclusive = false,
+            Some(r) => {
+                if let Some(pos) = state.ranges.iter().position(|x| *x == r) {
+                    state.ranges.swap_remove(pos);
+                }
+            }
+        }
+        drop(state);
+        self.lock.changed.notify_all();
+    }
+}
+
+impl OrderLock {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(state).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Alone: waits until no other change of the file is in flight.
+    pub fn lock(&self) -> OrderGuard<'_> {
+        let mut state = self.state();
+        state.exclusive_waiting += 1;
+        while state.exclusive || !state.ranges.is_empty() {
+            state = self.wait(state);
+        }
+        state.exclusive_waiting -= 1;
+        state.exclusive = true;
+        OrderGuard {
+            lock: self,
+            range: None,
+        }
+    }
+
+    /// A write of `len` bytes at `offset`: waits only for changes it does not commute with.
+    pub fn lock_range(&self, offset: u64, len: u64) -> OrderGuard<'_> {
+        // An empty write changes no byte but still sets the mtime: it orders like one byte.
+        let range = (offset, offset.saturating_add(len.max(1)));
+        let mut state = self.state();
+        while state.exclusive
+            || state.exclusive_waiting > 0
+            || state.ranges.iter().any(|r| overlaps(*r, range))
+        {
+            state = self.wait(state);
+        }
+        state.ranges.push(range);
+        OrderGuard {
+            lock: self,
+            range: Some(range),
+        }
+    }
+
+    /// Records a write's stamp (nanoseconds since the epoch) before it fans out.
+    pub fn note_stamp(&self, nanos: i64) {
+        self.newest.fetch_max(nanos, Ordering::AcqRel);
+    }
+
+    /// Calls `set` with the newest stamp noted so far, under a lock: of the writes finishing on
+    /// one replica, the last to set its mtime sets the newest stamp of them all.
+    pub fn stamp(&self, set: impl FnOnce(i64)) {
+        let _one_at_a_time = self.stamping.lock().unwrap_or_else(|e| e.into_inner());
+        set(self.newest.load(Ordering::Acquire));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// Whether `acquire` on another thread gets in within 200 ms while `held` is held.
+    fn gets_in(lock: &Arc<OrderLock>, acquire: fn(&OrderLock)) -> bool {
+        let done = Arc::new(AtomicBool::new(false));
+        let (l, d) = (Arc::clone(lock), Arc::clone(&done));
+        let t = std::thread::spawn(move || {
+            acquire(&l);
+            d.store(true, Ordering::SeqCst);
+        });
+        let deadline = std::time::Instant::now() + Duration::from_millis(200);
+        while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = done.load(Ordering::SeqCst);
+        if got {
+            t.join().unwrap();
+        }
+        got
+    }
+
+    #[test]
+    fn disjoint_writes_run_together_and_overlapping_ones_wait() {
+        let lock = Arc::new(OrderLock::default());
+        let held = lock.lock_range(0, 4096);
+        assert!(gets_in(&lock, |l| drop(l.lock_range(4096, 4096))));
+        assert!(!gets_in(&lock, |l| drop(l.lock_range(4095, 2))));
+        drop(held);
+    }
+
+    #[test]
+    fn an_exclusive_change_waits_for_writes_and_writes_wait_for_it() {
+        let lock = Arc::new(OrderLock::default());
+        let write = lock.lock_range(0, 10);
+        assert!(!gets_in(&lock, |l| drop(l.lock())));
+        drop(write);
+        let alone = lock.lock();
+        assert!(!gets_in(&lock, |l| drop(l.lock_range(100, 10))));
+        drop(alone);
+        assert!(gets_in(&lock, |l| drop(l.lock_range(100, 10))));
+    }
+
+    #[test]
+    fn empty_writes_at_the_same_offset_are_ordered() {
+        assert!(overlaps((5, 6), (5, 6)));
+        assert!(!overlaps((0, 5), (5, 9)));
+        let lock = Arc::new(OrderLock::default());
+        let held = lock.lock_range(5, 0);
+        assert!(!gets_in(&lock, |l| drop(l.lock_range(5, 0))));
+        drop(held);
+    }
+
+    #[test]
+    fn every_replica_ends_with_the_newest_stamp_whatever_the_finishing_order() {
+        let lock = OrderLock::default();
+        lock.note_stamp(100);
+        lock.note_stamp(300);
+        lock.note_stamp(200);
+        let mut seen = 0;
+        lock.stamp(|t| seen = t);
+        assert_eq!(seen, 300);
+    }
+}
