@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::snapshot::{ControlHandler, ReplicaSnapshot, ReplicaState, Snapshot};
+use crate::verify::Report;
 
 /// Protocol version carried in every response, so a client can refuse a daemon it does not
 /// understand instead of misreading it.
@@ -80,6 +81,34 @@ pub enum Request {
         #[serde(deserialize_with = "string_or_number")]
         replica: String,
     },
+    /// Compare the replicas path by path (`chironctl verify`); answered with a `verify`
+    /// report once the walk is over.
+    Verify {
+        /// Compare only this replica (index or path, in or out of service) with the first
+        /// in-service one; absent: every in-service replica.
+        #[serde(default, deserialize_with = "opt_string_or_number")]
+        replica: Option<String>,
+        /// Compare file content too, not only metadata.
+        #[serde(default)]
+        content: bool,
+        /// Heal: copy each differing path from the first in-service replica onto the others.
+        #[serde(default)]
+        queue: bool,
+    },
+}
+
+/// [`string_or_number`] for an optional field (absent or `null`: None).
+fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        Num(u64),
+    }
+    Ok(Option::<S>::deserialize(d)?.map(|s| match s {
+        S::Str(s) => s,
+        S::Num(n) => n.to_string(),
+    }))
 }
 
 /// Accepts `"1"` and `1` alike, so hand-written requests (`socat`) are not refused for quoting.
@@ -112,6 +141,9 @@ pub struct Response {
     /// Why the request was refused or failed (`ok` is false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Answer to `verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Report>,
 }
 
 impl Response {
@@ -123,6 +155,7 @@ impl Response {
             snapshot: Some(s),
             message: None,
             error: None,
+            verify: None,
         }
     }
 
@@ -134,6 +167,7 @@ impl Response {
             snapshot: None,
             message: Some(m.into()),
             error: None,
+            verify: None,
         }
     }
 
@@ -145,6 +179,15 @@ impl Response {
             snapshot: None,
             message: None,
             error: Some(e.into()),
+            verify: None,
+        }
+    }
+
+    /// A successful answer carrying a verify report.
+    pub fn with_verify(r: Report) -> Self {
+        Response {
+            verify: Some(r),
+            ..Response::with_message("verify done")
         }
     }
 
@@ -175,6 +218,14 @@ pub fn dispatch(handler: &dyn ControlHandler, req: Request) -> Response {
         },
         Request::Resync { replica } => match handler.resync(&replica) {
             Ok(m) => Response::with_message(m),
+            Err(e) => Response::with_error(e),
+        },
+        Request::Verify {
+            replica,
+            content,
+            queue,
+        } => match handler.verify(replica.as_deref(), content, queue) {
+            Ok(r) => Response::with_verify(r),
             Err(e) => Response::with_error(e),
         },
     }

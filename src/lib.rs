@@ -19,3 +19,4 @@ pub mod snapshot;
 pub mod state;
 pub mod status_file;
 pub mod sys;
+pub mod verify;

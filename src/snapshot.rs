@@ -145,4 +145,17 @@ pub trait ControlHandler: Send + Sync {
     fn resync(&self, replica: &str) -> Result<String, String> {
         Err(format!("cannot resync {replica}: not supported here"))
     }
+    /// Compares replicas path by path (`chironctl verify`): every in-service replica, or only
+    /// `replica` against the first in-service one; `content` compares file bytes too;
+    /// `heal` then copies each differing path from the first in-service replica onto the
+    /// others. Err: why it could not compare (a replica hung or failed, nothing to compare).
+    fn verify(
+        &self,
+        replica: Option<&str>,
+        content: bool,
+        heal: bool,
+    ) -> Result<crate::verify::Report, String> {
+        let _ = (replica, content, heal);
+        Err("cannot verify: not supported here".into())
+    }
 }
