@@ -62,6 +62,10 @@ pub struct Config {
     /// After a split-brain, the replica (index) whose data wins (`--force-source`,
     /// `-o force_source=`). A u16 (replicas are few) keeps `Config` small.
     pub force_source: Option<u16>,
+    /// Replicas that must be in service for a mutation to be accepted (`--quorum auto|N`,
+    /// `-o quorum=`), resolved against the replica count; None: no quorum (the default). A
+    /// u16 like `force_source`, for the same reason.
+    pub quorum: Option<u16>,
 }
 
 /// Default per-replica deadline (`--timeout`).
@@ -81,8 +85,9 @@ pub const RUNTIME_DIR: &str = "/run/chironfs";
 /// `main` decides where they go (stdout, exit code 0) and the parser stays testable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Mount with this validated configuration.
-    Mount(Config),
+    /// Mount with this validated configuration (boxed: it is much larger than the other
+    /// variants).
+    Mount(Box<Config>),
     /// `-h`/`--help`: the full help text (no trailing newline; print it with `println!`).
     Help(String),
     /// `-V`/`--version`: `chironfs VERSION` (no trailing newline).
@@ -145,6 +150,7 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
             timeout=SECS threads=N syslog_socket=PATH force_source=REPLICA
+            quorum=auto|N|off
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
@@ -244,6 +250,12 @@ struct Cli {
     #[arg(long, value_name = "REPLICA")]
     force_source: Option<String>,
 
+    /// Refuse every mutation with EROFS (reads go on) while fewer than this many replicas are
+    /// in service, so two halves of a split set never both write: auto = a majority
+    /// (replicas/2+1), N = 1 to the replica count, off [default: off]
+    #[arg(long, value_name = "auto|N")]
+    quorum: Option<String>,
+
     /// Print this help and exit
     #[arg(short = 'h', long, short_alias = '?', action = ArgAction::Help)]
     help: Option<bool>,
@@ -266,6 +278,7 @@ struct MountOpts {
     threads: Option<usize>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
+    quorum: Option<Option<crate::quorum::Setting>>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -287,6 +300,7 @@ struct RawConfig {
     syslog_socket: PathBuf,
     threads: usize,
     force_source: Option<String>,
+    quorum: Option<crate::quorum::Setting>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -315,7 +329,7 @@ where
         }
     };
     let raw = raw_config(cli)?;
-    validate(raw).map(Action::Mount)
+    validate(raw).map(|c| Action::Mount(Box::new(c)))
 }
 
 /// The `-h` text, also useful for a man page or README.
@@ -506,6 +520,9 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "status_file" => o.status_file = Some(PathBuf::from(need(value)?)),
             "syslog_socket" => o.syslog_socket = Some(PathBuf::from(need(value)?)),
             "force_source" => o.force_source = Some(need(value)?),
+            "quorum" => {
+                o.quorum = Some(crate::quorum::parse_setting(&need(value)?).map_err(bad)?);
+            }
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
             "quiet" | "debug" | "allow_other" | "allow_root" | "default_permissions" => {
@@ -583,6 +600,11 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
         force_source: cli.force_source.or(o.force_source),
+        quorum: match cli.quorum {
+            Some(q) => crate::quorum::parse_setting(&q)
+                .map_err(|e| ConfigError::usage(format!("invalid value for --quorum: {e}")))?,
+            None => o.quorum.flatten(),
+        },
         allow_other: o.allow_other,
         mount_options: o.mount_options,
     })
@@ -764,8 +786,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let quorum = match raw.quorum {
+        None => None,
+        Some(q) => {
+            let n = crate::quorum::required(q, replicas.len())
+                .map_err(|e| ConfigError::new(format!("chironfs: invalid --quorum: {e}")))?;
+            // At most the replica count, which never nears u16::MAX.
+            Some(u16::try_from(n).unwrap_or(u16::MAX))
+        }
+    };
+
     Ok(Config {
         force_source,
+        quorum,
         replicas: replicas
             .into_iter()
             .map(|(_, path, low_priority)| ReplicaSpec { path, low_priority })
@@ -826,7 +859,7 @@ mod tests {
 
     fn mount(args: &[&str]) -> Config {
         match run(args) {
-            Ok(Action::Mount(c)) => c,
+            Ok(Action::Mount(c)) => *c,
             other => panic!("expected Mount for {args:?}, got {other:?}"),
         }
     }
@@ -1350,6 +1383,32 @@ mod tests {
         assert!(m.contains("status file"), "{m}");
         let m = fail(&[&spec, &mnt, "-o", &format!("ctl={}", t.p("mnt/c"))]);
         assert!(m.contains("control socket"), "{m}");
+    }
+
+    #[test]
+    fn quorum_is_off_auto_or_a_count_within_the_replicas() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        assert_eq!(mount(&[&spec, &mnt]).quorum, None);
+        assert_eq!(mount(&[&spec, &mnt, "--quorum", "auto"]).quorum, Some(2));
+        assert_eq!(mount(&[&spec, &mnt, "--quorum=1"]).quorum, Some(1));
+        assert_eq!(mount(&[&spec, &mnt, "-o", "quorum=auto"]).quorum, Some(2));
+        // The command line wins over -o, "off" included.
+        assert_eq!(
+            mount(&[&spec, &mnt, "-o", "quorum=2", "--quorum", "off"]).quorum,
+            None
+        );
+        let m = fail(&[&spec, &mnt, "--quorum", "3"]);
+        assert!(
+            m.contains("invalid --quorum") && m.contains("give 1 to 2"),
+            "{m}"
+        );
+        let m = fail(&[&spec, &mnt, "--quorum", "0"]);
+        assert!(m.contains("invalid --quorum"), "{m}");
+        let m = fail(&[&spec, &mnt, "--quorum", "most"]);
+        assert!(m.contains("--quorum") && m.contains("'most'"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", "quorum=x"]);
+        assert!(m.contains("quorum=x"), "{m}");
     }
 
     #[test]

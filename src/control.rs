@@ -927,16 +927,28 @@ fn reason_cell(s: &Snapshot, r: &ReplicaSnapshot) -> String {
     }
 }
 
+/// ", quorum 2 met" / ", quorum 2 LOST: mutations refused (EROFS)"; empty without quorum.
+fn quorum_words(s: &Snapshot) -> String {
+    match s.quorum {
+        None => String::new(),
+        Some(q) if s.quorum_lost() => {
+            format!(", quorum {q} LOST: mutations refused (read-only, EROFS)")
+        }
+        Some(q) => format!(", quorum {q} met"),
+    }
+}
+
 /// `chironctl status`: a header with mount point, pid and overall state, then one row per
 /// replica, so an admin sees at a glance which replica is out and why.
 pub fn format_status(s: &Snapshot) -> String {
     let mut out = format!(
-        "chironfs {} (pid {}): {}, {}/{} replicas in service\n",
+        "chironfs {} (pid {}): {}, {}/{} replicas in service{}\n",
         one_line(&s.mountpoint),
         s.pid,
         s.state.as_str(),
         in_service(s),
-        s.replicas.len()
+        s.replicas.len(),
+        quorum_words(s)
     );
     let rows: Vec<Vec<String>> = s
         .replicas
@@ -1130,7 +1142,7 @@ pub fn check_snapshot(s: &Snapshot) -> CheckResult {
         .iter()
         .filter(|r| r.stale && r.state == ReplicaState::InService)
         .collect();
-    let status = if up == 0 {
+    let status = if up == 0 || s.quorum_lost() {
         CheckStatus::Critical
     } else if !out.is_empty() || stale_count > 0 {
         CheckStatus::Warning
@@ -1138,6 +1150,9 @@ pub fn check_snapshot(s: &Snapshot) -> CheckResult {
         CheckStatus::Ok
     };
     let mut text = format!("{up}/{total} replicas in service");
+    if let Some(q) = s.quorum.filter(|_| s.quorum_lost()) {
+        text.push_str(&format!("; quorum lost ({q} needed): mutations refused"));
+    }
     if !out.is_empty() {
         let names: Vec<String> = out
             .iter()
@@ -1255,6 +1270,7 @@ mod tests {
                 time: 200,
                 state: Snapshot::overall_of(&replicas),
                 replicas,
+                quorum: None,
             }
         }
         fn enable(&self, which: &str, force: bool) -> Result<String, String> {
@@ -1705,10 +1721,42 @@ mod tests {
             time: 4723,
             state: Snapshot::overall_of(&replicas),
             replicas,
+            quorum: None,
         }
     }
 
     use ReplicaState::{InService as In, OutOfService as Out};
+
+    #[test]
+    fn quorum_lost_is_critical_and_shown_in_status() {
+        let mut s = snap(&[(In, false), (Out, true), (Out, true)]);
+        s.quorum = Some(2);
+        let c = check_snapshot(&s);
+        assert_eq!(c.status, CheckStatus::Critical);
+        assert!(
+            c.line.starts_with(
+                "CHIRONFS CRITICAL - 1/3 replicas in service; quorum lost (2 needed): mutations refused; out of service:"
+            ),
+            "{}",
+            c.line
+        );
+        let head = format_status(&s);
+        assert!(
+            head.lines().next().unwrap().ends_with(
+                "1/3 replicas in service, quorum 2 LOST: mutations refused (read-only, EROFS)"
+            ),
+            "{head}"
+        );
+        s.replicas[1].state = In;
+        assert_eq!(check_snapshot(&s).status, CheckStatus::Warning);
+        assert!(
+            format_status(&s)
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with(", quorum 2 met")
+        );
+    }
 
     #[test]
     fn check_lines() {

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fs;
 pub mod logging;
 pub mod nodes;
+pub mod quorum;
 pub mod replica;
 pub mod resync;
 pub mod select;

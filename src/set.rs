@@ -36,6 +36,8 @@ pub struct ReplicaSet {
     barrier: RwLock<()>,
     /// The running or last resync.
     resync: Mutex<Option<Arc<Run>>>,
+    /// Replicas a mutation needs in service (`--quorum`; off by default).
+    quorum: crate::quorum::Quorum,
 }
 
 /// Log target for alert-level lines (a replica taken out of service): the logger sends these
@@ -78,7 +80,14 @@ impl ReplicaSet {
             this: Weak::new(),
             barrier: RwLock::new(()),
             resync: Mutex::new(None),
+            quorum: Default::default(),
         }
+    }
+
+    /// The set with a quorum (`--quorum`): mutations are refused with EROFS while fewer
+    /// replicas are in service (see `quorum.rs`).
+    pub fn with_quorum(self, quorum: crate::quorum::Quorum) -> Self {
+        ReplicaSet { quorum, ..self }
     }
 
     /// The set behind an `Arc`, able to run resyncs on a thread of their own.
@@ -312,6 +321,7 @@ impl ReplicaSet {
         let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.note_dirty(op, path, also);
         let targets = self.priority_order();
+        self.quorum.admit(op, targets.len())?;
         if targets.is_empty() {
             return Err(libc::EIO);
         }
@@ -819,12 +829,19 @@ impl ControlHandler for ReplicaSet {
         if let Some(run) = run {
             replicas[run.target].resync = Some(run.snapshot());
         }
+        let in_service = replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::InService)
+            .count();
+        // The status file asks every second: a quorum lost on an idle mount is logged too.
+        self.quorum.observe(in_service);
         Snapshot {
             pid: std::process::id(),
             mountpoint: self.mountpoint.clone(),
             time: now(),
             state: Snapshot::overall_of(&replicas),
             replicas,
+            quorum: self.quorum.required(),
         }
     }
 
@@ -948,6 +965,9 @@ impl ControlHandler for ReplicaSet {
                 "refusing to heal: a resync of {} is running; verify again once it is over",
                 self.replicas[run.target].path.display()
             ));
+        }
+        if !self.quorum.observe(self.priority_order().len()) {
+            return Err("refusing to heal: the quorum is lost (mutations are refused)".into());
         }
         if let Some(&out) = targets.iter().find(|&&i| !self.replicas[i].is_in_service()) {
             return Err(format!(

@@ -112,9 +112,25 @@ pub struct Snapshot {
     pub state: Overall,
     /// One entry per replica, in command-line order.
     pub replicas: Vec<ReplicaSnapshot>,
+    /// Replicas a mutation needs in service (`--quorum`); absent: no quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<usize>,
 }
 
 impl Snapshot {
+    /// Replicas in service.
+    pub fn in_service(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::InService)
+            .count()
+    }
+
+    /// True when a quorum is set and fewer replicas are in service: mutations fail (EROFS).
+    pub fn quorum_lost(&self) -> bool {
+        self.quorum.is_some_and(|q| self.in_service() < q)
+    }
+
     /// Overall health derived from per-replica states: the one rule every consumer shares.
     pub fn overall_of(replicas: &[ReplicaSnapshot]) -> Overall {
         let in_service = replicas
