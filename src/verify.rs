@@ -311,6 +311,10 @@ pub struct Report {
     pub difference_count: u64,
     /// The differences, at most [`MAX_DIFFERENCES`] of them, in walk order.
     pub differences: Vec<Difference>,
+    /// Paths that differed when the walk passed them but agree when compared again right
+    /// after (changed through the mount meanwhile); not reported as differences.
+    #[serde(default)]
+    pub settled: u64,
     /// Paths copied from the reference onto the other replicas (`verify --queue`).
     #[serde(default)]
     pub healed: Vec<String>,
@@ -346,8 +350,13 @@ impl Report {
                 plural(self.differing_paths),
             )
         };
+        let settled = if self.settled > 0 {
+            format!(" ({} changed during the walk and agree now)", self.settled)
+        } else {
+            String::new()
+        };
         format!(
-            "verified {} path{}{content} on {} in {:.1} s: {verdict}",
+            "verified {} path{}{content} on {} in {:.1} s: {verdict}{settled}",
             self.paths,
             plural(self.paths),
             names.join(", "),
@@ -398,6 +407,12 @@ fn human_bytes(n: u64) -> String {
 /// The path inside the mount, as reported.
 fn shown(rel: &Path) -> String {
     format!("/{}", rel.display())
+}
+
+/// The entry is gone (removed or replaced by a concurrent mutation): not an error of the
+/// replica, a difference for the recheck to look at again.
+fn vanished(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
 }
 
 /// A job run on each compared replica.
@@ -452,16 +467,9 @@ pub fn verify(
         },
         links: vec![HashMap::new(); replicas.len()],
     };
-    let mut stack = walk.check(Path::new(""), vec![PathBuf::new()])?;
-    while let Some(dir) = stack.pop() {
-        let paths: Vec<PathBuf> = walk.list(&dir)?.into_iter().map(|n| dir.join(n)).collect();
-        let mut subdirs = Vec::new();
-        for batch in paths.chunks(BATCH) {
-            subdirs.extend(walk.check(&dir, batch.to_vec())?);
-        }
-        // Depth first, in name order.
-        stack.extend(subdirs.into_iter().rev());
-    }
+    let top = walk.check(Path::new(""), vec![PathBuf::new()])?;
+    walk.walk_into(top)?;
+    walk.recheck()?;
     // In path order (the walk reports a directory's entries before its subdirectories').
     walk.report.differences.sort_by(|a, b| a.path.cmp(&b.path));
     walk.report.millis = started.elapsed().as_millis() as u64;
@@ -469,6 +477,60 @@ pub fn verify(
 }
 
 impl Walk<'_> {
+    /// Walks the subtrees of `dirs` (directories on every replica), depth first in name order.
+    fn walk_into(&mut self, dirs: Vec<PathBuf>) -> Result<(), String> {
+        let mut stack: Vec<PathBuf> = dirs.into_iter().rev().collect();
+        while let Some(dir) = stack.pop() {
+            let paths: Vec<PathBuf> = self.list(&dir)?.into_iter().map(|n| dir.join(n)).collect();
+            let mut subdirs = Vec::new();
+            for batch in paths.chunks(BATCH) {
+                subdirs.extend(self.check(&dir, batch.to_vec())?);
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
+
+    /// Compares the differing paths once more, so that a path a mutation was changing while
+    /// the walk passed it (written on one replica, not yet on the other) is not reported when
+    /// it agrees now; counted in `settled`. A path that became a directory everywhere is walked
+    /// into. Skipped when the list was cut at [`MAX_DIFFERENCES`] (no transient noise is that
+    /// large).
+    fn recheck(&mut self) -> Result<(), String> {
+        let r = &mut self.report;
+        if r.identical() || r.differences.len() as u64 != r.difference_count {
+            return Ok(());
+        }
+        let first = std::mem::take(&mut r.differences);
+        let before = r.differing_paths;
+        let paths_seen = r.paths;
+        r.differing_paths = 0;
+        r.difference_count = 0;
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for d in &first {
+            let p = PathBuf::from(d.path.trim_start_matches('/'));
+            if paths.last() != Some(&p) {
+                paths.push(p);
+            }
+        }
+        let walked: BTreeSet<&str> = first
+            .iter()
+            .filter(|d| d.what != "type")
+            .map(|d| d.path.as_str())
+            .collect();
+        let mut new_dirs = Vec::new();
+        for batch in paths.chunks(BATCH) {
+            for dir in self.check(Path::new(""), batch.to_vec())? {
+                // A directory reported with another difference was walked already.
+                if !walked.contains(shown(&dir).as_str()) {
+                    new_dirs.push(dir);
+                }
+            }
+        }
+        self.report.paths = paths_seen;
+        self.report.settled = before.saturating_sub(self.report.differing_paths);
+        self.walk_into(new_dirs)
+    }
     /// Runs `job` on every compared replica's workers under root credentials and waits for
     /// all within the deadline. `what` and `rel` name the step in errors.
     fn on_each<T: Send + 'static>(
@@ -528,7 +590,12 @@ impl Walk<'_> {
         let dir = rel.to_path_buf();
         let job: Job<Vec<OsString>> = Arc::new(move |r: &Replica| {
             let top = dir.as_os_str().is_empty();
-            let entries = sys::read_dir_all(r.root(), &resync::rel_cstr(&dir)?)?;
+            // Removed (or replaced) under the walk by a mutation: nothing to list here; its
+            // entries show as missing on this replica, and the recheck settles them.
+            let entries = match sys::read_dir_all(r.root(), &resync::rel_cstr(&dir)?) {
+                Err(e) if vanished(&e) => Vec::new(),
+                other => other?,
+            };
             Ok(entries
                 .into_iter()
                 .map(|e| e.name)
@@ -552,7 +619,11 @@ impl Walk<'_> {
                 paths
                     .iter()
                     .map(|p| match resync::stat_of(r.root(), p)? {
-                        Some(m) => Ok(Some((m, resync::xattrs_of(r.root(), p)?))),
+                        Some(m) => match resync::xattrs_of(r.root(), p) {
+                            Ok(x) => Ok(Some((m, x))),
+                            Err(e) if vanished(&e) => Ok(None),
+                            Err(e) => Err(e),
+                        },
                         None => Ok(None),
                     })
                     .collect()
@@ -634,7 +705,8 @@ impl Walk<'_> {
         // Read at least once: a file that grew behind the walk's back still shows.
         loop {
             let file = rel.to_path_buf();
-            let job: Job<Vec<u8>> = Arc::new(move |r: &Replica| {
+            // None: the file vanished under the walk (a rename, an unlink).
+            let job: Job<Option<Vec<u8>>> = Arc::new(move |r: &Replica| {
                 let c = resync::rel_cstr(&file)?;
                 let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
                 let fd = match sys::open_beneath(r.root(), &c, flags | libc::O_NOATIME, 0, true) {
@@ -642,10 +714,26 @@ impl Walk<'_> {
                         sys::open_beneath(r.root(), &c, flags, 0, true)
                     }
                     other => other,
-                }?;
-                sys::pread_full(std::os::fd::AsFd::as_fd(&fd), CHUNK, offset)
+                };
+                match fd {
+                    Ok(fd) => {
+                        sys::pread_full(std::os::fd::AsFd::as_fd(&fd), CHUNK, offset).map(Some)
+                    }
+                    Err(e) if vanished(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
             });
             let chunks = self.on_each("read", rel, job)?;
+            if chunks.iter().any(Option::is_none) {
+                // Differs from here on (the recheck compares it again, missing or not).
+                for (m, c) in mismatch.iter_mut().zip(&chunks).skip(1) {
+                    if m.is_none() && (c.is_none() || chunks[0].is_none()) {
+                        *m = Some(offset);
+                    }
+                }
+                break;
+            }
+            let chunks: Vec<Vec<u8>> = chunks.into_iter().flatten().collect();
             bytes += chunks[0].len() as u64;
             for (m, chunk) in mismatch.iter_mut().zip(&chunks).skip(1) {
                 if m.is_none() {

@@ -303,3 +303,61 @@ fn vanished_or_lone_replicas_give_a_clear_error() {
     let out = m.chironctl(&["verify", "--no-such-option"]);
     assert_eq!(code(&out), 2);
 }
+
+#[test]
+fn verify_while_a_writer_works_reports_nothing_outside_its_files() {
+    if !can_mount() {
+        return;
+    }
+    let m = MountBuilder::new(2).start();
+    populate(&m);
+    fs::create_dir(m.path("busy")).unwrap();
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let steps = std::sync::Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, steps, dir) = (stop.clone(), steps.clone(), m.path("busy"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Relaxed) {
+                let f = dir.join(format!("f{}", n % 50));
+                fs::write(&f, vec![b'a' + (n % 26) as u8; (n % 7000) as usize]).unwrap();
+                if n % 3 == 0 {
+                    let _ = fs::rename(&f, dir.join(format!("g{}", n % 20)));
+                }
+                if n % 5 == 0 {
+                    let _ = fs::remove_file(dir.join(format!("g{}", n % 20)));
+                }
+                n += 1;
+                steps.store(n, Relaxed);
+            }
+            n
+        })
+    };
+    let (mut settled, mut rounds) = (0, 0);
+    // Until the writer did a few hundred steps while verifies ran (bounded, for a slow box).
+    while steps.load(Relaxed) < 300 && rounds < 300 {
+        rounds += 1;
+        let out = m.chironctl(&["verify", "--content", "--json"]);
+        assert!(
+            matches!(code(&out), 0 | 1),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let r: Report = serde_json::from_slice(&out.stdout).expect("verify --json parses");
+        for d in &r.differences {
+            assert!(
+                d.path.starts_with("/busy"),
+                "a path nobody writes differs: {d:?}"
+            );
+        }
+        settled += r.settled;
+    }
+    stop.store(true, Relaxed);
+    let writes = writer.join().unwrap();
+    eprintln!("{writes} writer steps during {rounds} verifies; {settled} paths settled on recheck");
+    let out = m.chironctl(&["verify", "--content"]);
+    assert_eq!(code(&out), 0, "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_replicas_identical(&m);
+}
