@@ -322,10 +322,10 @@ fn verify_while_a_writer_works_reports_nothing_outside_its_files() {
             while !stop.load(Relaxed) {
                 let f = dir.join(format!("f{}", n % 50));
                 fs::write(&f, vec![b'a' + (n % 26) as u8; (n % 7000) as usize]).unwrap();
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     let _ = fs::rename(&f, dir.join(format!("g{}", n % 20)));
                 }
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     let _ = fs::remove_file(dir.join(format!("g{}", n % 20)));
                 }
                 n += 1;
