@@ -127,6 +127,11 @@ impl Quorum {
             return true;
         };
         let met = in_service >= q;
+        // Read first: every mutation comes here, and a store would bounce the cache line
+        // between the FUSE threads even when nothing changes.
+        if self.lost.load(Ordering::Acquire) != met {
+            return met;
+        }
         let was_lost = self.lost.swap(!met, Ordering::AcqRel);
         if !met && !was_lost {
             log::error!(

@@ -975,12 +975,7 @@ impl ControlHandler for ReplicaSet {
                 self.replicas[out].path.display()
             ));
         }
-        let mut paths: std::collections::BTreeMap<std::path::PathBuf, bool> = Default::default();
-        for d in &report.differences {
-            let rel = std::path::PathBuf::from(d.path.trim_start_matches('/'));
-            *paths.entry(rel).or_default() |= d.what == "type";
-        }
-        let paths = Arc::new(paths);
+        let paths = Arc::new(crate::verify::heal_paths(&report.differences));
         let _barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
         let source = targets[0];
         for &target in &targets[1..] {

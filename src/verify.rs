@@ -283,6 +283,18 @@ pub fn content_difference(
     })
 }
 
+/// The paths a heal (`verify --queue`) copies, inside the mount without the leading `/`:
+/// each differing path once, `true` (copy its whole subtree) when its type differs, since
+/// the walk did not go below it.
+pub fn heal_paths(differences: &[Difference]) -> BTreeMap<PathBuf, bool> {
+    let mut paths: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    for d in differences {
+        let rel = PathBuf::from(d.path.trim_start_matches('/'));
+        *paths.entry(rel).or_default() |= d.what == "type";
+    }
+    paths
+}
+
 /// A compared replica, in a report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compared {
@@ -936,6 +948,21 @@ mod tests {
         assert_eq!(
             d.describe(),
             "/f: content differs from byte 4096 on /r2 (compared with /r1)"
+        );
+    }
+
+    #[test]
+    fn heal_paths_are_unique_and_recursive_only_for_type_differences() {
+        let a = entry(libc::S_IFREG);
+        let mut b = a.clone();
+        b.meta.size = 1;
+        b.meta.perm = 0o600;
+        let mut diffs = compare("/d/f", &two(Some(&a), Some(&b)));
+        diffs.extend(compare("/x", &two(Some(&entry(libc::S_IFDIR)), None)));
+        let p = heal_paths(&diffs);
+        assert_eq!(
+            p.into_iter().collect::<Vec<_>>(),
+            [(PathBuf::from("d/f"), false), (PathBuf::from("x"), true)]
         );
     }
 

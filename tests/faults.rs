@@ -985,7 +985,13 @@ fn verify_of_a_hung_replica_fails_within_the_deadline() {
     let b = MountBuilder::new(2).timeout(2.0);
     let tmp = b.tmp().to_owned();
     prefill(&tmp.join("r0"));
-    prefill(&tmp.join("r1-src"));
+    // An exact copy (times to the nanosecond): the first verify must find them identical.
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(tmp.join("r0"))
+            .arg(tmp.join("r1-src")),
+    );
     let ff = FaultFs::start(&tmp.join("r1-src"), &tmp.join("r1"));
     let rig = start_rig(b, syslog, Some(ff), vec![]);
     let names = replica_names(&rig);
