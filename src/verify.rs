@@ -73,6 +73,11 @@ pub struct Difference {
     pub what: String,
     /// Each compared replica's value, reference replica first.
     pub values: Vec<Value>,
+    /// The path relative to the replica roots, exactly (`path` is for reading: a name that is
+    /// not UTF-8 is shown lossily there). Set by the walk for the recheck and the heal; not
+    /// sent over the socket.
+    #[serde(skip)]
+    pub rel: PathBuf,
 }
 
 impl Difference {
@@ -195,6 +200,7 @@ fn differs(
     }
     Some(Difference {
         path: path.to_owned(),
+        rel: PathBuf::from(path.trim_start_matches('/')),
         what,
         values: sides
             .iter()
@@ -267,6 +273,7 @@ pub fn content_difference(
     }
     Some(Difference {
         path: path.to_owned(),
+        rel: PathBuf::from(path.trim_start_matches('/')),
         what: "content".into(),
         values: sides
             .iter()
@@ -289,8 +296,7 @@ pub fn content_difference(
 pub fn heal_paths(differences: &[Difference]) -> BTreeMap<PathBuf, bool> {
     let mut paths: BTreeMap<PathBuf, bool> = BTreeMap::new();
     for d in differences {
-        let rel = PathBuf::from(d.path.trim_start_matches('/'));
-        *paths.entry(rel).or_default() |= d.what == "type";
+        *paths.entry(d.rel.clone()).or_default() |= d.what == "type";
     }
     paths
 }
@@ -520,21 +526,20 @@ impl Walk<'_> {
         r.difference_count = 0;
         let mut paths: Vec<PathBuf> = Vec::new();
         for d in &first {
-            let p = PathBuf::from(d.path.trim_start_matches('/'));
-            if paths.last() != Some(&p) {
-                paths.push(p);
+            if paths.last() != Some(&d.rel) {
+                paths.push(d.rel.clone());
             }
         }
-        let walked: BTreeSet<&str> = first
+        let walked: BTreeSet<&Path> = first
             .iter()
             .filter(|d| d.what != "type")
-            .map(|d| d.path.as_str())
+            .map(|d| d.rel.as_path())
             .collect();
         let mut new_dirs = Vec::new();
         for batch in paths.chunks(BATCH) {
             for dir in self.check(Path::new(""), batch.to_vec())? {
                 // A directory reported with another difference was walked already.
-                if !walked.contains(shown(&dir).as_str()) {
+                if !walked.contains(dir.as_path()) {
                     new_dirs.push(dir);
                 }
             }
@@ -692,6 +697,9 @@ impl Walk<'_> {
                 let (mismatch, bytes) = self.compare_content(rel, size)?;
                 self.report.bytes += bytes;
                 diffs.extend(content_difference(&path, &sides, &mismatch));
+            }
+            for d in &mut diffs {
+                d.rel.clone_from(rel); // exact, whatever the name's encoding
             }
             self.report.paths += 1;
             if !diffs.is_empty() {
@@ -1002,6 +1010,8 @@ mod tests {
              verified 12 paths, 3.0 MiB of content on /r1, /r2 in 1.5 s: 1 difference in 1 path\n"
         );
         let json = serde_json::to_string(&r).unwrap();
+        // Everything but the exact relative path, which stays in the daemon.
+        r.differences[0].rel = PathBuf::new();
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), r);
     }
 }

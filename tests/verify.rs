@@ -361,3 +361,31 @@ fn verify_while_a_writer_works_reports_nothing_outside_its_files() {
     assert_eq!(code(&out), 0, "{}{}", text(&out.stdout), text(&out.stderr));
     assert_replicas_identical(&m);
 }
+
+#[test]
+fn a_name_that_is_not_utf8_is_reported_and_healed() {
+    if !can_mount() {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let m = MountBuilder::new(2).start();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fs::write(m.mnt.join(name), b"latin-1 name").unwrap();
+    fs::write(m.replicas[1].join(name), b"LATIN-1 NAME").unwrap();
+    let n = names(&m);
+    let out = m.chironctl(&["verify", "--content"]);
+    let t = text(&out.stdout);
+    assert_eq!(code(&out), 1, "{t}{}", text(&out.stderr));
+    assert!(
+        t.contains(&format!(
+            "/caf\u{fffd}.txt: content differs from byte 0 on {} (compared with {})",
+            n[1], n[0]
+        )),
+        "{t}"
+    );
+    let out = m.chironctl(&["verify", "--content", "--queue"]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let out = m.chironctl(&["verify", "--content"]);
+    assert_eq!(code(&out), 0, "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(fs::read(m.replicas[1].join(name)).unwrap(), b"latin-1 name");
+}
