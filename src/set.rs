@@ -888,6 +888,15 @@ impl ControlHandler for ReplicaSet {
             ));
         }
         self.take_out_because(r.index, "disabled by the administrator".into(), false);
+        let left = self.priority_order().len();
+        if !self.quorum.observe(left) {
+            return Ok(format!(
+                "{} is out of service; quorum lost ({left} of {} in service): mutations fail \
+                 with EROFS until a replica is back",
+                r.path.display(),
+                self.replicas.len()
+            ));
+        }
         Ok(format!("{} is out of service", r.path.display()))
     }
 

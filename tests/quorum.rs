@@ -58,7 +58,13 @@ fn writes_stop_below_the_quorum_and_come_back_with_it() {
         .unwrap();
 
     // 1 of 3: every mutation is refused with EROFS, reads go on.
-    ctl_ok(&m, &["disable", "1"]);
+    let said = ctl_ok(&m, &["disable", "1"]);
+    assert!(
+        said.contains(
+            "is out of service; quorum lost (1 of 3 in service): mutations fail with EROFS"
+        ),
+        "{said}"
+    );
     let erofs = Some(libc::EROFS);
     assert_eq!(
         errno_of(fs::write(m.path("new.txt"), b"x")),
