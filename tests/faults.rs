@@ -1004,6 +1004,14 @@ fn verify_of_a_hung_replica_fails_within_the_deadline() {
         text(&out.stderr)
     );
     rig.faultfs.as_ref().unwrap().set("readdir hang\n");
+    // chironctl's own limit, shorter than the replica deadline: exit 3, saying which.
+    let out = rig.chironctl(&["verify", "--max-time", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("did not end within --max-time 1 s"),
+        "{}",
+        text(&out.stderr)
+    );
     let t0 = Instant::now();
     let (ctl, sock) = (chironctl_bin(), rig.socket.clone());
     let out = in_thread("chironctl verify", Duration::from_secs(30), move || {

@@ -220,6 +220,15 @@ fn run_verify(
     };
     let resp = match control::request_with_timeout(&sock, &req, limit) {
         Ok(r) => r,
+        Err(control::ClientError::Timeout { path }) => {
+            return trouble(
+                3,
+                &format!(
+                    "the verify did not end within --max-time {max_time} s (control socket {})",
+                    path.display()
+                ),
+            );
+        }
         Err(e) => return trouble(3, &e.to_string()),
     };
     let report = match resp.into_result() {
