@@ -65,6 +65,10 @@ pub struct Config {
     /// After a split-brain, the replica (index) whose data wins (`--force-source`,
     /// `-o force_source=`). A u16 (replicas are few) keeps `Config` small.
     pub force_source: Option<u16>,
+    /// Replicas that must be in service for a mutation to be accepted (`--quorum auto|N`,
+    /// `-o quorum=`), resolved against the replica count; None: no quorum (the default). A
+    /// u16 like `force_source`, for the same reason.
+    pub quorum: Option<u16>,
 }
 
 /// Default per-replica deadline (`--timeout`).
@@ -148,7 +152,7 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
             timeout=SECS threads=N passthrough=on|off syslog_socket=PATH
-            force_source=REPLICA
+            force_source=REPLICA quorum=auto|N|off
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
@@ -252,6 +256,12 @@ struct Cli {
     #[arg(long, value_name = "REPLICA")]
     force_source: Option<String>,
 
+    /// Refuse every mutation with EROFS (reads go on) while fewer than this many replicas are
+    /// in service, so two halves of a split set never both write: auto = a majority
+    /// (replicas/2+1), N = 1 to the replica count, off [default: off]
+    #[arg(long, value_name = "auto|N")]
+    quorum: Option<String>,
+
     /// Print this help and exit
     #[arg(short = 'h', long, short_alias = '?', action = ArgAction::Help)]
     help: Option<bool>,
@@ -275,6 +285,7 @@ struct MountOpts {
     passthrough: Option<bool>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
+    quorum: Option<Option<crate::quorum::Setting>>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -297,6 +308,7 @@ struct RawConfig {
     threads: usize,
     passthrough: bool,
     force_source: Option<String>,
+    quorum: Option<crate::quorum::Setting>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -525,6 +537,9 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "status_file" => o.status_file = Some(PathBuf::from(need(value)?)),
             "syslog_socket" => o.syslog_socket = Some(PathBuf::from(need(value)?)),
             "force_source" => o.force_source = Some(need(value)?),
+            "quorum" => {
+                o.quorum = Some(crate::quorum::parse_setting(&need(value)?).map_err(bad)?);
+            }
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
             "passthrough" => o.passthrough = Some(parse_switch(&need(value)?).map_err(bad)?),
@@ -604,6 +619,11 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
         passthrough: cli.passthrough.or(o.passthrough).unwrap_or(true),
         force_source: cli.force_source.or(o.force_source),
+        quorum: match cli.quorum {
+            Some(q) => crate::quorum::parse_setting(&q)
+                .map_err(|e| ConfigError::usage(format!("invalid value for --quorum: {e}")))?,
+            None => o.quorum.flatten(),
+        },
         allow_other: o.allow_other,
         mount_options: o.mount_options,
     })
@@ -785,8 +805,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let quorum = match raw.quorum {
+        None => None,
+        Some(q) => {
+            let n = crate::quorum::required(q, replicas.len())
+                .map_err(|e| ConfigError::new(format!("chironfs: invalid --quorum: {e}")))?;
+            // At most the replica count, which never nears u16::MAX.
+            Some(u16::try_from(n).unwrap_or(u16::MAX))
+        }
+    };
+
     Ok(Config {
         force_source,
+        quorum,
         replicas: replicas
             .into_iter()
             .map(|(_, path, low_priority)| ReplicaSpec { path, low_priority })
@@ -1372,6 +1403,32 @@ mod tests {
         assert!(m.contains("status file"), "{m}");
         let m = fail(&[&spec, &mnt, "-o", &format!("ctl={}", t.p("mnt/c"))]);
         assert!(m.contains("control socket"), "{m}");
+    }
+
+    #[test]
+    fn quorum_is_off_auto_or_a_count_within_the_replicas() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        assert_eq!(mount(&[&spec, &mnt]).quorum, None);
+        assert_eq!(mount(&[&spec, &mnt, "--quorum", "auto"]).quorum, Some(2));
+        assert_eq!(mount(&[&spec, &mnt, "--quorum=1"]).quorum, Some(1));
+        assert_eq!(mount(&[&spec, &mnt, "-o", "quorum=auto"]).quorum, Some(2));
+        // The command line wins over -o, "off" included.
+        assert_eq!(
+            mount(&[&spec, &mnt, "-o", "quorum=2", "--quorum", "off"]).quorum,
+            None
+        );
+        let m = fail(&[&spec, &mnt, "--quorum", "3"]);
+        assert!(
+            m.contains("invalid --quorum") && m.contains("give 1 to 2"),
+            "{m}"
+        );
+        let m = fail(&[&spec, &mnt, "--quorum", "0"]);
+        assert!(m.contains("invalid --quorum"), "{m}");
+        let m = fail(&[&spec, &mnt, "--quorum", "most"]);
+        assert!(m.contains("--quorum") && m.contains("'most'"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", "quorum=x"]);
+        assert!(m.contains("quorum=x"), "{m}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::snapshot::{ControlHandler, ReplicaSnapshot, ReplicaState, Snapshot};
+use crate::verify::Report;
 
 /// Protocol version carried in every response, so a client can refuse a daemon it does not
 /// understand instead of misreading it.
@@ -80,6 +81,34 @@ pub enum Request {
         #[serde(deserialize_with = "string_or_number")]
         replica: String,
     },
+    /// Compare the replicas path by path (`chironctl verify`); answered with a `verify`
+    /// report once the walk is over.
+    Verify {
+        /// Compare only this replica (index or path, in or out of service) with the first
+        /// in-service one; absent: every in-service replica.
+        #[serde(default, deserialize_with = "opt_string_or_number")]
+        replica: Option<String>,
+        /// Compare file content too, not only metadata.
+        #[serde(default)]
+        content: bool,
+        /// Heal: copy each differing path from the first in-service replica onto the others.
+        #[serde(default)]
+        queue: bool,
+    },
+}
+
+/// [`string_or_number`] for an optional field (absent or `null`: None).
+fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        Num(u64),
+    }
+    Ok(Option::<S>::deserialize(d)?.map(|s| match s {
+        S::Str(s) => s,
+        S::Num(n) => n.to_string(),
+    }))
 }
 
 /// Accepts `"1"` and `1` alike, so hand-written requests (`socat`) are not refused for quoting.
@@ -112,6 +141,9 @@ pub struct Response {
     /// Why the request was refused or failed (`ok` is false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Answer to `verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Report>,
 }
 
 impl Response {
@@ -123,6 +155,7 @@ impl Response {
             snapshot: Some(s),
             message: None,
             error: None,
+            verify: None,
         }
     }
 
@@ -134,6 +167,7 @@ impl Response {
             snapshot: None,
             message: Some(m.into()),
             error: None,
+            verify: None,
         }
     }
 
@@ -145,6 +179,15 @@ impl Response {
             snapshot: None,
             message: None,
             error: Some(e.into()),
+            verify: None,
+        }
+    }
+
+    /// A successful answer carrying a verify report.
+    pub fn with_verify(r: Report) -> Self {
+        Response {
+            verify: Some(r),
+            ..Response::with_message("verify done")
         }
     }
 
@@ -175,6 +218,14 @@ pub fn dispatch(handler: &dyn ControlHandler, req: Request) -> Response {
         },
         Request::Resync { replica } => match handler.resync(&replica) {
             Ok(m) => Response::with_message(m),
+            Err(e) => Response::with_error(e),
+        },
+        Request::Verify {
+            replica,
+            content,
+            queue,
+        } => match handler.verify(replica.as_deref(), content, queue) {
+            Ok(r) => Response::with_verify(r),
             Err(e) => Response::with_error(e),
         },
     }
@@ -876,16 +927,28 @@ fn reason_cell(s: &Snapshot, r: &ReplicaSnapshot) -> String {
     }
 }
 
+/// ", quorum 2 met" / ", quorum 2 LOST: mutations refused (EROFS)"; empty without quorum.
+fn quorum_words(s: &Snapshot) -> String {
+    match s.quorum {
+        None => String::new(),
+        Some(q) if s.quorum_lost() => {
+            format!(", quorum {q} LOST: mutations refused (read-only, EROFS)")
+        }
+        Some(q) => format!(", quorum {q} met"),
+    }
+}
+
 /// `chironctl status`: a header with mount point, pid and overall state, then one row per
 /// replica, so an admin sees at a glance which replica is out and why.
 pub fn format_status(s: &Snapshot) -> String {
     let mut out = format!(
-        "chironfs {} (pid {}): {}, {}/{} replicas in service\n",
+        "chironfs {} (pid {}): {}, {}/{} replicas in service{}\n",
         one_line(&s.mountpoint),
         s.pid,
         s.state.as_str(),
         in_service(s),
-        s.replicas.len()
+        s.replicas.len(),
+        quorum_words(s)
     );
     let rows: Vec<Vec<String>> = s
         .replicas
@@ -1079,7 +1142,7 @@ pub fn check_snapshot(s: &Snapshot) -> CheckResult {
         .iter()
         .filter(|r| r.stale && r.state == ReplicaState::InService)
         .collect();
-    let status = if up == 0 {
+    let status = if up == 0 || s.quorum_lost() {
         CheckStatus::Critical
     } else if !out.is_empty() || stale_count > 0 {
         CheckStatus::Warning
@@ -1087,6 +1150,9 @@ pub fn check_snapshot(s: &Snapshot) -> CheckResult {
         CheckStatus::Ok
     };
     let mut text = format!("{up}/{total} replicas in service");
+    if let Some(q) = s.quorum.filter(|_| s.quorum_lost()) {
+        text.push_str(&format!("; quorum lost ({q} needed): mutations refused"));
+    }
     if !out.is_empty() {
         let names: Vec<String> = out
             .iter()
@@ -1204,6 +1270,7 @@ mod tests {
                 time: 200,
                 state: Snapshot::overall_of(&replicas),
                 replicas,
+                quorum: None,
             }
         }
         fn enable(&self, which: &str, force: bool) -> Result<String, String> {
@@ -1654,10 +1721,42 @@ mod tests {
             time: 4723,
             state: Snapshot::overall_of(&replicas),
             replicas,
+            quorum: None,
         }
     }
 
     use ReplicaState::{InService as In, OutOfService as Out};
+
+    #[test]
+    fn quorum_lost_is_critical_and_shown_in_status() {
+        let mut s = snap(&[(In, false), (Out, true), (Out, true)]);
+        s.quorum = Some(2);
+        let c = check_snapshot(&s);
+        assert_eq!(c.status, CheckStatus::Critical);
+        assert!(
+            c.line.starts_with(
+                "CHIRONFS CRITICAL - 1/3 replicas in service; quorum lost (2 needed): mutations refused; out of service:"
+            ),
+            "{}",
+            c.line
+        );
+        let head = format_status(&s);
+        assert!(
+            head.lines().next().unwrap().ends_with(
+                "1/3 replicas in service, quorum 2 LOST: mutations refused (read-only, EROFS)"
+            ),
+            "{head}"
+        );
+        s.replicas[1].state = In;
+        assert_eq!(check_snapshot(&s).status, CheckStatus::Warning);
+        assert!(
+            format_status(&s)
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with(", quorum 2 met")
+        );
+    }
 
     #[test]
     fn check_lines() {

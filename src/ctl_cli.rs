@@ -63,6 +63,30 @@ pub enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Compare the replicas path by path (type, size, mode, owner, mtime, symlink target,
+    /// device, xattrs, hard links; with --content the bytes) while the mount keeps serving.
+    /// Exit 0 identical, 1 differences found, 2 the verify could not be done (a replica hung
+    /// or failed, fewer than two replicas to compare, bad arguments), 3 no answer from the
+    /// daemon.
+    Verify {
+        /// Compare only this replica (index or path; in or out of service) with the first
+        /// in-service replica. Default: every in-service replica.
+        replica: Option<String>,
+        /// Compare file content too (reads every file on every compared replica).
+        #[arg(long)]
+        content: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Heal what differs: copy each differing path from the first in-service replica
+        /// onto the other in-service replicas, under a short write barrier.
+        #[arg(long)]
+        queue: bool,
+        /// Give up waiting for the daemon after this many seconds (0: no limit; every step
+        /// of the walk is already bounded by the replica deadline).
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        max_time: u64,
+    },
     /// Nagios plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Check {
         /// Read this status file instead of asking the control socket (no root needed).
@@ -101,6 +125,19 @@ mod tests {
         assert!(matches!(c.cmd, Cmd::Check { max_age: 30, .. }));
         let c = Cli::try_parse_from(["chironctl", "resync", "1", "--wait"]).unwrap();
         assert!(matches!(c.cmd, Cmd::Resync { ref replica, wait: true } if replica == "1"));
+        let c = Cli::try_parse_from(["chironctl", "verify", "--content", "--json"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Verify {
+                replica: None,
+                content: true,
+                json: true,
+                queue: false,
+                max_time: 0
+            }
+        ));
+        let c = Cli::try_parse_from(["chironctl", "verify", "2", "--queue"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Verify { replica: Some(ref r), queue: true, .. } if r == "2"));
         let c =
             Cli::try_parse_from(["chironctl", "status", "-s", "/tmp/s.sock", "--json"]).unwrap();
         assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/s.sock")));

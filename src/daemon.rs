@@ -148,7 +148,14 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         replicas.push(r);
     }
     let mountpoint = config.mountpoint.display().to_string();
-    let set = ReplicaSet::new(replicas, config.timeout, mountpoint.clone()).shared();
+    let quorum = crate::quorum::Quorum::new(
+        config.quorum.map(usize::from),
+        replicas.len(),
+        mountpoint.clone(),
+    );
+    let set = ReplicaSet::new(replicas, config.timeout, mountpoint.clone())
+        .with_quorum(quorum)
+        .shared();
     recover_state(&set, config.force_source.map(usize::from))?;
     // The control socket first: a second daemon on the same socket is refused before it
     // mounts anything or writes a status file.

@@ -254,7 +254,8 @@ fn at<T>(
     }
 }
 
-fn rel_cstr(rel: &Path) -> io::Result<CString> {
+/// `rel` as a C path for the `*at` calls, the root being "." (shared with `verify`).
+pub fn rel_cstr(rel: &Path) -> io::Result<CString> {
     if rel.as_os_str().is_empty() {
         Ok(c".".to_owned())
     } else {
@@ -262,7 +263,9 @@ fn rel_cstr(rel: &Path) -> io::Result<CString> {
     }
 }
 
-fn stat_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Option<Meta>> {
+/// The metadata of `rel` beneath `root` (never following a symlink), None when it does not
+/// exist; shared with `verify`, which must read entries exactly as the resync compares them.
+pub fn stat_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Option<Meta>> {
     let st = match at(root, rel, sys::lstat_at) {
         Ok(st) => st,
         Err(e) if gone(&e) => return Ok(None),
@@ -276,8 +279,9 @@ fn stat_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Option<Meta>> {
     Ok(Some(Meta::of(&st, link)))
 }
 
-/// The xattrs of an entry as name -> value; none where the filesystem has no xattrs.
-fn xattrs_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+/// The xattrs of an entry as name -> value; none where the filesystem has no xattrs (shared
+/// with `verify`).
+pub fn xattrs_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut out = BTreeMap::new();
     let list = at(root, rel, |dir, name| {
         for _ in 0..4 {

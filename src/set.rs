@@ -36,13 +36,16 @@ pub struct ReplicaSet {
     barrier: RwLock<()>,
     /// The running or last resync.
     resync: Mutex<Option<Arc<Run>>>,
+    /// Replicas a mutation needs in service (`--quorum`; off by default).
+    quorum: crate::quorum::Quorum,
 }
 
 /// Log target for alert-level lines (a replica taken out of service): the logger sends these
 /// at syslog severity ALERT so syslog-based alerting catches them.
 pub const ALERT_TARGET: &str = "chironfs::alert";
 
-fn describe_errno(errno: i32) -> String {
+/// An errno in log and error wording ("EIO (Input/output error)"); shared with `verify`.
+pub(crate) fn describe_errno(errno: i32) -> String {
     format!(
         "{} ({})",
         sys::errno_name(errno),
@@ -77,7 +80,14 @@ impl ReplicaSet {
             this: Weak::new(),
             barrier: RwLock::new(()),
             resync: Mutex::new(None),
+            quorum: Default::default(),
         }
+    }
+
+    /// The set with a quorum (`--quorum`): mutations are refused with EROFS while fewer
+    /// replicas are in service (see `quorum.rs`).
+    pub fn with_quorum(self, quorum: crate::quorum::Quorum) -> Self {
+        ReplicaSet { quorum, ..self }
     }
 
     /// The set behind an `Arc`, able to run resyncs on a thread of their own.
@@ -342,6 +352,7 @@ impl ReplicaSet {
         let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.note_dirty(op, path, also);
         let targets = self.priority_order();
+        self.quorum.admit(op, targets.len())?;
         if targets.is_empty() {
             return Err(libc::EIO);
         }
@@ -849,12 +860,19 @@ impl ControlHandler for ReplicaSet {
         if let Some(run) = run {
             replicas[run.target].resync = Some(run.snapshot());
         }
+        let in_service = replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::InService)
+            .count();
+        // The status file asks every second: a quorum lost on an idle mount is logged too.
+        self.quorum.observe(in_service);
         Snapshot {
             pid: std::process::id(),
             mountpoint: self.mountpoint.clone(),
             time: now(),
             state: Snapshot::overall_of(&replicas),
             replicas,
+            quorum: self.quorum.required(),
         }
     }
 
@@ -901,11 +919,133 @@ impl ControlHandler for ReplicaSet {
             ));
         }
         self.take_out_because(r.index, "disabled by the administrator".into(), false);
+        let left = self.priority_order().len();
+        if !self.quorum.observe(left) {
+            return Ok(format!(
+                "{} is out of service; quorum lost ({left} of {} in service): mutations fail \
+                 with EROFS until a replica is back",
+                r.path.display(),
+                self.replicas.len()
+            ));
+        }
         Ok(format!("{} is out of service", r.path.display()))
     }
 
     fn resync(&self, replica: &str) -> Result<String, String> {
         self.start_resync(replica)
+    }
+
+    /// Runs on the control-socket client's thread (never a FUSE thread); every step of the
+    /// walk runs on the replicas' own workers within the deadline (`verify::verify`).
+    fn verify(
+        &self,
+        replica: Option<&str>,
+        content: bool,
+        heal: bool,
+    ) -> Result<crate::verify::Report, String> {
+        let in_service = self.priority_order();
+        let targets: Vec<usize> = match replica {
+            None => in_service.clone(),
+            Some(name) => {
+                let r = self.find(name)?;
+                let Some(&reference) = in_service.iter().find(|&&i| i != r.index) else {
+                    return Err(format!(
+                        "cannot verify {}: no other replica is in service to compare it with",
+                        r.path.display()
+                    ));
+                };
+                vec![reference, r.index]
+            }
+        };
+        if targets.len() < 2 {
+            let names: Vec<String> = targets
+                .iter()
+                .map(|&i| self.replicas[i].path.display().to_string())
+                .collect();
+            return Err(format!(
+                "cannot verify: {} of {} replicas in service ({}); nothing to compare",
+                targets.len(),
+                self.replicas.len(),
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        for (&i, probe) in targets.iter().zip(self.probe(&targets)) {
+            if let Err(problem) = probe {
+                return Err(format!(
+                    "cannot verify {}: {problem}",
+                    self.replicas[i].path.display()
+                ));
+            }
+        }
+        let replicas: Vec<Arc<Replica>> = targets
+            .iter()
+            .map(|&i| Arc::clone(&self.replicas[i]))
+            .collect();
+        let mut report = crate::verify::verify(&replicas, self.timeout, content)
+            .map_err(|e| format!("verify failed: {e}"))?;
+        if report.identical() {
+            log::info!("{}", report.summary());
+        } else {
+            log::warn!("{}", report.summary());
+        }
+        if !heal || report.identical() {
+            return Ok(report);
+        }
+        // Heal: each differing path copied from the reference (what the mount shows: metadata
+        // is read from it) onto the other replicas, by the resync engine, under the write
+        // barrier so that no mutation runs meanwhile; content is rewritten in place, so open
+        // handles stay valid. Only in-service replicas are healed: an out-of-service one
+        // needs a resync (it also missed what verify cannot see, such as deletions).
+        if let Some(run) = self.current_resync().filter(|r| !r.ended()) {
+            return Err(format!(
+                "refusing to heal: a resync of {} is running; verify again once it is over",
+                self.replicas[run.target].path.display()
+            ));
+        }
+        if !self.quorum.observe(self.priority_order().len()) {
+            return Err("refusing to heal: the quorum is lost (mutations are refused)".into());
+        }
+        if let Some(&out) = targets.iter().find(|&&i| !self.replicas[i].is_in_service()) {
+            return Err(format!(
+                "refusing to heal {}: it is out of service; `chironctl resync` it instead",
+                self.replicas[out].path.display()
+            ));
+        }
+        let paths = Arc::new(crate::verify::heal_paths(&report.differences));
+        let _barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+        let source = targets[0];
+        for &target in &targets[1..] {
+            let run = Run::new(source, target);
+            let engine = Arc::new(Mutex::new(Engine::new(
+                Arc::clone(&self.replicas[source]),
+                Arc::clone(&self.replicas[target]),
+                Arc::clone(&run.progress),
+                Arc::clone(&run.cancel),
+            )));
+            let paths = Arc::clone(&paths);
+            self.supervised(&run, &engine, move |e| {
+                e.set_tolerant(false);
+                e.sync_dirty(&paths)
+            })
+            .map_err(|e| {
+                format!(
+                    "heal of {} failed: {e}",
+                    self.replicas[target].path.display()
+                )
+            })?;
+        }
+        report.healed = paths.keys().map(|p| format!("/{}", p.display())).collect();
+        log::warn!(
+            "verify healed {} path(s) from {} on {}",
+            report.healed.len(),
+            self.replicas[source].path.display(),
+            self.mountpoint
+        );
+        Ok(report)
     }
 }
 

@@ -112,9 +112,25 @@ pub struct Snapshot {
     pub state: Overall,
     /// One entry per replica, in command-line order.
     pub replicas: Vec<ReplicaSnapshot>,
+    /// Replicas a mutation needs in service (`--quorum`); absent: no quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<usize>,
 }
 
 impl Snapshot {
+    /// Replicas in service.
+    pub fn in_service(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::InService)
+            .count()
+    }
+
+    /// True when a quorum is set and fewer replicas are in service: mutations fail (EROFS).
+    pub fn quorum_lost(&self) -> bool {
+        self.quorum.is_some_and(|q| self.in_service() < q)
+    }
+
     /// Overall health derived from per-replica states: the one rule every consumer shares.
     pub fn overall_of(replicas: &[ReplicaSnapshot]) -> Overall {
         let in_service = replicas
@@ -144,5 +160,18 @@ pub trait ControlHandler: Send + Sync {
     /// in service; its progress shows in the snapshot. Ok carries a one-line message.
     fn resync(&self, replica: &str) -> Result<String, String> {
         Err(format!("cannot resync {replica}: not supported here"))
+    }
+    /// Compares replicas path by path (`chironctl verify`): every in-service replica, or only
+    /// `replica` against the first in-service one; `content` compares file bytes too;
+    /// `heal` then copies each differing path from the first in-service replica onto the
+    /// others. Err: why it could not compare (a replica hung or failed, nothing to compare).
+    fn verify(
+        &self,
+        replica: Option<&str>,
+        content: bool,
+        heal: bool,
+    ) -> Result<crate::verify::Report, String> {
+        let _ = (replica, content, heal);
+        Err("cannot verify: not supported here".into())
     }
 }

@@ -47,6 +47,11 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(out, "time={}", s.time);
     let _ = writeln!(out, "state={}", s.state.as_str());
     let _ = writeln!(out, "replicas={}", s.replicas.len());
+    if let Some(q) = s.quorum {
+        let _ = writeln!(out, "quorum={q}");
+        let state = if s.quorum_lost() { "lost" } else { "met" };
+        let _ = writeln!(out, "quorum_state={state}");
+    }
     for r in &s.replicas {
         let n = r.index;
         let _ = writeln!(out, "replica.{n}.path={}", sanitize_value(&r.path));
@@ -216,12 +221,17 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
             },
         });
     }
+    let quorum = match top.get("quorum") {
+        None => None,
+        Some(v) => Some(num(v, "quorum")?),
+    };
     Ok(Snapshot {
         pid,
         mountpoint,
         time,
         state,
         replicas,
+        quorum,
     })
 }
 
@@ -376,6 +386,7 @@ mod tests {
             time: 1_700_000_200,
             state: Snapshot::overall_of(&replicas),
             replicas,
+            quorum: None,
         }
     }
 
@@ -409,6 +420,19 @@ replica.1.writes=30
 replica.1.errors=4
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn quorum_is_rendered_and_parsed_back() {
+        let mut s = sample();
+        s.quorum = Some(2);
+        let text = render(&s);
+        assert!(text.contains("\nquorum=2\nquorum_state=lost\n"), "{text}");
+        assert_eq!(parse(&text).unwrap(), s);
+        s.quorum = Some(1);
+        assert!(render(&s).contains("\nquorum=1\nquorum_state=met\n"));
+        // Absent: no quorum (and older files).
+        assert_eq!(parse(&render(&sample())).unwrap().quorum, None);
     }
 
     #[test]

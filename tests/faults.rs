@@ -975,6 +975,74 @@ fn files_open_on_a_hung_replica_do_not_tie_up_the_daemon() {
 }
 
 #[test]
+fn verify_of_a_hung_replica_fails_within_the_deadline() {
+    if !can_mount() {
+        return;
+    }
+    // Only directory listings hang on replica 1: the health check passes, the mount serves,
+    // and the verify walk is what meets the hang.
+    let syslog = Syslog::start();
+    let b = MountBuilder::new(2).timeout(2.0);
+    let tmp = b.tmp().to_owned();
+    prefill(&tmp.join("r0"));
+    // An exact copy (times to the nanosecond): the first verify must find them identical.
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(tmp.join("r0"))
+            .arg(tmp.join("r1-src")),
+    );
+    let ff = FaultFs::start(&tmp.join("r1-src"), &tmp.join("r1"));
+    let rig = start_rig(b, syslog, Some(ff), vec![]);
+    let names = replica_names(&rig);
+    let out = rig.chironctl(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    rig.faultfs.as_ref().unwrap().set("readdir hang\n");
+    // chironctl's own limit, shorter than the replica deadline: exit 3, saying which.
+    let out = rig.chironctl(&["verify", "--max-time", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("did not end within --max-time 1 s"),
+        "{}",
+        text(&out.stderr)
+    );
+    let t0 = Instant::now();
+    let (ctl, sock) = (chironctl_bin(), rig.socket.clone());
+    let out = in_thread("chironctl verify", Duration::from_secs(30), move || {
+        Command::new(ctl)
+            .arg("-s")
+            .arg(sock)
+            .arg("verify")
+            .output()
+            .unwrap()
+    });
+    eprintln!("verify of a hung replica ended in {:?}", t0.elapsed());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}{err}", text(&out.stdout));
+    assert!(
+        err.contains(&format!(
+            "{} gave no answer within 2.0 s to list /",
+            names[1]
+        )) && err.contains("hung?"),
+        "{err}"
+    );
+    // The daemon still answers, and the mount still writes.
+    assert_eq!(rig.snapshot().replicas.len(), 2);
+    let mnt = rig.mnt.clone();
+    in_thread(
+        "write after the verify",
+        Duration::from_secs(15),
+        move || fs::write(mnt.join("new/after-verify"), b"x").unwrap(),
+    );
+}
+
+#[test]
 fn a_hung_last_replica_is_kept_and_the_mount_recovers_with_its_server() {
     if !can_mount() {
         return;

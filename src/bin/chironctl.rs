@@ -133,7 +133,7 @@ fn run(cli: &Cli) -> Result<String, String> {
             out(&format!("{started}\n"));
             wait_resync(cli, replica)
         }
-        Cmd::Check { .. } => unreachable!("handled in main"),
+        Cmd::Check { .. } | Cmd::Verify { .. } => unreachable!("handled in main"),
     }
 }
 
@@ -189,6 +189,63 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
     }
 }
 
+/// `chironctl verify`: prints the report (text or JSON) and returns the exit code: 0
+/// identical, 1 differences, 2 the daemon could not verify, 3 no answer from the daemon.
+fn run_verify(
+    cli: &Cli,
+    replica: Option<&str>,
+    content: bool,
+    json: bool,
+    queue: bool,
+    max_time: u64,
+) -> ExitCode {
+    let trouble = |code: u8, msg: &str| {
+        eprintln!("chironctl: {msg}");
+        ExitCode::from(code)
+    };
+    let sock = match socket_path(cli) {
+        Ok(s) => s,
+        Err(e) => return trouble(3, &e),
+    };
+    let req = Request::Verify {
+        replica: replica.map(absolute),
+        content,
+        queue,
+    };
+    let limit = if max_time == 0 {
+        // No limit of our own: the daemon bounds each step by the replica deadline.
+        std::time::Duration::from_secs(u64::from(u32::MAX))
+    } else {
+        std::time::Duration::from_secs(max_time)
+    };
+    let resp = match control::request_with_timeout(&sock, &req, limit) {
+        Ok(r) => r,
+        Err(control::ClientError::Timeout { path }) => {
+            return trouble(
+                3,
+                &format!(
+                    "the verify did not end within --max-time {max_time} s (control socket {})",
+                    path.display()
+                ),
+            );
+        }
+        Err(e) => return trouble(3, &e.to_string()),
+    };
+    let report = match resp.into_result() {
+        Ok(r) => r.verify,
+        Err(e) => return trouble(2, &e),
+    };
+    let Some(report) = report else {
+        return trouble(3, "the daemon answered without a verify report");
+    };
+    out(&if json {
+        to_json(&report)
+    } else {
+        report.format()
+    });
+    ExitCode::from(if report.identical() { 0 } else { 1 })
+}
+
 /// A replica given as a relative path is made absolute here: the daemon's working directory is
 /// `/`. An index (all digits) is passed as is. No stat: the replica may be a hung mount.
 fn absolute(replica: &str) -> String {
@@ -209,9 +266,16 @@ fn main() -> ExitCode {
             if !e.use_stderr() {
                 return ExitCode::SUCCESS; // --help, --version
             }
-            // A usage error in a Nagios check must read UNKNOWN, not WARNING/CRITICAL.
-            let is_check = std::env::args().skip(1).any(|a| a == "check");
-            return ExitCode::from(if is_check { 3 } else { 1 });
+            // A usage error in a Nagios check must read UNKNOWN, not WARNING/CRITICAL; in a
+            // verify, trouble (2), not "differences" (1).
+            let is = |cmd: &str| std::env::args().skip(1).any(|a| a == cmd);
+            return ExitCode::from(if is("check") {
+                3
+            } else if is("verify") {
+                2
+            } else {
+                1
+            });
         }
     };
     if let Cmd::Check {
@@ -222,6 +286,16 @@ fn main() -> ExitCode {
         let r = run_check(&cli, status_file.as_deref(), *max_age);
         out(&format!("{}\n", r.line));
         return ExitCode::from(r.status.exit_code() as u8);
+    }
+    if let Cmd::Verify {
+        replica,
+        content,
+        json,
+        queue,
+        max_time,
+    } = &cli.cmd
+    {
+        return run_verify(&cli, replica.as_deref(), *content, *json, *queue, *max_time);
     }
     match run(&cli) {
         Ok(text) => {

@@ -1,0 +1,202 @@
+//! `--quorum` on real mounts: with 3 replicas and `--quorum auto` (2), taking replicas out
+//! one by one keeps writes working while 2 are in service, then refuses every mutation with
+//! EROFS while reads go on; the loss is logged once at ALERT and shown by `chironctl status`,
+//! the status file and `chironctl check` (CRITICAL); putting a replica back brings writes
+//! back. A quorum the replicas cannot meet is refused at mount.
+mod common;
+use common::*;
+
+use std::fs;
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn ctl_ok(m: &Mount, args: &[&str]) -> String {
+    let out = m.chironctl(args);
+    assert!(
+        out.status.success(),
+        "chironctl {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn writes_stop_below_the_quorum_and_come_back_with_it() {
+    if !can_mount() {
+        return;
+    }
+    let m = MountBuilder::new(3).arg("--quorum").arg("auto").start();
+    fs::write(m.path("kept.txt"), b"written with 3 in service").unwrap();
+    let status = ctl_ok(&m, &["status"]);
+    assert!(
+        status
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("3/3 replicas in service, quorum 2 met"),
+        "{status}"
+    );
+    assert_eq!(m.status_file_snapshot().quorum, Some(2));
+
+    // 2 of 3: still a quorum.
+    ctl_ok(&m, &["disable", "2"]);
+    fs::write(m.path("two.txt"), b"written with 2 in service").unwrap();
+    // A file opened for writing while the quorum holds.
+    let mut open = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("kept.txt"))
+        .unwrap();
+
+    // 1 of 3: every mutation is refused with EROFS, reads go on.
+    let said = ctl_ok(&m, &["disable", "1"]);
+    assert!(
+        said.contains(
+            "is out of service; quorum lost (1 of 3 in service): mutations fail with EROFS"
+        ),
+        "{said}"
+    );
+    let erofs = Some(libc::EROFS);
+    assert_eq!(
+        errno_of(fs::write(m.path("new.txt"), b"x")),
+        erofs,
+        "create"
+    );
+    assert_eq!(errno_of(fs::create_dir(m.path("dir"))), erofs, "mkdir");
+    assert_eq!(
+        errno_of(fs::rename(m.path("two.txt"), m.path("moved.txt"))),
+        erofs,
+        "rename"
+    );
+    assert_eq!(
+        errno_of(fs::remove_file(m.path("two.txt"))),
+        erofs,
+        "unlink"
+    );
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().append(true).open(m.path("kept.txt"))),
+        erofs,
+        "open for writing"
+    );
+    assert_eq!(
+        errno_of(open.write_all(b"more").and_then(|()| open.flush())),
+        erofs,
+        "write"
+    );
+    // fsync (and the flush of close) too: the set counts them as mutations.
+    assert_eq!(errno_of(open.sync_all()), erofs, "fsync");
+    drop(open);
+    assert_eq!(
+        fs::read(m.path("kept.txt")).unwrap(),
+        b"written with 3 in service"
+    );
+    assert_eq!(
+        fs::read(m.path("two.txt")).unwrap(),
+        b"written with 2 in service"
+    );
+    assert!(!m.path("new.txt").exists());
+    assert!(
+        !m.on(0, "new.txt").exists(),
+        "a refused create reached a replica"
+    );
+
+    // Shown everywhere, logged once.
+    let status = ctl_ok(&m, &["status"]);
+    assert!(
+        status.lines().next().unwrap().ends_with(
+            "1/3 replicas in service, quorum 2 LOST: mutations refused (read-only, EROFS)"
+        ),
+        "{status}"
+    );
+    let out = m.chironctl(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with(
+            "CHIRONFS CRITICAL - 1/3 replicas in service; quorum lost (2 needed): mutations refused"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(
+            &m.status_file
+        )
+        .unwrap()
+        .contains("\nquorum=2\nquorum_state=lost\n")),
+        "{}",
+        fs::read_to_string(&m.status_file).unwrap()
+    );
+    let out = Command::new(chironctl_bin())
+        .args(["check", "--status-file"])
+        .arg(&m.status_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let log = m.log_text();
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("quorum lost on"))
+        .collect();
+    assert_eq!(lost.len(), 1, "one line per transition:\n{log}");
+    assert!(
+        lost[0].contains("ALERT") && lost[0].contains("1 of 3 replicas in service, 2 needed"),
+        "{}",
+        lost[0]
+    );
+
+    // Replica 1 missed nothing (the refused mutations ran nowhere): it comes back without
+    // --force, and with it the quorum.
+    ctl_ok(&m, &["enable", "1"]);
+    fs::write(m.path("new.txt"), b"after the quorum came back").unwrap();
+    fs::rename(m.path("two.txt"), m.path("moved.txt")).unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            fs::read(m.on(i, "new.txt")).unwrap(),
+            b"after the quorum came back"
+        );
+        assert!(m.on(i, "moved.txt").exists());
+    }
+    let log = m.log_text();
+    assert!(log.contains("quorum regained on"), "{log}");
+    let out = m.chironctl(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+}
+
+#[test]
+fn a_quorum_the_replicas_cannot_meet_is_refused_at_mount() {
+    if !can_mount() {
+        return;
+    }
+    let b = MountBuilder::new(3);
+    let dir = b.tmp().to_owned();
+    let spec = b.spec();
+    let mnt = dir.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    for q in ["4", "0", "most"] {
+        let out = Command::new(chironfs_bin())
+            .args(["-f", "--quorum", q, &spec])
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "--quorum {q} was accepted");
+        assert!(err.contains("--quorum"), "--quorum {q}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!is_mounted(&mnt));
+    }
+    let help = Command::new(chironfs_bin()).arg("--help").output().unwrap();
+    assert!(
+        text(&help.stdout).contains("--quorum <auto|N>"),
+        "{}",
+        text(&help.stdout)
+    );
+}
