@@ -99,7 +99,8 @@ pub fn format_duration(secs: u64) -> String {
 
 /// A token bucket: `rate` bytes per second on average, bursts of at most a quarter second's
 /// worth. Spending more than the bucket holds goes into debt; the caller waits the returned
-/// time, which is how the copy loop is held to the rate.
+/// time, which is how the copy loop is held to the rate. It starts empty, so not even the
+/// first quarter second goes above the rate.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     rate: u64,
@@ -109,13 +110,13 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket at `now`; `rate` 0 means no limit.
+    /// An empty bucket at `now`; `rate` 0 means no limit.
     pub fn new(rate: u64, now: Instant) -> Self {
         let capacity = (rate as f64 * BURST_SECONDS).max(1.0);
         TokenBucket {
             rate,
             capacity,
-            tokens: capacity,
+            tokens: 0.0,
             last: now,
         }
     }
@@ -160,10 +161,13 @@ const SMOOTHING_SECONDS: f64 = 5.0;
 /// Samples closer together than this are ignored (the rate of a few milliseconds is noise).
 const MIN_SAMPLE_GAP: Duration = Duration::from_millis(500);
 
-/// Smoothed rates (bytes/s and entries/s) from counters sampled now and then: an exponential
-/// moving average over irregular intervals, fed by whoever looks (status file, `chironctl`).
+/// Smoothed rates (bytes/s and entries/s) from counters sampled now and then, fed by whoever
+/// looks (status file, health check, `chironctl`): for the first few seconds the average since
+/// the first sample (one short window is noise), then an exponential moving average over
+/// irregular intervals.
 #[derive(Clone, Debug, Default)]
 pub struct RateMeter {
+    first: Option<(Instant, u64, u64)>,
     last: Option<(Instant, u64, u64)>,
     rates: Option<(f64, f64)>,
 }
@@ -172,21 +176,28 @@ impl RateMeter {
     /// Feeds the counters' values at `now` and returns the smoothed (bytes/s, entries/s); zero
     /// until two samples at least half a second apart were seen.
     pub fn sample(&mut self, now: Instant, bytes: u64, entries: u64) -> (u64, u64) {
-        let Some((t, b, e)) = self.last else {
-            self.last = Some((now, bytes, entries));
+        let (Some(first), Some((t, b, e))) = (self.first, self.last) else {
+            self.first = Some((now, bytes, entries));
+            self.last = self.first;
             return (0, 0);
         };
         let dt = now.saturating_duration_since(t);
         if dt >= MIN_SAMPLE_GAP {
-            let secs = dt.as_secs_f64();
-            let inst = (
-                bytes.saturating_sub(b) as f64 / secs,
-                entries.saturating_sub(e) as f64 / secs,
-            );
-            let alpha = 1.0 - (-secs / SMOOTHING_SECONDS).exp();
+            let rate = |(t, b, e): (Instant, u64, u64)| {
+                let secs = now.saturating_duration_since(t).as_secs_f64();
+                (
+                    bytes.saturating_sub(b) as f64 / secs,
+                    entries.saturating_sub(e) as f64 / secs,
+                )
+            };
+            let since_first = now.saturating_duration_since(first.0).as_secs_f64();
             self.rates = Some(match self.rates {
-                None => inst,
-                Some((rb, re)) => (rb + alpha * (inst.0 - rb), re + alpha * (inst.1 - re)),
+                Some((rb, re)) if since_first > SMOOTHING_SECONDS => {
+                    let inst = rate((t, b, e));
+                    let alpha = 1.0 - (-dt.as_secs_f64() / SMOOTHING_SECONDS).exp();
+                    (rb + alpha * (inst.0 - rb), re + alpha * (inst.1 - re))
+                }
+                _ => rate(first),
             });
             self.last = Some((now, bytes, entries));
         }
@@ -263,11 +274,11 @@ mod tests {
         let rate = 1 << 20;
         let mut b = TokenBucket::new(rate, t0);
         assert_eq!(b.chunk(), rate / 4);
-        // The burst is free, then every chunk costs its time.
-        assert_eq!(b.take(rate / 4, t0), Duration::ZERO);
+        // It starts empty: every chunk costs its time, the first one too.
         let wait = b.take(rate / 4, t0);
         assert!((wait.as_secs_f64() - 0.25).abs() < 1e-6, "{wait:?}");
-        // Copying 8 MiB as fast as the waits allow takes 8 s less the burst.
+        assert_eq!(b.take(0, t0 + wait), Duration::ZERO);
+        // Copying 8 MiB as fast as the waits allow takes 8 s (the last wait included).
         let mut b = TokenBucket::new(rate, t0);
         let mut now = t0;
         let mut copied = 0;
@@ -277,7 +288,7 @@ mod tests {
             copied += n;
         }
         let took = now.duration_since(t0).as_secs_f64();
-        assert!((7.7..=7.8).contains(&took), "{took}");
+        assert!((7.99..=8.01).contains(&took), "{took}");
         // Idle time refills at most a full bucket.
         let later = now + Duration::from_secs(100);
         assert_eq!(b.take(rate / 4, later), Duration::ZERO);
@@ -300,13 +311,17 @@ mod tests {
         assert_eq!(m.sample(s(1.0), 1000, 100), (1000, 100));
         // Steady: stays.
         assert_eq!(m.sample(s(2.0), 2000, 200), (1000, 100));
-        // A stall pulls it down gradually, not to zero at once.
-        let (b, e) = m.sample(s(3.0), 2000, 200);
-        assert!(
-            (800..=850).contains(&b) && (80..=85).contains(&e),
-            "{b} {e}"
-        );
-        let (b, _) = m.sample(s(30.0), 2000, 200);
+        // A stall in the first seconds: the average since the start.
+        assert_eq!(m.sample(s(3.0), 2000, 200), (667, 67));
+        // Later, a moving average: back to steady, then a stall pulls it down gradually.
+        for i in 4..=20 {
+            m.sample(s(i as f64), 2000 + 1000 * (i - 3), 200);
+        }
+        let (b, _) = m.sample(s(21.0), 20000, 200);
+        assert!((980..=1010).contains(&b), "{b}");
+        let (b, e) = m.sample(s(22.0), 20000, 200);
+        assert!((800..=850).contains(&b) && e < 10, "{b} {e}");
+        let (b, _) = m.sample(s(60.0), 20000, 200);
         assert!(b < 10, "{b}");
     }
 

@@ -61,17 +61,44 @@ fn the_rate_limit_holds_by_default_and_per_run() {
     assert!(took >= Duration::from_millis(1700), "{took:?}: {out}");
     assert!(took < Duration::from_secs(40), "{took:?}");
     assert!(out.contains("back in service"), "{out}");
-    // Per run: 8 MiB at 2 MiB/s takes at least ~3.75 s.
-    miss_content(&m, "b", 8);
-    let (took, out) = timed_resync(&m, &["--rate", "2M"]);
-    eprintln!("8 MiB at --rate 2M: {took:?}");
-    assert!(took >= Duration::from_millis(3500), "{took:?}: {out}");
-    assert!(took < Duration::from_secs(60), "{took:?}");
     // Not a TTY: plain progress lines, then the end.
     assert!(
-        out.contains("resync of ") && out.contains("done: "),
+        out.contains("resync of ") && out.contains("running (copying): "),
         "{out}"
     );
+    assert!(!out.contains('\r'), "{out:?}");
+    // Per run, on a terminal (script(1) gives it a pty): 8 MiB at 2 MiB/s takes at least
+    // ~3.75 s, shown as one updating progress-bar line.
+    miss_content(&m, "b", 8);
+    let cmd = format!(
+        "{} -s {} resync 1 --wait --rate 2M",
+        chironctl_bin().display(),
+        m.socket.display()
+    );
+    let t = Instant::now();
+    let run = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("COLUMNS", "100")
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    eprintln!("8 MiB at --rate 2M: {took:?}");
+    assert!(run.status.success(), "{out}");
+    assert!(took >= Duration::from_millis(3500), "{took:?}: {out}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let bars: Vec<&str> = out
+        .split("\r\x1b[K")
+        .filter(|l| l.starts_with('['))
+        .collect();
+    assert!(bars.len() >= 3, "{out:?}");
+    assert!(
+        bars.iter()
+            .all(|b| b.contains("% ") && b.contains("entries") && b.chars().count() <= 99),
+        "{bars:?}"
+    );
+    assert!(bars.iter().any(|b| b.contains("ETA ")), "{bars:?}");
+    assert!(out.contains("back in service"), "{out:?}");
     // And without a limit for this run it is much faster than the limited ones.
     miss_content(&m, "c", 8);
     let (fast, _) = timed_resync(&m, &["--rate", "0"]);
@@ -97,9 +124,11 @@ fn progress_shows_total_rate_and_eta_while_running() {
             fs::write(m.path(&format!("d{d}/f{f}")), b"small").unwrap();
         }
     }
-    miss_content(&m, "big", 12);
+    // Named to come last in the walk: the small entries are checked first, then the copy.
+    miss_content(&m, "zbig", 12);
     let started = ctl_ok(&m, &["resync", "1", "--rate", "2M"]);
     assert!(started.contains("rate limit: 2.0 MiB/s"), "{started}");
+    let t0 = Instant::now();
     // Wait until the rates are measured (two samples half a second apart at least).
     let mut seen = None;
     assert!(
@@ -115,7 +144,7 @@ fn progress_shows_total_rate_and_eta_while_running() {
         "no rate and ETA while running: {seen:?}"
     );
     let p = seen.unwrap();
-    // The pre-count: the root, 5 directories of 40 files, "big" and its 12 files.
+    // The pre-count: the root, 5 directories of 40 files, "zbig" and its 12 files.
     assert_eq!(p.total, Some(1 + 5 + 200 + 1 + 12), "{p:?}");
     assert_eq!(p.rate_limit, 2 * MIB);
     assert!(
@@ -156,7 +185,14 @@ fn progress_shows_total_rate_and_eta_while_running() {
     assert!(wait_until(Duration::from_secs(60), || {
         m.snapshot().replicas[1].state == ReplicaState::InService
     }));
+    eprintln!("12 MiB and 200 files at 2 MiB/s: {:?}", t0.elapsed());
     assert_replicas_identical(&m);
+    // Milestones were logged on the way.
+    let log = m.log_text();
+    assert!(
+        log.contains(": running (copying): ") && log.contains("% of 219 entries"),
+        "{log}"
+    );
     let s = m.snapshot();
     let p = s.replicas[1].resync.as_ref().unwrap();
     assert_eq!((p.state.as_str(), p.eta), ("done", None));
