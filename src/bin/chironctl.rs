@@ -13,7 +13,7 @@ use chironfs::config;
 use chironfs::control::{self, CheckResult, Request};
 use chironfs::ctl_cli::{Cli, Cmd};
 use chironfs::resync_view;
-use chironfs::snapshot::Snapshot;
+use chironfs::snapshot::{ReplicaSnapshot, Snapshot};
 
 /// Canonical form of a mount point. A FUSE mount whose daemon died answers ENOTCONN to
 /// stat(2), so fall back to canonicalizing the parent and appending the last component.
@@ -125,6 +125,19 @@ fn run(cli: &Cli) -> Result<String, String> {
             wait,
             rate,
         } => {
+            // Already running (started by hand or by --auto-resync): --wait follows it.
+            if *wait {
+                let s = snapshot_of(ask(cli, &Request::Status)?)?;
+                let running = find_replica(&s, replica)
+                    .filter(|r| r.resync.as_ref().is_some_and(|p| p.state == "running"));
+                if let Some(r) = running {
+                    out(&format!(
+                        "following the resync of {} already running\n",
+                        r.path
+                    ));
+                    return wait_resync(cli, replica);
+                }
+            }
             let r = ask(
                 cli,
                 &Request::Resync {
@@ -156,19 +169,11 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
         .ok()
         .and_then(|c| c.parse::<usize>().ok())
         .map_or(79, |c| c.saturating_sub(1));
-    let wanted = absolute(replica);
     let mut last_phase = None;
     let mut last_plain: Option<Instant> = None;
     loop {
         let s = snapshot_of(ask(cli, &Request::Status)?)?;
-        let r = s
-            .replicas
-            .iter()
-            .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
-            .or_else(|| {
-                // A path given another way (symlink): the replica with a resync running.
-                s.replicas.iter().find(|r| r.resync.is_some())
-            })
+        let r = find_replica(&s, replica)
             .ok_or_else(|| format!("no replica '{replica}' in the daemon's status"))?;
         let p = r
             .resync
@@ -203,6 +208,16 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The replica `replica` (index or path) names in a snapshot; for a path given another way (a
+/// symlink), the replica with a resync.
+fn find_replica<'a>(s: &'a Snapshot, replica: &str) -> Option<&'a ReplicaSnapshot> {
+    let wanted = absolute(replica);
+    s.replicas
+        .iter()
+        .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
+        .or_else(|| s.replicas.iter().find(|r| r.resync.is_some()))
 }
 
 /// A replica given as a relative path is made absolute here: the daemon's working directory is
