@@ -5,7 +5,9 @@
 //! Rules: never a replica the administrator took out (until the administrator asks for a
 //! resync of it); only after its root answered two health checks in a row (a replica that
 //! flaps does not get a resync per blink); after a failed resync (automatic or not) wait 5 s,
-//! then 10 s, 20 s ... up to 10 minutes, so a failing target never loops hot.
+//! then 10 s, 20 s ... up to 10 minutes, so a failing target never loops hot. A replica that
+//! falls out of service again within [`STABLE_AFTER`] of a successful resync (a disk that
+//! fails reads only, say) counts as a failure too: it backs off the same way.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,8 @@ pub const STEADY_CHECKS: u32 = 2;
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest wait between automatic attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// How long a resynced replica must stay in service for its back-off to start over.
+pub const STABLE_AFTER: Duration = Duration::from_secs(600);
 
 /// The wait after `failures` failed resyncs in a row (at least one).
 pub fn backoff(failures: u32) -> Duration {
@@ -33,6 +37,19 @@ pub struct AutoResync {
     not_before: Option<Instant>,
     /// Health checks passed in a row while out of service.
     steady: u32,
+    /// When its last resync succeeded.
+    last_success: Option<Instant>,
+}
+
+/// What the health check does with a returning replica after probing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing yet.
+    Wait,
+    /// Start an automatic resync now.
+    Start,
+    /// It fell out again soon after its last resync: no resync before this wait is over.
+    Flapping(Duration),
 }
 
 impl AutoResync {
@@ -52,14 +69,27 @@ impl AutoResync {
         !self.held && self.not_before.is_none_or(|t| now >= t)
     }
 
-    /// The probe's outcome at this health check; true when a resync should start now.
-    pub fn probed(&mut self, reachable: bool) -> bool {
+    /// The probe's outcome at this health check, at `now`: whether a resync starts.
+    pub fn probed(&mut self, reachable: bool, now: Instant) -> Verdict {
         if !reachable {
             self.steady = 0;
-            return false;
+            return Verdict::Wait;
         }
         self.steady += 1;
-        self.steady >= STEADY_CHECKS
+        if self.steady < STEADY_CHECKS {
+            return Verdict::Wait;
+        }
+        match self.last_success.take() {
+            Some(t) if now.saturating_duration_since(t) < STABLE_AFTER => {
+                Verdict::Flapping(self.failed(now))
+            }
+            Some(_) => {
+                // It stayed in service long enough: the back-off starts over.
+                self.failures = 0;
+                Verdict::Start
+            }
+            None => Verdict::Start,
+        }
     }
 
     /// A resync of the replica failed at `now` (or could not start); returns the wait before
@@ -72,12 +102,12 @@ impl AutoResync {
         wait
     }
 
-    /// A resync of the replica succeeded: the back-off starts over.
-    pub fn succeeded(&mut self) {
-        *self = AutoResync {
-            held: self.held,
-            ..AutoResync::default()
-        };
+    /// A resync of the replica succeeded at `now`: the back-off starts over once the replica
+    /// has stayed in service for [`STABLE_AFTER`].
+    pub fn succeeded(&mut self, now: Instant) {
+        self.steady = 0;
+        self.not_before = None;
+        self.last_success = Some(now);
     }
 
     /// Failed resyncs in a row.
@@ -104,14 +134,14 @@ mod tests {
         let mut a = AutoResync::default();
         let t0 = Instant::now();
         assert!(a.wants_probe(t0));
-        assert!(!a.probed(true));
-        assert!(a.probed(true));
+        assert_eq!(a.probed(true, t0), Verdict::Wait);
+        assert_eq!(a.probed(true, t0), Verdict::Start);
         // A blink in between starts the count over.
         let mut b = AutoResync::default();
-        assert!(!b.probed(true));
-        assert!(!b.probed(false));
-        assert!(!b.probed(true));
-        assert!(b.probed(true));
+        assert_eq!(b.probed(true, t0), Verdict::Wait);
+        assert_eq!(b.probed(false, t0), Verdict::Wait);
+        assert_eq!(b.probed(true, t0), Verdict::Wait);
+        assert_eq!(b.probed(true, t0), Verdict::Start);
     }
 
     #[test]
@@ -126,10 +156,39 @@ mod tests {
         assert!(!a.wants_probe(t1 + Duration::from_secs(9)));
         assert_eq!(a.failures(), 2);
         // The count of good checks starts over after a failure too.
-        assert!(!a.probed(true));
-        a.succeeded();
-        assert_eq!(a, AutoResync::default());
-        assert!(a.wants_probe(t1));
+        assert_eq!(a.probed(true, t1), Verdict::Wait);
+        let t2 = t1 + Duration::from_secs(10);
+        a.succeeded(t2);
+        assert!(a.wants_probe(t2));
+        // Back in service for long: a new outage starts the back-off over.
+        let late = t2 + STABLE_AFTER;
+        a.probed(true, late);
+        assert_eq!(a.probed(true, late), Verdict::Start);
+        assert_eq!(a.failures(), 0);
+    }
+
+    #[test]
+    fn a_replica_falling_out_again_soon_after_its_resync_backs_off() {
+        let t0 = Instant::now();
+        let mut a = AutoResync::default();
+        a.succeeded(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        assert_eq!(a.probed(true, t1), Verdict::Wait);
+        assert_eq!(
+            a.probed(true, t1),
+            Verdict::Flapping(Duration::from_secs(5))
+        );
+        assert!(!a.wants_probe(t1));
+        // After the wait, it is resynced again; falling out again doubles the wait.
+        let t2 = t1 + Duration::from_secs(5);
+        a.probed(true, t2);
+        assert_eq!(a.probed(true, t2), Verdict::Start);
+        a.succeeded(t2);
+        a.probed(true, t2);
+        assert_eq!(
+            a.probed(true, t2),
+            Verdict::Flapping(Duration::from_secs(10))
+        );
     }
 
     #[test]
@@ -138,7 +197,7 @@ mod tests {
         let mut a = AutoResync::default();
         a.hold();
         assert!(!a.wants_probe(t0));
-        a.succeeded();
+        a.succeeded(t0);
         assert!(!a.wants_probe(t0), "a success does not lift the hold");
         a.release();
         assert!(a.wants_probe(t0));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
-use crate::auto_resync::AutoResync;
+use crate::auto_resync::{AutoResync, Verdict};
 use crate::replica::{Replica, ServiceStatus, now};
 use crate::resync::{self, Engine, Run};
 use crate::select::{self, Candidate};
@@ -674,19 +674,28 @@ impl ReplicaSet {
             .as_ref()
             .map(|m| m.set_id);
         let mut chosen = None;
-        {
-            let mut ops = self.ops();
-            for (&index, probe) in candidates.iter().zip(returning) {
-                // Same set: a bare directory left where the replica was mounted is not it.
-                let reachable = match probe {
-                    Ok(found) => set_id.is_none() || found == set_id,
-                    Err(_) => false,
-                };
-                if ops.auto[index].probed(reachable) && chosen.is_none() {
-                    chosen = Some(index);
-                }
+        let now = Instant::now();
+        let mut ops = self.ops();
+        for (&index, probe) in candidates.iter().zip(returning) {
+            // Same set: a bare directory left where the replica was mounted is not it.
+            let reachable = match probe {
+                Ok(found) => set_id.is_none() || found == set_id,
+                Err(_) => false,
+            };
+            match ops.auto[index].probed(reachable, now) {
+                Verdict::Wait => {}
+                Verdict::Start if chosen.is_none() => chosen = Some(index),
+                // Another one goes first; this one is seen again next round.
+                Verdict::Start => {}
+                Verdict::Flapping(wait) => log::warn!(
+                    "replica {} fell out of service again soon after its last resync; next \
+                     automatic attempt in {}",
+                    self.replicas[index].path.display(),
+                    crate::throttle::format_duration(wait.as_secs())
+                ),
             }
         }
+        drop(ops);
         let Some(index) = chosen else {
             return;
         };
@@ -763,7 +772,7 @@ impl ReplicaSet {
         let auto = ops.auto_enabled;
         let policy = &mut ops.auto[run.target];
         if !failed {
-            policy.succeeded();
+            policy.succeeded(Instant::now());
             return;
         }
         let wait = policy.failed(Instant::now());
