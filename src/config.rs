@@ -69,6 +69,12 @@ pub struct Config {
     /// `-o quorum=`), resolved against the replica count; None: no quorum (the default). A
     /// u16 like `force_source`, for the same reason.
     pub quorum: Option<u16>,
+    /// Limit on the content bytes per second an online resync copies (`--resync-rate`,
+    /// `-o resync_rate=`), bytes per second; 0 = no limit.
+    pub resync_rate: u64,
+    /// Resync a replica that is out of service by itself once it is reachable again
+    /// (`--auto-resync`, `-o auto_resync`).
+    pub auto_resync: bool,
 }
 
 /// Default per-replica deadline (`--timeout`).
@@ -87,6 +93,9 @@ pub const RUNTIME_DIR: &str = "/run/chironfs";
 /// What the command line asks for. Help and version text are returned, not printed, so that
 /// `main` decides where they go (stdout, exit code 0) and the parser stays testable.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Built once per process and moved into `main` at once: the size of `Mount` costs nothing, and
+// boxing it would change the contract every caller uses.
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Mount with this validated configuration (boxed: it is far larger than the others).
     Mount(Box<Config>),
@@ -152,7 +161,7 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
             timeout=SECS threads=N passthrough=on|off syslog_socket=PATH
-            force_source=REPLICA quorum=auto|N|off
+            force_source=REPLICA quorum=auto|N|off resync_rate=RATE auto_resync
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
@@ -262,6 +271,19 @@ struct Cli {
     #[arg(long, value_name = "auto|N")]
     quorum: Option<String>,
 
+    /// Limit on the file content an online resync copies, in bytes per second: 50M, 800K, 1G
+    /// (powers of 1024; at least 64K), or 0 / unlimited. The default is no limit: a resync
+    /// runs when the admin asks (or with --auto-resync), and no fixed figure suits both a slow
+    /// link and local SSDs; `chironctl resync --rate` overrides it per run [default: 0]
+    #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
+    resync_rate: Option<u64>,
+
+    /// Resync an out-of-service replica by itself once it answers again with this set's id
+    /// (one at a time, backing off after a failure). Off by default: a replica taken out by an
+    /// admin or by a failing disk usually wants a look before it comes back
+    #[arg(long)]
+    auto_resync: bool,
+
     /// Print this help and exit
     #[arg(short = 'h', long, short_alias = '?', action = ArgAction::Help)]
     help: Option<bool>,
@@ -286,6 +308,8 @@ struct MountOpts {
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
     quorum: Option<Option<crate::quorum::Setting>>,
+    resync_rate: Option<u64>,
+    auto_resync: bool,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -309,6 +333,8 @@ struct RawConfig {
     passthrough: bool,
     force_source: Option<String>,
     quorum: Option<crate::quorum::Setting>,
+    resync_rate: u64,
+    auto_resync: bool,
     allow_other: bool,
     mount_options: Vec<MountOption>,
 }
@@ -543,7 +569,15 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
             "passthrough" => o.passthrough = Some(parse_switch(&need(value)?).map_err(bad)?),
-            "quiet" | "debug" | "allow_other" | "allow_root" | "default_permissions" => {
+            "resync_rate" => {
+                o.resync_rate = Some(crate::throttle::parse_rate(&need(value)?).map_err(bad)?)
+            }
+            "quiet"
+            | "debug"
+            | "allow_other"
+            | "allow_root"
+            | "default_permissions"
+            | "auto_resync" => {
                 if value.is_some() {
                     return Err(ConfigError::usage(format!(
                         "mount option '{key}' takes no value"
@@ -552,6 +586,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
                 match key {
                     "quiet" => o.quiet = true,
                     "debug" => o.debug = true,
+                    "auto_resync" => o.auto_resync = true,
                     "allow_other" | "allow_root" => o.allow_other = true,
                     _ => {} // default_permissions: always on anyway
                 }
@@ -624,6 +659,8 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
                 .map_err(|e| ConfigError::usage(format!("invalid value for --quorum: {e}")))?,
             None => o.quorum.flatten(),
         },
+        resync_rate: cli.resync_rate.or(o.resync_rate).unwrap_or(0),
+        auto_resync: cli.auto_resync || o.auto_resync,
         allow_other: o.allow_other,
         mount_options: o.mount_options,
     })
@@ -834,6 +871,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         syslog_socket: raw.syslog_socket,
         threads: raw.threads,
         passthrough: raw.passthrough,
+        resync_rate: raw.resync_rate,
+        auto_resync: raw.auto_resync,
         allow_other: raw.allow_other,
         mount_options: raw.mount_options,
     })
@@ -1449,6 +1488,32 @@ mod tests {
         assert!(m.contains("not one of the replicas"), "{m}");
         let m = fail(&[&spec, &mnt, "--force-source", &t.p("mnt")]);
         assert!(m.contains("not one of the replicas"), "{m}");
+    }
+
+    #[test]
+    fn resync_rate_and_auto_resync() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        let c = mount(&[&spec, &mnt]);
+        assert_eq!((c.resync_rate, c.auto_resync), (0, false));
+        let c = mount(&[&spec, &mnt, "--resync-rate", "50M", "--auto-resync"]);
+        assert_eq!((c.resync_rate, c.auto_resync), (50 << 20, true));
+        let c = mount(&[&spec, &mnt, "-o", "resync_rate=800K,auto_resync"]);
+        assert_eq!((c.resync_rate, c.auto_resync), (800 << 10, true));
+        let c = mount(&[
+            &spec,
+            &mnt,
+            "-o",
+            "resync_rate=1G",
+            "--resync-rate=unlimited",
+        ]);
+        assert_eq!(c.resync_rate, 0, "the command-line option wins");
+        let m = fail(&[&spec, &mnt, "--resync-rate", "fast"]);
+        assert!(m.contains("not a rate"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", "resync_rate=1K"]);
+        assert!(m.contains("resync_rate") && m.contains("minimum"), "{m}");
+        let m = fail(&[&spec, &mnt, "-o", "auto_resync=yes"]);
+        assert!(m.contains("takes no value"), "{m}");
     }
 
     #[test]

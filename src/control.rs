@@ -80,6 +80,10 @@ pub enum Request {
         /// Replica index (as a string or a JSON number) or path.
         #[serde(deserialize_with = "string_or_number")]
         replica: String,
+        /// Content bytes per second for this run (0: no limit); absent: the daemon's
+        /// `--resync-rate`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u64>,
     },
     /// Compare the replicas path by path (`chironctl verify`); answered with a `verify`
     /// report once the walk is over.
@@ -216,7 +220,7 @@ pub fn dispatch(handler: &dyn ControlHandler, req: Request) -> Response {
             Ok(m) => Response::with_message(m),
             Err(e) => Response::with_error(e),
         },
-        Request::Resync { replica } => match handler.resync(&replica) {
+        Request::Resync { replica, rate } => match handler.resync(&replica, rate) {
             Ok(m) => Response::with_message(m),
             Err(e) => Response::with_error(e),
         },
@@ -1129,12 +1133,41 @@ pub fn check_unknown(reason: &str) -> CheckResult {
 /// stale, WARNING when some are out or stale but one still serves, CRITICAL when none serves.
 /// Out-of-service and stale replicas are named in the line so the alert says what to fix.
 pub fn check_snapshot(s: &Snapshot) -> CheckResult {
+    let (status, text) = check_summary(s);
     let total = s.replicas.len();
     let up = in_service(s);
+    let out = total - up;
+    let stale_count = s.replicas.iter().filter(|r| r.stale).count();
+    CheckResult {
+        status,
+        line: format!(
+            "CHIRONFS {} - {text} | in_service={up};;;0;{total} out_of_service={out} stale={stale_count}",
+            status.label(),
+        ),
+    }
+}
+
+/// The verdict of [`check_snapshot`] and its one-line reason (no performance data), also
+/// written to the status file: replicas being resynced are named with their progress, the
+/// others out of service with their reason (and whether they are stale).
+pub fn check_summary(s: &Snapshot) -> (CheckStatus, String) {
+    let total = s.replicas.len();
+    let up = in_service(s);
+    let resyncing = |r: &ReplicaSnapshot| {
+        r.resync
+            .as_ref()
+            .filter(|p| p.state == "running" && r.state == ReplicaState::OutOfService)
+            .map(crate::resync_view::check_reason)
+    };
+    let syncing: Vec<String> = s
+        .replicas
+        .iter()
+        .filter_map(|r| resyncing(r).map(|why| format!("{} ({why})", check_text(&r.path))))
+        .collect();
     let out: Vec<&ReplicaSnapshot> = s
         .replicas
         .iter()
-        .filter(|r| r.state == ReplicaState::OutOfService)
+        .filter(|r| r.state == ReplicaState::OutOfService && resyncing(r).is_none())
         .collect();
     let stale_count = s.replicas.iter().filter(|r| r.stale).count();
     let stale_in: Vec<&ReplicaSnapshot> = s
@@ -1144,7 +1177,7 @@ pub fn check_snapshot(s: &Snapshot) -> CheckResult {
         .collect();
     let status = if up == 0 || s.quorum_lost() {
         CheckStatus::Critical
-    } else if !out.is_empty() || stale_count > 0 {
+    } else if up < total || stale_count > 0 {
         CheckStatus::Warning
     } else {
         CheckStatus::Ok
@@ -1153,11 +1186,20 @@ pub fn check_snapshot(s: &Snapshot) -> CheckResult {
     if let Some(q) = s.quorum.filter(|_| s.quorum_lost()) {
         text.push_str(&format!("; quorum lost ({q} needed): mutations refused"));
     }
+    if !syncing.is_empty() {
+        text.push_str(&format!("; resyncing: {}", syncing.join(", ")));
+    }
     if !out.is_empty() {
         let names: Vec<String> = out
             .iter()
             .map(|r| {
-                let reason = check_text(&r.reason);
+                let mut reason = check_text(&r.reason);
+                if r.stale {
+                    if !reason.is_empty() {
+                        reason.push_str("; ");
+                    }
+                    reason.push_str("stale, needs a resync");
+                }
                 if reason.is_empty() {
                     check_text(&r.path)
                 } else {
@@ -1171,14 +1213,7 @@ pub fn check_snapshot(s: &Snapshot) -> CheckResult {
         let names: Vec<String> = stale_in.iter().map(|r| check_text(&r.path)).collect();
         text.push_str(&format!("; stale: {}", names.join(", ")));
     }
-    CheckResult {
-        status,
-        line: format!(
-            "CHIRONFS {} - {text} | in_service={up};;;0;{total} out_of_service={} stale={stale_count}",
-            status.label(),
-            out.len()
-        ),
-    }
+    (status, text)
 }
 
 /// `chironctl check --status-file`: reads and judges the status file without root; a missing,
@@ -1344,7 +1379,17 @@ mod tests {
         assert_eq!(
             r,
             Request::Resync {
-                replica: "1".into()
+                replica: "1".into(),
+                rate: None
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"resync","replica":"1","rate":2097152}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Resync {
+                replica: "1".into(),
+                rate: Some(2 << 20)
             }
         );
         assert_eq!(
@@ -1771,8 +1816,32 @@ mod tests {
         assert_eq!(warn.status.exit_code(), 1);
         assert_eq!(
             warn.line,
-            "CHIRONFS WARNING - 1/2 replicas in service; out of service: /srv/r1 (write error / EIO) \
-             | in_service=1;;;0;2 out_of_service=1 stale=1"
+            "CHIRONFS WARNING - 1/2 replicas in service; out of service: /srv/r1 (write error / EIO; \
+             stale, needs a resync) | in_service=1;;;0;2 out_of_service=1 stale=1"
+        );
+        // Being resynced: named with its progress instead of the old reason.
+        let mut syncing = snap(&[(In, false), (Out, true)]);
+        syncing.replicas[1].resync = Some(crate::snapshot::ResyncProgress {
+            state: "running".into(),
+            phase: "copying".into(),
+            total: Some(200),
+            done: 50,
+            eta: Some(130),
+            ..Default::default()
+        });
+        let r = check_snapshot(&syncing);
+        assert_eq!(r.status, CheckStatus::Warning);
+        assert_eq!(
+            r.line,
+            "CHIRONFS WARNING - 1/2 replicas in service; resyncing: /srv/r1 (resync running \
+             (copying, 25%, ETA 2m10s)) | in_service=1;;;0;2 out_of_service=1 stale=1"
+        );
+        // A resync that ended (failed) no longer counts as running.
+        syncing.replicas[1].resync.as_mut().unwrap().state = "failed".into();
+        assert!(
+            check_snapshot(&syncing)
+                .line
+                .contains("out of service: /srv/r1 (")
         );
         let stale_only = check_snapshot(&snap(&[(In, false), (In, true)]));
         assert_eq!(stale_only.status, CheckStatus::Warning);

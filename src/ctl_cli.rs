@@ -62,6 +62,10 @@ pub enum Cmd {
         /// the resync failed (with the reason).
         #[arg(long)]
         wait: bool,
+        /// Limit the content copied to RATE bytes per second for this run (50M, 800K, 1G,
+        /// 0 = unlimited) [default: the daemon's --resync-rate]
+        #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
+        rate: Option<u64>,
     },
     /// Compare the replicas path by path (type, size, mode, owner, mtime, symlink target,
     /// device, xattrs, hard links; with --content the bytes) while the mount keeps serving.
@@ -124,7 +128,12 @@ mod tests {
         .unwrap();
         assert!(matches!(c.cmd, Cmd::Check { max_age: 30, .. }));
         let c = Cli::try_parse_from(["chironctl", "resync", "1", "--wait"]).unwrap();
-        assert!(matches!(c.cmd, Cmd::Resync { ref replica, wait: true } if replica == "1"));
+        assert!(
+            matches!(c.cmd, Cmd::Resync { ref replica, wait: true, rate: None } if replica == "1")
+        );
+        let c = Cli::try_parse_from(["chironctl", "resync", "1", "--rate", "10M"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Resync { rate: Some(r), .. } if r == 10 << 20));
+        assert!(Cli::try_parse_from(["chironctl", "resync", "1", "--rate", "x"]).is_err());
         let c = Cli::try_parse_from(["chironctl", "verify", "--content", "--json"]).unwrap();
         assert!(matches!(
             c.cmd,

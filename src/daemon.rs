@@ -156,6 +156,10 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     let set = ReplicaSet::new(replicas, config.timeout, mountpoint.clone())
         .with_quorum(quorum)
         .shared();
+    set.set_resync_rate(config.resync_rate);
+    if config.auto_resync {
+        set.enable_auto_resync();
+    }
     recover_state(&set, config.force_source.map(usize::from))?;
     // The control socket first: a second daemon on the same socket is refused before it
     // mounts anything or writes a status file.

@@ -4,6 +4,7 @@
 //! thin FUSE glue layer; the `chironfs` and `chironctl` binaries are thin wrappers.
 
 pub mod arbitrate;
+pub mod auto_resync;
 pub mod config;
 pub mod control;
 pub mod ctl_cli;
@@ -16,10 +17,12 @@ pub mod order;
 pub mod quorum;
 pub mod replica;
 pub mod resync;
+pub mod resync_view;
 pub mod select;
 pub mod set;
 pub mod snapshot;
 pub mod state;
 pub mod status_file;
 pub mod sys;
+pub mod throttle;
 pub mod verify;

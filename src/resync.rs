@@ -182,7 +182,7 @@ pub fn attr_fix(s: &Meta, d: &Meta) -> AttrFix {
     }
 }
 
-/// Counters shown while a resync runs.
+/// Counters shown while a resync runs, and the rate limit its copy loop obeys.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Entries created, replaced, linked, removed or updated on the target.
@@ -191,6 +191,73 @@ pub struct Progress {
     pub bytes: AtomicU64,
     /// Entries examined (also the watchdog's proof of life).
     pub checked: AtomicU64,
+    /// Entries examined, only them (`checked` also counts copied chunks).
+    pub entries: AtomicU64,
+    /// `entries` when the current pass began.
+    pass_start: AtomicU64,
+    /// Entries the current pass is to examine, plus one; 0 when unknown.
+    pass_total: AtomicU64,
+    /// The content copy's token bucket (None: no limit).
+    bucket: Mutex<Option<crate::throttle::TokenBucket>>,
+    /// The smoothed rates, fed by whoever takes a snapshot.
+    meter: Mutex<crate::throttle::RateMeter>,
+}
+
+impl Progress {
+    /// Limits the copy of content bytes to `bytes_per_sec` (0: no limit).
+    pub fn set_limit(&self, bytes_per_sec: u64) {
+        let bucket = (bytes_per_sec > 0)
+            .then(|| crate::throttle::TokenBucket::new(bytes_per_sec, Instant::now()));
+        *self.bucket.lock().unwrap_or_else(|e| e.into_inner()) = bucket;
+    }
+
+    /// The limit in bytes per second (0: none).
+    pub fn limit(&self) -> u64 {
+        let bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.as_ref().map_or(0, |b| b.rate())
+    }
+
+    /// The largest piece of content to copy in one call.
+    fn chunk(&self) -> u64 {
+        let bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.as_ref().map_or(u64::MAX, |b| b.chunk())
+    }
+
+    /// Spends `n` copied bytes; how long to wait before copying more.
+    fn spend(&self, n: u64) -> std::time::Duration {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket
+            .as_mut()
+            .map_or(std::time::Duration::ZERO, |b| b.take(n, Instant::now()))
+    }
+
+    /// A pass begins that is to examine `total` entries (None: not known in advance).
+    pub fn begin_pass(&self, total: Option<u64>) {
+        self.pass_start
+            .store(self.entries.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.pass_total
+            .store(total.map_or(0, |t| t.saturating_add(1)), Ordering::Relaxed);
+    }
+
+    /// (entries to examine in this pass if known, entries examined in it so far).
+    pub fn pass(&self) -> (Option<u64>, u64) {
+        let total = self.pass_total.load(Ordering::Relaxed).checked_sub(1);
+        let done = self
+            .entries
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.pass_start.load(Ordering::Relaxed));
+        (total, done)
+    }
+
+    /// The smoothed (bytes/s, entries/s) as of now.
+    pub fn rates(&self) -> (u64, u64) {
+        let mut meter = self.meter.lock().unwrap_or_else(|e| e.into_inner());
+        meter.sample(
+            Instant::now(),
+            self.bytes.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Which replica an error came from.
@@ -392,12 +459,47 @@ impl Engine {
 
     /// The whole tree: every entry compared, copied where it differs, extras removed.
     pub fn sync_all(&mut self) -> Res<()> {
+        let total = self.count_source();
+        self.progress.begin_pass(total);
         self.sync_path(Path::new(""), true, false)
+    }
+
+    /// The number of entries in the source tree (the root included), for the progress shown:
+    /// one directory listing per directory, no per-entry stat. None when it cannot be known
+    /// cheaply (a filesystem that does not give entry types, an error: the pass reports it).
+    fn count_source(&self) -> Option<u64> {
+        let root = self.src.root();
+        let mut total = 1u64;
+        let mut dirs = vec![PathBuf::new()];
+        while let Some(dir) = dirs.pop() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return None;
+            }
+            // Proof of life for the watchdog on a big tree.
+            self.progress.checked.fetch_add(1, Ordering::Relaxed);
+            let c = rel_cstr(&dir).ok()?;
+            for e in sys::read_dir_all(root, &c).ok()? {
+                if dir.as_os_str().is_empty() && e.name == META_DIR {
+                    continue;
+                }
+                total += 1;
+                match e.kind {
+                    libc::DT_DIR => dirs.push(dir.join(&e.name)),
+                    libc::DT_UNKNOWN => return None,
+                    _ => {}
+                }
+            }
+        }
+        Some(total)
     }
 
     /// The paths touched by mutations during the previous pass (`true`: a rename, whose whole
     /// subtree is compared), then the attributes (times last) of their parent directories.
     pub fn sync_dirty(&mut self, dirty: &BTreeMap<PathBuf, bool>) -> Res<()> {
+        // A renamed directory's subtree is compared too: how big is not known in advance.
+        let known = !dirty.values().any(|&recursive| recursive);
+        self.progress
+            .begin_pass(known.then_some(dirty.len() as u64));
         let mut parents = BTreeSet::new();
         for (path, &recursive) in dirty {
             if self.is_meta(path) {
@@ -450,6 +552,7 @@ impl Engine {
     fn sync_entry(&mut self, rel: &Path, recursive: bool, force: bool) -> Res<()> {
         self.check_cancel(rel)?;
         self.progress.checked.fetch_add(1, Ordering::Relaxed);
+        self.progress.entries.fetch_add(1, Ordering::Relaxed);
         let src = self.s(rel, stat_of(self.src.root(), rel))?;
         let dst = self.t(rel, stat_of(self.dst.root(), rel))?;
         let group = match &src {
@@ -617,12 +720,21 @@ impl Engine {
         loop {
             self.check_cancel(rel)?;
             self.progress.checked.fetch_add(1, Ordering::Relaxed);
+            // Under the write barrier (not tolerant) every mutation waits for this pass:
+            // the limit, which protects the mount's load, would only add to the wait.
+            let limited = self.tolerant;
+            let chunk = if limited {
+                CHUNK.min(self.progress.chunk())
+            } else {
+                CHUNK
+            };
             let n = if plain {
-                let data = self.s(rel, sys::pread_full(src.as_fd(), 1 << 20, off))?;
+                let want = chunk.min(1 << 20) as usize;
+                let data = self.s(rel, sys::pread_full(src.as_fd(), want, off))?;
                 self.t(rel, sys::pwrite_full(dst.as_fd(), &data, off))?;
                 data.len() as u64
             } else {
-                match sys::copy_range(src.as_fd(), off, dst.as_fd(), off, CHUNK) {
+                match sys::copy_range(src.as_fd(), off, dst.as_fd(), off, chunk) {
                     Ok(n) => n,
                     Err(e)
                         if matches!(
@@ -642,6 +754,22 @@ impl Engine {
             }
             off += n;
             self.progress.bytes.fetch_add(n, Ordering::Relaxed);
+            if limited {
+                self.pace(rel, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits as the rate limit asks after `n` bytes were copied, in short slices so a
+    /// cancel is seen at once (each wait is at most a quarter second's worth of the rate).
+    fn pace(&self, rel: &Path, n: u64) -> Res<()> {
+        let mut wait = self.progress.spend(n);
+        while !wait.is_zero() {
+            self.check_cancel(rel)?;
+            let slice = wait.min(std::time::Duration::from_millis(100));
+            std::thread::sleep(slice);
+            wait -= slice;
         }
         Ok(())
     }
@@ -825,38 +953,40 @@ impl Run {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let end = st.ended.unwrap_or_else(Instant::now);
+        let elapsed = end.duration_since(self.started);
+        let bytes = self.progress.bytes.load(Ordering::Relaxed);
+        let entries = self.progress.entries.load(Ordering::Relaxed);
+        // Running: the smoothed rates and this pass's share; ended: the averages.
+        let ((bytes_per_sec, entries_per_sec), (total, done)) = if st.ended.is_none() {
+            (self.progress.rates(), self.progress.pass())
+        } else {
+            let secs = elapsed.as_secs_f64().max(0.001);
+            let avg = |n: u64| (n as f64 / secs).round() as u64;
+            ((avg(bytes), avg(entries)), (None, entries))
+        };
         ResyncProgress {
             state: st.state,
             phase: st.phase,
             source: self.source,
             files: self.progress.files.load(Ordering::Relaxed),
-            bytes: self.progress.bytes.load(Ordering::Relaxed),
+            bytes,
             checked: self.progress.checked.load(Ordering::Relaxed),
-            seconds: end.duration_since(self.started).as_secs(),
+            seconds: elapsed.as_secs(),
             error: st.error,
+            total,
+            done,
+            bytes_per_sec,
+            entries_per_sec,
+            eta: crate::throttle::eta(total, done, entries_per_sec),
+            rate_limit: self.progress.limit(),
         }
     }
 }
 
-/// One line of progress for `chironctl resync --wait` and `status`.
+/// One line of progress for `chironctl resync --wait` and `status` (see
+/// [`crate::resync_view::describe`]).
 pub fn describe(p: &ResyncProgress) -> String {
-    let mib = p.bytes as f64 / (1024.0 * 1024.0);
-    let mut text = format!(
-        "{}{}: {} entries copied or fixed, {mib:.1} MiB, {} checked, {} s",
-        p.state,
-        if p.phase.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", p.phase)
-        },
-        p.files,
-        p.checked,
-        p.seconds
-    );
-    if !p.error.is_empty() {
-        text.push_str(&format!(": {}", p.error));
-    }
-    text
+    crate::resync_view::describe(p)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
+use crate::auto_resync::{AutoResync, Verdict};
 use crate::replica::{Replica, ServiceStatus, now};
 use crate::resync::{self, Engine, Run};
 use crate::select::{self, Candidate};
@@ -38,6 +39,27 @@ pub struct ReplicaSet {
     resync: Mutex<Option<Arc<Run>>>,
     /// Replicas a mutation needs in service (`--quorum`; off by default).
     quorum: crate::quorum::Quorum,
+    /// Default limit on a resync's content copy, bytes per second (0: none).
+    resync_rate: std::sync::atomic::AtomicU64,
+    /// What the health check remembers between rounds about resyncs and stale replicas.
+    ops: Mutex<Ops>,
+}
+
+/// The health check's memory for resync operations: the automatic-resync policy of each
+/// replica, which stale replicas were already logged, which run's end was already counted and
+/// the last progress milestone logged.
+#[derive(Debug, Default)]
+struct Ops {
+    /// `--auto-resync` is on.
+    auto_enabled: bool,
+    /// Per replica, by index.
+    auto: Vec<AutoResync>,
+    /// Per replica: its going stale was logged.
+    stale_logged: Vec<bool>,
+    /// Address of the last run whose end was accounted for.
+    counted: usize,
+    /// (run address, phase, milestone) last logged.
+    milestone: (usize, String, u64),
 }
 
 /// Log target for alert-level lines (a replica taken out of service): the logger sends these
@@ -72,6 +94,7 @@ fn shown(path: &Path) -> String {
 impl ReplicaSet {
     /// A set over already opened replicas.
     pub fn new(replicas: Vec<Arc<Replica>>, timeout: Duration, mountpoint: String) -> Self {
+        let n = replicas.len();
         ReplicaSet {
             replicas,
             timeout,
@@ -80,8 +103,28 @@ impl ReplicaSet {
             this: Weak::new(),
             barrier: RwLock::new(()),
             resync: Mutex::new(None),
+            resync_rate: Default::default(),
+            ops: Mutex::new(Ops {
+                auto: vec![AutoResync::default(); n],
+                stale_logged: vec![false; n],
+                ..Ops::default()
+            }),
             quorum: Default::default(),
         }
+    }
+
+    /// Turns on `--auto-resync`: the health check resyncs a returning replica by itself.
+    pub fn enable_auto_resync(&self) {
+        self.ops().auto_enabled = true;
+    }
+
+    fn ops(&self) -> std::sync::MutexGuard<'_, Ops> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the default limit on a resync's content copy (`--resync-rate`; 0: none).
+    pub fn set_resync_rate(&self, bytes_per_sec: u64) {
+        self.resync_rate.store(bytes_per_sec, Ordering::Relaxed);
     }
 
     /// The set with a quorum (`--quorum`): mutations are refused with EROFS while fewer
@@ -531,9 +574,22 @@ impl ReplicaSet {
 
     /// Checks every in-service replica's root (vanished, unmounted, hung) on its own workers;
     /// called once a second by the health thread so an idle mount still notices a dead replica.
+    /// Then the resync operations: stale replicas and resync milestones are logged, and with
+    /// `--auto-resync` an out-of-service replica whose root answers again with this set's id
+    /// is resynced (probed in the same round, under the same deadline).
     pub fn check_health(&self) {
         let targets = self.priority_order();
-        let results = self.probe_detailed(&targets);
+        let candidates = self.auto_resync_candidates();
+        let all: Vec<usize> = targets.iter().chain(&candidates).copied().collect();
+        let mut results = self.probe_with_set_id(&all, &candidates);
+        let returning = results.split_off(targets.len());
+        let results: Vec<Result<(), (String, bool)>> =
+            results.into_iter().map(|r| r.map(drop)).collect();
+        self.check_in_service(&targets, results);
+        self.resync_operations(&candidates, returning);
+    }
+
+    fn check_in_service(&self, targets: &[usize], results: Vec<Result<(), (String, bool)>>) {
         let healthy = results.iter().filter(|r| r.is_ok()).count();
         for (index, result) in targets.iter().copied().zip(results) {
             let replica = &self.replicas[index];
@@ -575,9 +631,33 @@ impl ReplicaSet {
     /// [`ReplicaSet::probe`], telling a root that is gone (deleted, unmounted: true) from one
     /// that fails or hangs (false).
     fn probe_detailed(&self, targets: &[usize]) -> Vec<Result<(), (String, bool)>> {
-        let probe: ReplicaJob<Result<(), String>> = Arc::new(|r: &Replica| {
+        self.probe_with_set_id(targets, &[])
+            .into_iter()
+            .map(|r| r.map(drop))
+            .collect()
+    }
+
+    /// [`ReplicaSet::probe_detailed`], also reading the replica-set id recorded in the state of
+    /// those of `targets` listed in `with_set_id` (None: no readable state), on the replica's
+    /// own worker after its root answered.
+    fn probe_with_set_id(
+        &self,
+        targets: &[usize],
+        with_set_id: &[usize],
+    ) -> Vec<Result<Option<u64>, (String, bool)>> {
+        let with_set_id = with_set_id.to_vec();
+        let probe: ReplicaJob<Result<Option<u64>, String>> = Arc::new(move |r: &Replica| {
             sys::statvfs(r.root())?;
-            Ok(r.check_root())
+            if let Err(problem) = r.check_root() {
+                return Ok(Err(problem));
+            }
+            if !with_set_id.contains(&r.index) {
+                return Ok(Ok(None));
+            }
+            Ok(Ok(match state::read_found(&r.path) {
+                Ok(state::Found::Record(rec)) => Some(rec.set_id),
+                _ => None,
+            }))
         });
         self.run(targets, &Credentials::root(), &probe)
             .into_iter()
@@ -597,6 +677,157 @@ impl ReplicaSet {
             .collect()
     }
 
+    /// The out-of-service replicas the automatic resync wants probed this round: none when
+    /// it is off or a resync is running (or a failed one is still stuck on a replica).
+    fn auto_resync_candidates(&self) -> Vec<usize> {
+        let busy = self
+            .current_resync()
+            .is_some_and(|run| !run.ended() || !run.idle.load(Ordering::Acquire));
+        let ops = self.ops();
+        if !ops.auto_enabled || busy {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        self.replicas
+            .iter()
+            .filter(|r| !r.is_in_service() && ops.auto[r.index].wants_probe(now))
+            .map(|r| r.index)
+            .collect()
+    }
+
+    /// The health check's resync duties: logs replicas going stale and the milestones of the
+    /// running resync, counts the end of the last one for the back-off, and starts an
+    /// automatic resync of the first of `candidates` that answered steadily (`returning`: its
+    /// probe, with the set id its state records).
+    fn resync_operations(
+        &self,
+        candidates: &[usize],
+        returning: Vec<Result<Option<u64>, (String, bool)>>,
+    ) {
+        self.log_stale_changes();
+        if let Some(run) = self.current_resync() {
+            self.log_milestone(&run);
+            self.account_run_end(&run);
+        }
+        let set_id = self
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.set_id);
+        let mut chosen = None;
+        let now = Instant::now();
+        let mut ops = self.ops();
+        for (&index, probe) in candidates.iter().zip(returning) {
+            // Same set: a bare directory left where the replica was mounted is not it.
+            let reachable = match probe {
+                Ok(found) => set_id.is_none() || found == set_id,
+                Err(_) => false,
+            };
+            match ops.auto[index].probed(reachable, now) {
+                Verdict::Wait => {}
+                Verdict::Start if chosen.is_none() => chosen = Some(index),
+                // Another one goes first; this one is seen again next round.
+                Verdict::Start => {}
+                Verdict::Flapping(wait) => log::warn!(
+                    "replica {} fell out of service again soon after its last resync; next \
+                     automatic attempt in {}",
+                    self.replicas[index].path.display(),
+                    crate::throttle::format_duration(wait.as_secs())
+                ),
+            }
+        }
+        drop(ops);
+        let Some(index) = chosen else {
+            return;
+        };
+        let path = self.replicas[index].path.display().to_string();
+        log::warn!(
+            "replica {path} is reachable again (its root answers with this set's id): starting an automatic resync"
+        );
+        if let Err(e) = self.start_resync(&index.to_string(), None) {
+            let wait = self.ops().auto[index].failed(Instant::now());
+            log::error!(
+                "automatic resync of replica {path} could not start: {e}; next automatic attempt in {}",
+                crate::throttle::format_duration(wait.as_secs())
+            );
+        }
+    }
+
+    /// Logs each replica's going stale (missing writes while out of service) once.
+    fn log_stale_changes(&self) {
+        let mut ops = self.ops();
+        for r in &self.replicas {
+            let s = r.snapshot();
+            let was = std::mem::replace(&mut ops.stale_logged[r.index], s.stale);
+            if s.stale && !was {
+                log::warn!(
+                    "replica {} is stale: it missed writes while out of service and serves no reads until it is resynced (chironctl resync {})",
+                    r.path.display(),
+                    r.index
+                );
+            }
+        }
+    }
+
+    /// Logs the running resync at each quarter of a pass of known size, or every minute when
+    /// the size is unknown.
+    fn log_milestone(&self, run: &Arc<Run>) {
+        if run.ended() {
+            return;
+        }
+        let p = run.snapshot();
+        let step = match crate::throttle::percent(p.total, p.done) {
+            Some(pc) => u64::from(pc / 25),
+            None => p.seconds / 60,
+        };
+        let key = (Arc::as_ptr(run) as usize, p.phase.clone(), step);
+        let mut ops = self.ops();
+        if ops.milestone.0 == key.0 && ops.milestone.1 == key.1 && ops.milestone.2 >= key.2 {
+            return;
+        }
+        let first = ops.milestone.0 != key.0 || ops.milestone.1 != key.1;
+        ops.milestone = key;
+        drop(ops);
+        if !first || step > 0 {
+            log::info!(
+                "resync of replica {}: {}",
+                self.replicas[run.target].path.display(),
+                resync::describe(&p)
+            );
+        }
+    }
+
+    /// Once per run, after it ended: a failure backs the automatic resync of its target off, a
+    /// success starts the back-off over.
+    fn account_run_end(&self, run: &Arc<Run>) {
+        if !run.ended() {
+            return;
+        }
+        let mut ops = self.ops();
+        let addr = Arc::as_ptr(run) as usize;
+        if ops.counted == addr {
+            return;
+        }
+        ops.counted = addr;
+        let failed = run.snapshot().state == "failed";
+        let auto = ops.auto_enabled;
+        let policy = &mut ops.auto[run.target];
+        if !failed {
+            policy.succeeded(Instant::now());
+            return;
+        }
+        let wait = policy.failed(Instant::now());
+        if auto {
+            log::warn!(
+                "resync of replica {} failed {} time(s) in a row; next automatic attempt in {}",
+                self.replicas[run.target].path.display(),
+                policy.failures(),
+                crate::throttle::format_duration(wait.as_secs())
+            );
+        }
+    }
+
     /// Whether a resync of replica `index` is running.
     fn resync_running_on(&self, index: usize) -> bool {
         let run = self.resync.lock().unwrap_or_else(|e| e.into_inner());
@@ -605,8 +836,9 @@ impl ReplicaSet {
     }
 
     /// Starts an online resync of the out-of-service replica `replica` on a thread of its
-    /// own; see [`ReplicaSet::run_resync`].
-    pub fn start_resync(&self, replica: &str) -> Result<String, String> {
+    /// own; see [`ReplicaSet::run_resync`]. `rate` limits its content copy in bytes per
+    /// second (0: none; None: the `--resync-rate` default).
+    pub fn start_resync(&self, replica: &str, rate: Option<u64>) -> Result<String, String> {
         let r = self.find(replica)?;
         let refusing = |why: String| format!("refusing to resync {}: {why}", r.path.display());
         if r.is_in_service() {
@@ -650,6 +882,8 @@ impl ReplicaSet {
             return Err(refusing("it was put back in service meanwhile".into()));
         }
         let run = Arc::new(Run::new(source, r.index));
+        let rate = rate.unwrap_or_else(|| self.resync_rate.load(Ordering::Relaxed));
+        run.progress.set_limit(rate);
         *current = Some(Arc::clone(&run));
         drop(current);
         drop(barrier);
@@ -665,9 +899,10 @@ impl ReplicaSet {
             return Err(refusing(format!("cannot start the resync thread: {e}")));
         }
         Ok(format!(
-            "resync of {} from {} started",
+            "resync of {} from {} started (rate limit: {})",
             r.path.display(),
-            self.replicas[source].path.display()
+            self.replicas[source].path.display(),
+            crate::throttle::format_rate(rate)
         ))
     }
 
@@ -677,10 +912,11 @@ impl ReplicaSet {
     fn run_resync(&self, run: &Arc<Run>) {
         let (src, dst) = (&self.replicas[run.source], &self.replicas[run.target]);
         log::warn!(
-            "resync of replica {} from {} started on {}",
+            "resync of replica {} from {} started on {} (rate limit: {})",
             dst.path.display(),
             src.path.display(),
-            self.mountpoint
+            self.mountpoint,
+            crate::throttle::format_rate(run.progress.limit())
         );
         let engine = Arc::new(Mutex::new(Engine::new(
             Arc::clone(src),
@@ -894,6 +1130,7 @@ impl ControlHandler for ReplicaSet {
         r.update_status(|s| s.enable(now(), force))
             .map_err(refusing)?;
         self.persist_membership();
+        self.ops().auto[r.index].release();
         let how = if force { " (forced)" } else { "" };
         log::warn!(
             "trusting replica {}: back in service by administrator{how}",
@@ -919,6 +1156,7 @@ impl ControlHandler for ReplicaSet {
             ));
         }
         self.take_out_because(r.index, "disabled by the administrator".into(), false);
+        self.ops().auto[r.index].hold();
         let left = self.priority_order().len();
         if !self.quorum.observe(left) {
             return Ok(format!(
@@ -931,8 +1169,12 @@ impl ControlHandler for ReplicaSet {
         Ok(format!("{} is out of service", r.path.display()))
     }
 
-    fn resync(&self, replica: &str) -> Result<String, String> {
-        self.start_resync(replica)
+    fn resync(&self, replica: &str, rate: Option<u64>) -> Result<String, String> {
+        // Asked by the administrator: the replica is the automatic resync's again.
+        if let Ok(r) = self.find(replica) {
+            self.ops().auto[r.index].release();
+        }
+        self.start_resync(replica, rate)
     }
 
     /// Runs on the control-socket client's thread (never a FUSE thread); every step of the

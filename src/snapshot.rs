@@ -97,6 +97,24 @@ pub struct ResyncProgress {
     /// Why it failed (empty otherwise).
     #[serde(default)]
     pub error: String,
+    /// Entries the current pass is to examine, when known in advance (null: unknown).
+    #[serde(default)]
+    pub total: Option<u64>,
+    /// Entries examined in the current pass.
+    #[serde(default)]
+    pub done: u64,
+    /// Content bytes copied per second, smoothed over a few seconds.
+    #[serde(default)]
+    pub bytes_per_sec: u64,
+    /// Entries examined per second, smoothed over a few seconds.
+    #[serde(default)]
+    pub entries_per_sec: u64,
+    /// Seconds left in the current pass at the current rate (null: unknown).
+    #[serde(default)]
+    pub eta: Option<u64>,
+    /// The limit on content bytes per second this resync obeys (0: none).
+    #[serde(default)]
+    pub rate_limit: u64,
 }
 
 /// The whole replica set at one instant.
@@ -157,8 +175,10 @@ pub trait ControlHandler: Send + Sync {
     /// Take a replica (index or path) out of service by admin request.
     fn disable(&self, replica: &str) -> Result<String, String>;
     /// Start an online resync of an out-of-service replica (index or path) from the replicas
-    /// in service; its progress shows in the snapshot. Ok carries a one-line message.
-    fn resync(&self, replica: &str) -> Result<String, String> {
+    /// in service; its progress shows in the snapshot. `rate` limits its content copy (bytes
+    /// per second, 0: none; None: the daemon's default). Ok carries a one-line message.
+    fn resync(&self, replica: &str, rate: Option<u64>) -> Result<String, String> {
+        let _ = rate;
         Err(format!("cannot resync {replica}: not supported here"))
     }
     /// Compares replicas path by path (`chironctl verify`): every in-service replica, or only

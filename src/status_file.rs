@@ -52,6 +52,10 @@ pub fn render(s: &Snapshot) -> String {
         let state = if s.quorum_lost() { "lost" } else { "met" };
         let _ = writeln!(out, "quorum_state={state}");
     }
+    // The Nagios verdict and its reason, so a shell monitor needs no logic of its own.
+    let (check, reason) = crate::control::check_summary(s);
+    let _ = writeln!(out, "check={}", check.label().to_ascii_lowercase());
+    let _ = writeln!(out, "check_reason={}", sanitize_value(&reason));
     for r in &s.replicas {
         let n = r.index;
         let _ = writeln!(out, "replica.{n}.path={}", sanitize_value(&r.path));
@@ -85,6 +89,17 @@ pub fn render(s: &Snapshot) -> String {
                 "replica.{n}.resync_error={}",
                 sanitize_value(&rs.error)
             );
+            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+            let _ = writeln!(out, "replica.{n}.resync_total={}", opt(rs.total));
+            let _ = writeln!(out, "replica.{n}.resync_done={}", rs.done);
+            let _ = writeln!(out, "replica.{n}.resync_bytes_per_sec={}", rs.bytes_per_sec);
+            let _ = writeln!(
+                out,
+                "replica.{n}.resync_entries_per_sec={}",
+                rs.entries_per_sec
+            );
+            let _ = writeln!(out, "replica.{n}.resync_eta={}", opt(rs.eta));
+            let _ = writeln!(out, "replica.{n}.resync_rate_limit={}", rs.rate_limit);
         }
     }
     out
@@ -207,6 +222,13 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
                         f.get(k).map_or(Ok(0), |v| num(v, &key(k)))
                     };
                     let text = |k: &str| f.get(k).cloned().unwrap_or_default();
+                    // Empty (or absent) means unknown.
+                    let opt = |k: &str| -> Result<Option<u64>, String> {
+                        match f.get(k).map(String::as_str) {
+                            None | Some("") => Ok(None),
+                            Some(v) => num(v, &key(k)).map(Some),
+                        }
+                    };
                     Some(crate::snapshot::ResyncProgress {
                         state: state.clone(),
                         phase: text("resync_phase"),
@@ -216,6 +238,12 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
                         checked: n("resync_checked")?,
                         seconds: n("resync_seconds")?,
                         error: text("resync_error"),
+                        total: opt("resync_total")?,
+                        done: n("resync_done")?,
+                        bytes_per_sec: n("resync_bytes_per_sec")?,
+                        entries_per_sec: n("resync_entries_per_sec")?,
+                        eta: opt("resync_eta")?,
+                        rate_limit: n("resync_rate_limit")?,
                     })
                 }
             },
@@ -400,6 +428,8 @@ mountpoint=/mnt/data
 time=1700000200
 state=degraded
 replicas=2
+check=warning
+check_reason=1/2 replicas in service; out of service: /srv/b=c (write failed: Input/output error (os error 5); stale, needs a resync)
 replica.0.path=/srv/a dir
 replica.0.priority=normal
 replica.0.state=in-service
@@ -456,9 +486,36 @@ replica.1.errors=4
             checked: 78,
             seconds: 9,
             error: "/big on target /srv/b: ENOSPC".into(),
+            ..Default::default()
         });
         let text = render(&resyncing);
         assert!(text.contains("replica.1.resync=failed\n"), "{text}");
+        assert!(
+            text.contains("replica.1.resync_eta=\n"),
+            "unknown is empty: {text}"
+        );
+        assert_eq!(parse(&text).unwrap(), resyncing);
+        // Running, with a total, rates and an ETA.
+        resyncing.replicas[1].resync = Some(crate::snapshot::ResyncProgress {
+            state: "running".into(),
+            phase: "copying".into(),
+            total: Some(500),
+            done: 120,
+            bytes_per_sec: 2 << 20,
+            entries_per_sec: 40,
+            eta: Some(10),
+            rate_limit: 4 << 20,
+            ..Default::default()
+        });
+        let text = render(&resyncing);
+        for line in [
+            "replica.1.resync_total=500\n",
+            "replica.1.resync_eta=10\n",
+            "replica.1.resync_bytes_per_sec=2097152\n",
+            "replica.1.resync_rate_limit=4194304\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
         assert_eq!(parse(&text).unwrap(), resyncing);
     }
 
@@ -491,8 +548,9 @@ replica.1.errors=4
         s.replicas[1].reason = "line one\nline two\n".into();
         let text = render(&s);
         // Every line is a key=value pair and no injected key appears.
-        assert_eq!(text.lines().count(), 6 + 9 * 2);
+        assert_eq!(text.lines().count(), 8 + 9 * 2);
         let starting = |k: &str| text.lines().filter(|l| l.starts_with(k)).count();
+        assert_eq!(starting("check_reason="), 1);
         assert_eq!(starting("state="), 1);
         assert_eq!(starting("replica.1.state="), 1);
         let back = parse(&text).unwrap();

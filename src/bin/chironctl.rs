@@ -12,7 +12,8 @@ use clap::Parser;
 use chironfs::config;
 use chironfs::control::{self, CheckResult, Request};
 use chironfs::ctl_cli::{Cli, Cmd};
-use chironfs::snapshot::Snapshot;
+use chironfs::resync_view;
+use chironfs::snapshot::{ReplicaSnapshot, Snapshot};
 
 /// Canonical form of a mount point. A FUSE mount whose daemon died answers ENOTCONN to
 /// stat(2), so fall back to canonicalizing the parent and appending the last component.
@@ -119,11 +120,29 @@ fn run(cli: &Cli) -> Result<String, String> {
             )?;
             Ok(r.message.map(|m| m + "\n").unwrap_or_default())
         }
-        Cmd::Resync { replica, wait } => {
+        Cmd::Resync {
+            replica,
+            wait,
+            rate,
+        } => {
+            // Already running (started by hand or by --auto-resync): --wait follows it.
+            if *wait {
+                let s = snapshot_of(ask(cli, &Request::Status)?)?;
+                let running = find_replica(&s, replica)
+                    .filter(|r| r.resync.as_ref().is_some_and(|p| p.state == "running"));
+                if let Some(r) = running {
+                    out(&format!(
+                        "following the resync of {} already running\n",
+                        r.path
+                    ));
+                    return wait_resync(cli, replica);
+                }
+            }
             let r = ask(
                 cli,
                 &Request::Resync {
                     replica: absolute(replica),
+                    rate: *rate,
                 },
             )?;
             let started = r.message.unwrap_or_default();
@@ -137,23 +156,24 @@ fn run(cli: &Cli) -> Result<String, String> {
     }
 }
 
-/// `resync --wait`: prints progress until the resync of `replica` ends; Ok when it is back in
-/// service, Err with the reason when it failed.
+/// `resync --wait`: follows the resync of `replica` until it ends: on a terminal one updating
+/// progress-bar line, otherwise a plain line every few seconds (and at each phase change), fit
+/// for a log. Ok when it is back in service, Err with the reason when the resync failed.
 fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
     use std::io::IsTerminal;
+    use std::time::{Duration, Instant};
+    const PLAIN_EVERY: Duration = Duration::from_secs(5);
     let tty = std::io::stdout().is_terminal();
-    let wanted = absolute(replica);
-    let mut last = String::new();
+    // Without a way to ask the terminal (no raw ioctl here), $COLUMNS or a safe 79.
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .map_or(79, |c| c.saturating_sub(1));
+    let mut last_phase = None;
+    let mut last_plain: Option<Instant> = None;
     loop {
         let s = snapshot_of(ask(cli, &Request::Status)?)?;
-        let r = s
-            .replicas
-            .iter()
-            .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
-            .or_else(|| {
-                // A path given another way (symlink): the replica with a resync running.
-                s.replicas.iter().find(|r| r.resync.is_some())
-            })
+        let r = find_replica(&s, replica)
             .ok_or_else(|| format!("no replica '{replica}' in the daemon's status"))?;
         let p = r
             .resync
@@ -162,14 +182,15 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
         let line = format!("resync of {}: {}", r.path, control::describe_resync(&p));
         match p.state.as_str() {
             "running" => {
-                if line != last {
-                    if tty {
-                        out(&format!("\r\x1b[K{line}"));
-                    } else {
-                        out(&format!("{line}\n"));
-                    }
-                    last = line;
+                if tty {
+                    out(&format!("\r\x1b[K{}", resync_view::bar(&p, width)));
+                } else if last_phase.as_ref() != Some(&p.phase)
+                    || last_plain.is_none_or(|t| t.elapsed() >= PLAIN_EVERY)
+                {
+                    out(&format!("{line}\n"));
+                    last_plain = Some(Instant::now());
                 }
+                last_phase = Some(p.phase);
             }
             "done" => {
                 let end = if tty { "\r\x1b[K" } else { "" };
@@ -185,7 +206,7 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
                 ));
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -244,6 +265,16 @@ fn run_verify(
         report.format()
     });
     ExitCode::from(if report.identical() { 0 } else { 1 })
+}
+
+/// The replica `replica` (index or path) names in a snapshot; for a path given another way (a
+/// symlink), the replica with a resync.
+fn find_replica<'a>(s: &'a Snapshot, replica: &str) -> Option<&'a ReplicaSnapshot> {
+    let wanted = absolute(replica);
+    s.replicas
+        .iter()
+        .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
+        .or_else(|| s.replicas.iter().find(|r| r.resync.is_some()))
 }
 
 /// A replica given as a relative path is made absolute here: the daemon's working directory is
