@@ -55,6 +55,10 @@ pub struct Config {
     pub syslog_socket: PathBuf,
     /// FUSE request threads (`--threads`, `-o threads=`).
     pub threads: usize,
+    /// Size cap of each replica's journal of changed paths, in bytes (`--journal-max`,
+    /// `-o journal_max=`); past it a resync compares whole trees. A u32 (at most 4 GiB)
+    /// keeps `Config` small.
+    pub journal_max: u32,
     /// `allow_other` was asked for.
     pub allow_other: bool,
     /// Kernel mount flags passed through (ro, nosuid, nodev, noexec, noatime, ...).
@@ -81,8 +85,8 @@ pub const RUNTIME_DIR: &str = "/run/chironfs";
 /// `main` decides where they go (stdout, exit code 0) and the parser stays testable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Mount with this validated configuration.
-    Mount(Config),
+    /// Mount with this validated configuration (boxed: it is far larger than the others).
+    Mount(Box<Config>),
     /// `-h`/`--help`: the full help text (no trailing newline; print it with `println!`).
     Help(String),
     /// `-V`/`--version`: `chironfs VERSION` (no trailing newline).
@@ -145,6 +149,7 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
             timeout=SECS threads=N syslog_socket=PATH force_source=REPLICA
+            journal_max=SIZE
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
@@ -236,6 +241,10 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
     threads: Option<usize>,
 
+    /// Size cap of the journal of changed paths, bytes (K, M, G suffixes) [default: 16M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    journal_max: Option<u32>,
+
     /// Syslog socket [default: /dev/log]
     #[arg(long, value_name = "PATH")]
     syslog_socket: Option<PathBuf>,
@@ -264,6 +273,7 @@ struct MountOpts {
     status_file: Option<PathBuf>,
     timeout: Option<Duration>,
     threads: Option<usize>,
+    journal_max: Option<u32>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
     allow_other: bool,
@@ -286,6 +296,7 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     syslog_socket: PathBuf,
     threads: usize,
+    journal_max: u32,
     force_source: Option<String>,
     allow_other: bool,
     mount_options: Vec<MountOption>,
@@ -315,7 +326,7 @@ where
         }
     };
     let raw = raw_config(cli)?;
-    validate(raw).map(Action::Mount)
+    validate(raw).map(|c| Action::Mount(Box::new(c)))
 }
 
 /// The `-h` text, also useful for a man page or README.
@@ -428,6 +439,22 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses a thread count in `1..=MAX_THREADS`.
+/// A byte count with an optional K, M or G suffix (powers of 1024), from 4K to 4G - 1.
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.to_ascii_uppercase().chars().last() {
+        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n >= 4096)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| format!("'{s}' is not a size from 4K to 4G - 1 (e.g. 4096, 512K, 16M)"))
+}
+
 fn parse_threads(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
@@ -508,6 +535,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "force_source" => o.force_source = Some(need(value)?),
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
+            "journal_max" => o.journal_max = Some(parse_size(&need(value)?).map_err(bad)?),
             "quiet" | "debug" | "allow_other" | "allow_root" | "default_permissions" => {
                 if value.is_some() {
                     return Err(ConfigError::usage(format!(
@@ -582,6 +610,10 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
         syslog_socket: abs(cli.syslog_socket.or(o.syslog_socket))?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
+        journal_max: cli
+            .journal_max
+            .or(o.journal_max)
+            .unwrap_or(crate::journal::DEFAULT_MAX_BYTES as u32),
         force_source: cli.force_source.or(o.force_source),
         allow_other: o.allow_other,
         mount_options: o.mount_options,
@@ -781,6 +813,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         control_socket,
         syslog_socket: raw.syslog_socket,
         threads: raw.threads,
+        journal_max: raw.journal_max,
         allow_other: raw.allow_other,
         mount_options: raw.mount_options,
     })
@@ -826,7 +859,7 @@ mod tests {
 
     fn mount(args: &[&str]) -> Config {
         match run(args) {
-            Ok(Action::Mount(c)) => c,
+            Ok(Action::Mount(c)) => *c,
             other => panic!("expected Mount for {args:?}, got {other:?}"),
         }
     }
@@ -1370,6 +1403,25 @@ mod tests {
         assert!(m.contains("not one of the replicas"), "{m}");
         let m = fail(&[&spec, &mnt, "--force-source", &t.p("mnt")]);
         assert!(m.contains("not one of the replicas"), "{m}");
+    }
+
+    #[test]
+    fn journal_max_takes_sizes_with_suffixes() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        assert_eq!(mount(&[&spec, &mnt]).journal_max, 16 << 20);
+        assert_eq!(
+            mount(&[&spec, &mnt, "--journal-max", "512K"]).journal_max,
+            512 << 10
+        );
+        assert_eq!(
+            mount(&[&spec, &mnt, "-o", "journal_max=8192"]).journal_max,
+            8192
+        );
+        for bad in ["100", "x", "5G", "1.5M"] {
+            let m = fail(&[&spec, &mnt, "--journal-max", bad]);
+            assert!(m.contains("4K to 4G"), "{bad}: {m}");
+        }
     }
 
     #[test]

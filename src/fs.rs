@@ -47,6 +47,8 @@ struct OpenFile {
     /// [`Replica::adopt`]): a close on a hung replica must never hold a FUSE thread.
     fds: Vec<Mutex<Option<Arc<ReplicaFd>>>>,
     read_order: Vec<usize>,
+    /// Set for a handle open for writing: the journal keeps its path while it is open.
+    writer: std::sync::OnceLock<crate::set::WriterToken>,
 }
 
 impl OpenFile {
@@ -65,6 +67,7 @@ impl OpenFile {
             flags: flags & !libc::O_TRUNC,
             fds: (0..replicas).map(|_| Mutex::new(None)).collect(),
             read_order,
+            writer: std::sync::OnceLock::new(),
         }
     }
 
@@ -418,6 +421,9 @@ impl ChironFs {
     }
 
     fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
+        if file.flags & libc::O_ACCMODE != libc::O_RDONLY {
+            let _ = file.writer.set(self.set.writer_opened());
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files
             .lock()

@@ -9,6 +9,7 @@ pub mod control;
 pub mod ctl_cli;
 pub mod daemon;
 pub mod fs;
+pub mod journal;
 pub mod logging;
 pub mod nodes;
 pub mod replica;

@@ -4,7 +4,7 @@ use chironfs::config::{self, Action};
 
 fn main() {
     let code = match config::parse_args(std::env::args_os()) {
-        Ok(Action::Mount(config)) => chironfs::daemon::run(config),
+        Ok(Action::Mount(config)) => chironfs::daemon::run(*config),
         Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
             println!("{text}");
             0

@@ -236,6 +236,12 @@ pub struct Engine {
     /// While true, a source entry vanishing under the walk is skipped (a concurrent mutation,
     /// recorded in the dirty set); false under the write barrier, where nothing moves.
     tolerant: bool,
+    /// A regular file with several links was met on either side: a pass over chosen paths
+    /// cannot know its other names (see [`Engine::hard_links_seen`]).
+    hard_links: bool,
+    /// The first 1000 paths it created, replaced, removed or fixed (for crash recovery's log
+    /// line; `progress.files` counts them all).
+    fixed: Vec<PathBuf>,
 }
 
 /// Calls `f(dirfd, name)` for `rel` beneath `root`; the root itself is (root, ".").
@@ -351,7 +357,21 @@ impl Engine {
             groups: HashMap::new(),
             claimed: HashMap::new(),
             tolerant: true,
+            hard_links: false,
+            fixed: Vec::new(),
         }
+    }
+
+    /// Whether a hard-linked file was met: after a pass over chosen paths (a journal's), its
+    /// other names may still be separate copies on the target, so the caller compares the
+    /// whole tree.
+    pub fn hard_links_seen(&self) -> bool {
+        self.hard_links
+    }
+
+    /// The first paths changed on the target so far (and forgets them).
+    pub fn take_fixed(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.fixed)
     }
 
     /// Whether a source entry vanishing mid-walk is skipped (see [`Engine::tolerant`]).
@@ -448,6 +468,11 @@ impl Engine {
         self.progress.checked.fetch_add(1, Ordering::Relaxed);
         let src = self.s(rel, stat_of(self.src.root(), rel))?;
         let dst = self.t(rel, stat_of(self.dst.root(), rel))?;
+        let linked = |m: &Option<Meta>| {
+            m.as_ref()
+                .is_some_and(|m| m.is(libc::S_IFREG) && m.nlink > 1)
+        };
+        self.hard_links |= linked(&src) || linked(&dst);
         let group = match &src {
             Some(s) if s.is(libc::S_IFREG) && s.nlink > 1 => match self.group_of(s)? {
                 Group::Leader { .. } => Group::Leader {
@@ -468,6 +493,9 @@ impl Engine {
         };
         if !matches!(plan, Plan::Nothing | Plan::Update { content: false }) || fixes {
             self.progress.files.fetch_add(1, Ordering::Relaxed);
+            if self.fixed.len() < 1000 {
+                self.fixed.push(rel.to_path_buf());
+            }
         }
         let Some(s) = src else {
             if plan == Plan::Remove {
