@@ -80,7 +80,12 @@ fn a_killed_daemon_is_healed_at_restart_and_no_acknowledged_write_is_lost() {
         let acked = Arc::clone(&acked);
         let path = m.path("log");
         std::thread::spawn(move || -> String {
-            let f = match fs::OpenOptions::new().create(true).write(true).open(&path) {
+            let f = match fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+            {
                 Ok(f) => f,
                 Err(e) => return format!("open: {e}"),
             };
