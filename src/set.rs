@@ -1071,6 +1071,7 @@ impl ReplicaSet {
         first_pass: Result<BTreeMap<PathBuf, bool>, String>,
     ) -> Result<(), String> {
         let dst = self.replicas[run.target].path.display().to_string();
+        let begun = Instant::now();
         match first_pass {
             Ok(paths) => {
                 log::warn!(
@@ -1096,6 +1097,7 @@ impl ReplicaSet {
                 self.supervised(run, engine, |e| e.sync_all())?;
             }
         }
+        let first_pass_took = begun.elapsed().as_secs_f64();
         run.set_phase("catching up");
         for _ in 0..8 {
             let dirty = run.take_dirty(true);
@@ -1127,10 +1129,12 @@ impl ReplicaSet {
         self.persist_membership();
         drop(barrier);
         log::warn!(
-            "trusting replica {}: back in service after resync (write barrier {} paths, {:.3} s)",
+            "trusting replica {}: back in service after resync (write barrier {} paths, {:.3} s; \
+             first pass {first_pass_took:.3} s, {:.3} s in all)",
             target.path.display(),
             n,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            begun.elapsed().as_secs_f64()
         );
         if !target.is_in_service() {
             return Err("it was taken out again while joining".into());
