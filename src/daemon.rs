@@ -226,6 +226,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
             .spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     set.check_health();
+                    set.maybe_compact();
                     std::thread::sleep(Duration::from_secs(1));
                 }
             })

@@ -438,8 +438,10 @@ impl ReplicaSet {
 
     /// Compacts the journal when nothing needs its paths any more: every replica in service,
     /// no file open for writing, no mutation in flight (the write barrier is free), at most
-    /// about once a second.
-    fn maybe_compact(&self) {
+    /// about once a second. Called after mutations, at the last close of a file open for
+    /// writing, and once a second by the daemon's health thread (so an idle mount's journal
+    /// empties).
+    pub fn maybe_compact(&self) {
         let Some(rec) = self.journal.get() else {
             return;
         };

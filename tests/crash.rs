@@ -199,3 +199,54 @@ fn a_killed_daemon_is_healed_at_restart_and_no_acknowledged_write_is_lost() {
     drop(f);
     assert_replicas_identical(&m);
 }
+
+#[test]
+fn a_replica_out_at_a_kill_is_still_resynced_from_the_journal() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = MountBuilder::new(2).timeout(5.0).start();
+    for d in 0..20 {
+        fs::create_dir(m.path(&format!("d{d}"))).unwrap();
+        for f in 0..50 {
+            fs::write(m.path(&format!("d{d}/f{f}")), format!("{d} {f}")).unwrap();
+        }
+    }
+    // Steady state: the journal is compacted (at most once a second) once nothing is open.
+    std::thread::sleep(Duration::from_millis(1200));
+    fs::write(m.path("d0/f2"), b"again").unwrap();
+    let out = m.chironctl(&["disable", "1"]);
+    assert!(out.status.success());
+    for d in 0..5 {
+        fs::write(m.path(&format!("d{d}/f0")), b"changed while 1 was out").unwrap();
+        fs::rename(m.path(&format!("d{d}/f1")), m.path(&format!("d{d}/g1"))).unwrap();
+    }
+    fs::remove_dir_all(m.path("d19")).unwrap();
+
+    let pid = nix::unistd::Pid::from_raw(m.pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        nix::sys::signal::kill(pid, None).is_err()
+    }));
+    force_unmount(&m.mnt);
+    let replicas = m.replicas.clone();
+    m.restart_with(&replicas, &[]).unwrap();
+    let s = m.snapshot();
+    assert_eq!(s.replicas[1].state, ReplicaState::OutOfService);
+    assert!(s.replicas[1].stale);
+    let log = m.log_text();
+    assert!(log.contains("only"), "{log}");
+
+    let out = m.chironctl(&["resync", "1", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = m.log_text();
+    assert!(log.contains("incremental"), "{log}");
+    let p = m.snapshot().replicas[1].resync.clone().unwrap();
+    assert!(p.checked < 300, "{p:?}");
+    assert_replicas_identical(&m);
+    assert!(!m.on(1, "d19").exists());
+}
