@@ -6,7 +6,7 @@
 //! to each replica's root fd (`openat2` beneath, never following a symlink). How the passes are
 //! run against concurrent mutations (dirty set, write barrier) lives in `set.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -242,6 +242,9 @@ pub struct Engine {
     /// The first 1000 paths it created, replaced, removed or fixed (for crash recovery's log
     /// line; `progress.files` counts them all).
     fixed: Vec<PathBuf>,
+    /// Target directories seen to exist during this pass over chosen paths (their children's
+    /// ancestors need no second look); forgotten whenever the engine removes a directory.
+    present: HashSet<PathBuf>,
 }
 
 /// Calls `f(dirfd, name)` for `rel` beneath `root`; the root itself is (root, ".").
@@ -285,7 +288,11 @@ fn stat_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Option<Meta>> {
 /// The xattrs of an entry as name -> value; none where the filesystem has no xattrs.
 fn xattrs_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut out = BTreeMap::new();
-    let list = at(root, rel, |dir, name| {
+    // The whole path beneath the root in one open (`sys::xattr` opens it with no symlink
+    // followed, the last component included), not its parent first: this runs for every entry.
+    let whole =
+        |f: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> io::Result<Vec<u8>>| f(root, &rel_cstr(rel)?);
+    let list = whole(&mut |dir, name| {
         for _ in 0..4 {
             let size = match sys::xattr(dir, name, XattrOp::List(0))? {
                 XattrReply::Size(n) => n,
@@ -310,7 +317,7 @@ fn xattrs_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<BTreeMap<Vec<u8>, V
     };
     for attr in list.split(|&b| b == 0).filter(|a| !a.is_empty()) {
         let cattr = CString::new(attr).expect("split at NUL");
-        let value = at(root, rel, |dir, name| {
+        let value = whole(&mut |dir, name| {
             for _ in 0..4 {
                 let size = match sys::xattr(dir, name, XattrOp::Get(&cattr, 0))? {
                     XattrReply::Size(n) => n,
@@ -359,6 +366,7 @@ impl Engine {
             tolerant: true,
             hard_links: false,
             fixed: Vec::new(),
+            present: HashSet::new(),
         }
     }
 
@@ -414,6 +422,7 @@ impl Engine {
     /// The paths touched by mutations during the previous pass (`true`: a rename, whose whole
     /// subtree is compared), then the attributes (times last) of their parent directories.
     pub fn sync_dirty(&mut self, dirty: &BTreeMap<PathBuf, bool>) -> Res<()> {
+        self.present.clear();
         let mut parents = BTreeSet::new();
         for (path, &recursive) in dirty {
             if self.is_meta(path) {
@@ -429,9 +438,32 @@ impl Engine {
         }
         // Deepest first: setting a directory's times does not touch its parent's.
         for dir in parents.iter().rev() {
-            self.sync_path(dir, false, false)?;
+            self.sync_parent(dir)?;
         }
         Ok(())
+    }
+
+    /// A directory that is only the parent of changed paths: a change to itself (mode, owner,
+    /// xattrs, times) would have recorded its own path, so only its times can differ (moved by
+    /// its children's changes). Anything else (missing, another kind) gets the full entry sync.
+    fn sync_parent(&mut self, rel: &Path) -> Res<()> {
+        self.check_cancel(rel)?;
+        let src = self.s(rel, stat_of(self.src.root(), rel));
+        let dst = self.t(rel, stat_of(self.dst.root(), rel));
+        match (src, dst) {
+            (Ok(Some(s)), Ok(Some(d))) if s.is(libc::S_IFDIR) && d.is(libc::S_IFDIR) => {
+                self.progress.checked.fetch_add(1, Ordering::Relaxed);
+                if attr_fix(&s, &d).times {
+                    self.progress.files.fetch_add(1, Ordering::Relaxed);
+                    if self.fixed.len() < 1000 {
+                        self.fixed.push(rel.to_path_buf());
+                    }
+                    self.set_times(rel, &s)?;
+                }
+                Ok(())
+            }
+            _ => self.sync_path(rel, false, false),
+        }
     }
 
     fn is_meta(&self, rel: &Path) -> bool {
@@ -447,9 +479,13 @@ impl Engine {
             .map(Path::to_path_buf)
             .collect();
         for a in ancestors.iter().rev() {
+            if self.present.contains(a) {
+                continue;
+            }
             if self.t(a, stat_of(self.dst.root(), a))?.is_none() {
                 self.sync_path(a, false, false)?;
             }
+            self.present.insert(a.clone());
         }
         Ok(())
     }
@@ -722,6 +758,7 @@ impl Engine {
             return Ok(());
         };
         if d.is(libc::S_IFDIR) {
+            self.present.clear();
             let c = self.t(rel, rel_cstr(rel))?;
             for e in self.t(rel, sys::read_dir_all(root, &c))? {
                 self.remove(&rel.join(e.name))?;
