@@ -1157,6 +1157,64 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_over_journaled_paths_brings_exactly_those_changes() {
+        let base =
+            std::env::temp_dir().join(format!("chironfs-resync-dirty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (a, b) = (base.join("a"), base.join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join(META_DIR)).unwrap();
+        }
+        for d in 0..20 {
+            std::fs::create_dir_all(a.join(format!("d{d}"))).unwrap();
+            for f in 0..20 {
+                std::fs::write(a.join(format!("d{d}/f{f}")), format!("{d}{f}")).unwrap();
+            }
+        }
+        let src = Replica::open(0, a.clone(), false, 1).unwrap();
+        let dst = Replica::open(1, b.clone(), false, 1).unwrap();
+        let progress = Arc::new(Progress::default());
+        let mut e = Engine::new(src, dst, Arc::clone(&progress), Arc::default());
+        e.sync_all().map_err(|e| format!("{e:?}")).unwrap();
+        // Changes on the source, as the journal would list them.
+        std::fs::write(a.join("d0/f0"), b"new content").unwrap();
+        std::fs::rename(a.join("d1"), a.join("moved")).unwrap();
+        std::fs::remove_file(a.join("d2/f1")).unwrap();
+        std::fs::create_dir(a.join("new")).unwrap();
+        std::fs::write(a.join("new/x"), b"x").unwrap();
+        let mut journal = BTreeMap::new();
+        for (p, rec) in [
+            ("d0/f0", false),
+            ("d1", true),
+            ("moved", true),
+            ("d2/f1", false),
+            ("new", false),
+            ("new/x", false),
+        ] {
+            journal.insert(PathBuf::from(p), rec);
+        }
+        let checked = progress.checked.load(Ordering::Relaxed);
+        e.sync_dirty(&journal)
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert_eq!(listing(&a), listing(&b));
+        assert!(!e.hard_links_seen());
+        // Only about the journaled paths, the moved directory's 20 files and the parents were
+        // looked at (with a count per copied chunk), not the 420 entries of the tree.
+        let looked = progress.checked.load(Ordering::Relaxed) - checked;
+        assert!(looked < 100, "{looked} entries checked");
+        // A hard link among the paths: the caller must compare whole trees.
+        std::fs::hard_link(a.join("d0/f2"), a.join("d0/h")).unwrap();
+        let mut journal = BTreeMap::new();
+        journal.insert(PathBuf::from("d0/h"), false);
+        e.sync_dirty(&journal)
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert!(e.hard_links_seen());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
     fn attributes_that_differ_are_named() {
         let s = meta(REG);
         assert_eq!(attr_fix(&s, &s), AttrFix::default());
