@@ -58,6 +58,10 @@ pub struct Config {
     /// Kernel passthrough for read-only opens of local replicas (`--passthrough`,
     /// `-o passthrough=`): the kernel reads the replica's file itself, at native speed.
     pub passthrough: bool,
+    /// Size cap of each replica's journal of changed paths, in bytes (`--journal-max`,
+    /// `-o journal_max=`); past it a resync compares whole trees. A u32 (at most 4 GiB)
+    /// keeps `Config` small.
+    pub journal_max: u32,
     /// `allow_other` was asked for.
     pub allow_other: bool,
     /// Kernel mount flags passed through (ro, nosuid, nodev, noexec, noatime, ...).
@@ -162,6 +166,7 @@ Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
             timeout=SECS threads=N passthrough=on|off syslog_socket=PATH
             force_source=REPLICA quorum=auto|N|off resync_rate=RATE auto_resync
+            journal_max=SIZE
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
@@ -257,6 +262,10 @@ struct Cli {
     #[arg(long, value_name = "on|off", value_parser = parse_switch)]
     passthrough: Option<bool>,
 
+    /// Size cap of the journal of changed paths, bytes (K, M, G suffixes) [default: 16M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    journal_max: Option<u32>,
+
     /// Syslog socket [default: /dev/log]
     #[arg(long, value_name = "PATH")]
     syslog_socket: Option<PathBuf>,
@@ -305,6 +314,7 @@ struct MountOpts {
     timeout: Option<Duration>,
     threads: Option<usize>,
     passthrough: Option<bool>,
+    journal_max: Option<u32>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
     quorum: Option<Option<crate::quorum::Setting>>,
@@ -331,6 +341,7 @@ struct RawConfig {
     syslog_socket: PathBuf,
     threads: usize,
     passthrough: bool,
+    journal_max: u32,
     force_source: Option<String>,
     quorum: Option<crate::quorum::Setting>,
     resync_rate: u64,
@@ -476,6 +487,22 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses a thread count in `1..=MAX_THREADS`.
+/// A byte count with an optional K, M or G suffix (powers of 1024), from 4K to 4G - 1.
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.to_ascii_uppercase().chars().last() {
+        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n >= 4096)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| format!("'{s}' is not a size from 4K to 4G - 1 (e.g. 4096, 512K, 16M)"))
+}
+
 fn parse_threads(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
@@ -568,6 +595,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             }
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
+            "journal_max" => o.journal_max = Some(parse_size(&need(value)?).map_err(bad)?),
             "passthrough" => o.passthrough = Some(parse_switch(&need(value)?).map_err(bad)?),
             "resync_rate" => {
                 o.resync_rate = Some(crate::throttle::parse_rate(&need(value)?).map_err(bad)?)
@@ -653,6 +681,10 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
         passthrough: cli.passthrough.or(o.passthrough).unwrap_or(true),
+        journal_max: cli
+            .journal_max
+            .or(o.journal_max)
+            .unwrap_or(crate::journal::DEFAULT_MAX_BYTES as u32),
         force_source: cli.force_source.or(o.force_source),
         quorum: match cli.quorum {
             Some(q) => crate::quorum::parse_setting(&q)
@@ -873,6 +905,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         passthrough: raw.passthrough,
         resync_rate: raw.resync_rate,
         auto_resync: raw.auto_resync,
+        journal_max: raw.journal_max,
         allow_other: raw.allow_other,
         mount_options: raw.mount_options,
     })
@@ -1514,6 +1547,25 @@ mod tests {
         assert!(m.contains("resync_rate") && m.contains("minimum"), "{m}");
         let m = fail(&[&spec, &mnt, "-o", "auto_resync=yes"]);
         assert!(m.contains("takes no value"), "{m}");
+    }
+
+    #[test]
+    fn journal_max_takes_sizes_with_suffixes() {
+        let t = Tree::new();
+        let (spec, mnt) = (t.spec(), t.p("mnt"));
+        assert_eq!(mount(&[&spec, &mnt]).journal_max, 16 << 20);
+        assert_eq!(
+            mount(&[&spec, &mnt, "--journal-max", "512K"]).journal_max,
+            512 << 10
+        );
+        assert_eq!(
+            mount(&[&spec, &mnt, "-o", "journal_max=8192"]).journal_max,
+            8192
+        );
+        for bad in ["100", "x", "5G", "1.5M"] {
+            let m = fail(&[&spec, &mnt, "--journal-max", bad]);
+            assert!(m.contains("4K to 4G"), "{bad}: {m}");
+        }
     }
 
     #[test]

@@ -160,7 +160,11 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     if config.auto_resync {
         set.enable_auto_resync();
     }
-    recover_state(&set, config.force_source.map(usize::from))?;
+    recover_state(
+        &set,
+        config.force_source.map(usize::from),
+        config.journal_max,
+    )?;
     // The control socket first: a second daemon on the same socket is refused before it
     // mounts anything or writes a status file.
     let stop = Arc::new(AtomicBool::new(false));
@@ -233,6 +237,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
             .spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     set.check_health();
+                    set.maybe_compact();
                     std::thread::sleep(Duration::from_secs(1));
                 }
             })
@@ -290,7 +295,11 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
 /// Reads every replica's `.chironfs` state, decides who serves and who is stale (refusing a
 /// foreign replica or a split-brain), marks the stale ones out of service and writes the new
 /// state, all on the replicas' own workers within the deadline.
-fn recover_state(set: &ReplicaSet, force_source: Option<usize>) -> Result<(), String> {
+fn recover_state(
+    set: &ReplicaSet,
+    force_source: Option<usize>,
+    journal_max: u32,
+) -> Result<(), String> {
     use crate::arbitrate::Outcome;
     use crate::set::ReplicaJob;
     let all: Vec<usize> = (0..set.replicas().len()).collect();
@@ -361,5 +370,7 @@ fn recover_state(set: &ReplicaSet, force_source: Option<usize>) -> Result<(), St
         );
     }
     set.install_membership(plan.membership);
+    // Before the mount answers: crash recovery heals the journaled paths first.
+    set.start_journal(plan.unclean, u64::from(journal_max));
     Ok(())
 }

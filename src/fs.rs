@@ -56,6 +56,8 @@ struct OpenFile {
     read_order: Vec<usize>,
     /// How the kernel serves it (counted per inode until release, see [`crate::iomode`]).
     io: Mutex<Option<Ticket<BackingId>>>,
+    /// Set for a handle open for writing: the journal keeps its path while it is open.
+    writer: std::sync::OnceLock<crate::set::WriterToken>,
 }
 
 impl OpenFile {
@@ -75,6 +77,7 @@ impl OpenFile {
             fds: (0..replicas).map(|_| Mutex::new(None)).collect(),
             read_order,
             io: Mutex::new(None),
+            writer: std::sync::OnceLock::new(),
         }
     }
 
@@ -438,6 +441,9 @@ impl ChironFs {
     }
 
     fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
+        if file.flags & libc::O_ACCMODE != libc::O_RDONLY {
+            let _ = file.writer.set(self.set.writer_opened());
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files
             .lock()

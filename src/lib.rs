@@ -11,6 +11,7 @@ pub mod ctl_cli;
 pub mod daemon;
 pub mod fs;
 pub mod iomode;
+pub mod journal;
 pub mod logging;
 pub mod nodes;
 pub mod order;

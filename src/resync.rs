@@ -6,7 +6,7 @@
 //! to each replica's root fd (`openat2` beneath, never following a symlink). How the passes are
 //! run against concurrent mutations (dirty set, write barrier) lives in `set.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -303,6 +303,15 @@ pub struct Engine {
     /// While true, a source entry vanishing under the walk is skipped (a concurrent mutation,
     /// recorded in the dirty set); false under the write barrier, where nothing moves.
     tolerant: bool,
+    /// A regular file with several links was met on either side: a pass over chosen paths
+    /// cannot know its other names (see [`Engine::hard_links_seen`]).
+    hard_links: bool,
+    /// The first 1000 paths it created, replaced, removed or fixed (for crash recovery's log
+    /// line; `progress.files` counts them all).
+    fixed: Vec<PathBuf>,
+    /// Target directories seen to exist during this pass over chosen paths (their children's
+    /// ancestors need no second look); forgotten whenever the engine removes a directory.
+    present: HashSet<PathBuf>,
 }
 
 /// Calls `f(dirfd, name)` for `rel` beneath `root`; the root itself is (root, ".").
@@ -350,7 +359,11 @@ pub fn stat_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Option<Meta>> {
 /// with `verify`).
 pub fn xattrs_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut out = BTreeMap::new();
-    let list = at(root, rel, |dir, name| {
+    // The whole path beneath the root in one open (`sys::xattr` opens it with no symlink
+    // followed, the last component included), not its parent first: this runs for every entry.
+    let whole =
+        |f: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> io::Result<Vec<u8>>| f(root, &rel_cstr(rel)?);
+    let list = whole(&mut |dir, name| {
         for _ in 0..4 {
             let size = match sys::xattr(dir, name, XattrOp::List(0))? {
                 XattrReply::Size(n) => n,
@@ -375,7 +388,7 @@ pub fn xattrs_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<BTreeMap<Vec<u8
     };
     for attr in list.split(|&b| b == 0).filter(|a| !a.is_empty()) {
         let cattr = CString::new(attr).expect("split at NUL");
-        let value = at(root, rel, |dir, name| {
+        let value = whole(&mut |dir, name| {
             for _ in 0..4 {
                 let size = match sys::xattr(dir, name, XattrOp::Get(&cattr, 0))? {
                     XattrReply::Size(n) => n,
@@ -422,7 +435,22 @@ impl Engine {
             groups: HashMap::new(),
             claimed: HashMap::new(),
             tolerant: true,
+            hard_links: false,
+            fixed: Vec::new(),
+            present: HashSet::new(),
         }
+    }
+
+    /// Whether a hard-linked file was met: after a pass over chosen paths (a journal's), its
+    /// other names may still be separate copies on the target, so the caller compares the
+    /// whole tree.
+    pub fn hard_links_seen(&self) -> bool {
+        self.hard_links
+    }
+
+    /// The first paths changed on the target so far (and forgets them).
+    pub fn take_fixed(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.fixed)
     }
 
     /// Whether a source entry vanishing mid-walk is skipped (see [`Engine::tolerant`]).
@@ -500,6 +528,7 @@ impl Engine {
         let known = !dirty.values().any(|&recursive| recursive);
         self.progress
             .begin_pass(known.then_some(dirty.len() as u64));
+        self.present.clear();
         let mut parents = BTreeSet::new();
         for (path, &recursive) in dirty {
             if self.is_meta(path) {
@@ -515,9 +544,32 @@ impl Engine {
         }
         // Deepest first: setting a directory's times does not touch its parent's.
         for dir in parents.iter().rev() {
-            self.sync_path(dir, false, false)?;
+            self.sync_parent(dir)?;
         }
         Ok(())
+    }
+
+    /// A directory that is only the parent of changed paths: a change to itself (mode, owner,
+    /// xattrs, times) would have recorded its own path, so only its times can differ (moved by
+    /// its children's changes). Anything else (missing, another kind) gets the full entry sync.
+    fn sync_parent(&mut self, rel: &Path) -> Res<()> {
+        self.check_cancel(rel)?;
+        let src = self.s(rel, stat_of(self.src.root(), rel));
+        let dst = self.t(rel, stat_of(self.dst.root(), rel));
+        match (src, dst) {
+            (Ok(Some(s)), Ok(Some(d))) if s.is(libc::S_IFDIR) && d.is(libc::S_IFDIR) => {
+                self.progress.checked.fetch_add(1, Ordering::Relaxed);
+                if attr_fix(&s, &d).times {
+                    self.progress.files.fetch_add(1, Ordering::Relaxed);
+                    if self.fixed.len() < 1000 {
+                        self.fixed.push(rel.to_path_buf());
+                    }
+                    self.set_times(rel, &s)?;
+                }
+                Ok(())
+            }
+            _ => self.sync_path(rel, false, false),
+        }
     }
 
     fn is_meta(&self, rel: &Path) -> bool {
@@ -533,9 +585,13 @@ impl Engine {
             .map(Path::to_path_buf)
             .collect();
         for a in ancestors.iter().rev() {
+            if self.present.contains(a) {
+                continue;
+            }
             if self.t(a, stat_of(self.dst.root(), a))?.is_none() {
                 self.sync_path(a, false, false)?;
             }
+            self.present.insert(a.clone());
         }
         Ok(())
     }
@@ -555,6 +611,11 @@ impl Engine {
         self.progress.entries.fetch_add(1, Ordering::Relaxed);
         let src = self.s(rel, stat_of(self.src.root(), rel))?;
         let dst = self.t(rel, stat_of(self.dst.root(), rel))?;
+        let linked = |m: &Option<Meta>| {
+            m.as_ref()
+                .is_some_and(|m| m.is(libc::S_IFREG) && m.nlink > 1)
+        };
+        self.hard_links |= linked(&src) || linked(&dst);
         let group = match &src {
             Some(s) if s.is(libc::S_IFREG) && s.nlink > 1 => match self.group_of(s)? {
                 Group::Leader { .. } => Group::Leader {
@@ -575,6 +636,9 @@ impl Engine {
         };
         if !matches!(plan, Plan::Nothing | Plan::Update { content: false }) || fixes {
             self.progress.files.fetch_add(1, Ordering::Relaxed);
+            if self.fixed.len() < 1000 {
+                self.fixed.push(rel.to_path_buf());
+            }
         }
         let Some(s) = src else {
             if plan == Plan::Remove {
@@ -826,6 +890,7 @@ impl Engine {
             return Ok(());
         };
         if d.is(libc::S_IFDIR) {
+            self.present.clear();
             let c = self.t(rel, rel_cstr(rel))?;
             for e in self.t(rel, sys::read_dir_all(root, &c))? {
                 self.remove(&rel.join(e.name))?;
@@ -1222,6 +1287,64 @@ mod tests {
         // Each replica keeps its own state directory.
         let state = std::fs::read_to_string(b.join(META_DIR).join("state")).unwrap();
         assert_eq!(state, b.display().to_string());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_pass_over_journaled_paths_brings_exactly_those_changes() {
+        let base =
+            std::env::temp_dir().join(format!("chironfs-resync-dirty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (a, b) = (base.join("a"), base.join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join(META_DIR)).unwrap();
+        }
+        for d in 0..20 {
+            std::fs::create_dir_all(a.join(format!("d{d}"))).unwrap();
+            for f in 0..20 {
+                std::fs::write(a.join(format!("d{d}/f{f}")), format!("{d}{f}")).unwrap();
+            }
+        }
+        let src = Replica::open(0, a.clone(), false, 1).unwrap();
+        let dst = Replica::open(1, b.clone(), false, 1).unwrap();
+        let progress = Arc::new(Progress::default());
+        let mut e = Engine::new(src, dst, Arc::clone(&progress), Arc::default());
+        e.sync_all().map_err(|e| format!("{e:?}")).unwrap();
+        // Changes on the source, as the journal would list them.
+        std::fs::write(a.join("d0/f0"), b"new content").unwrap();
+        std::fs::rename(a.join("d1"), a.join("moved")).unwrap();
+        std::fs::remove_file(a.join("d2/f1")).unwrap();
+        std::fs::create_dir(a.join("new")).unwrap();
+        std::fs::write(a.join("new/x"), b"x").unwrap();
+        let mut journal = BTreeMap::new();
+        for (p, rec) in [
+            ("d0/f0", false),
+            ("d1", true),
+            ("moved", true),
+            ("d2/f1", false),
+            ("new", false),
+            ("new/x", false),
+        ] {
+            journal.insert(PathBuf::from(p), rec);
+        }
+        let checked = progress.checked.load(Ordering::Relaxed);
+        e.sync_dirty(&journal)
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert_eq!(listing(&a), listing(&b));
+        assert!(!e.hard_links_seen());
+        // Only about the journaled paths, the moved directory's 20 files and the parents were
+        // looked at (with a count per copied chunk), not the 420 entries of the tree.
+        let looked = progress.checked.load(Ordering::Relaxed) - checked;
+        assert!(looked < 100, "{looked} entries checked");
+        // A hard link among the paths: the caller must compare whole trees.
+        std::fs::hard_link(a.join("d0/f2"), a.join("d0/h")).unwrap();
+        let mut journal = BTreeMap::new();
+        journal.insert(PathBuf::from("d0/h"), false);
+        e.sync_dirty(&journal)
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert!(e.hard_links_seen());
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -2,20 +2,22 @@
 //! arbitrates the outcomes, serves reads with fail-over, and takes failing replicas out of
 //! service with one alert line each.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
 use crate::auto_resync::{AutoResync, Verdict};
+use crate::journal::{self, Journal, Recorder};
 use crate::replica::{Replica, ServiceStatus, now};
 use crate::resync::{self, Engine, Run};
 use crate::select::{self, Candidate};
 use crate::snapshot::{ControlHandler, ReplicaState, Snapshot};
-use crate::state::{self, Membership};
+use crate::state::{self, Gen, Membership};
 use crate::sys::{self, Credentials};
 
 /// Work to run on each replica: gets the replica, returns a value or an I/O error.
@@ -43,6 +45,9 @@ pub struct ReplicaSet {
     resync_rate: std::sync::atomic::AtomicU64,
     /// What the health check remembers between rounds about resyncs and stale replicas.
     ops: Mutex<Ops>,
+    /// The durable journal of changed paths (`journal.rs`), set up at mount by
+    /// [`ReplicaSet::start_journal`]; unset for a set without on-disk state (unit tests).
+    journal: OnceLock<Arc<Recorder>>,
 }
 
 /// The health check's memory for resync operations: the automatic-resync policy of each
@@ -60,6 +65,34 @@ struct Ops {
     counted: usize,
     /// (run address, phase, milestone) last logged.
     milestone: (usize, String, u64),
+}
+
+/// Held by each file open for writing (see [`ReplicaSet::writer_opened`]): the journal is not
+/// compacted while one is open, so a crash finds its path in the journal.
+#[derive(Debug)]
+pub struct WriterToken {
+    set: Weak<ReplicaSet>,
+}
+
+impl Drop for WriterToken {
+    fn drop(&mut self) {
+        if let Some(set) = self.set.upgrade()
+            && let Some(rec) = set.journal.get()
+            && rec.writer_closed() == 0
+        {
+            set.maybe_compact();
+        }
+    }
+}
+
+/// The paths a mutation touches, as (path, whole subtree): both names of a rename, with
+/// their subtrees; the one path of anything else (a link's two names, each alone).
+fn touched<'a>(op: &str, path: &'a Path, also: Option<&'a Path>) -> Vec<(&'a Path, bool)> {
+    let recursive = op == "rename";
+    std::iter::once(path)
+        .chain(also)
+        .map(|p| (p, recursive))
+        .collect()
 }
 
 /// Log target for alert-level lines (a replica taken out of service): the logger sends these
@@ -110,6 +143,7 @@ impl ReplicaSet {
                 ..Ops::default()
             }),
             quorum: Default::default(),
+            journal: OnceLock::new(),
         }
     }
 
@@ -222,6 +256,12 @@ impl ReplicaSet {
             let mut sorted_ids = ids.clone();
             sorted_ids.sort_unstable();
             if sorted_ids == m.in_service {
+                // The journal first: a clean state vouches for it after a reboot.
+                if let Some(rec) = self.journal.get() {
+                    let rec = Arc::clone(rec);
+                    let job: ReplicaJob<()> = Arc::new(move |r: &Replica| rec.sync(r.index));
+                    self.run(&targets, &Credentials::root(), &job);
+                }
                 self.write_records(m, &targets, true);
             }
         }
@@ -392,8 +432,9 @@ impl ReplicaSet {
         job: ReplicaJob<T>,
         spread: bool,
     ) -> Result<T, i32> {
-        let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        let barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.note_dirty(op, path, also);
+        let job = self.journaled(op, path, also, job);
         let targets = self.priority_order();
         self.quorum.admit(op, targets.len())?;
         if targets.is_empty() {
@@ -435,7 +476,335 @@ impl ReplicaSet {
                 self.persist_membership();
             }
         }
+        drop(barrier);
+        self.maybe_compact();
         verdict.answer
+    }
+
+    /// `job` preceded, on each replica, by the journal lines recording the paths it touches
+    /// (write-ahead: a crash or a take-out after the mutation always finds them there).
+    fn journaled<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        also: Option<&Path>,
+        job: ReplicaJob<T>,
+    ) -> ReplicaJob<T> {
+        let Some(rec) = self.journal.get() else {
+            return job;
+        };
+        let intent = rec.note(&touched(op, path, also));
+        let rec = Arc::clone(rec);
+        Arc::new(move |r: &Replica| {
+            if let Err(e) = rec.write_ahead(&intent, r.index) {
+                log::error!(
+                    "replica {}: {e}; a resync from it will compare whole trees until the \
+                     journal is rewritten",
+                    r.path.display()
+                );
+            }
+            job(r)
+        })
+    }
+
+    /// A file was opened for writing: until the token is dropped, the journal keeps every
+    /// path recorded (crash recovery heals it if the daemon dies meanwhile).
+    pub fn writer_opened(&self) -> WriterToken {
+        match self.journal.get() {
+            Some(rec) => {
+                rec.writer_opened();
+                WriterToken {
+                    set: self.this.clone(),
+                }
+            }
+            None => WriterToken { set: Weak::new() },
+        }
+    }
+
+    /// Compacts the journal when nothing needs its paths any more: every replica in service,
+    /// no file open for writing, no mutation in flight (the write barrier is free), at most
+    /// about once a second. Called after mutations, at the last close of a file open for
+    /// writing, and once a second by the daemon's health thread (so an idle mount's journal
+    /// empties).
+    pub fn maybe_compact(&self) {
+        let Some(rec) = self.journal.get() else {
+            return;
+        };
+        let all_in = || self.priority_order().len() == self.replicas.len();
+        if !rec.wants_compaction() || !all_in() {
+            return;
+        }
+        let Ok(_barrier) = self.barrier.try_write() else {
+            return;
+        };
+        if !rec.wants_compaction() || !all_in() {
+            return;
+        }
+        let start = self
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.generation);
+        let Some(start) = start else {
+            return;
+        };
+        rec.compact(start);
+        let all: Vec<usize> = (0..self.replicas.len()).collect();
+        self.write_journals(rec, &all, false);
+    }
+
+    /// Writes the journal whole to each of `targets` (fsynced if `durable`) and appends to
+    /// the new files from then on; a replica where that fails keeps no trusted journal.
+    /// Called with no mutation in flight (mount, write barrier).
+    fn write_journals(&self, rec: &Arc<Recorder>, targets: &[usize], durable: bool) {
+        let data: Arc<Vec<Option<Vec<u8>>>> = Arc::new(
+            (0..self.replicas.len())
+                .map(|i| targets.contains(&i).then(|| rec.render_for(i)))
+                .collect(),
+        );
+        let job: ReplicaJob<std::fs::File> = Arc::new(move |r: &Replica| {
+            journal::write(
+                &r.path,
+                data[r.index].as_deref().unwrap_or_default(),
+                durable,
+            )
+        });
+        for (i, outcome) in self.run(targets, &Credentials::root(), &job) {
+            let what = match outcome {
+                Outcome::Done(f) => {
+                    rec.attach(i, f);
+                    continue;
+                }
+                Outcome::Failed(e) => describe_errno(e),
+                Outcome::TimedOut => describe_fault(Fault::TimedOut, self.timeout),
+            };
+            rec.detach(i);
+            log::error!(
+                "cannot write the journal of replica {}: {what}; a resync from it will compare \
+                 whole trees",
+                self.replicas[i].path.display()
+            );
+        }
+    }
+
+    /// At mount, after [`ReplicaSet::install_membership`]: loads the journal of the first
+    /// in-service replica (a missing, corrupt or untrusted one is replaced by an empty one
+    /// starting now), heals the journaled paths across the in-service replicas if the last
+    /// shutdown was `unclean` (crash recovery), then writes the journal to every in-service
+    /// replica and records from then on, capped at `max_bytes`.
+    pub fn start_journal(&self, unclean: bool, max_bytes: u64) {
+        let info = self
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| (m.set_id, m.generation));
+        let Some((set_id, generation)) = info else {
+            return;
+        };
+        let order = self.priority_order();
+        let Some(&first) = order.first() else {
+            return;
+        };
+        let read: ReplicaJob<journal::Loaded> = Arc::new(|r: &Replica| Ok(journal::read(&r.path)));
+        let boot = journal::boot_id();
+        let trusted: Vec<(usize, Result<Journal, String>)> = self
+            .run(&order, &Credentials::root(), &read)
+            .into_iter()
+            .map(|(i, outcome)| {
+                let j = match outcome {
+                    Outcome::Done(journal::Loaded::Found(j)) => {
+                        j.trusted_after(set_id, !unclean, &boot).map(|()| j)
+                    }
+                    Outcome::Done(journal::Loaded::Missing) => Err("it has none".into()),
+                    Outcome::Done(journal::Loaded::Corrupt(why)) => Err(why),
+                    Outcome::Failed(e) => Err(format!("cannot read it: {}", describe_errno(e))),
+                    Outcome::TimedOut => Err("cannot read it: no answer (hung?)".into()),
+                };
+                (i, j)
+            })
+            .collect();
+        if unclean {
+            self.recover_crash(&order, &trusted);
+        }
+        let first_journal = trusted
+            .iter()
+            .find(|(i, _)| *i == first)
+            .map(|(_, j)| j.clone())
+            .unwrap_or_else(|| Err("it has none".into()));
+        let mut journal = match first_journal {
+            Ok(j) => j,
+            Err(why) => {
+                log::warn!(
+                    "journal of {}: {why}; recording starts afresh at generation {} (a replica \
+                     out of service now is resynced with a full tree compare)",
+                    self.replicas[first].path.display(),
+                    generation.number
+                );
+                Journal::new(journal::Header {
+                    set_id,
+                    start: generation,
+                    boot: boot.clone(),
+                })
+            }
+        };
+        journal.header.boot = boot;
+        let rec = Arc::new(Recorder::new(journal, self.replicas.len(), max_bytes));
+        if self.journal.set(Arc::clone(&rec)).is_err() {
+            return;
+        }
+        self.write_journals(&rec, &order, true);
+    }
+
+    /// Crash recovery, before the mount serves: every path in the in-service replicas'
+    /// journals (files open for writing, mutations in flight when the daemon died) is copied
+    /// from the first in-service replica to the others; without a trusted journal on each,
+    /// whole trees are compared. A replica that cannot be healed is taken out (stale).
+    fn recover_crash(&self, order: &[usize], trusted: &[(usize, Result<Journal, String>)]) {
+        let src = order[0];
+        let names = |i: usize| self.replicas[i].path.display().to_string();
+        let mut paths: BTreeMap<PathBuf, bool> = BTreeMap::new();
+        let mut full: Option<String> = None;
+        for (i, j) in trusted {
+            match j {
+                Ok(j) if !j.overflowed => {
+                    for (p, r) in j.paths() {
+                        *paths.entry(p).or_insert(false) |= r;
+                    }
+                }
+                Ok(_) => full = Some(format!("the journal of {} overflowed", names(*i))),
+                Err(why) => full = Some(format!("journal of {}: {why}", names(*i))),
+            }
+        }
+        if order.len() < 2 {
+            log::warn!(
+                "crash recovery: the last shutdown was not clean; only {} is in service, nothing \
+                 to heal",
+                names(src)
+            );
+            return;
+        }
+        match &full {
+            None => log::warn!(
+                "crash recovery: the last shutdown was not clean; healing {} journaled paths \
+                 from {}",
+                paths.len(),
+                names(src)
+            ),
+            Some(why) => log::warn!(
+                "crash recovery: the last shutdown was not clean; comparing whole trees with {} \
+                 ({why})",
+                names(src)
+            ),
+        }
+        let paths = Arc::new(paths);
+        for &dst in &order[1..] {
+            let progress = Arc::new(resync::Progress::default());
+            let mut engine = Engine::new(
+                Arc::clone(&self.replicas[src]),
+                Arc::clone(&self.replicas[dst]),
+                Arc::clone(&progress),
+                Arc::default(),
+            );
+            engine.set_tolerant(false);
+            let (paths, whole) = (Arc::clone(&paths), full.is_some());
+            // The walk recurses once per directory level: a thread with a big stack.
+            let healed = std::thread::Builder::new()
+                .name("crash-recovery".into())
+                .stack_size(64 << 20)
+                .spawn(move || {
+                    let r = if whole {
+                        engine.sync_all()
+                    } else {
+                        engine.sync_dirty(&paths).and_then(|()| {
+                            if engine.hard_links_seen() {
+                                engine.sync_all()
+                            } else {
+                                Ok(())
+                            }
+                        })
+                    };
+                    r.map(|()| engine.take_fixed()).map_err(|e| {
+                        format!(
+                            "{} on the {}: {}",
+                            shown(&e.path),
+                            match e.side {
+                                resync::Side::Source => "source",
+                                resync::Side::Target => "target",
+                            },
+                            describe_errno(e.err.raw_os_error().unwrap_or(libc::EIO))
+                        )
+                    })
+                })
+                .map_err(|e| format!("cannot start the recovery thread: {e}"))
+                .and_then(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err("the recovery panicked".into()))
+                });
+            match healed {
+                Ok(fixed) if fixed.is_empty() => log::info!(
+                    "crash recovery: {} already agreed with {}",
+                    names(dst),
+                    names(src)
+                ),
+                Ok(fixed) => {
+                    let total = progress.files.load(Ordering::Relaxed) as usize;
+                    let mut list: Vec<String> = fixed.iter().take(20).map(|p| shown(p)).collect();
+                    if total > list.len() {
+                        list.push(format!("and {} more", total - list.len()));
+                    }
+                    log::warn!(
+                        "crash recovery: healed {} entries of {} from {}: {}",
+                        total,
+                        names(dst),
+                        names(src),
+                        list.join(", ")
+                    );
+                }
+                Err(e) => self.take_out_because(
+                    dst,
+                    format!("crash recovery from {} failed: {e}", names(src)),
+                    true,
+                ),
+            }
+        }
+    }
+
+    /// Replica `index` is coming back in service: its journal is rewritten from the running
+    /// one (it missed the appends while out). Called under the write barrier.
+    fn rejoin_journal(&self, index: usize) {
+        if let Some(rec) = self.journal.get() {
+            self.write_journals(rec, &[index], false);
+        }
+    }
+
+    /// The first pass of a resync of `target` from `source`: the journaled paths when the
+    /// source's journal covers everything the target missed (`target_gen`: its recorded
+    /// generation and whether it was in service at it), else Err with the reason for a full
+    /// tree compare. Called under the write barrier, as the run starts recording.
+    fn journal_plan(
+        &self,
+        source: usize,
+        target_gen: Option<(Gen, bool)>,
+    ) -> Result<BTreeMap<PathBuf, bool>, String> {
+        let rec = self
+            .journal
+            .get()
+            .ok_or("no journal (the set keeps no state)")?;
+        if rec.is_broken(source) {
+            return Err("the source's journal lost records (a failed write)".into());
+        }
+        let lineage: Vec<Gen> = self
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.history.iter().copied().chain([m.generation]).collect())
+            .unwrap_or_default();
+        let j = rec.snapshot();
+        journal::coverage(Some(&j), &lineage, target_gen)?;
+        Ok(j.paths())
     }
 
     /// The resync in progress, if any (a clone, so the lock is not held while it is used).
@@ -452,9 +821,7 @@ impl ReplicaSet {
         let run = self.current_resync();
         // A run that ended records nothing (its dirty set is gone).
         if let Some(run) = run {
-            let recursive = op == "rename";
-            run.note(path, recursive);
-            if let Some(p) = also {
+            for (p, recursive) in touched(op, path, also) {
                 run.note(p, recursive);
             }
         }
@@ -856,6 +1223,7 @@ impl ReplicaSet {
         if let Some(Err(problem)) = self.probe(&[r.index]).pop() {
             return Err(refusing(problem));
         }
+        let target_gen = self.recorded_generation(r.index);
         // Installed under the write barrier: a mutation already in flight is over before the
         // copy starts, and every later one records its paths. (Barrier, then the run: the
         // order mutations take them in.)
@@ -884,12 +1252,15 @@ impl ReplicaSet {
         let run = Arc::new(Run::new(source, r.index));
         let rate = rate.unwrap_or_else(|| self.resync_rate.load(Ordering::Relaxed));
         run.progress.set_limit(rate);
+        // Taken with the run installed, under the barrier: every path changed before is in
+        // the journal's copy, every later one in the run's dirty set.
+        let first_pass = self.journal_plan(source, target_gen);
         *current = Some(Arc::clone(&run));
         drop(current);
         drop(barrier);
         let spawned = std::thread::Builder::new()
             .name("resync".into())
-            .spawn(move || this.run_resync(&run));
+            .spawn(move || this.run_resync(&run, first_pass));
         if let Err(e) = spawned {
             let run = self.current_resync();
             if let Some(run) = run {
@@ -906,10 +1277,29 @@ impl ReplicaSet {
         ))
     }
 
-    /// The resync thread: pass 1 copies the whole tree while mutations go on (recording the
-    /// paths they touch); catch-up passes copy those paths again until few are left; the last
-    /// pass runs under the write barrier, then the target joins the membership.
-    fn run_resync(&self, run: &Arc<Run>) {
+    /// Replica `index`'s recorded generation and whether it was in service at it (None when
+    /// its state cannot be read or belongs to no known set), read on its own workers.
+    fn recorded_generation(&self, index: usize) -> Option<(Gen, bool)> {
+        let set_id = self
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.set_id)?;
+        let read: ReplicaJob<state::Found> = Arc::new(|r: &Replica| state::read_found(&r.path));
+        match self.run(&[index], &Credentials::root(), &read).pop() {
+            Some((_, Outcome::Done(state::Found::Record(rec)))) if rec.set_id == set_id => {
+                Some((rec.generation, rec.in_service.contains(&rec.replica_id)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The resync thread: pass 1 copies the journaled paths when the source's journal covers
+    /// the target's absence (`first_pass`), else the whole tree, while mutations go on
+    /// (recording the paths they touch); catch-up passes copy those paths again until few are
+    /// left; the last pass runs under the write barrier, then the target joins the membership.
+    fn run_resync(&self, run: &Arc<Run>, first_pass: Result<BTreeMap<PathBuf, bool>, String>) {
         let (src, dst) = (&self.replicas[run.source], &self.replicas[run.target]);
         log::warn!(
             "resync of replica {} from {} started on {} (rate limit: {})",
@@ -924,7 +1314,7 @@ impl ReplicaSet {
             Arc::clone(&run.progress),
             Arc::clone(&run.cancel),
         )));
-        let result = self.resync_passes(run, &engine);
+        let result = self.resync_passes(run, &engine, first_pass);
         if result.is_err() {
             run.cancel.store(true, Ordering::Relaxed);
         }
@@ -954,8 +1344,40 @@ impl ReplicaSet {
         }
     }
 
-    fn resync_passes(&self, run: &Run, engine: &Arc<Mutex<Engine>>) -> Result<(), String> {
-        self.supervised(run, engine, |e| e.sync_all())?;
+    fn resync_passes(
+        &self,
+        run: &Run,
+        engine: &Arc<Mutex<Engine>>,
+        first_pass: Result<BTreeMap<PathBuf, bool>, String>,
+    ) -> Result<(), String> {
+        let dst = self.replicas[run.target].path.display().to_string();
+        let begun = Instant::now();
+        match first_pass {
+            Ok(paths) => {
+                log::warn!(
+                    "resync of replica {dst}: incremental, {} journaled paths (the source's \
+                     journal covers its absence)",
+                    paths.len()
+                );
+                let paths = Arc::new(paths);
+                self.supervised(run, engine, move |e| {
+                    e.sync_dirty(&paths)?;
+                    if e.hard_links_seen() {
+                        log::warn!(
+                            "resync of replica {dst}: hard-linked files among the journaled \
+                             paths (their other names are not journaled): full tree compare"
+                        );
+                        e.sync_all()?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Err(why) => {
+                log::warn!("resync of replica {dst}: full tree compare: {why}");
+                self.supervised(run, engine, |e| e.sync_all())?;
+            }
+        }
+        let first_pass_took = begun.elapsed().as_secs_f64();
         run.set_phase("catching up");
         for _ in 0..8 {
             let dirty = run.take_dirty(true);
@@ -982,14 +1404,17 @@ impl ReplicaSet {
         if target.is_in_service() {
             return Err("it was put back in service during the resync".into());
         }
+        self.rejoin_journal(run.target);
         target.update_status(|s| *s = ServiceStatus::in_service(now()));
         self.persist_membership();
         drop(barrier);
         log::warn!(
-            "trusting replica {}: back in service after resync (write barrier {} paths, {:.3} s)",
+            "trusting replica {}: back in service after resync (write barrier {} paths, {:.3} s; \
+             first pass {first_pass_took:.3} s, {:.3} s in all)",
             target.path.display(),
             n,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            begun.elapsed().as_secs_f64()
         );
         if !target.is_in_service() {
             return Err("it was taken out again while joining".into());
@@ -1127,8 +1552,16 @@ impl ControlHandler for ReplicaSet {
         if let Some(Err(problem)) = self.probe(&[r.index]).pop() {
             return Err(format!("cannot enable {}: {problem}", r.path.display()));
         }
-        r.update_status(|s| s.enable(now(), force))
-            .map_err(refusing)?;
+        {
+            // Its journal missed the appends while it was out: rewritten before it takes
+            // mutations again, with none in flight.
+            let _barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+            if !r.is_in_service() {
+                self.rejoin_journal(r.index);
+            }
+            r.update_status(|s| s.enable(now(), force))
+                .map_err(refusing)?;
+        }
         self.persist_membership();
         self.ops().auto[r.index].release();
         let how = if force { " (forced)" } else { "" };

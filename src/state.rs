@@ -32,11 +32,13 @@ impl Gen {
     /// "Never in sync": a new replica, or the loser of a split-brain.
     pub const NONE: Gen = Gen { number: 0, id: 0 };
 
-    fn render(self) -> String {
+    /// `NUMBER:ID`, as in the state file and the journal header.
+    pub(crate) fn render(self) -> String {
         format!("{}:{:016x}", self.number, self.id)
     }
 
-    fn parse(s: &str) -> Option<Gen> {
+    /// Reads [`Gen::render`]'s form.
+    pub(crate) fn parse(s: &str) -> Option<Gen> {
         let (n, id) = s.split_once(':')?;
         Some(Gen {
             number: n.parse().ok()?,
@@ -240,6 +242,9 @@ pub struct Plan {
     pub writes: Vec<(usize, StateRecord)>,
     /// Lines for the log.
     pub notes: Vec<String>,
+    /// The last shutdown of a replica now in service was not clean (the daemon was killed or
+    /// the machine crashed): crash recovery heals the journaled paths before serving.
+    pub unclean: bool,
 }
 
 /// Decides, from what was found at each replica (`names` for messages), who serves and who is
@@ -314,6 +319,7 @@ pub fn plan(
             membership,
             writes,
             notes,
+            unclean: false,
         });
     }
 
@@ -490,11 +496,15 @@ pub fn plan(
         }
     }
     writes.sort_by_key(|(i, _)| *i);
+    let unclean = in_service
+        .iter()
+        .any(|&i| matches!(&found[i], Found::Record(r) if !r.clean));
     Ok(Plan {
         membership,
         stale,
         writes,
         notes,
+        unclean,
     })
 }
 
@@ -686,6 +696,35 @@ mod tests {
             assert_eq!(p.writes.len(), 1);
             assert_eq!(p.writes[0].0, 1 - behind);
         }
+    }
+
+    #[test]
+    fn an_unclean_shutdown_of_a_replica_in_service_is_reported() {
+        let mut dirty = rec(1, 1, G2, &[G1], &[1, 2]);
+        if let Found::Record(r) = &mut dirty {
+            r.clean = false;
+        }
+        let p = plan(
+            &[dirty.clone(), rec(1, 2, G2, &[G1], &[1, 2])],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert!(p.unclean);
+        assert!(p.notes.iter().any(|n| n.contains("not clean")));
+        // A stale replica's old unclean record is no crash of the running set.
+        let p = plan(
+            &[rec(1, 2, Gen { number: 3, id: 33 }, &[G1, G2], &[2]), dirty],
+            &names(2),
+            None,
+            &mut counter(),
+            5,
+        )
+        .unwrap();
+        assert!(p.stale[1].is_some());
+        assert!(!p.unclean);
     }
 
     #[test]

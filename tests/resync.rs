@@ -339,3 +339,148 @@ fn a_resync_that_fails_on_the_target_leaves_it_out_and_says_why() {
     assert!(!m.chironctl(&["enable", "1"]).status.success());
     assert!(m.log_text().contains("failed"));
 }
+
+/// `dirs` directories of `files` small files each, written through the mount.
+fn big_tree(m: &Mount, dirs: usize, files: usize) {
+    for d in 0..dirs {
+        let dir = m.path(&format!("t{d}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..files {
+            fs::write(
+                dir.join(format!("f{f}")),
+                format!("{d}/{f}\n").repeat(f % 9 + 1),
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Lines of replica `i`'s journal (the header included).
+fn journal_lines(m: &Mount, i: usize) -> usize {
+    fs::read_to_string(m.on(i, &format!("{META_DIR}/journal")))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// The last resync's progress of replica `i`, from `chironctl status --json`.
+fn checked_by_resync(m: &Mount, i: usize) -> u64 {
+    let s = m.snapshot();
+    let p = s.replicas[i]
+        .resync
+        .as_ref()
+        .expect("resync progress shown");
+    assert_eq!(p.state, "done", "{p:?}");
+    p.checked
+}
+
+/// A few changes of every kind (content, rename of files and of a directory, deletion of
+/// files and of a directory, creation, mode) in a `big_tree`.
+fn change_a_few(m: &Mount) {
+    for d in 0..10 {
+        fs::write(m.path(&format!("t{d}/f1")), format!("changed {d}")).unwrap();
+        fs::rename(
+            m.path(&format!("t{d}/f2")),
+            m.path(&format!("t{}/moved{d}", d + 1)),
+        )
+        .unwrap();
+        fs::remove_file(m.path(&format!("t{d}/f3"))).unwrap();
+    }
+    fs::create_dir(m.path("fresh")).unwrap();
+    for i in 0..10 {
+        fs::write(m.path(&format!("fresh/n{i}")), format!("new {i}")).unwrap();
+    }
+    fs::rename(m.path("t20"), m.path("t20-moved")).unwrap();
+    fs::remove_dir_all(m.path("t21")).unwrap();
+    fs::set_permissions(m.path("t22/f5"), fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn a_resync_copies_only_the_journaled_paths_of_a_large_tree() {
+    if !can_mount() {
+        return;
+    }
+    let m = MountBuilder::new(2).timeout(5.0).start();
+    let (dirs, files) = (100, 40);
+    let t = Instant::now();
+    big_tree(&m, dirs, files);
+    eprintln!("{} files written in {:?}", dirs * files, t.elapsed());
+    // Nothing open and every replica in service: the journal is compacted (at most once a
+    // second, after a mutation or the last close).
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    fs::write(m.path("t0/f0"), b"once more").unwrap();
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || journal_lines(&m, 0)
+            <= 2
+            && journal_lines(&m, 1) <= 2),
+        "the journal was not compacted: {} lines",
+        journal_lines(&m, 0)
+    );
+
+    ctl_ok(&m, &["disable", "1"]);
+    change_a_few(&m);
+    let journaled = journal_lines(&m, 0);
+    assert!(journaled > 50, "{journaled} journal lines");
+    let out = ctl_ok(&m, &["resync", "1", "--wait"]);
+    assert!(out.contains("back in service"), "{out}");
+    let checked = checked_by_resync(&m, 1);
+    let log = m.log_text();
+    assert!(log.contains("incremental"), "{log}");
+    eprintln!(
+        "incremental resync: {journaled} journal lines, {checked} entries checked of {} in the \
+         tree",
+        dirs * files + dirs
+    );
+    // About the changed paths (the two renamed/deleted directories' 80 files, each changed
+    // path and its parent, copy chunks), nowhere near the 4,100 entries of the tree.
+    assert!(checked < 600, "{checked} entries checked");
+    assert_replicas_identical(&m);
+    assert_eq!(fs::read(m.on(1, "t0/f1")).unwrap(), b"changed 0");
+    assert!(!m.on(1, "t21").exists() && m.on(1, "t20-moved/f7").exists());
+}
+
+#[test]
+fn an_overflowed_or_lost_journal_falls_back_to_a_full_compare() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = MountBuilder::new(2)
+        .timeout(5.0)
+        .arg("--journal-max")
+        .arg("4K")
+        .start();
+    big_tree(&m, 30, 20);
+    ctl_ok(&m, &["disable", "1"]);
+    change_a_few(&m);
+    // Far more than 4 KiB of paths.
+    for i in 0..400 {
+        fs::write(m.path(&format!("fresh/with-a-longer-name-{i}")), b"x").unwrap();
+    }
+    let text = fs::read_to_string(m.on(0, &format!("{META_DIR}/journal"))).unwrap();
+    assert!(text.ends_with("overflow\n") && text.len() <= 4096, "{text}");
+    ctl_ok(&m, &["resync", "1", "--wait"]);
+    let log = m.log_text();
+    assert!(
+        log.contains("full tree compare: the journal overflowed"),
+        "{log}"
+    );
+    assert!(checked_by_resync(&m, 1) > 600);
+    assert_replicas_identical(&m);
+
+    // Out again, then the journal is lost across a restart: coverage starts afresh.
+    ctl_ok(&m, &["disable", "1"]);
+    fs::write(m.path("t0/f0"), b"missed by 1").unwrap();
+    fs::remove_dir_all(m.path("t1")).unwrap();
+    let (r0, r1) = (m.replicas[0].clone(), m.replicas[1].clone());
+    assert!(m.stop());
+    fs::remove_file(r0.join(META_DIR).join("journal")).unwrap();
+    m.restart_with(&[r0.clone(), r1.clone()], &["--journal-max", "4K"])
+        .unwrap();
+    assert!(m.snapshot().replicas[1].stale);
+    ctl_ok(&m, &["resync", "1", "--wait"]);
+    let log = m.log_text();
+    assert!(log.contains("recording starts afresh"), "{log}");
+    assert!(log.contains("after the replica left"), "{log}");
+    assert!(checked_by_resync(&m, 1) > 600);
+    assert_replicas_identical(&m);
+    assert_eq!(fs::read(m.on(1, "t0/f0")).unwrap(), b"missed by 1");
+}
