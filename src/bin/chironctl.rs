@@ -171,6 +171,9 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
         .map_or(79, |c| c.saturating_sub(1));
     let mut last_phase = None;
     let mut last_plain: Option<Instant> = None;
+    // Short resyncs (an incremental one takes a fraction of a second) end without waiting
+    // half a second more: polls start at 50 ms and slow down to 400 ms.
+    let mut polls: u32 = 0;
     loop {
         let s = snapshot_of(ask(cli, &Request::Status)?)?;
         let r = find_replica(&s, replica)
@@ -206,7 +209,8 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
                 ));
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(50 << polls.min(3)));
+        polls += 1;
     }
 }
 
