@@ -570,25 +570,7 @@ pub fn read(root: &Path) -> Loaded {
 /// Writes `data` as `root`'s journal atomically (temp file, rename; with `durable` also fsync
 /// of the file and the directory) and returns it opened for appending.
 pub fn write(root: &Path, data: &[u8], durable: bool) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = root.join(META_DIR);
-    let tmp = dir.join(format!("{JOURNAL_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    if durable {
-        f.sync_all()?;
-    }
-    drop(f);
-    let path = dir.join(JOURNAL_FILE);
-    std::fs::rename(&tmp, &path)?;
-    if durable {
-        std::fs::File::open(&dir)?.sync_all()?;
-    }
+    let path = crate::state::replace_meta_file(root, JOURNAL_FILE, data, durable)?;
     std::fs::OpenOptions::new().append(true).open(&path)
 }
 

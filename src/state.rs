@@ -550,24 +550,42 @@ pub fn read_found(root: &Path) -> std::io::Result<Found> {
 /// Writes `record` into `root`'s metadata directory atomically: temp file, fsync, rename,
 /// fsync of the directory.
 pub fn write_record(root: &Path, record: &StateRecord) -> std::io::Result<()> {
+    replace_meta_file(root, STATE_FILE, record.render().as_bytes(), true).map(drop)
+}
+
+/// Replaces the file `name` of `root`'s metadata directory (made if missing) with `data`
+/// atomically: temp file, rename; with `durable`, the file is fsynced before the rename and
+/// the directory after it. Returns the file's path.
+pub fn replace_meta_file(
+    root: &Path,
+    name: &str,
+    data: &[u8],
+    durable: bool,
+) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = root.join(META_DIR);
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(record.render().as_bytes())?;
-    f.sync_all()?;
+    f.write_all(data)?;
+    if durable {
+        f.sync_all()?;
+    }
     drop(f);
-    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-    std::fs::File::open(&dir)?.sync_all()
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path)?;
+    if durable {
+        std::fs::File::open(&dir)?.sync_all()?;
+    }
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -1218,17 +1218,6 @@ fn a_read_failing_everywhere_returns_eio_and_takes_nobody_out() {
 // Administration: enable, disable, check
 // ---------------------------------------------------------------------------------------------
 
-fn ctl_ok(m: &Mount, args: &[&str]) -> String {
-    let out = m.chironctl(args);
-    assert!(
-        out.status.success(),
-        "chironctl {args:?} failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 fn ctl_refused(m: &Mount, args: &[&str]) -> String {
     let out = m.chironctl(args);
     assert!(

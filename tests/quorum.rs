@@ -19,17 +19,6 @@ fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
 
-fn ctl_ok(m: &Mount, args: &[&str]) -> String {
-    let out = m.chironctl(args);
-    assert!(
-        out.status.success(),
-        "chironctl {args:?}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 #[test]
 fn writes_stop_below_the_quorum_and_come_back_with_it() {
     if !can_mount() {

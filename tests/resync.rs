@@ -18,17 +18,6 @@ use chironfs::snapshot::ReplicaState;
 use chironfs::state::{META_DIR, STATE_FILE, StateRecord};
 use common::*;
 
-fn ctl_ok(m: &Mount, args: &[&str]) -> String {
-    let out = m.chironctl(args);
-    assert!(
-        out.status.success(),
-        "chironctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
     let cn = CString::new(name).unwrap();

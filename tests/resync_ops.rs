@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 use chironfs::snapshot::ReplicaState;
 use common::*;
 
-fn ctl_ok(m: &Mount, args: &[&str]) -> String {
-    let out = m.chironctl(args);
-    assert!(
-        out.status.success(),
-        "chironctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 const MIB: u64 = 1 << 20;
 
 /// Takes replica 1 out and writes `mib` MiB of new content (in 1 MiB files) it misses.

@@ -16,16 +16,6 @@ fn record(replica: &Path) -> StateRecord {
     StateRecord::parse(&text).unwrap()
 }
 
-fn ctl_ok(m: &Mount, args: &[&str]) -> String {
-    let out = m.chironctl(args);
-    assert!(
-        out.status.success(),
-        "chironctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A new directory next to the mount's replicas.
 fn new_dir(m: &Mount, name: &str) -> PathBuf {
     let p = m.tmp.path().join(name);

@@ -397,6 +397,19 @@ pub fn assert_replicas_identical(m: &Mount) {
     }
 }
 
+/// Runs `chironctl ARGS` against `m` and returns its stdout, failing the test with both
+/// outputs when it does not succeed.
+pub fn ctl_ok(m: &Mount, args: &[&str]) -> String {
+    let out = m.chironctl(args);
+    assert!(
+        out.status.success(),
+        "chironctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `cmd` as uid/gid with the given supplementary groups (through setpriv).
 pub fn run_as(uid: u32, gid: u32, groups: &[u32], cmd: &str) -> Output {
     let groups = if groups.is_empty() {
