@@ -329,8 +329,8 @@ fn recover_state(
         &mut state::random_id,
         crate::replica::now(),
     )?;
-    for note in &plan.notes {
-        log::warn!("{note}");
+    for (level, note) in &plan.notes {
+        log::log!(*level, "{note}");
     }
     for (i, why) in plan.stale.iter().enumerate() {
         if let Some(why) = why {

@@ -636,7 +636,15 @@ impl ReplicaSet {
         let mut journal = match first_journal {
             Ok(j) => j,
             Err(why) => {
-                log::warn!(
+                // Routine for a new set (or all replicas in service): only a replica out of
+                // service now loses anything (its resync compares whole trees).
+                let level = if order.len() < self.replicas.len() {
+                    log::Level::Warn
+                } else {
+                    log::Level::Info
+                };
+                log::log!(
+                    level,
                     "journal of {}: {why}; recording starts afresh at generation {} (a replica \
                      out of service now is resynced with a full tree compare)",
                     self.replicas[first].path.display(),

@@ -240,8 +240,9 @@ pub struct Plan {
     /// Records to write now (index, record): the in-service replicas, new replicas, and
     /// split-brain losers reset to "never in sync". Other stale replicas are left untouched.
     pub writes: Vec<(usize, StateRecord)>,
-    /// Lines for the log.
-    pub notes: Vec<String>,
+    /// Lines for the log, each with its level (a routine event, such as a fresh set of empty
+    /// replicas, is INFO; an assumption or a change of membership is a WARNING).
+    pub notes: Vec<(log::Level, String)>,
     /// The last shutdown of a replica now in service was not clean (the daemon was killed or
     /// the machine crashed): crash recovery heals the journaled paths before serving.
     pub unclean: bool,
@@ -300,15 +301,21 @@ pub fn plan(
         let holding = found
             .iter()
             .any(|f| matches!(f, Found::Missing { empty: false }));
-        notes.push(format!(
-            "new replica set {}: {} (generation {})",
-            hex(membership.set_id),
-            if holding {
-                "adopting the existing files of every replica as identical"
-            } else {
-                "initialized empty replicas"
-            },
-            membership.generation.number
+        let (level, what) = if holding {
+            (
+                log::Level::Warn,
+                "adopting the existing files of every replica as identical",
+            )
+        } else {
+            (log::Level::Info, "initialized empty replicas")
+        };
+        notes.push((
+            level,
+            format!(
+                "new replica set {}: {what} (generation {})",
+                hex(membership.set_id),
+                membership.generation.number
+            ),
         ));
         let writes = all
             .iter()
@@ -467,15 +474,18 @@ pub fn plan(
         in_service: sorted(reference.in_service.iter().copied()),
     };
     if membership.change(&in_service, fresh()) {
-        notes.push(format!(
-            "membership changed: generation {}",
-            membership.generation.number
+        notes.push((
+            log::Level::Warn,
+            format!(
+                "membership changed: generation {}",
+                membership.generation.number
+            ),
         ));
     }
     if !reference.clean {
-        notes.push(format!(
-            "the last shutdown of {} was not clean",
-            names[source]
+        notes.push((
+            log::Level::Warn,
+            format!("the last shutdown of {} was not clean", names[source]),
         ));
     }
     let mut writes: Vec<(usize, StateRecord)> = in_service
@@ -731,7 +741,7 @@ mod tests {
         )
         .unwrap();
         assert!(p.unclean);
-        assert!(p.notes.iter().any(|n| n.contains("not clean")));
+        assert!(p.notes.iter().any(|(_, n)| n.contains("not clean")));
         // A stale replica's old unclean record is no crash of the running set.
         let p = plan(
             &[rec(1, 2, Gen { number: 3, id: 33 }, &[G1, G2], &[2]), dirty],
