@@ -281,6 +281,24 @@ fn stamp_mtime(fd: BorrowedFd<'_>, stamp: TimeSpec) {
     let _ = sys::utimens_at(fd, c"", TimeSpec::Omit, stamp);
 }
 
+/// What open(O_TRUNC) does natively for a caller without CAP_FSETID (anyone but root here):
+/// the setuid bit goes, and setgid on a group-executable file. With FUSE_ATOMIC_O_TRUNC the
+/// kernel leaves this to the filesystem, and the replicas are truncated as root, who keeps them.
+fn clear_setid_on_truncate(fd: BorrowedFd<'_>, caller_uid: u32) -> io::Result<()> {
+    if caller_uid == 0 {
+        return Ok(());
+    }
+    let mode = sys::fstat(fd)?.st_mode & 0o7777;
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kept &= !libc::S_ISGID;
+    }
+    if kept != mode {
+        sys::fchmod(fd, kept)?;
+    }
+    Ok(())
+}
+
 fn caller(req: &Request) -> Credentials {
     Credentials::of_caller(req.uid(), req.gid(), req.pid())
 }
@@ -852,7 +870,7 @@ impl Filesystem for ChironFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _tree = self.tree_shared();
         let flags = flags.0;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
@@ -880,11 +898,13 @@ impl Filesystem for ChironFs {
         let result = if writable {
             let f = Arc::clone(&file);
             let stamp = now();
+            let uid = req.uid();
             self.mutate("open", &path, &Credentials::root(), move |r| {
                 let fd = open_file(r, &f.opened_as, flags)?;
                 if flags & libc::O_TRUNC != 0 {
                     // O_TRUNC updates the mtime (and ctime) even of an empty file.
                     stamp_mtime(fd.as_fd(), stamp);
+                    clear_setid_on_truncate(fd.as_fd(), uid)?;
                 }
                 f.store(r, fd);
                 Ok(None)
@@ -1273,6 +1293,7 @@ impl Filesystem for ChironFs {
         let f = Arc::clone(&file);
         let open_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_NOFOLLOW;
         let exclusive = flags & libc::O_EXCL != 0;
+        let uid = req.uid();
         let stamp = now();
         let creds = caller(req).with_umask(umask);
         let result = self.mutate("create", &path, &creds, move |r| {
@@ -1290,6 +1311,7 @@ impl Filesystem for ChironFs {
                     let fd = sys::open_beneath(r.root(), &rel, open_flags, 0, false)?;
                     if open_flags & libc::O_TRUNC != 0 {
                         stamp_mtime(fd.as_fd(), stamp);
+                        clear_setid_on_truncate(fd.as_fd(), uid)?;
                     }
                     fd
                 }

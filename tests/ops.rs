@@ -1225,3 +1225,36 @@ fn a_terminal_query_on_a_file_is_refused_quietly() {
         "a fresh mount, a terminal query and a normal unmount log no warning:\n{log}"
     );
 }
+
+/// A write or a truncate by the (unprivileged) owner clears the setuid bit, and setgid on a
+/// group-executable file, on every replica, as the kernel does natively: the replicas are
+/// written as root, which would keep them (guards a future direct-I/O write path, where the
+/// kernel leaves this to the filesystem).
+#[test]
+fn an_owners_write_or_truncate_clears_setuid_on_every_replica() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    std::os::unix::fs::chown(m.path(""), Some(1001), Some(1001)).unwrap();
+    for (name, step) in [
+        ("w", "echo more >> w"),
+        ("t", ": > t"),
+        ("s", "truncate -s 1 s"),
+    ] {
+        let cmd = format!(
+            "cd {} && echo x > {name} && chmod 6755 {name} && {step}",
+            m.path("").display()
+        );
+        let out = run_as(1001, 1001, &[], &cmd);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 0..2 {
+            let mode = fs::metadata(m.on(i, name)).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{name} on replica {i}: {mode:o}");
+        }
+    }
+}
