@@ -150,13 +150,7 @@ fn a_killed_daemon_is_healed_at_restart_and_no_acknowledged_write_is_lost() {
 
     let replicas = m.replicas.clone();
     m.restart_with(&replicas, &[]).unwrap();
-    let s = m.snapshot();
-    assert!(
-        s.replicas
-            .iter()
-            .all(|r| r.state == ReplicaState::InService && !r.stale),
-        "{s:?}"
-    );
+    assert_all_in_service(&m);
     let log = m.log_text();
     assert!(log.contains("was not clean"), "{log}");
     assert!(log.contains("journaled paths"), "{log}");

@@ -18,28 +18,6 @@ use chironfs::snapshot::ReplicaState;
 use chironfs::state::{META_DIR, STATE_FILE, StateRecord};
 use common::*;
 
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let cn = CString::new(name).unwrap();
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
 fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
     let cn = CString::new(name).unwrap();
@@ -256,13 +234,7 @@ fn a_replica_is_resynced_online_while_a_writer_keeps_writing() {
     assert!(m.stop());
     assert_eq!(record(&r0).generation, record(&r1).generation);
     m.restart_with(&[r1.clone(), r0.clone()], &[]).unwrap();
-    let s = m.snapshot();
-    assert!(
-        s.replicas
-            .iter()
-            .all(|r| r.state == ReplicaState::InService && !r.stale),
-        "{s:?}"
-    );
+    assert_all_in_service(&m);
 }
 
 #[test]

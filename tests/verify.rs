@@ -8,7 +8,6 @@ use common::*;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::{Command, Output};
 
 use chironfs::verify::Report;
@@ -24,28 +23,6 @@ fn code(o: &Output) -> i32 {
 /// The replica paths as the daemon names them (canonical).
 fn names(m: &Mount) -> Vec<String> {
     m.snapshot().replicas.into_iter().map(|r| r.path).collect()
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 /// A tree written through the mount: directories, files, a symlink, a hard link, an xattr,

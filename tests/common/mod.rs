@@ -397,6 +397,41 @@ pub fn assert_replicas_identical(m: &Mount) {
     }
 }
 
+/// Sets the extended attribute `name` of `path` itself (not a symlink's target), behind the
+/// mount's back or through it; fails the test if it cannot.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Asserts that every replica of `m` is in service and not stale.
+pub fn assert_all_in_service(m: &Mount) {
+    let s = m.snapshot();
+    assert!(
+        s.replicas
+            .iter()
+            .all(|r| r.state == chironfs::snapshot::ReplicaState::InService && !r.stale),
+        "{s:?}"
+    );
+}
+
 /// Runs `chironctl ARGS` against `m` and returns its stdout, failing the test with both
 /// outputs when it does not succeed.
 pub fn ctl_ok(m: &Mount, args: &[&str]) -> String {
