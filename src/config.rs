@@ -58,6 +58,10 @@ pub struct Config {
     /// Kernel passthrough for read-only opens of local replicas (`--passthrough`,
     /// `-o passthrough=`): the kernel reads the replica's file itself, at native speed.
     pub passthrough: bool,
+    /// Writable opens bypass the kernel's page cache (`--direct-writes`, `-o direct_writes=`):
+    /// writes to disjoint ranges of one file run in parallel and are not copied into the
+    /// cache, but reads through an O_RDWR descriptor reach the daemon every time.
+    pub direct_writes: bool,
     /// Size cap of each replica's journal of changed paths, in bytes (`--journal-max`,
     /// `-o journal_max=`); past it a resync compares whole trees. A u32 (at most 4 GiB)
     /// keeps `Config` small.
@@ -164,18 +168,19 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
-            timeout=SECS threads=N passthrough=on|off syslog_socket=PATH
-            force_source=REPLICA quorum=auto|N|off resync_rate=RATE auto_resync
-            journal_max=SIZE
+            timeout=SECS threads=N passthrough=on|off direct_writes=on|off
+            syslog_socket=PATH force_source=REPLICA quorum=auto|N|off
+            resync_rate=RATE auto_resync journal_max=SIZE
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
             exec noexec atime noatime sync async dirsync
   ignored:  defaults relatime norelatime strictatime lazytime nonempty user users
             nouser owner group auto noauto nofail _netdev subtype=... x-... comment=...
 A command-line option wins over the same setting given with -o.
 
-Defaults: timeout 5 s, 8 threads, passthrough on, fsname = the replica list as given, syslog socket
-/dev/log, status file /run/chironfs/NAME.status and control socket /run/chironfs/NAME.sock,
-where NAME is the mount point with '/' turned into '-' (/mnt/data -> mnt-data, / -> root).
+Defaults: timeout 5 s, 8 threads, passthrough on, direct writes on, fsname = the replica list
+as given, syslog socket /dev/log, status file /run/chironfs/NAME.status and control socket
+/run/chironfs/NAME.sock, where NAME is the mount point with '/' turned into '-'
+(/mnt/data -> mnt-data, / -> root).
 
 Example fstab line:
   /srv/a=/srv/b  /mnt/data  fuse.chironfs  allow_other,log=/var/log/chironfs.log  0 0";
@@ -262,6 +267,11 @@ struct Cli {
     #[arg(long, value_name = "on|off", value_parser = parse_switch)]
     passthrough: Option<bool>,
 
+    /// Writable opens bypass the page cache (parallel writes; reads of O_RDWR files come to
+    /// the daemon): on or off [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    direct_writes: Option<bool>,
+
     /// Size cap of the journal of changed paths, bytes (K, M, G suffixes) [default: 16M]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     journal_max: Option<u32>,
@@ -314,6 +324,7 @@ struct MountOpts {
     timeout: Option<Duration>,
     threads: Option<usize>,
     passthrough: Option<bool>,
+    direct_writes: Option<bool>,
     journal_max: Option<u32>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
@@ -341,6 +352,7 @@ struct RawConfig {
     syslog_socket: PathBuf,
     threads: usize,
     passthrough: bool,
+    direct_writes: bool,
     journal_max: u32,
     force_source: Option<String>,
     quorum: Option<crate::quorum::Setting>,
@@ -597,6 +609,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
             "journal_max" => o.journal_max = Some(parse_size(&need(value)?).map_err(bad)?),
             "passthrough" => o.passthrough = Some(parse_switch(&need(value)?).map_err(bad)?),
+            "direct_writes" => o.direct_writes = Some(parse_switch(&need(value)?).map_err(bad)?),
             "resync_rate" => {
                 o.resync_rate = Some(crate::throttle::parse_rate(&need(value)?).map_err(bad)?)
             }
@@ -681,6 +694,7 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
         passthrough: cli.passthrough.or(o.passthrough).unwrap_or(true),
+        direct_writes: cli.direct_writes.or(o.direct_writes).unwrap_or(true),
         journal_max: cli
             .journal_max
             .or(o.journal_max)
@@ -903,6 +917,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         syslog_socket: raw.syslog_socket,
         threads: raw.threads,
         passthrough: raw.passthrough,
+        direct_writes: raw.direct_writes,
         resync_rate: raw.resync_rate,
         auto_resync: raw.auto_resync,
         journal_max: raw.journal_max,
@@ -1607,6 +1622,9 @@ mod tests {
         assert!(!mount(&[&spec, &mnt, "--passthrough", "off"]).passthrough);
         assert!(!mount(&[&spec, &mnt, "-o", "passthrough=no"]).passthrough);
         assert!(mount(&[&spec, &mnt, "-o", "passthrough=off", "--passthrough=on"]).passthrough);
+        assert!(mount(&[&spec, &mnt]).direct_writes);
+        assert!(!mount(&[&spec, &mnt, "-o", "direct_writes=off"]).direct_writes);
+        assert!(!mount(&[&spec, &mnt, "--direct-writes", "off"]).direct_writes);
         let m = fail(&[&spec, &mnt, "-o", "passthrough=maybe"]);
         assert!(m.contains("passthrough") && m.contains("on or off"), "{m}");
         let m = fail(&[&spec, &mnt, "--passthrough", "sometimes"]);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 
 use crate::config::Config;
-use crate::fs::ChironFs;
+use crate::fs::{ChironFs, KernelIo};
 use crate::logging::{self, LogTargets};
 use crate::replica::Replica;
 use crate::set::ReplicaSet;
@@ -201,7 +201,11 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
             config.status_file.display()
         )
     })?;
-    let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE, config.passthrough);
+    let io = KernelIo {
+        passthrough: config.passthrough,
+        direct_writes: config.direct_writes,
+    };
+    let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE, io);
     let mut session =
         fuser::Session::new(fs, &config.mountpoint, &fuse_config(config)).map_err(|e| {
             let _ = std::fs::remove_file(&config.status_file);

@@ -148,9 +148,26 @@ pub struct ChironFs {
     /// Kernel passthrough for read-only opens: wanted by the admin (`passthrough=`), then
     /// whether the kernel accepted it at init.
     passthrough: bool,
+    /// Writable opens outside passthrough get direct I/O: wanted by the admin
+    /// (`direct_writes=`), then whether the kernel can still map such files shared.
+    direct_writes: bool,
     io_modes: Arc<IoModes<BackingId>>,
     /// Set after the first failed backing-file registration, so it is logged once.
     passthrough_failed: std::sync::atomic::AtomicBool,
+}
+
+/// How the admin wants the kernel to serve open files (`passthrough=`, `direct_writes=`).
+#[derive(Clone, Copy, Debug)]
+pub struct KernelIo {
+    /// Kernel passthrough for read-only opens of local replicas: the kernel reads the
+    /// replica's file itself.
+    pub passthrough: bool,
+    /// Direct I/O for writable opens: no page-cache copy of written data, and writes to
+    /// disjoint ranges of one file in parallel (crate::order keeps the replicas equal), as
+    /// mergerfs with cache.files=off. Reads through the same descriptor then come to the
+    /// daemon too; other read-only opens keep their page cache (the kernel drops the range a
+    /// direct write changed).
+    pub direct_writes: bool,
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -281,13 +298,12 @@ fn stamp_mtime(fd: BorrowedFd<'_>, stamp: TimeSpec) {
     let _ = sys::utimens_at(fd, c"", TimeSpec::Omit, stamp);
 }
 
-/// What open(O_TRUNC) does natively for a caller without CAP_FSETID (anyone but root here):
-/// the setuid bit goes, and setgid on a group-executable file. With FUSE_ATOMIC_O_TRUNC the
-/// kernel leaves this to the filesystem, and the replicas are truncated as root, who keeps them.
-fn clear_setid_on_truncate(fd: BorrowedFd<'_>, caller_uid: u32) -> io::Result<()> {
-    if caller_uid == 0 {
-        return Ok(());
-    }
+/// What a write or open(O_TRUNC) does natively for a caller without CAP_FSETID: the setuid
+/// bit goes, and setgid on a group-executable file. The replicas are written as root, who
+/// keeps them, so the daemon clears them itself when the kernel leaves it to the filesystem:
+/// open(O_TRUNC) with FUSE_ATOMIC_O_TRUNC (for a caller other than root), and direct-I/O
+/// writes (the kernel flags those with FUSE_WRITE_KILL_SUIDGID).
+fn clear_setid(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mode = sys::fstat(fd)?.st_mode & 0o7777;
     let mut kept = mode & !libc::S_ISUID;
     if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
@@ -308,8 +324,8 @@ type Stat = (usize, libc::stat);
 
 impl ChironFs {
     /// A filesystem over `set`; `max_write` is the largest write the kernel may send;
-    /// `passthrough` lets the kernel read read-only opens of local replicas itself.
-    pub fn new(set: Arc<ReplicaSet>, max_write: u32, passthrough: bool) -> Self {
+    /// `io` says how the kernel may serve open files (both wishes, checked at init).
+    pub fn new(set: Arc<ReplicaSet>, max_write: u32, io: KernelIo) -> Self {
         ChironFs {
             set,
             nodes: Arc::new(NodeTable::new()),
@@ -319,7 +335,8 @@ impl ChironFs {
             next_fh: AtomicU64::new(1),
             open_ticket: AtomicUsize::new(0),
             max_write,
-            passthrough,
+            passthrough: io.passthrough,
+            direct_writes: io.direct_writes,
             io_modes: Arc::new(IoModes::default()),
             passthrough_failed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -557,6 +574,16 @@ impl Filesystem for ChironFs {
             InitFlags::FUSE_DONT_MASK,
         ] {
             let _ = config.add_capabilities(flag);
+        }
+        // A direct-I/O file may be mapped shared only with this (kernel 6.6+); without it
+        // writes go through the page cache, as an application mapping its file expects.
+        if self.direct_writes {
+            self.direct_writes = config
+                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+                .is_ok();
+            if !self.direct_writes {
+                log::info!("the kernel cannot map direct-I/O files: writes go through its cache");
+            }
         }
         // Passthrough needs the backing files' filesystems one level below ours at most; a
         // kernel without it (or a daemon without CAP_SYS_ADMIN, refused later per file) keeps
@@ -904,7 +931,9 @@ impl Filesystem for ChironFs {
                 if flags & libc::O_TRUNC != 0 {
                     // O_TRUNC updates the mtime (and ctime) even of an empty file.
                     stamp_mtime(fd.as_fd(), stamp);
-                    clear_setid_on_truncate(fd.as_fd(), uid)?;
+                    if uid != 0 {
+                        clear_setid(fd.as_fd())?;
+                    }
                 }
                 f.store(r, fd);
                 Ok(None)
@@ -959,7 +988,7 @@ impl Filesystem for ChironFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -967,7 +996,11 @@ impl Filesystem for ChironFs {
         let data: Arc<[u8]> = Arc::from(data);
         let len = data.len() as u32;
         let range = Some((offset, data.len() as u64));
+        let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.mutate_handle_with("write", ino, fh, range, move |_, fd, stamp| {
+            if kill_setid {
+                clear_setid(fd)?;
+            }
             sys::pwrite_full(fd, &data, offset)?;
             if !data.is_empty() {
                 stamp.apply(fd);
@@ -1311,7 +1344,9 @@ impl Filesystem for ChironFs {
                     let fd = sys::open_beneath(r.root(), &rel, open_flags, 0, false)?;
                     if open_flags & libc::O_TRUNC != 0 {
                         stamp_mtime(fd.as_fd(), stamp);
-                        clear_setid_on_truncate(fd.as_fd(), uid)?;
+                        if uid != 0 {
+                            clear_setid(fd.as_fd())?;
+                        }
                     }
                     fd
                 }
@@ -1351,7 +1386,7 @@ impl Filesystem for ChironFs {
                         FopenFlags::FOPEN_DIRECT_IO,
                         &b,
                     ),
-                    None => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty()),
+                    None => reply.created(&TTL, &attr, Generation(0), fh, self.writer_flags()),
                 }
             }
             Err(e) => reply.error(e),
@@ -1492,7 +1527,17 @@ impl ChironFs {
             (Mode::Direct, Some(id)) => {
                 reply.opened_passthrough(fh, FopenFlags::FOPEN_DIRECT_IO, &id)
             }
+            _ if writable => reply.opened(fh, self.writer_flags()),
             _ => reply.opened(fh, FopenFlags::empty()),
+        }
+    }
+
+    /// The open flags of a writable open outside passthrough (see [`KernelIo::direct_writes`]).
+    fn writer_flags(&self) -> FopenFlags {
+        if self.direct_writes {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        } else {
+            FopenFlags::empty()
         }
     }
 
