@@ -19,6 +19,9 @@ struct State {
     exclusive_waiting: usize,
     /// Byte ranges `[start, end)` of the writes inside.
     ranges: Vec<(u64, u64)>,
+    /// Callers asleep on `changed`: a release wakes them only if there are any (a notify is
+    /// a system call even with nobody to wake, on every write).
+    sleepers: usize,
 }
 
 /// Whether `[a, b)` and `[c, d)` share a byte (an empty range shares none).
@@ -55,8 +58,11 @@ impl Drop for OrderGuard<'_> {
                 }
             }
         }
+        let wake = state.sleepers > 0;
         drop(state);
-        self.lock.changed.notify_all();
+        if wake {
+            self.lock.changed.notify_all();
+        }
     }
 }
 
@@ -65,8 +71,11 @@ impl OrderLock {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(state).unwrap_or_else(|e| e.into_inner())
+    fn wait<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.sleepers += 1;
+        let mut state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        state.sleepers -= 1;
+        state
     }
 
     /// Alone: waits until no other change of the file is in flight.
