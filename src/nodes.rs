@@ -23,8 +23,9 @@ struct Node {
     backing: Option<(usize, u64, u64)>,
     /// A directory (renaming one moves a whole subtree).
     is_dir: bool,
-    /// Serialises data mutations of this file so every replica sees them in the same order.
-    order: Arc<OrderLock>,
+    /// Serialises data mutations of this file so every replica sees them in the same order;
+    /// made at the first change or open (most nodes are only looked up: ~100 bytes each saved).
+    order: Option<Arc<OrderLock>>,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +62,7 @@ impl NodeTable {
                 lookups: 1,
                 backing: None,
                 is_dir: true,
-                order: Arc::default(),
+                order: None,
             },
         );
         NodeTable {
@@ -112,11 +113,11 @@ impl NodeTable {
 
     /// The per-file ordering lock (held while a change of the file fans out).
     pub fn order_lock(&self, ino: u64) -> Arc<OrderLock> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         inner
             .nodes
-            .get(&ino)
-            .map(|n| Arc::clone(&n.order))
+            .get_mut(&ino)
+            .map(|n| Arc::clone(n.order.get_or_insert_with(Arc::default)))
             .unwrap_or_default()
     }
 
@@ -155,7 +156,7 @@ impl NodeTable {
                     lookups: 0,
                     backing: None,
                     is_dir,
-                    order: Arc::default(),
+                    order: None,
                 },
             );
             inner.by_name.insert(key, id);
