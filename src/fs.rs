@@ -151,6 +151,11 @@ pub struct ChironFs {
     /// Writable opens outside passthrough get direct I/O: wanted by the admin
     /// (`direct_writes=`), then whether the kernel can still map such files shared.
     direct_writes: bool,
+    /// Some replica reports errors at close(2): an NFS or SSHFS replica reports failed
+    /// write-backs there, so every FLUSH must reach every replica. close(2) on a local
+    /// filesystem reports nothing (its errors come from write and fsync), so a set of local
+    /// replicas has nothing to pass on. Fixed at mount, as the replicas' kinds are.
+    flush_reports: bool,
     io_modes: Arc<IoModes<BackingId>>,
     /// Set after the first failed backing-file registration, so it is logged once.
     passthrough_failed: std::sync::atomic::AtomicBool,
@@ -327,6 +332,7 @@ impl ChironFs {
     /// `io` says how the kernel may serve open files (both wishes, checked at init).
     pub fn new(set: Arc<ReplicaSet>, max_write: u32, io: KernelIo) -> Self {
         ChironFs {
+            flush_reports: !set.replicas().iter().all(|r| r.is_local()),
             set,
             nodes: Arc::new(NodeTable::new()),
             files: Mutex::default(),
@@ -1020,11 +1026,8 @@ impl Filesystem for ChironFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close(2) on a local filesystem reports nothing (its errors come from write and
-        // fsync), so over local replicas FLUSH has nothing to pass on: ENOSYS makes the kernel
-        // stop sending it, one round trip less per close(2). An NFS or SSHFS replica reports
-        // failed write-backs at close, so then every flush reaches every replica.
-        if self.set.replicas().iter().all(|r| r.is_local()) {
+        // ENOSYS makes the kernel stop sending FLUSH: one round trip less per close(2).
+        if !self.flush_reports {
             return reply.error(Errno::ENOSYS);
         }
         match self.file(fh) {
