@@ -3,24 +3,35 @@
 //! Identity across replicas is the relative path, not a (dev, ino) pair, because each replica
 //! has its own inode numbers. The number shown as `st_ino` is our node id, so it does not change
 //! when the serving replica does; hard links found through the same replica share a node.
+//!
+//! Every file the kernel has looked up costs a node here, so the layout is kept small (about
+//! 200 bytes a node): a name is stored once and shared by the node and its directory's index,
+//! and only multi-link files are indexed by their backing inode.
 
 use crate::order::OrderLock;
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// FUSE's root inode.
 pub const ROOT: u64 = 1;
 
+/// A directory entry's name, shared by the node's links and its directory's index.
+type Name = Arc<OsStr>;
+
+/// (replica, st_dev, st_ino) of an object as a replica showed it.
+type Backing = (usize, u64, u64);
+
 #[derive(Debug)]
 struct Node {
     /// Every (parent, name) this node is known under; the first one is used to reach it.
-    links: Vec<(u64, OsString)>,
+    links: Vec<(u64, Name)>,
     /// Lookups the kernel holds (dropped by forget).
     lookups: u64,
-    /// (replica, dev, ino) it was last seen as, to recognise hard links.
-    backing: Option<(usize, u64, u64)>,
+    /// Where a multi-link file was last seen, to recognise its other names (None for
+    /// directories and single-link files: most nodes).
+    backing: Option<Box<Backing>>,
     /// A directory (renaming one moves a whole subtree).
     is_dir: bool,
     /// Serialises data mutations of this file so every replica sees them in the same order;
@@ -31,8 +42,10 @@ struct Node {
 #[derive(Debug, Default)]
 struct Inner {
     nodes: HashMap<u64, Node>,
-    by_name: HashMap<(u64, OsString), u64>,
-    by_backing: HashMap<(usize, u64, u64), u64>,
+    /// Directory node id -> entry name -> node id: looked up by a borrowed name, no copy.
+    children: HashMap<u64, HashMap<Name, u64>>,
+    /// Multi-link files by where they were last seen.
+    by_backing: HashMap<Backing, u64>,
     next: u64,
 }
 
@@ -98,17 +111,14 @@ impl NodeTable {
 
     /// Node id known for `name` in `parent`, if any (no lookup counted).
     pub fn known_child(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.lock()
-            .by_name
-            .get(&(parent, name.to_os_string()))
-            .copied()
+        self.lock().child(parent, name)
     }
 
     /// Whether `name` in `parent` is known as a directory (None: not known at all).
     pub fn child_is_dir(&self, parent: u64, name: &OsStr) -> Option<bool> {
         let inner = self.lock();
-        let id = inner.by_name.get(&(parent, name.to_os_string()))?;
-        inner.nodes.get(id).map(|n| n.is_dir)
+        let id = inner.child(parent, name)?;
+        inner.nodes.get(&id).map(|n| n.is_dir)
     }
 
     /// The per-file ordering lock (held while a change of the file fans out).
@@ -131,48 +141,52 @@ impl NodeTable {
     pub fn remember(&self, parent: u64, name: &OsStr, replica: usize, st: &libc::stat) -> u64 {
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let hard_linked = !is_dir && st.st_nlink > 1;
-        let mut inner = self.lock();
-        let key = (parent, name.to_os_string());
         let backing = (replica, st.st_dev, st.st_ino);
-        let linked_node =
-            inner.by_backing.get(&backing).copied().filter(|id| {
-                hard_linked && inner.nodes.get(id).is_some_and(|n| !n.links.is_empty())
-            });
-        let id = if let Some(&id) = inner.by_name.get(&key) {
-            id
-        } else if let Some(id) = linked_node {
-            inner.by_name.insert(key.clone(), id);
-            if let Some(node) = inner.nodes.get_mut(&id) {
-                node.links.push(key);
-            }
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let id = if let Some(id) = inner.child(parent, name) {
             id
         } else {
-            let id = inner.next;
-            inner.next += 1;
-            inner.nodes.insert(
-                id,
-                Node {
-                    links: vec![key.clone()],
-                    lookups: 0,
-                    backing: None,
-                    is_dir,
-                    order: None,
-                },
-            );
-            inner.by_name.insert(key, id);
+            let linked_node = inner.by_backing.get(&backing).copied().filter(|id| {
+                hard_linked && inner.nodes.get(id).is_some_and(|n| !n.links.is_empty())
+            });
+            let name: Name = Arc::from(name);
+            let id = match linked_node {
+                Some(id) => {
+                    if let Some(node) = inner.nodes.get_mut(&id) {
+                        node.links.push((parent, Arc::clone(&name)));
+                    }
+                    id
+                }
+                None => {
+                    let id = inner.next;
+                    inner.next += 1;
+                    let node = Node {
+                        links: vec![(parent, Arc::clone(&name))],
+                        lookups: 0,
+                        backing: None,
+                        is_dir,
+                        order: None,
+                    };
+                    inner.nodes.insert(id, node);
+                    id
+                }
+            };
+            inner.children.entry(parent).or_default().insert(name, id);
             id
         };
         if let Some(node) = inner.nodes.get_mut(&id) {
             node.lookups += 1;
             node.is_dir = is_dir;
-            if node.backing != Some(backing) {
-                let old = node.backing.replace(backing);
-                if let Some(old) = old
-                    && inner.by_backing.get(&old) == Some(&id)
-                {
-                    inner.by_backing.remove(&old);
+            let seen = hard_linked.then_some(backing);
+            if node.backing.as_deref() != seen.as_ref() {
+                if let Some(old) = node.backing.take() {
+                    inner.by_backing.remove_if_for(&old, id);
                 }
-                inner.by_backing.insert(backing, id);
+                if let Some(b) = seen {
+                    node.backing = Some(Box::new(b));
+                    inner.by_backing.insert(b, id);
+                }
             }
         }
         id
@@ -192,23 +206,20 @@ impl NodeTable {
             None => false,
         };
         if gone && let Some(node) = inner.nodes.remove(&ino) {
-            for link in node.links {
-                if inner.by_name.get(&link) == Some(&ino) {
-                    inner.by_name.remove(&link);
+            for (parent, name) in &node.links {
+                if inner.child(*parent, name) == Some(ino) {
+                    inner.remove_child(*parent, name);
                 }
             }
-            if let Some(b) = node.backing
-                && inner.by_backing.get(&b) == Some(&ino)
-            {
-                inner.by_backing.remove(&b);
+            if let Some(b) = node.backing {
+                inner.by_backing.remove_if_for(&b, ino);
             }
         }
     }
 
     /// `name` in `parent` was removed (unlink, rmdir).
     pub fn unlink(&self, parent: u64, name: &OsStr) {
-        let mut inner = self.lock();
-        inner.drop_name(&(parent, name.to_os_string()));
+        self.lock().drop_name(parent, name);
     }
 
     /// `name` moved from `parent` to `new_parent/new_name`; with `exchange` the two swapped.
@@ -221,17 +232,17 @@ impl NodeTable {
         exchange: bool,
     ) {
         let mut inner = self.lock();
-        let from = (parent, name.to_os_string());
-        let to = (new_parent, new_name.to_os_string());
-        let moving = inner.by_name.remove(&from);
-        let target = inner.by_name.remove(&to);
+        let from: (u64, Name) = (parent, Arc::from(name));
+        let to: (u64, Name) = (new_parent, Arc::from(new_name));
+        let moving = inner.remove_child(parent, name);
+        let target = inner.remove_child(new_parent, new_name);
         if exchange {
             if let Some(t) = target {
                 inner.relink(t, &to, &from);
             }
         } else if let Some(t) = target {
-            inner.by_name.insert(to.clone(), t);
-            inner.drop_name(&to);
+            inner.insert_child(&to, t);
+            inner.drop_name(new_parent, new_name);
         }
         if let Some(m) = moving {
             inner.relink(m, &from, &to);
@@ -242,12 +253,12 @@ impl NodeTable {
     /// counts as one lookup (the kernel will forget it like any other).
     pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) {
         let mut inner = self.lock();
-        let key = (new_parent, new_name.to_os_string());
-        inner.drop_name(&key);
+        inner.drop_name(new_parent, new_name);
+        let key: (u64, Name) = (new_parent, Arc::from(new_name));
         if let Some(node) = inner.nodes.get_mut(&ino) {
             node.links.push(key.clone());
             node.lookups += 1;
-            inner.by_name.insert(key, ino);
+            inner.insert_child(&key, ino);
         }
     }
 
@@ -259,6 +270,20 @@ impl NodeTable {
     /// True when only the root is known.
     pub fn is_empty(&self) -> bool {
         self.len() <= 1
+    }
+}
+
+/// Removing an index entry only while it still names the node being dropped (another node
+/// may have taken the key since).
+trait RemoveIfFor<K> {
+    fn remove_if_for(&mut self, key: &K, id: u64);
+}
+
+impl<K: std::hash::Hash + Eq> RemoveIfFor<K> for HashMap<K, u64> {
+    fn remove_if_for(&mut self, key: &K, id: u64) {
+        if self.get(key) == Some(&id) {
+            self.remove(key);
+        }
     }
 }
 
@@ -282,30 +307,50 @@ impl Inner {
         None
     }
 
-    fn drop_name(&mut self, key: &(u64, OsString)) {
-        if let Some(id) = self.by_name.remove(key)
+    fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    fn insert_child(&mut self, (parent, name): &(u64, Name), id: u64) {
+        self.children
+            .entry(*parent)
+            .or_default()
+            .insert(Arc::clone(name), id);
+    }
+
+    /// Removes `name` from `parent`'s index (and the index itself once empty).
+    fn remove_child(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        let entries = self.children.get_mut(&parent)?;
+        let id = entries.remove(name);
+        if entries.is_empty() {
+            self.children.remove(&parent);
+        }
+        id
+    }
+
+    fn drop_name(&mut self, parent: u64, name: &OsStr) {
+        if let Some(id) = self.remove_child(parent, name)
             && let Some(node) = self.nodes.get_mut(&id)
         {
-            node.links.retain(|l| l != key);
+            node.links.retain(|(p, n)| !(*p == parent && **n == *name));
             // No name left: the object is gone (or only open), and its inode number is free
             // for the replica to give to a new file.
             if node.links.is_empty()
                 && let Some(b) = node.backing.take()
-                && self.by_backing.get(&b) == Some(&id)
             {
-                self.by_backing.remove(&b);
+                self.by_backing.remove_if_for(&b, id);
             }
         }
     }
 
-    fn relink(&mut self, id: u64, from: &(u64, OsString), to: &(u64, OsString)) {
+    fn relink(&mut self, id: u64, from: &(u64, Name), to: &(u64, Name)) {
         if let Some(node) = self.nodes.get_mut(&id) {
             match node.links.iter_mut().find(|l| *l == from) {
                 Some(l) => *l = to.clone(),
                 None => node.links.insert(0, to.clone()),
             }
         }
-        self.by_name.insert(to.clone(), id);
+        self.insert_child(to, id);
     }
 }
 
@@ -427,5 +472,36 @@ mod tests {
         assert!(t.is_empty());
         let again = t.remember(ROOT, os("a"), 0, &st(1, 11, false));
         assert_ne!(again, a, "node ids are never reused");
+    }
+
+    #[test]
+    fn a_link_made_through_the_mount_shares_the_node_of_a_single_link_file() {
+        let t = NodeTable::new();
+        let a = t.remember(ROOT, os("a"), 0, &st(1, 11, false));
+        t.link(a, ROOT, os("b"));
+        // Looked up again later, both names now showing two links.
+        assert_eq!(t.remember(ROOT, os("b"), 0, &st(1, 11, true)), a);
+        assert_eq!(t.remember(ROOT, os("a"), 0, &st(1, 11, true)), a);
+        t.unlink(ROOT, os("a"));
+        assert_eq!(t.path(a).unwrap(), PathBuf::from("b"));
+    }
+
+    #[test]
+    fn nothing_is_left_indexed_once_every_node_is_forgotten() {
+        let t = NodeTable::new();
+        let d = t.remember(ROOT, os("d"), 0, &dir(1, 10));
+        let f = t.remember(d, os("f"), 0, &st(1, 11, true));
+        let g = t.remember(d, os("g"), 0, &st(1, 11, true));
+        assert_eq!(f, g);
+        let h = t.remember(d, os("h"), 0, &st(1, 12, false));
+        t.rename(d, os("h"), ROOT, os("h2"), false);
+        t.unlink(d, os("g"));
+        for (id, n) in [(f, 2), (h, 1), (d, 1)] {
+            t.forget(id, n);
+        }
+        assert!(t.is_empty());
+        let inner = t.lock();
+        assert!(inner.children.is_empty(), "{:?}", inner.children);
+        assert!(inner.by_backing.is_empty(), "{:?}", inner.by_backing);
     }
 }
