@@ -333,7 +333,12 @@ impl ReplicaSet {
             };
             (replica.index, result, root_problem)
         }
-        let (tx, rx) = mpsc::channel::<Answer<T>>();
+        fn outcome<T>(result: io::Result<T>) -> Outcome<T> {
+            match result {
+                Ok(v) => Outcome::Done(v),
+                Err(e) => Outcome::Failed(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
         // Local replicas' jobs run here, on the calling thread, after the others were queued
         // (they run in parallel meanwhile); network replicas always use their workers.
         let inline: Vec<usize> = targets
@@ -342,6 +347,17 @@ impl ReplicaSet {
             .filter(|&i| self.replicas[i].is_local())
             .take(if spread { 1 } else { usize::MAX })
             .collect();
+        if inline.len() == targets.len() {
+            // Nothing to wait for (the common case on local disks): no channel.
+            return inline
+                .into_iter()
+                .map(|i| {
+                    let (_, result, problem) = answer(&self.replicas[i], creds, job);
+                    (i, outcome(result), problem)
+                })
+                .collect();
+        }
+        let (tx, rx) = mpsc::channel::<Answer<T>>();
         for &index in targets.iter().filter(|&i| !inline.contains(i)) {
             let replica = Arc::clone(&self.replicas[index]);
             let job = Arc::clone(job);
@@ -364,11 +380,7 @@ impl ReplicaSet {
             match rx.recv_timeout(left) {
                 Ok((index, result, root_problem)) => {
                     if let Some(pos) = targets.iter().position(|&t| t == index) {
-                        let outcome = match result {
-                            Ok(v) => Outcome::Done(v),
-                            Err(e) => Outcome::Failed(e.raw_os_error().unwrap_or(libc::EIO)),
-                        };
-                        got[pos] = Some((outcome, root_problem));
+                        got[pos] = Some((outcome(result), root_problem));
                         missing -= 1;
                     }
                 }
