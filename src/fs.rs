@@ -21,7 +21,7 @@ use fuser::{
 
 use crate::arbitrate::Outcome;
 use crate::iomode::{IoModes, Mode, Ticket, Wish};
-use crate::nodes::NodeTable;
+use crate::nodes::{NodeTable, Place};
 use crate::order::OrderLock;
 use crate::replica::{Replica, ReplicaFd};
 use crate::set::{ReplicaJob, ReplicaSet};
@@ -183,16 +183,19 @@ fn cstr(p: &Path) -> io::Result<CString> {
     }
 }
 
-/// Calls `f(dirfd, name)` for `rel` on a replica: the parent is opened beneath the root with
-/// no symlink allowed on the way; the root itself is (root, ".").
+/// Calls `f(dirfd, name)` for the entry at `place` on a replica. Its directory is reached
+/// through the replica's kept handle of that node (crate::dirfds), else opened beneath the
+/// root with no symlink allowed on the way (and kept); the root itself is (root, ".").
 fn at<T>(
     r: &Replica,
-    rel: &Path,
+    place: &Place,
     f: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<T>,
 ) -> io::Result<T> {
-    match (rel.parent(), rel.file_name()) {
+    match (place.parent(), place.file_name()) {
         (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
-            let dir = sys::open_dir_path(r.root(), &cstr(parent)?)?;
+            let dir = r
+                .dirs
+                .get_or_open(place.dir(), || sys::open_dir_path(r.root(), &cstr(parent)?))?;
             f(dir.as_fd(), &sys::cstr(name)?)
         }
         (_, Some(name)) => f(r.root(), &sys::cstr(name)?),
@@ -205,8 +208,8 @@ fn open_file(r: &Replica, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
     sys::open_beneath(r.root(), &cstr(rel)?, flags, 0, false)
 }
 
-fn lstat(r: &Replica, rel: &Path) -> io::Result<libc::stat> {
-    at(r, rel, sys::lstat_at)
+fn lstat(r: &Replica, place: &Place) -> io::Result<libc::stat> {
+    at(r, place, sys::lstat_at)
 }
 
 fn to_time(sec: i64, nsec: i64) -> SystemTime {
@@ -361,7 +364,13 @@ impl ChironFs {
         self.nodes.path(ino.0).ok_or(Errno::ENOENT)
     }
 
-    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+    /// Where node `ino` is: its directory's node and its path.
+    fn place(&self, ino: INodeNo) -> Result<Place, Errno> {
+        self.nodes.place(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    /// Where `name` in `parent` is (the name checked: one component, not the state directory).
+    fn child_place(&self, parent: INodeNo, name: &OsStr) -> Result<Place, Errno> {
         if name.as_bytes().contains(&b'/') {
             return Err(Errno::EINVAL);
         }
@@ -369,7 +378,7 @@ impl ChironFs {
             // The replicas' own state: never created, renamed or removed through the mount.
             return Err(Errno::EPERM);
         }
-        self.nodes.child_path(parent.0, name).ok_or(Errno::ENOENT)
+        self.nodes.child_place(parent.0, name).ok_or(Errno::ENOENT)
     }
 
     fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
@@ -425,7 +434,7 @@ impl ChironFs {
         make: impl Fn(BorrowedFd<'_>, &CStr) -> io::Result<()> + Send + Sync + 'static,
     ) {
         let _tree = self.tree_shared();
-        let path = match self.child(parent, name) {
+        let path = match self.child_place(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
@@ -611,7 +620,7 @@ impl Filesystem for ChironFs {
             return reply.error(Errno::ENOENT);
         }
         let _tree = self.tree_shared();
-        let path = match self.child(parent, name) {
+        let path = match self.child_place(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
@@ -628,7 +637,7 @@ impl Filesystem for ChironFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _tree = self.tree_shared();
-        let path = self.path(ino);
+        let path = self.place(ino);
         // fstat of a file unlinked while open: no name left, but its handles still reach it.
         let file = fh
             .and_then(|fh| self.file(fh).ok())
@@ -678,14 +687,14 @@ impl Filesystem for ChironFs {
         let _tree = self.tree_shared();
         // A file unlinked while open (fchmod, futimens, ftruncate after unlink) has no name:
         // then the change goes through one of its handles.
-        let (path, handle) = match (self.path(ino), fh.and_then(|fh| self.file(fh).ok())) {
-            (Ok(p), h) => (p, h),
-            (Err(e), h) => match h.or_else(|| self.handle_of(ino)) {
-                Some(f) => (f.path(), Some(f)),
+        let handle = fh.and_then(|fh| self.file(fh).ok());
+        let (path, place, handle) = match self.place(ino) {
+            Ok(p) => (p.path().to_path_buf(), Some(p), handle),
+            Err(e) => match handle.or_else(|| self.handle_of(ino)) {
+                Some(f) => (f.path(), None, Some(f)),
                 None => return reply.error(e),
             },
         };
-        let by_handle = self.path(ino).is_err();
         let order = self.nodes.order_lock(ino.0);
         let _in_order = size.map(|_| order.lock());
         // UTIME_NOW (touch, and the kernel's truncate) becomes one exact time, so that every
@@ -696,7 +705,6 @@ impl Filesystem for ChironFs {
             t => t,
         };
         let (atime, mtime) = (resolve(atime), resolve(mtime));
-        let rel = path.clone();
         let result = self.mutate("setattr", &path, &Credentials::root(), move |r| {
             let change = |dir: BorrowedFd<'_>, name: &CStr| -> io::Result<libc::stat> {
                 if uid.is_some() || gid.is_some() {
@@ -714,20 +722,24 @@ impl Filesystem for ChironFs {
                 }
                 sys::lstat_at(dir, name)
             };
-            if by_handle && let Some(f) = &handle {
-                let fd = f.fd(r)?;
+            let Some(place) = &place else {
+                // Unlinked while open: through the handle (the match above made sure of one).
+                let fd = handle
+                    .as_ref()
+                    .ok_or(io::Error::from_raw_os_error(libc::ENOENT))?
+                    .fd(r)?;
                 if let Some(size) = size {
                     sys::ftruncate(fd.as_fd(), size)?;
                 }
                 return change(fd.as_fd(), c"");
-            }
+            };
             if let Some(size) = size {
                 match &handle {
                     Some(f) => sys::ftruncate(f.fd(r)?.as_fd(), size)?,
-                    None => sys::ftruncate(open_file(r, &rel, libc::O_WRONLY)?.as_fd(), size)?,
+                    None => sys::ftruncate(open_file(r, place, libc::O_WRONLY)?.as_fd(), size)?,
                 }
             }
-            at(r, &rel, change)
+            at(r, place, change)
         });
         match result {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
@@ -737,7 +749,7 @@ impl Filesystem for ChironFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _tree = self.tree_shared();
-        let path = match self.path(ino) {
+        let path = match self.place(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
@@ -840,7 +852,10 @@ impl Filesystem for ChironFs {
             self.nodes.known_child(newparent.0, newname),
         ]);
         let _in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
-        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
+        let (from, to) = match (
+            self.child_place(parent, name),
+            self.child_place(newparent, newname),
+        ) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
@@ -876,7 +891,7 @@ impl Filesystem for ChironFs {
         reply: ReplyEntry,
     ) {
         let _tree = self.tree_shared();
-        let (from, to) = match (self.path(ino), self.child(newparent, newname)) {
+        let (from, to) = match (self.place(ino), self.child_place(newparent, newname)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
@@ -1237,7 +1252,7 @@ impl Filesystem for ChironFs {
         reply: ReplyEmpty,
     ) {
         let _tree = self.tree_shared();
-        let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
+        let (path, attr_name) = match (self.place(ino), sys::cstr(name)) {
             (Ok(p), Ok(n)) => (p, n),
             (Err(e), _) => return reply.error(e),
             (_, Err(e)) => return reply.error(e.into()),
@@ -1255,7 +1270,7 @@ impl Filesystem for ChironFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _tree = self.tree_shared();
-        let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
+        let (path, attr_name) = match (self.place(ino), sys::cstr(name)) {
             (Ok(p), Ok(n)) => (p, n),
             (Err(e), _) => return reply.error(e),
             (_, Err(e)) => return reply.error(e.into()),
@@ -1271,7 +1286,7 @@ impl Filesystem for ChironFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _tree = self.tree_shared();
-        let path = match self.path(ino) {
+        let path = match self.place(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
@@ -1286,7 +1301,7 @@ impl Filesystem for ChironFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _tree = self.tree_shared();
-        let (path, attr_name) = match (self.path(ino), sys::cstr(name)) {
+        let (path, attr_name) = match (self.place(ino), sys::cstr(name)) {
             (Ok(p), Ok(n)) => (p, n),
             (Err(e), _) => return reply.error(e),
             (_, Err(e)) => return reply.error(e.into()),
@@ -1321,10 +1336,11 @@ impl Filesystem for ChironFs {
         reply: ReplyCreate,
     ) {
         let _tree = self.tree_shared();
-        let path = match self.child(parent, name) {
+        let place = match self.child_place(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
+        let path = place.path().to_path_buf();
         let ticket = self.open_ticket.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(OpenFile::new(
             &self.nodes,
@@ -1340,18 +1356,24 @@ impl Filesystem for ChironFs {
         let stamp = now();
         let creds = caller(req).with_umask(umask);
         let result = self.mutate("create", &path, &creds, move |r| {
-            let rel = cstr(&f.opened_as)?;
             let flags = open_flags | libc::O_CREAT | libc::O_EXCL;
-            let fd = match sys::open_beneath(r.root(), &rel, flags, mode & 0o7777, false) {
-                Ok(fd) => {
+            let opened = at(r, &place, |dir, name| {
+                match sys::open_beneath(dir, name, flags, mode & 0o7777, false) {
+                    Err(e) if !exclusive && e.raw_os_error() == Some(libc::EEXIST) => {
+                        sys::open_beneath(dir, name, open_flags, 0, false).map(|fd| (fd, false))
+                    }
+                    made => made.map(|fd| (fd, true)),
+                }
+            });
+            let fd = match opened {
+                Ok((fd, true)) => {
                     // A new file: its times, the same on every replica (the caller owns it).
                     let _ = sys::utimens_at(fd.as_fd(), c"", stamp, stamp);
                     fd
                 }
-                // The kernel asks to create a name it believed absent; without O_EXCL an
-                // existing file is opened as open(2) would.
-                Err(e) if !exclusive && e.raw_os_error() == Some(libc::EEXIST) => {
-                    let fd = sys::open_beneath(r.root(), &rel, open_flags, 0, false)?;
+                // The kernel asked to create a name it believed absent; without O_EXCL an
+                // existing file was opened as open(2) would.
+                Ok((fd, false)) => {
                     if open_flags & libc::O_TRUNC != 0 {
                         stamp_mtime(fd.as_fd(), stamp);
                         if uid != 0 {
@@ -1632,9 +1654,10 @@ impl ChironFs {
     fn remove(&self, op: &str, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let _tree = self.tree_shared();
         // Kept apart from a concurrent open of the same file (see `open`).
-        let locks = self.order_locks(&[self.nodes.known_child(parent.0, name)]);
+        let known = self.nodes.known_child(parent.0, name);
+        let locks = self.order_locks(&[known]);
         let _in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
-        let path = match self.child(parent, name) {
+        let path = match self.child_place(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
@@ -1644,6 +1667,12 @@ impl ChironFs {
         }) {
             Ok(()) => {
                 self.nodes.unlink(parent.0, name);
+                if let (true, Some(id)) = (dir, known) {
+                    self.set
+                        .replicas()
+                        .iter()
+                        .for_each(|r| r.dirs.drop_node(id));
+                }
                 reply.ok()
             }
             Err(e) => reply.error(e),

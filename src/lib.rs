@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod ctl_cli;
 pub mod daemon;
+pub mod dirfds;
 pub mod fs;
 pub mod iomode;
 pub mod journal;

@@ -11,7 +11,7 @@
 use crate::order::OrderLock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// FUSE's root inode.
@@ -22,6 +22,36 @@ type Name = Arc<OsStr>;
 
 /// (replica, st_dev, st_ino) of an object as a replica showed it.
 type Backing = (usize, u64, u64);
+
+/// Where an entry is: the node of its directory and its path from the replica roots, read
+/// together under one lock so they always agree (crate::dirfds reaches the directory through
+/// the node, the journal and the logs name the path).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Place {
+    dir: u64,
+    path: PathBuf,
+}
+
+/// A place reads as its path (for the journal, the logs and the replicas' path calls).
+impl std::ops::Deref for Place {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Place {
+    /// The node id of the directory holding the entry (ROOT for the root itself).
+    pub fn dir(&self) -> u64 {
+        self.dir
+    }
+
+    /// The entry's path relative to the replica roots ("" for the root).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
 
 #[derive(Debug)]
 struct Node {
@@ -94,10 +124,22 @@ impl NodeTable {
         inner.path(ino)
     }
 
-    /// Path of `name` inside directory `parent`.
-    pub fn child_path(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
+    /// Where node `ino` is (under its first name), or None if unknown or no longer linked.
+    pub fn place(&self, ino: u64) -> Option<Place> {
         let inner = self.lock();
-        inner.path(parent).map(|p| p.join(name))
+        let dir = match ino {
+            ROOT => ROOT,
+            _ => inner.nodes.get(&ino)?.links.first()?.0,
+        };
+        let path = inner.path(ino)?;
+        Some(Place { dir, path })
+    }
+
+    /// Where `name` inside directory `parent` is.
+    pub fn child_place(&self, parent: u64, name: &OsStr) -> Option<Place> {
+        let inner = self.lock();
+        let path = inner.path(parent)?.join(name);
+        Some(Place { dir: parent, path })
     }
 
     /// The directory holding `ino` (its first name's), ROOT for the root or an unknown node.
@@ -503,5 +545,22 @@ mod tests {
         let inner = t.lock();
         assert!(inner.children.is_empty(), "{:?}", inner.children);
         assert!(inner.by_backing.is_empty(), "{:?}", inner.by_backing);
+    }
+
+    #[test]
+    fn a_place_names_the_directory_its_path_is_in() {
+        let t = NodeTable::new();
+        let d = t.remember(ROOT, os("d"), 0, &dir(1, 10));
+        let f = t.remember(d, os("f"), 0, &st(1, 11, false));
+        let at_f = t.place(f).unwrap();
+        assert_eq!((at_f.dir(), at_f.path()), (d, Path::new("d/f")));
+        assert_eq!(t.child_place(d, os("g")).unwrap().path(), Path::new("d/g"));
+        assert_eq!(t.child_place(d, os("g")).unwrap().dir(), d);
+        assert_eq!(t.place(ROOT).unwrap().path(), Path::new(""));
+        t.rename(d, os("f"), ROOT, os("f2"), false);
+        let moved = t.place(f).unwrap();
+        assert_eq!((moved.dir(), moved.path()), (ROOT, Path::new("f2")));
+        t.unlink(ROOT, os("f2"));
+        assert_eq!(t.place(f), None);
     }
 }

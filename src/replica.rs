@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use crate::dirfds::DirFds;
 use crate::snapshot::{ReplicaSnapshot, ReplicaState};
 use crate::sys;
 
@@ -104,6 +105,8 @@ pub struct Replica {
     /// calling thread, saving two thread hand-offs per request. Network replicas, which can
     /// hang, always go through their own workers and the deadline.
     local: AtomicBool,
+    /// Kept handles of the directories in use (dropped whenever it leaves or rejoins service).
+    pub dirs: DirFds,
 }
 
 impl Replica {
@@ -140,6 +143,7 @@ impl Replica {
             errors: AtomicU64::new(0),
             health_failing: AtomicBool::new(false),
             local: AtomicBool::new(local),
+            dirs: DirFds::default(),
         }))
     }
 
@@ -187,8 +191,11 @@ impl Replica {
     pub fn update_status<R>(&self, change: impl FnOnce(&mut ServiceStatus) -> R) -> R {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let r = change(&mut status);
-        self.in_service
-            .store(status.state == ReplicaState::InService, Ordering::Release);
+        let in_service = status.state == ReplicaState::InService;
+        if self.in_service.swap(in_service, Ordering::AcqRel) != in_service {
+            // Out of service a resync may replace its directories.
+            self.dirs.drop_all();
+        }
         r
     }
 

@@ -1273,3 +1273,51 @@ fn owners_changes_clear_setuid(m: &Mount) {
         }
     }
 }
+
+/// Changes inside a directory land in that directory on every replica when it was renamed,
+/// replaced by another of the same name, or exchanged with another since it was last used
+/// (each replica keeps a handle of the directories in use: crate::dirfds).
+#[test]
+fn changes_follow_directories_across_renames_removals_and_exchanges() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    for d in ["a", "b", "gone"] {
+        fs::create_dir(m.path(d)).unwrap();
+        fs::write(m.path(&format!("{d}/first")), d).unwrap();
+    }
+    fs::rename(m.path("a"), m.path("a2")).unwrap();
+    fs::create_dir(m.path("a")).unwrap();
+    fs::write(m.path("a/new"), b"in the new a").unwrap();
+    fs::write(m.path("a2/second"), b"in the renamed a").unwrap();
+    fs::remove_file(m.path("gone/first")).unwrap();
+    fs::remove_dir(m.path("gone")).unwrap();
+    fs::create_dir(m.path("gone")).unwrap();
+    fs::write(m.path("gone/again"), b"in the new gone").unwrap();
+    let (a2, b) = (c(&m.path("a2")), c(&m.path("b")));
+    // SAFETY: two valid NUL-terminated paths.
+    let swapped = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a2.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    ok(swapped.into(), "renameat2(RENAME_EXCHANGE)");
+    fs::write(m.path("b/third"), b"in the old a").unwrap();
+    fs::write(m.path("a2/third"), b"in the old b").unwrap();
+    content_everywhere(&m, "a/new", b"in the new a");
+    content_everywhere(&m, "b/first", b"a");
+    content_everywhere(&m, "b/second", b"in the renamed a");
+    content_everywhere(&m, "b/third", b"in the old a");
+    content_everywhere(&m, "a2/first", b"b");
+    content_everywhere(&m, "a2/third", b"in the old b");
+    content_everywhere(&m, "gone/again", b"in the new gone");
+    absent_everywhere(&m, "gone/first");
+    absent_everywhere(&m, "a/first");
+    assert_all_in_service(&m);
+    assert_replicas_identical(&m);
+}

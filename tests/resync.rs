@@ -445,3 +445,34 @@ fn an_overflowed_or_lost_journal_falls_back_to_a_full_compare() {
     assert_replicas_identical(&m);
     assert_eq!(fs::read(m.on(1, "t0/f0")).unwrap(), b"missed by 1");
 }
+
+/// chironfs keeps a handle of each directory in use on each replica (crate::dirfds). A
+/// replica whose directories were replaced while it was out (wiped by the admin, refilled by a
+/// full-compare resync) must be written in its new directories once back, not in the deleted
+/// ones the old handles still reach.
+#[test]
+fn a_replica_rebuilt_while_out_is_written_in_its_new_directories() {
+    if !can_mount() {
+        return;
+    }
+    let m = MountBuilder::new(2).arg("--journal-max").arg("4K").start();
+    fs::create_dir_all(m.path("d/sub")).unwrap();
+    fs::write(m.path("d/sub/before"), b"before").unwrap();
+    ctl_ok(&m, &["disable", "1"]);
+    fs::remove_dir_all(m.on(1, "d")).unwrap();
+    // The journal overflows: the resync compares whole trees and makes d/sub anew.
+    for i in 0..400 {
+        fs::write(m.path(&format!("fresh-with-a-longer-name-{i}")), b"x").unwrap();
+    }
+    ctl_ok(&m, &["resync", "1", "--wait"]);
+    assert!(m.log_text().contains("full tree compare"));
+    assert_eq!(fs::read(m.on(1, "d/sub/before")).unwrap(), b"before");
+    // The same directories, as the kernel knows them, on the rebuilt replica.
+    fs::write(m.path("d/sub/after"), b"after").unwrap();
+    fs::remove_file(m.path("d/sub/before")).unwrap();
+    fs::create_dir(m.path("d/sub/new")).unwrap();
+    assert_all_in_service(&m);
+    assert_eq!(fs::read(m.on(1, "d/sub/after")).unwrap(), b"after");
+    assert!(!m.on(1, "d/sub/before").exists());
+    assert_replicas_identical(&m);
+}
