@@ -539,6 +539,43 @@ fn eio_on_read_fails_over() {
     eio_case("read EIO old.txt\n", "read", "/pre/old.txt");
 }
 
+/// On a network filesystem close(2) is where a failed write-back shows (NFS, SSHFS), so FLUSH
+/// reaches every replica when one is not local (here a FUSE one): a replica failing it is
+/// taken out, and close(2) still succeeds because the other holds the data.
+#[test]
+fn eio_on_flush_takes_the_replica_out_and_close_succeeds() {
+    if !can_mount() {
+        return;
+    }
+    let syslog = Syslog::start();
+    let b = MountBuilder::new(2).timeout(2.0);
+    let tmp = b.tmp().to_owned();
+    prefill(&tmp.join("r0-src"));
+    prefill(&tmp.join("r1"));
+    let ff = FaultFs::start(&tmp.join("r0-src"), &tmp.join("r0"));
+    let rig = start_rig(b, syslog, Some(ff), vec![]);
+    let names = replica_names(&rig);
+    let mut f = File::create(rig.path("flushed.txt")).unwrap();
+    f.write_all(b"kept by replica 1").unwrap();
+    rig.faultfs.as_ref().unwrap().set("flush EIO flushed\n");
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: `fd` was just taken out of the File and is closed exactly once.
+    let closed = unsafe { libc::close(fd) };
+    assert_eq!(closed, 0, "close: {}", std::io::Error::last_os_error());
+    assert_taken_out(&rig, &names, 0, &["flush", "/flushed.txt", "EIO"]);
+    assert_op_logged(
+        &rig,
+        &names,
+        0,
+        "flush",
+        "/flushed.txt",
+        "EIO (Input/output error)",
+    );
+    let want = b"kept by replica 1";
+    assert_eq!(fs::read(rig.replicas[1].join("flushed.txt")).unwrap(), want);
+    assert_eq!(fs::read(rig.path("flushed.txt")).unwrap(), want);
+}
+
 // ---------------------------------------------------------------------------------------------
 // ENOSPC, EROFS
 // ---------------------------------------------------------------------------------------------
