@@ -56,8 +56,15 @@ struct OpenFile {
     read_order: Vec<usize>,
     /// How the kernel serves it (counted per inode until release, see [`crate::iomode`]).
     io: Mutex<Option<Ticket<BackingId>>>,
-    /// Set for a handle open for writing: the journal keeps its path while it is open.
+    /// Set for a handle open for writing: compactions keep its path in the journal while it
+    /// is open.
     writer: std::sync::OnceLock<crate::set::WriterToken>,
+}
+
+impl crate::set::OpenWriter for OpenFile {
+    fn current_path(&self) -> Option<PathBuf> {
+        OpenFile::current_path(self)
+    }
 }
 
 impl OpenFile {
@@ -490,10 +497,16 @@ impl ChironFs {
         })
     }
 
-    fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
+    /// A file being opened for writing is known to the journal from before its open reaches
+    /// the replicas (a compaction in between must keep its path), until its release.
+    fn track_writer(&self, file: &Arc<OpenFile>) {
         if file.flags & libc::O_ACCMODE != libc::O_RDONLY {
-            let _ = file.writer.set(self.set.writer_opened());
+            let weak: std::sync::Weak<OpenFile> = Arc::downgrade(file);
+            let _ = file.writer.set(self.set.writer_opened(weak));
         }
+    }
+
+    fn new_handle(&self, file: Arc<OpenFile>) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files
             .lock()
@@ -942,6 +955,7 @@ impl Filesystem for ChironFs {
             self.set.replicas().len(),
             order.clone(),
         ));
+        self.track_writer(&file);
         file.ino.store(ino.0, Ordering::Relaxed);
         let result = if writable {
             let f = Arc::clone(&file);
@@ -1349,6 +1363,7 @@ impl Filesystem for ChironFs {
             self.set.replicas().len(),
             self.set.data_order(ticket),
         ));
+        self.track_writer(&file);
         let f = Arc::clone(&file);
         let open_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_NOFOLLOW;
         let exclusive = flags & libc::O_EXCL != 0;

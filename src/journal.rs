@@ -14,9 +14,9 @@
 //!
 //! The journal is bounded ([`DEFAULT_MAX_BYTES`], `--journal-max`): past the cap one
 //! `overflow` line is written and recording stops, and coverage falls back to a full tree
-//! compare. It is compacted (rewritten atomically, empty, starting at the current generation)
-//! when nothing needs it: every replica in service, no file open for writing, no mutation in
-//! flight. kill -9 keeps the page cache, so the lines survive it; a machine crash may lose
+//! compare. It is compacted (rewritten atomically, starting at the current generation, with
+//! only the paths of files still open for writing) when no replica needs it: every replica in
+//! service, no mutation in flight. kill -9 keeps the page cache, so the lines survive it; a machine crash may lose
 //! them, which the header's boot id detects (see [`Journal::trusted_after`]).
 //!
 //! Pure format, decisions and the in-memory [`Recorder`]; the file I/O is a few small
@@ -27,7 +27,7 @@ use std::ffi::OsStr;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -336,10 +336,13 @@ struct Live {
     journal: Journal,
     pending: HashMap<(PathBuf, bool), Arc<Pending>>,
     overflow: Option<Arc<Pending>>,
+    /// Size of the journal right after the last compaction (the paths it kept): anything
+    /// past it is new and worth compacting away.
+    settled_bytes: u64,
 }
 
-/// The running journal: the in-memory copy, each replica's open journal file (appended to),
-/// and the count of files open for writing (compaction waits for none).
+/// The running journal: the in-memory copy and each replica's open journal file (appended
+/// to).
 #[derive(Debug)]
 pub struct Recorder {
     max_bytes: u64,
@@ -348,7 +351,6 @@ pub struct Recorder {
     /// The replica's journal lost a record (a failed append): it is truncated and not trusted
     /// until rewritten whole.
     broken: Vec<AtomicBool>,
-    writers: AtomicUsize,
     last_compaction: Mutex<Instant>,
 }
 
@@ -356,16 +358,22 @@ impl Recorder {
     /// A recorder for `replicas` replicas continuing `journal`; files are attached with
     /// [`Recorder::attach`].
     pub fn new(journal: Journal, replicas: usize, max_bytes: u64) -> Recorder {
+        // A journal holding nothing needs no compaction until something is recorded.
+        let settled_bytes = if journal.is_empty() {
+            journal.bytes()
+        } else {
+            0
+        };
         Recorder {
             max_bytes,
             live: Mutex::new(Live {
                 journal,
                 pending: HashMap::new(),
                 overflow: None,
+                settled_bytes,
             }),
             files: (0..replicas).map(|_| Mutex::new(None)).collect(),
             broken: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
-            writers: AtomicUsize::new(0),
             last_compaction: Mutex::new(Instant::now()),
         }
     }
@@ -496,15 +504,27 @@ impl Recorder {
         self.lock().journal.clone()
     }
 
-    /// Empties the journal, recording from generation `start` on; the caller then writes it
-    /// whole to every replica.
-    pub fn compact(&self, start: Gen) {
+    /// Starts the journal afresh at generation `start`, holding only `keep`: the files open
+    /// for writing, which crash recovery must still heal if the daemon dies before they are
+    /// closed (a shared mapping in passthrough mode writes to one replica until its release).
+    /// Called with no mutation in flight and every replica in service.
+    pub fn compact(&self, start: Gen, keep: &[PathBuf]) {
         let mut live = self.lock();
         let header = Header {
             start,
             ..live.journal.header.clone()
         };
-        live.journal = Journal::new(header);
+        let mut journal = Journal::new(header);
+        for path in keep {
+            if journal.would_overflow(path, false, self.max_bytes) {
+                journal.overflowed = true;
+                journal.bytes += OVERFLOW_LINE.len() as u64;
+                break;
+            }
+            journal.insert(path, false);
+        }
+        live.settled_bytes = journal.bytes();
+        live.journal = journal;
         live.pending.clear();
         live.overflow = None;
         *self
@@ -513,15 +533,12 @@ impl Recorder {
             .unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
-    /// Whether a compaction is worth trying now: something recorded, no file open for
-    /// writing, and the last one a second ago or more (or the journal past a quarter of its
-    /// cap), so a busy mount rewrites it at most about once a second.
+    /// Whether a compaction is worth trying now: something recorded since the last one, and
+    /// that one a second ago or more (or the journal past a quarter of its cap), so a busy
+    /// mount rewrites it at most about once a second.
     pub fn wants_compaction(&self) -> bool {
-        if self.writers.load(Ordering::Acquire) > 0 {
-            return false;
-        }
         let live = self.lock();
-        if live.journal.is_empty() {
+        if live.journal.bytes() <= live.settled_bytes {
             return false;
         }
         live.journal.bytes() > self.max_bytes / 4
@@ -532,18 +549,6 @@ impl Recorder {
                 .elapsed()
                 .as_secs()
                 >= 1
-    }
-
-    /// A file was opened for writing.
-    pub fn writer_opened(&self) {
-        self.writers.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A file open for writing was closed; returns the number still open.
-    pub fn writer_closed(&self) -> usize {
-        self.writers
-            .fetch_sub(1, Ordering::AcqRel)
-            .saturating_sub(1)
     }
 }
 
@@ -674,10 +679,38 @@ mod tests {
                 .contains("overflowed")
         );
         // A compaction starts afresh.
-        rec.compact(G2);
+        rec.compact(G2, &[]);
         let fresh = rec.snapshot();
         assert!(fresh.is_empty() && fresh.header.start == G2);
         assert_eq!(rec.note(&[(Path::new("c"), false)]).0.len(), 1);
+    }
+
+    #[test]
+    fn a_compaction_keeps_the_files_open_for_writing_and_is_wanted_only_for_news() {
+        let rec = Recorder::new(Journal::new(header(G1)), 1, DEFAULT_MAX_BYTES);
+        assert!(!rec.wants_compaction(), "nothing recorded yet");
+        rec.note(&[(Path::new("open.log"), false), (Path::new("done"), false)]);
+        rec.compact(G2, &[PathBuf::from("open.log")]);
+        let kept = rec.snapshot();
+        assert_eq!(kept.header.start, G2);
+        assert_eq!(
+            kept.paths().into_keys().collect::<Vec<_>>(),
+            [PathBuf::from("open.log")]
+        );
+        assert!(
+            Journal::parse(&rec.render_for(0))
+                .unwrap()
+                .paths()
+                .contains_key(Path::new("open.log"))
+        );
+        // Only the kept path: nothing to compact, however long ago the last one was.
+        *rec.last_compaction.lock().unwrap() -= std::time::Duration::from_secs(5);
+        assert!(!rec.wants_compaction());
+        // A write to the kept file records nothing new; another path does.
+        assert!(rec.note(&[(Path::new("open.log"), false)]).0.is_empty());
+        assert!(!rec.wants_compaction());
+        assert_eq!(rec.note(&[(Path::new("new"), false)]).0.len(), 1);
+        assert!(rec.wants_compaction());
     }
 
     #[test]

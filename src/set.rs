@@ -2,7 +2,7 @@
 //! arbitrates the outcomes, serves reads with fail-over, and takes failing replicas out of
 //! service with one alert line each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -48,6 +48,27 @@ pub struct ReplicaSet {
     /// The durable journal of changed paths (`journal.rs`), set up at mount by
     /// [`ReplicaSet::start_journal`]; unset for a set without on-disk state (unit tests).
     journal: OnceLock<Arc<Recorder>>,
+    /// Files open for writing, by token id: a compaction keeps their paths in the journal.
+    open_writers: Mutex<OpenWriters>,
+}
+
+/// Files open for writing (see [`ReplicaSet::writer_opened`]) and the next token id.
+#[derive(Default)]
+struct OpenWriters {
+    files: HashMap<u64, Weak<dyn OpenWriter>>,
+    next: u64,
+}
+
+impl std::fmt::Debug for OpenWriters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} open for writing", self.files.len())
+    }
+}
+
+/// A file open for writing, as the journal needs to know it.
+pub trait OpenWriter: Send + Sync {
+    /// Where it is now (None once unlinked: nothing left to heal by name).
+    fn current_path(&self) -> Option<PathBuf>;
 }
 
 /// The health check's memory for resync operations: the automatic-resync policy of each
@@ -67,20 +88,18 @@ struct Ops {
     milestone: (usize, String, u64),
 }
 
-/// Held by each file open for writing (see [`ReplicaSet::writer_opened`]): the journal is not
-/// compacted while one is open, so a crash finds its path in the journal.
+/// Held by each file open for writing (see [`ReplicaSet::writer_opened`]): while it is, every
+/// compaction keeps the file's path in the journal, so a crash finds it there.
 #[derive(Debug)]
 pub struct WriterToken {
     set: Weak<ReplicaSet>,
+    id: u64,
 }
 
 impl Drop for WriterToken {
     fn drop(&mut self) {
-        if let Some(set) = self.set.upgrade()
-            && let Some(rec) = set.journal.get()
-            && rec.writer_closed() == 0
-        {
-            set.maybe_compact();
+        if let Some(set) = self.set.upgrade() {
+            set.writers().files.remove(&self.id);
         }
     }
 }
@@ -144,7 +163,12 @@ impl ReplicaSet {
             }),
             quorum: Default::default(),
             journal: OnceLock::new(),
+            open_writers: Mutex::default(),
         }
+    }
+
+    fn writers(&self) -> std::sync::MutexGuard<'_, OpenWriters> {
+        self.open_writers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Turns on `--auto-resync`: the health check resyncs a returning replica by itself.
@@ -519,25 +543,42 @@ impl ReplicaSet {
         })
     }
 
-    /// A file was opened for writing: until the token is dropped, the journal keeps every
-    /// path recorded (crash recovery heals it if the daemon dies meanwhile).
-    pub fn writer_opened(&self) -> WriterToken {
-        match self.journal.get() {
-            Some(rec) => {
-                rec.writer_opened();
-                WriterToken {
-                    set: self.this.clone(),
-                }
-            }
-            None => WriterToken { set: Weak::new() },
+    /// `file` was opened for writing: until the token is dropped, every compaction keeps its
+    /// path in the journal (crash recovery heals it if the daemon dies meanwhile).
+    pub fn writer_opened(&self, file: Weak<dyn OpenWriter>) -> WriterToken {
+        if self.journal.get().is_none() {
+            return WriterToken {
+                set: Weak::new(),
+                id: 0,
+            };
+        }
+        let mut writers = self.writers();
+        writers.next += 1;
+        let id = writers.next;
+        writers.files.insert(id, file);
+        WriterToken {
+            set: self.this.clone(),
+            id,
         }
     }
 
+    /// The current paths of the files open for writing.
+    fn open_writer_paths(&self) -> Vec<PathBuf> {
+        let files: Vec<Arc<dyn OpenWriter>> = self
+            .writers()
+            .files
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        // Read, and let go of, outside the registry's lock: a last reference dropped here
+        // removes its own entry.
+        files.iter().filter_map(|f| f.current_path()).collect()
+    }
+
     /// Compacts the journal when nothing needs its paths any more: every replica in service,
-    /// no file open for writing, no mutation in flight (the write barrier is free), at most
-    /// about once a second. Called after mutations, at the last close of a file open for
-    /// writing, and once a second by the daemon's health thread (so an idle mount's journal
-    /// empties).
+    /// no mutation in flight (the write barrier is free), at most about once a second; the
+    /// paths of files still open for writing are kept. Called after mutations and once a
+    /// second by the daemon's health thread (so an idle mount's journal empties).
     pub fn maybe_compact(&self) {
         let Some(rec) = self.journal.get() else {
             return;
@@ -561,7 +602,7 @@ impl ReplicaSet {
         let Some(start) = start else {
             return;
         };
-        rec.compact(start);
+        rec.compact(start, &self.open_writer_paths());
         let all: Vec<usize> = (0..self.replicas.len()).collect();
         self.write_journals(rec, &all, false);
     }

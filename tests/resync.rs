@@ -476,3 +476,36 @@ fn a_replica_rebuilt_while_out_is_written_in_its_new_directories() {
     assert!(!m.on(1, "d/sub/before").exists());
     assert_replicas_identical(&m);
 }
+
+/// A file held open for writing (a log, a database) does not stop the journal from being
+/// compacted: a compaction keeps that file's path (crash recovery still heals it) and drops
+/// the rest, so the journal stays small instead of growing to its cap and turning the next
+/// resync into a full tree compare.
+#[test]
+fn a_file_held_open_for_writing_does_not_stop_the_journal_compacting() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    let mut held = fs::File::create(m.path("held.log")).unwrap();
+    held.write_all(b"first\n").unwrap();
+    for i in 0..200 {
+        fs::write(m.path(&format!("f{i}")), b"x").unwrap();
+    }
+    let journal = |i: usize| fs::read_to_string(m.on(i, &format!("{META_DIR}/journal"))).unwrap();
+    // Compacted within about a second (the health thread), though held.log is still open.
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || journal_lines(&m, 0)
+            == 2),
+        "{}",
+        journal(0)
+    );
+    for i in 0..2 {
+        let text = journal(i);
+        assert!(text.lines().any(|l| l.ends_with(" held.log")), "{text}");
+        assert!(!text.contains(" f1"), "{text}");
+    }
+    held.write_all(b"second\n").unwrap();
+    drop(held);
+    assert_eq!(fs::read(m.on(1, "held.log")).unwrap(), b"first\nsecond\n");
+}
