@@ -489,12 +489,11 @@ fn assert_op_logged(rig: &Rig, names: &[String], faulty: usize, op: &str, path: 
 // EIO from one replica (faultfs), for each kind of operation
 // ---------------------------------------------------------------------------------------------
 
-/// Replica 0 (the metadata replica, so reads fail over too) is a faultfs with `rule`; the
-/// workload must not notice, replica 1 must hold everything, and replica 0 is out for `op` on
-/// `path` with EIO.
-fn eio_case(rule: &str, op: &str, path: &str) {
+/// Two prefilled replicas, replica 0 (the metadata replica, so reads fail over too) behind a
+/// faultfs with no rule yet; with the replica names. None where nothing can be mounted.
+fn faulty_replica_0() -> Option<(Rig, Vec<String>)> {
     if !can_mount() {
-        return;
+        return None;
     }
     let syslog = Syslog::start();
     let b = MountBuilder::new(2).timeout(2.0);
@@ -504,6 +503,16 @@ fn eio_case(rule: &str, op: &str, path: &str) {
     let ff = FaultFs::start(&tmp.join("r0-src"), &tmp.join("r0"));
     let rig = start_rig(b, syslog, Some(ff), vec![]);
     let names = replica_names(&rig);
+    Some((rig, names))
+}
+
+/// Replica 0 (the metadata replica, so reads fail over too) is a faultfs with `rule`; the
+/// workload must not notice, replica 1 must hold everything, and replica 0 is out for `op` on
+/// `path` with EIO.
+fn eio_case(rule: &str, op: &str, path: &str) {
+    let Some((rig, names)) = faulty_replica_0() else {
+        return;
+    };
     rig.faultfs.as_ref().unwrap().set(rule);
 
     run_workload(&rig, Duration::from_secs(30));
@@ -544,17 +553,9 @@ fn eio_on_read_fails_over() {
 /// taken out, and close(2) still succeeds because the other holds the data.
 #[test]
 fn eio_on_flush_takes_the_replica_out_and_close_succeeds() {
-    if !can_mount() {
+    let Some((rig, names)) = faulty_replica_0() else {
         return;
-    }
-    let syslog = Syslog::start();
-    let b = MountBuilder::new(2).timeout(2.0);
-    let tmp = b.tmp().to_owned();
-    prefill(&tmp.join("r0-src"));
-    prefill(&tmp.join("r1"));
-    let ff = FaultFs::start(&tmp.join("r0-src"), &tmp.join("r0"));
-    let rig = start_rig(b, syslog, Some(ff), vec![]);
-    let names = replica_names(&rig);
+    };
     let mut f = File::create(rig.path("flushed.txt")).unwrap();
     f.write_all(b"kept by replica 1").unwrap();
     rig.faultfs.as_ref().unwrap().set("flush EIO flushed\n");
