@@ -16,8 +16,9 @@
 //! `overflow` line is written and recording stops, and coverage falls back to a full tree
 //! compare. It is compacted (rewritten atomically, starting at the current generation, with
 //! only the paths of files still open for writing) when no replica needs it: every replica in
-//! service, no mutation in flight. kill -9 keeps the page cache, so the lines survive it; a machine crash may lose
-//! them, which the header's boot id detects (see [`Journal::trusted_after`]).
+//! service, no mutation in flight. kill -9 keeps the page cache, so the lines survive it; a
+//! machine crash may lose them, which the header's boot id detects (see
+//! [`Journal::trusted_after`]).
 //!
 //! Pure format, decisions and the in-memory [`Recorder`]; the file I/O is a few small
 //! helpers at the end (std, on the replica's path like `state.rs`).
@@ -171,6 +172,13 @@ impl Journal {
     /// included, so it always fits).
     pub fn would_overflow(&self, path: &Path, recursive: bool, max: u64) -> bool {
         self.bytes + line(path, recursive).len() as u64 + OVERFLOW_LINE.len() as u64 > max
+    }
+
+    /// Recording stops here: the overflow line is added (it always fits, see
+    /// [`Journal::would_overflow`]).
+    pub fn overflow(&mut self) {
+        self.overflowed = true;
+        self.bytes += OVERFLOW_LINE.len() as u64;
     }
 
     /// Number of paths recorded.
@@ -411,8 +419,7 @@ impl Recorder {
                 continue;
             }
             if live.journal.would_overflow(path, recursive, self.max_bytes) {
-                live.journal.overflowed = true;
-                live.journal.bytes += OVERFLOW_LINE.len() as u64;
+                live.journal.overflow();
                 let p = self.pending(OVERFLOW_LINE.to_vec());
                 live.overflow = Some(Arc::clone(&p));
                 out.push(p);
@@ -517,8 +524,7 @@ impl Recorder {
         let mut journal = Journal::new(header);
         for path in keep {
             if journal.would_overflow(path, false, self.max_bytes) {
-                journal.overflowed = true;
-                journal.bytes += OVERFLOW_LINE.len() as u64;
+                journal.overflow();
                 break;
             }
             journal.insert(path, false);
