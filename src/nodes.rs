@@ -214,7 +214,7 @@ impl NodeTable {
                     id
                 }
             };
-            inner.children.entry(parent).or_default().insert(name, id);
+            inner.insert_child(&(parent, name), id);
             id
         };
         if let Some(node) = inner.nodes.get_mut(&id) {

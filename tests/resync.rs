@@ -317,10 +317,13 @@ fn big_tree(m: &Mount, dirs: usize, files: usize) {
 }
 
 /// Lines of replica `i`'s journal (the header included).
+/// Replica `i`'s journal ("" if it has none).
+fn journal_text(m: &Mount, i: usize) -> String {
+    fs::read_to_string(m.on(i, &format!("{META_DIR}/journal"))).unwrap_or_default()
+}
+
 fn journal_lines(m: &Mount, i: usize) -> usize {
-    fs::read_to_string(m.on(i, &format!("{META_DIR}/journal")))
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
+    journal_text(m, i).lines().count()
 }
 
 /// The last resync's progress of replica `i`, from `chironctl status --json`.
@@ -416,7 +419,7 @@ fn an_overflowed_or_lost_journal_falls_back_to_a_full_compare() {
     for i in 0..400 {
         fs::write(m.path(&format!("fresh/with-a-longer-name-{i}")), b"x").unwrap();
     }
-    let text = fs::read_to_string(m.on(0, &format!("{META_DIR}/journal"))).unwrap();
+    let text = journal_text(&m, 0);
     assert!(text.ends_with("overflow\n") && text.len() <= 4096, "{text}");
     ctl_ok(&m, &["resync", "1", "--wait"]);
     let log = m.log_text();
@@ -492,16 +495,15 @@ fn a_file_held_open_for_writing_does_not_stop_the_journal_compacting() {
     for i in 0..200 {
         fs::write(m.path(&format!("f{i}")), b"x").unwrap();
     }
-    let journal = |i: usize| fs::read_to_string(m.on(i, &format!("{META_DIR}/journal"))).unwrap();
     // Compacted within about a second (the health thread), though held.log is still open.
     assert!(
         wait_until(std::time::Duration::from_secs(5), || journal_lines(&m, 0)
             == 2),
         "{}",
-        journal(0)
+        journal_text(&m, 0)
     );
     for i in 0..2 {
-        let text = journal(i);
+        let text = journal_text(&m, i);
         assert!(text.lines().any(|l| l.ends_with(" held.log")), "{text}");
         assert!(!text.contains(" f1"), "{text}");
     }
