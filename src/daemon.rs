@@ -375,6 +375,10 @@ fn recover_state(
     }
     set.install_membership(plan.membership);
     // Before the mount answers: crash recovery heals the journaled paths first.
-    set.start_journal(plan.unclean, u64::from(journal_max));
+    set.start_journal(
+        plan.unclean,
+        &plan.in_flight_unknown,
+        u64::from(journal_max),
+    );
     Ok(())
 }

@@ -645,8 +645,11 @@ impl ReplicaSet {
     /// in-service replica (a missing, corrupt or untrusted one is replaced by an empty one
     /// starting now), heals the journaled paths across the in-service replicas if the last
     /// shutdown was `unclean` (crash recovery), then writes the journal to every in-service
-    /// replica and records from then on, capped at `max_bytes`.
-    pub fn start_journal(&self, unclean: bool, max_bytes: u64) {
+    /// replica and records from then on, capped at `max_bytes`. `in_flight_unknown`: the
+    /// replicas in service at an unclean shutdown that are not now (see
+    /// [`state::Plan::in_flight_unknown`]); the journal is then started afresh, so that their
+    /// resync compares whole trees.
+    pub fn start_journal(&self, unclean: bool, in_flight_unknown: &[usize], max_bytes: u64) {
         let info = self
             .membership
             .lock()
@@ -681,11 +684,23 @@ impl ReplicaSet {
         if unclean {
             self.recover_crash(&order, &trusted);
         }
-        let first_journal = trusted
-            .iter()
-            .find(|(i, _)| *i == first)
-            .map(|(_, j)| j.clone())
-            .unwrap_or_else(|| Err("it has none".into()));
+        let first_journal = if in_flight_unknown.is_empty() {
+            trusted
+                .iter()
+                .find(|(i, _)| *i == first)
+                .map(|(_, j)| j.clone())
+                .unwrap_or_else(|| Err("it has none".into()))
+        } else {
+            let names: Vec<String> = in_flight_unknown
+                .iter()
+                .map(|&i| self.replicas[i].path.display().to_string())
+                .collect();
+            Err(format!(
+                "not continued: {} served when the daemon died and cannot serve now, so what \
+                 was in flight there is unknown",
+                names.join(", ")
+            ))
+        };
         let mut journal = match first_journal {
             Ok(j) => j,
             Err(why) => {

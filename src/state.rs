@@ -246,6 +246,11 @@ pub struct Plan {
     /// The last shutdown of a replica now in service was not clean (the daemon was killed or
     /// the machine crashed): crash recovery heals the journaled paths before serving.
     pub unclean: bool,
+    /// After an unclean shutdown, the replicas that were in service then and are not now
+    /// (their state unreadable, say). An operation in flight at the kill may have reached
+    /// them and be written ahead only in their own journals, so the journal of the others
+    /// must not vouch for them: their resync compares whole trees.
+    pub in_flight_unknown: Vec<usize>,
 }
 
 /// Decides, from what was found at each replica (`names` for messages), who serves and who is
@@ -327,6 +332,7 @@ pub fn plan(
             writes,
             notes,
             unclean: false,
+            in_flight_unknown: Vec::new(),
         });
     }
 
@@ -509,12 +515,29 @@ pub fn plan(
     let unclean = in_service
         .iter()
         .any(|&i| matches!(&found[i], Found::Record(r) if !r.clean));
+    let in_flight_unknown = if unclean {
+        // An unreadable replica's id is unknown: it is suspect if some replica in service at
+        // the kill is not among the readable ones.
+        let readable: Vec<u64> = known.iter().map(|&i| rec(i).replica_id).collect();
+        let unaccounted = reference.in_service.iter().any(|id| !readable.contains(id));
+        (0..found.len())
+            .filter(|i| !in_service.contains(i))
+            .filter(|&i| match &found[i] {
+                Found::Unreadable(_) => unaccounted,
+                Found::Record(r) => reference.in_service.contains(&r.replica_id),
+                Found::Missing { .. } => false,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Plan {
         membership,
         stale,
         writes,
         notes,
         unclean,
+        in_flight_unknown,
     })
 }
 
@@ -753,6 +776,31 @@ mod tests {
         .unwrap();
         assert!(p.stale[1].is_some());
         assert!(!p.unclean);
+    }
+
+    #[test]
+    fn after_a_kill_a_replica_that_served_then_and_is_unreadable_now_is_flagged() {
+        let dirty = |id: u64, in_service: &[u64]| {
+            let mut f = rec(1, id, G2, &[G1], in_service);
+            if let Found::Record(r) = &mut f {
+                r.clean = false;
+            }
+            f
+        };
+        let unreadable = || Found::Unreadable("EIO".into());
+        let flagged = |found: &[Found]| {
+            plan(found, &names(found.len()), None, &mut counter(), 5)
+                .unwrap()
+                .in_flight_unknown
+        };
+        // Replica 0 served at the kill (id 1 in the survivors' record) and cannot be read.
+        assert_eq!(flagged(&[unreadable(), dirty(2, &[1, 2])]), vec![0]);
+        // It was already out at the kill: the survivors' journal covers it.
+        assert!(flagged(&[unreadable(), dirty(2, &[2])]).is_empty());
+        // A clean shutdown: nothing was in flight.
+        assert!(flagged(&[unreadable(), rec(1, 2, G2, &[G1], &[1, 2])]).is_empty());
+        // Everyone that served is readable and back: crash recovery reads every journal.
+        assert!(flagged(&[dirty(1, &[1, 2]), dirty(2, &[1, 2]), unreadable()]).is_empty());
     }
 
     #[test]

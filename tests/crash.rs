@@ -244,3 +244,55 @@ fn a_replica_out_at_a_kill_is_still_resynced_from_the_journal() {
     assert_replicas_identical(&m);
     assert!(!m.on(1, "d19").exists());
 }
+
+/// The daemon is killed after an unlink reached replica 0 (its journal line and the unlink
+/// itself) but before it reached replica 1, and replica 0 cannot be read at the restart. Only
+/// replica 0's journal knew that path, so the journal kept on replica 1 cannot tell what
+/// replica 0 holds that differs: its resync must compare whole trees, and then the replicas
+/// agree again.
+#[test]
+fn a_replica_unreadable_after_a_kill_is_resynced_with_a_full_compare() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = MountBuilder::new(2).start();
+    fs::create_dir(m.path("d")).unwrap();
+    for f in 0..20 {
+        fs::write(m.path(&format!("d/f{f}")), format!("{f}")).unwrap();
+    }
+    // The journal is compacted (at most once a second) once nothing is in flight.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = nix::unistd::Pid::from_raw(m.pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        nix::sys::signal::kill(pid, None).is_err()
+    }));
+    force_unmount(&m.mnt);
+    // Where the daemon died: "unlink d/f7" written ahead to replica 0's journal and applied
+    // there; replica 1 got neither.
+    let journal0 = m.replicas[0].join(".chironfs/journal");
+    let mut j = fs::OpenOptions::new().append(true).open(&journal0).unwrap();
+    std::io::Write::write_all(&mut j, b"P d/f7\n").unwrap();
+    drop(j);
+    fs::remove_file(m.on(0, "d/f7")).unwrap();
+    // Replica 0's state cannot be read at the restart (its server is down, say).
+    let state0 = m.replicas[0].join(".chironfs/state");
+    let saved = m.replicas[0].join("state.saved");
+    fs::rename(&state0, &saved).unwrap();
+    fs::create_dir(&state0).unwrap();
+    let replicas = m.replicas.clone();
+    m.restart_with(&replicas, &[]).unwrap();
+    assert!(m.snapshot().replicas[0].stale);
+    assert_eq!(fs::read(m.path("d/f7")).unwrap(), b"7");
+    fs::write(m.path("d/after"), b"after").unwrap();
+    // Replica 0 is back.
+    fs::remove_dir(&state0).unwrap();
+    fs::rename(&saved, &state0).unwrap();
+    ctl_ok(&m, &["resync", "0", "--wait"]);
+    let log = m.log_text();
+    assert!(log.contains("served when the daemon died"), "{log}");
+    assert!(log.contains("resync of replica"), "{log}");
+    assert!(!log.contains(": incremental,"), "{log}");
+    assert_eq!(fs::read(m.on(0, "d/f7")).unwrap(), b"7");
+    assert_replicas_identical(&m);
+}
