@@ -24,6 +24,8 @@
 set -eu
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=../support/sshd.sh
+. "$(dirname "$0")/../support/sshd.sh"
 
 TOKEN=${1:-1000}
 cl_init two-node
@@ -91,31 +93,10 @@ for n in $NODES $SERVERS; do
 done
 
 # --- replica servers: sshd in each namespace --------------------------------------------------
-ssh-keygen -q -t ed25519 -N '' -C chironfs-two-node-host -f "$LAB/host_key"
-ssh-keygen -q -t ed25519 -N '' -C chironfs-two-node-client -f "$LAB/client_key"
-cp "$LAB/client_key.pub" "$LAB/authorized_keys"
-chmod 0600 "$LAB/authorized_keys"
-[ -d /run/sshd ] || mkdir -m 0755 /run/sshd
+sshd_keys "$LAB" chironfs-two-node
 for s in $SERVERS; do
     mkdir -p "$LAB/export/$s"
-    cat >"$LAB/sshd-$s.conf" <<EOF
-ListenAddress $NET.${IP[$s]}
-Port 22
-HostKey $LAB/host_key
-PidFile $LAB/sshd-$s.pid
-AuthorizedKeysFile $LAB/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-ClientAliveInterval 1
-ClientAliveCountMax 2
-Subsystem sftp internal-sftp
-LogLevel ERROR
-EOF
-    ip netns exec "$NS-$s" /usr/sbin/sshd -f "$LAB/sshd-$s.conf" -E "$LAB/sshd-$s.log"
+    sshd_start "$NS-$s" "$NET.${IP[$s]}" "$LAB" "$s" || cl_die "sshd of $s did not start"
 done
 
 # --- syslog: a private rsyslogd; chironfs is pointed at its socket -----------------------------

@@ -22,6 +22,8 @@
 set -eu
 # shellcheck source-path=SCRIPTDIR source=../peer/lib.sh
 . "$(dirname "$0")/../peer/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=sshd.sh
+. "$(dirname "$0")/sshd.sh"
 PEER_NAME=sshfs-netns
 
 usage() { sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -147,35 +149,9 @@ do_up() {
     ip netns exec "$ns" ip link set lo up
     st_set addr "$ns_ip"
 
-    ssh-keygen -q -t ed25519 -N '' -C "chiron-sshfs-host-$name" -f "$work/host_key"
-    ssh-keygen -q -t ed25519 -N '' -C "chiron-sshfs-client-$name" -f "$work/client_key"
-    cp "$work/client_key.pub" "$work/authorized_keys"
-    chmod 0600 "$work/authorized_keys"
-    cat >"$work/sshd_config" <<EOF
-ListenAddress $ns_ip
-Port 22
-HostKey $work/host_key
-PidFile $work/sshd.pid
-AuthorizedKeysFile $work/authorized_keys
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-ClientAliveInterval 1
-ClientAliveCountMax 2
-Subsystem sftp internal-sftp
-LogLevel ERROR
-EOF
-    # OpenSSH's privilege separation directory (Debian's package creates it at boot only).
-    [ -d /run/sshd ] || mkdir -m 0755 /run/sshd
-    ip netns exec "$ns" /usr/sbin/sshd -f "$work/sshd_config" -E "$work/sshd.log"
-    i=0
-    while [ ! -s "$work/sshd.pid" ] && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
-    [ -s "$work/sshd.pid" ] || { cat "$work/sshd.log" >&2; die "sshd did not start"; }
-    sshd_pid=$(cat "$work/sshd.pid")
+    sshd_keys "$work" "chiron-sshfs-$name"
+    sshd_start "$ns" "$ns_ip" "$work" "$name" || die "sshd did not start"
+    sshd_pid=$(cat "$work/sshd-$name.pid")
     st_set sshd_pid "$sshd_pid"
 
     alive=${SSHFS_ALIVE:-ServerAliveInterval=1,ServerAliveCountMax=2}
