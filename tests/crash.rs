@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chironfs::snapshot::ReplicaState;
+use chironfs::state::{META_DIR, STATE_FILE};
 use common::*;
 
 const RECORD: usize = 64;
@@ -24,6 +25,16 @@ fn record(i: u64) -> Vec<u8> {
     r.resize(RECORD - 1, b'.');
     r.push(b'\n');
     r
+}
+
+/// kill -9 of the mount's daemon; returns once it is gone and its mount point is unmounted.
+fn kill_daemon_and_unmount(m: &Mount) {
+    let pid = nix::unistd::Pid::from_raw(m.pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        nix::sys::signal::kill(pid, None).is_err()
+    }));
+    force_unmount(&m.mnt);
 }
 
 /// The fsx binary (`cargo install fsx`): on PATH or in cargo's bin directory.
@@ -217,12 +228,7 @@ fn a_replica_out_at_a_kill_is_still_resynced_from_the_journal() {
     }
     fs::remove_dir_all(m.path("d19")).unwrap();
 
-    let pid = nix::unistd::Pid::from_raw(m.pid);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        nix::sys::signal::kill(pid, None).is_err()
-    }));
-    force_unmount(&m.mnt);
+    kill_daemon_and_unmount(&m);
     let replicas = m.replicas.clone();
     m.restart_with(&replicas, &[]).unwrap();
     let s = m.snapshot();
@@ -262,25 +268,21 @@ fn a_replica_unreadable_after_a_kill_is_resynced_with_a_full_compare() {
     }
     // Once nothing is in flight the journal is compacted (within about a second): replica
     // 1's no longer lists d/f7, so only a journal entry on replica 0 could name it.
-    let journal1 = m.replicas[1].join(".chironfs/journal");
     assert!(wait_until(Duration::from_secs(5), || {
-        fs::read_to_string(&journal1).is_ok_and(|j| !j.contains(" d/f7\n"))
+        !journal_text(&m, 1).contains(" d/f7\n")
     }));
-    let pid = nix::unistd::Pid::from_raw(m.pid);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        nix::sys::signal::kill(pid, None).is_err()
-    }));
-    force_unmount(&m.mnt);
+    kill_daemon_and_unmount(&m);
     // Where the daemon died: "unlink d/f7" written ahead to replica 0's journal and applied
     // there; replica 1 got neither.
-    let journal0 = m.replicas[0].join(".chironfs/journal");
-    let mut j = fs::OpenOptions::new().append(true).open(&journal0).unwrap();
+    let mut j = fs::OpenOptions::new()
+        .append(true)
+        .open(journal_path(&m, 0))
+        .unwrap();
     std::io::Write::write_all(&mut j, b"P d/f7\n").unwrap();
     drop(j);
     fs::remove_file(m.on(0, "d/f7")).unwrap();
     // Replica 0's state cannot be read at the restart (its server is down, say).
-    let state0 = m.replicas[0].join(".chironfs/state");
+    let state0 = m.replicas[0].join(META_DIR).join(STATE_FILE);
     let saved = m.replicas[0].join("state.saved");
     fs::rename(&state0, &saved).unwrap();
     fs::create_dir(&state0).unwrap();

@@ -317,11 +317,6 @@ fn big_tree(m: &Mount, dirs: usize, files: usize) {
 }
 
 /// Lines of replica `i`'s journal (the header included).
-/// Replica `i`'s journal ("" if it has none).
-fn journal_text(m: &Mount, i: usize) -> String {
-    fs::read_to_string(m.on(i, &format!("{META_DIR}/journal"))).unwrap_or_default()
-}
-
 fn journal_lines(m: &Mount, i: usize) -> usize {
     journal_text(m, i).lines().count()
 }

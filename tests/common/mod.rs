@@ -11,6 +11,18 @@ use std::time::{Duration, Instant};
 
 use chironfs::snapshot::{ReplicaState, Snapshot};
 
+/// Replica `i`'s journal of changed paths (`.chironfs/journal`; see `chironfs::journal`).
+pub fn journal_path(m: &Mount, i: usize) -> PathBuf {
+    m.replicas[i]
+        .join(chironfs::state::META_DIR)
+        .join(chironfs::journal::JOURNAL_FILE)
+}
+
+/// Replica `i`'s journal ("" if it has none).
+pub fn journal_text(m: &Mount, i: usize) -> String {
+    std::fs::read_to_string(journal_path(m, i)).unwrap_or_default()
+}
+
 /// Path of the built `chironfs` binary.
 pub fn chironfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chironfs"))
