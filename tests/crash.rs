@@ -7,7 +7,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -278,7 +278,7 @@ fn a_replica_unreadable_after_a_kill_is_resynced_with_a_full_compare() {
         .append(true)
         .open(journal_path(&m, 0))
         .unwrap();
-    std::io::Write::write_all(&mut j, b"P d/f7\n").unwrap();
+    std::io::Write::write_all(&mut j, &chironfs::journal::line(Path::new("d/f7"), false)).unwrap();
     drop(j);
     fs::remove_file(m.on(0, "d/f7")).unwrap();
     // Replica 0's state cannot be read at the restart (its server is down, say).

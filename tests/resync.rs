@@ -431,7 +431,7 @@ fn an_overflowed_or_lost_journal_falls_back_to_a_full_compare() {
     fs::remove_dir_all(m.path("t1")).unwrap();
     let (r0, r1) = (m.replicas[0].clone(), m.replicas[1].clone());
     assert!(m.stop());
-    fs::remove_file(r0.join(META_DIR).join("journal")).unwrap();
+    fs::remove_file(journal_path(&m, 0)).unwrap();
     m.restart_with(&[r0.clone(), r1.clone()], &["--journal-max", "4K"])
         .unwrap();
     assert!(m.snapshot().replicas[1].stale);
