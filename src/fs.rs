@@ -193,6 +193,33 @@ fn cstr(p: &Path) -> io::Result<CString> {
 /// Calls `f(dirfd, name)` for the entry at `place` on a replica. Its directory is reached
 /// through the replica's kept handle of that node (crate::dirfds), else opened beneath the
 /// root with no symlink allowed on the way (and kept); the root itself is (root, ".").
+/// Inodes whose last name a mutation removes (an unlink, a rename over a file), held open on
+/// local replicas until the caller has its answer. Evicting an inode, freeing its pages or
+/// blocks, is most of such a mutation's cost (185 µs for 1 MiB on ext4, 11 ms for 64 MiB); held,
+/// it happens at [`HeldInodes::release`], after the reply, instead of inside the syscall.
+#[derive(Clone, Default)]
+struct HeldInodes(Arc<Mutex<Vec<OwnedFd>>>);
+
+impl HeldInodes {
+    /// Holds `name` in `dir` if it exists. Not on a network replica: NFS would rename a held
+    /// file to .nfsXXXX instead of removing it.
+    fn hold(&self, r: &Replica, dir: BorrowedFd<'_>, name: &CStr) {
+        if !r.is_local() {
+            return;
+        }
+        if let Ok(fd) = sys::hold_inode_at(dir, name) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
+        }
+    }
+
+    /// Closes what was held: the evictions happen now. Called after the reply, with the
+    /// operation's locks released so that nothing waits on them meanwhile.
+    fn release(self) {
+        let fds = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(fds);
+    }
+}
+
 fn at<T>(
     r: &Replica,
     place: &Place,
@@ -854,7 +881,7 @@ impl Filesystem for ChironFs {
                     .nodes
                     .child_is_dir(newparent.0, newname)
                     .unwrap_or(true));
-        let (_alone, _shared) = if moves_dir {
+        let (alone, shared) = if moves_dir {
             (Some(self.tree_exclusive()), None)
         } else {
             (None, Some(self.tree_shared()))
@@ -864,7 +891,7 @@ impl Filesystem for ChironFs {
             self.nodes.known_child(parent.0, name),
             self.nodes.known_child(newparent.0, newname),
         ]);
-        let _in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
+        let in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
         let (from, to) = match (
             self.child_place(parent, name),
             self.child_place(newparent, newname),
@@ -873,9 +900,17 @@ impl Filesystem for ChironFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let (a, b) = (from.clone(), to.clone());
+        // A file this rename replaces (the kernel looked it up) is evicted after the reply.
+        let replaces_file =
+            !exchange && self.nodes.child_is_dir(newparent.0, newname) == Some(false);
+        let held = HeldInodes::default();
+        let holder = held.clone();
         let job: ReplicaJob<()> = Arc::new(move |r: &Replica| {
             at(r, &a, |old_dir, old_name| {
                 at(r, &b, |new_dir, new_name| {
+                    if replaces_file {
+                        holder.hold(r, new_dir, new_name);
+                    }
                     sys::rename_at(old_dir, old_name, new_dir, new_name, bits)
                 })
             })
@@ -893,6 +928,8 @@ impl Filesystem for ChironFs {
             }
             Err(e) => reply.error(e),
         }
+        drop((in_order, alone, shared));
+        held.release();
     }
 
     fn link(
@@ -1667,19 +1704,27 @@ impl ChironFs {
     }
 
     fn remove(&self, op: &str, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let _tree = self.tree_shared();
+        let tree = self.tree_shared();
         // Kept apart from a concurrent open of the same file (see `open`).
         let known = self.nodes.known_child(parent.0, name);
         let locks = self.order_locks(&[known]);
-        let _in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
+        let in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
         let path = match self.child_place(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         let rel = path.clone();
-        match self.mutate(op, &path, &Credentials::root(), move |r| {
-            at(r, &rel, |d, n| sys::unlink_at(d, n, dir))
-        }) {
+        let held = HeldInodes::default();
+        let holder = held.clone();
+        let result = self.mutate(op, &path, &Credentials::root(), move |r| {
+            at(r, &rel, |d, n| {
+                if !dir {
+                    holder.hold(r, d, n);
+                }
+                sys::unlink_at(d, n, dir)
+            })
+        });
+        match result {
             Ok(()) => {
                 self.nodes.unlink(parent.0, name);
                 if let (true, Some(id)) = (dir, known) {
@@ -1692,6 +1737,9 @@ impl ChironFs {
             }
             Err(e) => reply.error(e),
         }
+        drop(in_order);
+        drop(tree);
+        held.release();
     }
 }
 

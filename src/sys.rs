@@ -170,6 +170,17 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> io::Resu
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
+/// An `O_PATH` handle on `name` in `dir` itself (a symlink is not followed). Held across an
+/// unlink of the last name, it keeps the inode alive, so the inode's eviction (freeing its pages
+/// or blocks) happens when the handle is closed rather than inside `unlinkat`.
+pub fn hold_inode_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid fd and NUL-terminated name.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// `renameat2` with the caller's flags (RENAME_NOREPLACE, RENAME_EXCHANGE).
 pub fn rename_at(
     old_dir: BorrowedFd<'_>,

@@ -287,6 +287,64 @@ fn hard_links_share_an_inode_and_count() {
     assert_replicas_identical(&m);
 }
 
+/// The descriptors of the daemon `pid` that point at a deleted file (what `lsof +L1` shows).
+fn deleted_files_held_by(pid: i32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.ends_with(" (deleted)"))
+        .collect()
+}
+
+#[test]
+fn the_space_of_a_deleted_or_replaced_file_is_given_back_on_every_replica() {
+    if !can_mount() {
+        return;
+    }
+    // The daemon holds a file across its unlink (or the rename that replaces it) so that
+    // freeing it happens after the answer; it must let go of it then, or the space would stay
+    // used until the daemon stops.
+    let m = Mount::two();
+    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for n in 0..4 {
+        fs::write(m.path(&format!("big{n}")), &data).unwrap();
+    }
+    // An atomic save: the new version is renamed over the old one.
+    fs::write(m.path("saved"), &data).unwrap();
+    fs::write(m.path("saved.new"), b"new version").unwrap();
+    fs::rename(m.path("saved.new"), m.path("saved")).unwrap();
+    content_everywhere(&m, "saved", b"new version");
+    let kept = File::open(m.path("big3")).unwrap();
+    for n in 0..4 {
+        fs::remove_file(m.path(&format!("big{n}"))).unwrap();
+        absent_everywhere(&m, &format!("big{n}"));
+    }
+    // Only the file a reader still has open stays (a closed file's FUSE release comes a moment
+    // later), and it still reads whole.
+    let only_the_open_one = || {
+        deleted_files_held_by(m.pid)
+            .iter()
+            .all(|t| t.contains("big3"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), only_the_open_one),
+        "the daemon still holds deleted files besides the open one: {:?}",
+        deleted_files_held_by(m.pid)
+    );
+    let mut back = Vec::new();
+    (&kept).read_to_end(&mut back).unwrap();
+    assert!(back == data, "the open, deleted file reads back changed");
+    drop(kept);
+    assert!(
+        wait_until(Duration::from_secs(5), || deleted_files_held_by(m.pid)
+            .is_empty()),
+        "deleted files still held after the last close: {:?}",
+        deleted_files_held_by(m.pid)
+    );
+    assert_replicas_identical(&m);
+}
+
 #[test]
 fn unlink_and_rmdir() {
     if !can_mount() {
