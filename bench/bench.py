@@ -41,6 +41,7 @@ WORKLOADS = [
     ("create", "create 4k files", "files/s", "meta"),
     ("stat", "stat files", "files/s", "meta"),
     ("delete", "delete files", "files/s", "meta"),
+    ("delete_big", "delete 1M files, until freed", "files/s", "meta"),
     ("untar", "untar crate", "files/s", "tree"),
     ("cat", "cat every file", "files/s", "tree"),
 ]
@@ -382,6 +383,8 @@ class Runner:
             if "stat" in phases:
                 record("stat", lambda: phases["stat"])
                 record("delete", lambda: phases["delete"])
+            record("delete_big", lambda: delete_big_files(os.path.join(w, "big"), sysm.base,
+                                                          a.big_files, a.timeout))
         if "tree" in g:
             dest = os.path.join(w, "tree")
             os.mkdir(dest)
@@ -452,6 +455,32 @@ def metadata(root, n, timeout):
         raise RuntimeError(f"{len(left)} entries left after delete")
     os.rmdir(root)
     return {"create": n / (t1 - t0), "stat": n / (t2 - t1), "delete": n / (t3 - t2)}
+
+
+def delete_big_files(root, backing, n, timeout):
+    """Deletes N files of 1 MiB; files/s. The clock runs until BACKING (the storage under the
+    system) has the space back: a daemon that frees a file after answering is not credited
+    with work it has not done yet."""
+    mib = 1 << 20
+    data = b"\xa5" * mib
+    paths = [os.path.join(root, f"b{i:04d}") for i in range(n)]
+    free_before = os.statvfs(backing)
+    os.mkdir(root)
+    for p in paths:
+        with open(p, "wb") as f:
+            f.write(data)
+    # Slack for what else grows meanwhile (chironfs's journal): 4 MiB.
+    want = free_before.f_bfree - 4 * mib // free_before.f_frsize
+    t0 = time.perf_counter()
+    for p in paths:
+        os.unlink(p)
+    while os.statvfs(backing).f_bfree < want:
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError("the space of the deleted files did not come back")
+        time.sleep(0.0002)
+    t1 = time.perf_counter()
+    os.rmdir(root)
+    return n / (t1 - t0)
 
 
 def compare_replicas(sysm):
@@ -620,11 +649,11 @@ def main():
     a = p.parse_args()
 
     if a.quick:
-        defaults = dict(seq_mib=128, read_time=1, rand_time=3, meta_files=1000,
+        defaults = dict(seq_mib=128, read_time=1, rand_time=3, meta_files=1000, big_files=50,
                         lookup_files=10000, repeat=1, rand_repeat=1, timeout=300)
     else:
         defaults = dict(seq_mib=1024, read_time=3, rand_time=20, meta_files=10000,
-                        lookup_files=100000, repeat=3, rand_repeat=1, timeout=900)
+                        big_files=200, lookup_files=100000, repeat=3, rand_repeat=1, timeout=900)
     for k, v in defaults.items():
         if getattr(a, k, None) is None:
             setattr(a, k, v)

@@ -10,7 +10,8 @@
 # bindfs (one branch) and mergerfs (one branch; cache.files=off and cache.files=partial).
 # Workloads: sequential write (1 GiB, 1 MiB blocks, fsync at the end), sequential read of it
 # (cold after drop_caches, and warm), 4 KiB random read and write (1 and 4 jobs, 20 s each),
-# metadata (create/stat/delete 10,000 files of 4 KiB in a tree), a source tree (untar the
+# metadata (create/stat/delete 10,000 files of 4 KiB in a tree; delete 200 files of 1 MiB, timed
+# until the storage has the space back), a source tree (untar the
 # largest crate in ~/.cargo/registry/cache, then cat every file), the daemons' peak RSS, and
 # chironfs's RSS after 100,000 files were looked up. Each figure is the median of the rounds.
 # It prints one table and saves it as bench/results/latest.md (raw data: bench/results/raw/).
