@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
@@ -20,6 +20,7 @@ use fuser::{
 };
 
 use crate::arbitrate::Outcome;
+use crate::callers::GroupsCache;
 use crate::iomode::{IoModes, Mode, Ticket, Wish};
 use crate::nodes::{NodeTable, Place};
 use crate::order::OrderLock;
@@ -163,6 +164,8 @@ pub struct ChironFs {
     /// filesystem reports nothing (its errors come from write and fsync), so a set of local
     /// replicas has nothing to pass on. Fixed at mount, as the replicas' kinds are.
     flush_reports: bool,
+    /// Non-root callers' supplementary groups, read from /proc once per moment.
+    callers: GroupsCache,
     io_modes: Arc<IoModes<BackingId>>,
     /// Set after the first failed backing-file registration, so it is logged once.
     passthrough_failed: std::sync::atomic::AtomicBool,
@@ -357,14 +360,22 @@ fn clear_setid(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-fn caller(req: &Request) -> Credentials {
-    Credentials::of_caller(req.uid(), req.gid(), req.pid())
-}
-
 /// A job's result paired with the replica that produced it (to remember hard links).
 type Stat = (usize, libc::stat);
 
 impl ChironFs {
+    /// The credentials a request runs under on the replicas: its caller's.
+    fn caller(&self, req: &Request) -> Credentials {
+        let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
+        let groups = if uid == 0 {
+            Vec::new()
+        } else {
+            self.callers
+                .groups((pid, uid, gid), Instant::now(), || sys::caller_groups(pid))
+        };
+        Credentials::of_caller(uid, gid, groups)
+    }
+
     /// A filesystem over `set`; `max_write` is the largest write the kernel may send;
     /// `io` says how the kernel may serve open files (both wishes, checked at init).
     pub fn new(set: Arc<ReplicaSet>, max_write: u32, io: KernelIo) -> Self {
@@ -381,6 +392,7 @@ impl ChironFs {
             passthrough: io.passthrough,
             direct_writes: io.direct_writes,
             io_modes: Arc::new(IoModes::default()),
+            callers: GroupsCache::default(),
             passthrough_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -810,7 +822,7 @@ impl Filesystem for ChironFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let creds = caller(req).with_umask(umask);
+        let creds = self.caller(req).with_umask(umask);
         self.make(creds, "mknod", parent, name, reply, move |dir, name| {
             sys::mknod_at(dir, name, mode, rdev as libc::dev_t)
         });
@@ -825,7 +837,7 @@ impl Filesystem for ChironFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let creds = caller(req).with_umask(umask);
+        let creds = self.caller(req).with_umask(umask);
         self.make(creds, "mkdir", parent, name, reply, move |dir, name| {
             sys::mkdir_at(dir, name, mode)
         });
@@ -852,7 +864,7 @@ impl Filesystem for ChironFs {
             Err(e) => return reply.error(e.into()),
         };
         self.make(
-            caller(req),
+            self.caller(req),
             "symlink",
             parent,
             link_name,
@@ -1406,7 +1418,7 @@ impl Filesystem for ChironFs {
         let exclusive = flags & libc::O_EXCL != 0;
         let uid = req.uid();
         let stamp = now();
-        let creds = caller(req).with_umask(umask);
+        let creds = self.caller(req).with_umask(umask);
         let result = self.mutate("create", &path, &creds, move |r| {
             let flags = open_flags | libc::O_CREAT | libc::O_EXCL;
             let opened = at(r, &place, |dir, name| {

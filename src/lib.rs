@@ -5,6 +5,7 @@
 
 pub mod arbitrate;
 pub mod auto_resync;
+pub mod callers;
 pub mod config;
 pub mod control;
 pub mod ctl_cli;

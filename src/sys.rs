@@ -646,32 +646,13 @@ impl Credentials {
         Credentials::default()
     }
 
-    /// The caller of a FUSE request, with its supplementary groups read from /proc (the
-    /// process may be gone: then it gets no supplementary groups, which only narrows access).
-    pub fn of_caller(uid: u32, gid: u32, pid: u32) -> Self {
-        if uid == 0 {
-            return Credentials {
-                uid,
-                gid,
-                ..Credentials::default()
-            };
-        }
-        let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Groups:").map(str::to_owned))
-            })
-            .map(|l| {
-                l.split_whitespace()
-                    .filter_map(|g| g.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// The caller of a FUSE request: its uid and gid, and `groups`, its supplementary groups
+    /// (see [`caller_groups`]); root needs none.
+    pub fn of_caller(uid: u32, gid: u32, groups: Vec<u32>) -> Self {
         Credentials {
             uid,
             gid,
-            groups,
+            groups: if uid == 0 { Vec::new() } else { groups },
             umask: 0,
         }
     }
@@ -681,6 +662,17 @@ impl Credentials {
         self.umask = umask & 0o777;
         self
     }
+}
+
+/// The supplementary groups of process `pid`, from /proc; None when it is gone.
+pub fn caller_groups(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
+    )
 }
 
 thread_local! {
