@@ -193,9 +193,6 @@ fn cstr(p: &Path) -> io::Result<CString> {
     }
 }
 
-/// Calls `f(dirfd, name)` for the entry at `place` on a replica. Its directory is reached
-/// through the replica's kept handle of that node (crate::dirfds), else opened beneath the
-/// root with no symlink allowed on the way (and kept); the root itself is (root, ".").
 /// Inodes whose last name a mutation removes (an unlink, a rename over a file), held open on
 /// local replicas until the caller has its answer. Evicting an inode, freeing its pages or
 /// blocks, is most of such a mutation's cost (185 µs for 1 MiB on ext4, 11 ms for 64 MiB); held,
@@ -223,6 +220,9 @@ impl HeldInodes {
     }
 }
 
+/// Calls `f(dirfd, name)` for the entry at `place` on a replica. Its directory is reached
+/// through the replica's kept handle of that node (crate::dirfds), else opened beneath the
+/// root with no symlink allowed on the way (and kept); the root itself is (root, ".").
 fn at<T>(
     r: &Replica,
     place: &Place,
