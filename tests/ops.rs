@@ -310,11 +310,20 @@ fn the_space_of_a_deleted_or_replaced_file_is_given_back_on_every_replica() {
     for n in 0..4 {
         fs::write(m.path(&format!("big{n}")), &data).unwrap();
     }
-    // An atomic save: the new version is renamed over the old one.
+    // An atomic save: the new version is renamed over the old one, which a reader still has
+    // open and reads whole.
     fs::write(m.path("saved"), &data).unwrap();
+    let old_version = File::open(m.path("saved")).unwrap();
     fs::write(m.path("saved.new"), b"new version").unwrap();
     fs::rename(m.path("saved.new"), m.path("saved")).unwrap();
     content_everywhere(&m, "saved", b"new version");
+    let mut back = Vec::new();
+    (&old_version).read_to_end(&mut back).unwrap();
+    assert!(
+        back == data,
+        "the replaced, still open file reads back changed"
+    );
+    drop(old_version);
     let kept = File::open(m.path("big3")).unwrap();
     for n in 0..4 {
         fs::remove_file(m.path(&format!("big{n}"))).unwrap();
