@@ -90,6 +90,10 @@ if [ "$build" = 1 ]; then
 fi
 chironfs="$root/target/release/chironfs"
 [ -x "$chironfs" ] || { echo "$chironfs missing (build failed?)" >&2; exit 1; }
+if [ "$build" = 0 ]; then
+    newer=$(find "$root/src" "$root/Cargo.toml" "$root/Cargo.lock" -newer "$chironfs" -print -quit)
+    [ -z "$newer" ] || echo "WARNING: $newer is newer than $chironfs (--no-build): the figures are not the current source's" >&2
+fi
 
 if [ -z "$tarball" ]; then
     tarball=$(ls -S "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/*.crate 2>/dev/null | head -1 || true)
