@@ -40,6 +40,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 [ -x "$target/release/chironfs" ] || (cd "$root" && cargo build --release --quiet --bin chironfs)
 chironfs=$target/release/chironfs
+# mergerfs as the main benchmark mounts it.
+mergerfs_opts=$(cd "$root/bench" && python3 -B -c 'import bench; print(",".join(bench.MOUNT_OPTS["mergerfs"]))')
 
 work=$(mktemp -d /tmp/chironfs-wakeups.XXXXXX)
 mount -t tmpfs -o size=2g chironfs-bench "$work"
@@ -63,8 +65,7 @@ mount_system() {
     case $1 in
     chironfs-2) "${pin[@]}" "$chironfs" --status-file "$work/status" -c "$work/ctl.sock" \
         "$work/r0=$work/r1" "$mnt" ;;
-    mergerfs) "${pin[@]}" mergerfs -o allow_other,use_ino,cache.files=off,dropcacheonclose=true,category.create=mfs,minfreespace=0 \
-        "$work/r0" "$mnt" ;;
+    mergerfs) "${pin[@]}" mergerfs -o "$mergerfs_opts" "$work/r0" "$mnt" ;;
     esac
     for _ in $(seq 100); do mountpoint -q "$mnt" && return; sleep 0.1; done
     echo "wakeups.sh: $1 did not mount" >&2

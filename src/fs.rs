@@ -215,8 +215,7 @@ impl HeldInodes {
     /// Closes what was held: the evictions happen now. Called after the reply, with the
     /// operation's locks released so that nothing waits on them meanwhile.
     fn release(self) {
-        let fds = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        drop(fds);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
