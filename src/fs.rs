@@ -363,7 +363,8 @@ fn clear_setid(fd: BorrowedFd<'_>) -> io::Result<()> {
 type Stat = (usize, libc::stat);
 
 impl ChironFs {
-    /// The credentials a request runs under on the replicas: its caller's.
+    /// The credentials a request runs under on the replicas: its caller's (root needs no
+    /// supplementary groups, so none are read for it).
     fn caller(&self, req: &Request) -> Credentials {
         let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
         let groups = if uid == 0 {

@@ -647,12 +647,12 @@ impl Credentials {
     }
 
     /// The caller of a FUSE request: its uid and gid, and `groups`, its supplementary groups
-    /// (see [`caller_groups`]); root needs none.
+    /// (see [`caller_groups`]).
     pub fn of_caller(uid: u32, gid: u32, groups: Vec<u32>) -> Self {
         Credentials {
             uid,
             gid,
-            groups: if uid == 0 { Vec::new() } else { groups },
+            groups,
             umask: 0,
         }
     }
