@@ -598,8 +598,13 @@ def machine_info():
         pass
     mem = proc_meminfo_gib()
     load = os.getloadavg()
+    try:
+        with open("/sys/module/fuse/parameters/enable_uring") as f:
+            uring = "on" if f.read().strip() in ("Y", "1") else "off"
+    except OSError:
+        uring = "not in this kernel"
     return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
-            f"kernel {platform.release()}; load average at start "
+            f"kernel {platform.release()} (FUSE over io_uring {uring}); load average at start "
             f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
 
 

@@ -30,6 +30,9 @@
 #   --tarball FILE      gzip tarball for the tree workload (default: the largest .crate)
 #   --no-build          use target/release/chironfs as it is
 #   --no-install        do not apt-get anything
+#   --io-uring          switch the kernel's FUSE over io_uring on for the run (fuse.enable_uring,
+#                       put back at the end): chironfs then serves requests on per-CPU rings;
+#                       the other systems (libfuse) do not use it either way
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,6 +46,7 @@ tmpfs_size=8g
 tarball=""
 build=1
 install=1
+io_uring=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) py_args+=(--quick) ;;
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
         --tarball) tarball=$2; shift ;;
         --no-build) build=0 ;;
         --no-install) install=0 ;;
+        --io-uring) io_uring=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -100,10 +105,17 @@ if [ -z "$tarball" ]; then
     [ -n "$tarball" ] || { echo "no .crate in ~/.cargo/registry/cache: pass --tarball" >&2; exit 1; }
 fi
 
+uring_switch=/sys/module/fuse/parameters/enable_uring
+uring_was=""
+if [ "$io_uring" = 1 ]; then
+    [ -w "$uring_switch" ] || { echo "--io-uring: this kernel has no FUSE over io_uring" >&2; exit 1; }
+    uring_was=$(cat "$uring_switch")
+fi
 tmp=$(mktemp -d /tmp/chironfs-bench.XXXXXX)
 disk_dirs=()
 cleanup() {
     set +e
+    [ -z "$uring_was" ] || echo "$uring_was" > "$uring_switch"
     # Anything still mounted under our temp dir (FUSE mounts first, then the tmpfs).
     for m in $(awk -v t="$tmp" '$5 == t || index($5, t "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
         umount "$m" 2>/dev/null || umount -l "$m"
@@ -118,6 +130,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+[ "$io_uring" = 0 ] || echo 1 > "$uring_switch"
 
 mkdir "$tmp/tmpfs"
 mount -t tmpfs -o "size=$tmpfs_size,mode=0755" chironfs-bench "$tmp/tmpfs"

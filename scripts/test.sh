@@ -52,15 +52,22 @@ step build scripts/build.sh
 build_ok=1
 [ "$failed" = "$build_before" ] || build_ok=0
 step "cargo test" cargo test --workspace --release
+# The same mounts again with the kernel's FUSE over io_uring on: the requests then come
+# through chironfs's per-CPU rings instead of /dev/fuse (tests/io_uring.rs checks which).
+step "cargo test, io_uring" tests/peer/with-io-uring.sh cargo test --release --tests
 if [ "$build_ok" = 1 ]; then
     step fsx tests/peer/fsx.sh
     step pjdfstest tests/peer/pjdfstest.sh
+    step "fsx, io_uring" tests/peer/with-io-uring.sh tests/peer/fsx.sh
+    step "pjdfstest, io_uring" tests/peer/with-io-uring.sh tests/peer/pjdfstest.sh
     step packaging tests/packaging/test.sh
     step ocf-tester tests/cluster/ocf-tester.sh
     step "two-node cluster" tests/cluster/two-node.sh
 else
     skip fsx "the build failed"
     skip pjdfstest "the build failed"
+    skip "fsx, io_uring" "the build failed"
+    skip "pjdfstest, io_uring" "the build failed"
     skip packaging "the build failed"
     skip ocf-tester "the build failed"
     skip "two-node cluster" "the build failed"

@@ -62,6 +62,10 @@ pub struct Config {
     /// writes to disjoint ranges of one file run in parallel and are not copied into the
     /// cache, but reads through an O_RDWR descriptor reach the daemon every time.
     pub direct_writes: bool,
+    /// Serve requests through FUSE over io_uring when the kernel offers it (`--io-uring`,
+    /// `-o io_uring=`): one queue per CPU, so a request is served on the CPU that made it.
+    /// The kernel offers it only with `fuse.enable_uring=1`; otherwise /dev/fuse serves.
+    pub io_uring: bool,
     /// Size cap of each replica's journal of changed paths, in bytes (`--journal-max`,
     /// `-o journal_max=`); past it a resync compares whole trees. A u32 (at most 4 GiB)
     /// keeps `Config` small.
@@ -168,7 +172,7 @@ normal replica can serve. If every replica has ':', all are treated as normal pr
 
 Mount options (-o, comma-separated, also usable in fstab):
   chironfs: log=FILE fsname=NAME quiet debug ctl=SOCKET status_file=PATH
-            timeout=SECS threads=N passthrough=on|off direct_writes=on|off
+            timeout=SECS threads=N passthrough=on|off direct_writes=on|off io_uring=on|off
             syslog_socket=PATH force_source=REPLICA quorum=auto|N|off
             resync_rate=RATE auto_resync journal_max=SIZE
   kernel:   allow_other allow_root default_permissions rw ro suid nosuid dev nodev
@@ -177,7 +181,8 @@ Mount options (-o, comma-separated, also usable in fstab):
             nouser owner group auto noauto nofail _netdev subtype=... x-... comment=...
 A command-line option wins over the same setting given with -o.
 
-Defaults: timeout 5 s, 8 threads, passthrough on, direct writes on, fsname = the replica list
+Defaults: timeout 5 s, 8 threads, passthrough on, direct writes on, io_uring on (used
+when the kernel offers it: fuse.enable_uring=1), fsname = the replica list
 as given, syslog socket /dev/log, status file /run/chironfs/NAME.status and control socket
 /run/chironfs/NAME.sock, where NAME is the mount point with '/' turned into '-'
 (/mnt/data -> mnt-data, / -> root).
@@ -272,6 +277,11 @@ struct Cli {
     #[arg(long, value_name = "on|off", value_parser = parse_switch)]
     direct_writes: Option<bool>,
 
+    /// Serve requests through FUSE over io_uring when the kernel allows it
+    /// (fuse.enable_uring=1): on or off [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    io_uring: Option<bool>,
+
     /// Size cap of the journal of changed paths, bytes (K, M, G suffixes) [default: 16M]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     journal_max: Option<u32>,
@@ -325,6 +335,7 @@ struct MountOpts {
     threads: Option<usize>,
     passthrough: Option<bool>,
     direct_writes: Option<bool>,
+    io_uring: Option<bool>,
     journal_max: Option<u32>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
@@ -353,6 +364,7 @@ struct RawConfig {
     threads: usize,
     passthrough: bool,
     direct_writes: bool,
+    io_uring: bool,
     journal_max: u32,
     force_source: Option<String>,
     quorum: Option<crate::quorum::Setting>,
@@ -610,6 +622,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "journal_max" => o.journal_max = Some(parse_size(&need(value)?).map_err(bad)?),
             "passthrough" => o.passthrough = Some(parse_switch(&need(value)?).map_err(bad)?),
             "direct_writes" => o.direct_writes = Some(parse_switch(&need(value)?).map_err(bad)?),
+            "io_uring" => o.io_uring = Some(parse_switch(&need(value)?).map_err(bad)?),
             "resync_rate" => {
                 o.resync_rate = Some(crate::throttle::parse_rate(&need(value)?).map_err(bad)?)
             }
@@ -695,6 +708,7 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
         threads: cli.threads.or(o.threads).unwrap_or(DEFAULT_THREADS),
         passthrough: cli.passthrough.or(o.passthrough).unwrap_or(true),
         direct_writes: cli.direct_writes.or(o.direct_writes).unwrap_or(true),
+        io_uring: cli.io_uring.or(o.io_uring).unwrap_or(true),
         journal_max: cli
             .journal_max
             .or(o.journal_max)
@@ -918,6 +932,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         threads: raw.threads,
         passthrough: raw.passthrough,
         direct_writes: raw.direct_writes,
+        io_uring: raw.io_uring,
         resync_rate: raw.resync_rate,
         auto_resync: raw.auto_resync,
         journal_max: raw.journal_max,
@@ -1625,6 +1640,10 @@ mod tests {
         assert!(mount(&[&spec, &mnt]).direct_writes);
         assert!(!mount(&[&spec, &mnt, "-o", "direct_writes=off"]).direct_writes);
         assert!(!mount(&[&spec, &mnt, "--direct-writes", "off"]).direct_writes);
+        assert!(mount(&[&spec, &mnt]).io_uring);
+        assert!(!mount(&[&spec, &mnt, "-o", "io_uring=off"]).io_uring);
+        assert!(!mount(&[&spec, &mnt, "--io-uring", "no"]).io_uring);
+        assert!(mount(&[&spec, &mnt, "-o", "io_uring=off", "--io-uring=on"]).io_uring);
         let m = fail(&[&spec, &mnt, "-o", "passthrough=maybe"]);
         assert!(m.contains("passthrough") && m.contains("on or off"), "{m}");
         let m = fail(&[&spec, &mnt, "--passthrough", "sometimes"]);

@@ -204,6 +204,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     let io = KernelIo {
         passthrough: config.passthrough,
         direct_writes: config.direct_writes,
+        io_uring: config.io_uring,
     };
     let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE, io);
     let mut session =

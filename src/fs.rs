@@ -159,6 +159,8 @@ pub struct ChironFs {
     /// Writable opens outside passthrough get direct I/O: wanted by the admin
     /// (`direct_writes=`), then whether the kernel can still map such files shared.
     direct_writes: bool,
+    /// FUSE over io_uring: wanted by the admin (`io_uring=`); asked of the kernel at init.
+    io_uring: bool,
     /// Some replica reports errors at close(2): an NFS or SSHFS replica reports failed
     /// write-backs there, so every FLUSH must reach every replica. close(2) on a local
     /// filesystem reports nothing (its errors come from write and fsync), so a set of local
@@ -183,6 +185,9 @@ pub struct KernelIo {
     /// daemon too; other read-only opens keep their page cache (the kernel drops the range a
     /// direct write changed).
     pub direct_writes: bool,
+    /// Ask the kernel for FUSE over io_uring (crate::daemon; fuser's `uring` transport):
+    /// per-CPU request queues, no cross-CPU wake-up per request.
+    pub io_uring: bool,
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -391,6 +396,7 @@ impl ChironFs {
             max_write,
             passthrough: io.passthrough,
             direct_writes: io.direct_writes,
+            io_uring: io.io_uring,
             io_modes: Arc::new(IoModes::default()),
             callers: GroupsCache::default(),
             passthrough_failed: std::sync::atomic::AtomicBool::new(false),
@@ -642,6 +648,17 @@ impl Filesystem for ChironFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        // Offered only with fuse.enable_uring=1; otherwise every request comes through
+        // /dev/fuse, as before.
+        if self.io_uring {
+            match config.add_capabilities(InitFlags::FUSE_OVER_IO_URING) {
+                Ok(()) => log::info!("FUSE over io_uring: requests are served per CPU"),
+                Err(_) => log::info!(
+                    "the kernel offers no FUSE over io_uring (fuse.enable_uring=0): requests \
+                     come through /dev/fuse"
+                ),
+            }
+        }
         // A direct-I/O file may be mapped shared only with this (kernel 6.6+); without it
         // writes go through the page cache, as an application mapping its file expects.
         if self.direct_writes {
@@ -756,7 +773,12 @@ impl Filesystem for ChironFs {
             TimeSpec::Now => stamp,
             t => t,
         };
-        let (atime, mtime) = (resolve(atime), resolve(mtime));
+        let (atime, mut mtime) = (resolve(atime), resolve(mtime));
+        if size.is_some() && mtime == TimeSpec::Omit {
+            // A truncate marks the file modified (Linux always does, size changed or not);
+            // left to each replica's own clock, the replicas' mtimes would differ.
+            mtime = stamp;
+        }
         let result = self.mutate("setattr", &path, &Credentials::root(), move |r| {
             let change = |dir: BorrowedFd<'_>, name: &CStr| -> io::Result<libc::stat> {
                 if uid.is_some() || gid.is_some() {
