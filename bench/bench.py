@@ -27,6 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 ALL_SYSTEMS = ["native", "chironfs-2", "chironfs-3", "bindfs", "mergerfs", "mergerfs-partial"]
+# On request only (--only): chironfs with 2 replicas kept on /dev/fuse (--io-uring off), to
+# show what FUSE over io_uring changes when the run switches it on (run.sh --io-uring).
+EXTRA_SYSTEMS = ["chironfs-2-devfuse"]
 GROUPS = ["seq", "rand", "meta", "tree", "lookup"]
 
 # (key, label, unit, group)
@@ -170,6 +173,8 @@ class System:
             cmd = [self.bin, "-o", "allow_other", "--status-file", self.status_file,
                    "-c", os.path.join(self.base, "ctl.sock"), "-l", self.log_file,
                    "=".join(self.replicas), self.mnt]
+            if name.endswith("-devfuse"):
+                cmd[1:1] = ["--io-uring", "off"]
             proc = "chironfs"
         else:
             src = os.path.join(self.base, "r1")
@@ -668,12 +673,12 @@ def main():
     if bad:
         sys.exit(f"unknown workload group(s) {bad}; choose from {GROUPS}")
     systems = ALL_SYSTEMS if not a.only else [s.strip() for s in a.only.split(",") if s.strip()]
-    bad = [s for s in systems if s not in ALL_SYSTEMS]
+    bad = [s for s in systems if s not in ALL_SYSTEMS + EXTRA_SYSTEMS]
     if bad:
-        sys.exit(f"unknown system(s) {bad}; choose from {ALL_SYSTEMS}")
+        sys.exit(f"unknown system(s) {bad}; choose from {ALL_SYSTEMS + EXTRA_SYSTEMS}")
     if "native" not in systems:
         systems = ["native"] + systems  # ratios need it
-    systems = [s for s in ALL_SYSTEMS if s in systems]
+    systems = [s for s in ALL_SYSTEMS + EXTRA_SYSTEMS if s in systems]
 
     started = datetime.datetime.now()
     tar_path, tar_files = prepare_tarball(a.tarball, a.tmp)

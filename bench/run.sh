@@ -23,7 +23,8 @@
 #                       already take 8 minutes; raise it when time allows)
 #   --rand-time S       seconds per random-I/O run (default 20; --quick: 3)
 #   --only LIST         systems, comma-separated, from: native chironfs-2 chironfs-3 bindfs
-#                       mergerfs mergerfs-partial (native is always added: ratios need it)
+#                       mergerfs mergerfs-partial (native is always added: ratios need it),
+#                       and on request chironfs-2-devfuse (2 replicas with --io-uring off)
 #   --workloads LIST    groups from: seq rand meta tree lookup (default all)
 #   --disk DIR          also run everything on a directory of a disk filesystem
 #   --tmpfs-size SIZE   size of the tmpfs (default 8g)
