@@ -7,7 +7,8 @@
 //! blocked on a slow replica holds up only its own entry.
 //!
 //! Forgets, interrupts and notification replies still come through read(2) on /dev/fuse, so
-//! the ordinary event loop threads keep running beside these.
+//! the ordinary event loop threads keep running beside these; once a ring serves, one of them
+//! stays and reads at a slow pace (`RingState`, `FORGET_PACE`).
 //!
 //! An entry is one buffer: the 288-byte `fuse_uring_req_header` (in/out header, per-op
 //! struct, ring trailer), room to rebuild the request contiguously, then the payload. The
