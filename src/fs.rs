@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -171,6 +171,8 @@ pub struct ChironFs {
     io_modes: Arc<IoModes<BackingId>>,
     /// Set after the first failed backing-file registration, so it is logged once.
     passthrough_failed: std::sync::atomic::AtomicBool,
+    /// Where deleted or replaced files' held handles go to be closed (`HeldInodes`).
+    reaper: mpsc::Sender<Vec<OwnedFd>>,
 }
 
 /// How the admin wants the kernel to serve open files (`passthrough=`, `direct_writes=`).
@@ -217,11 +219,49 @@ impl HeldInodes {
         }
     }
 
-    /// Closes what was held: the evictions happen now. Called after the reply, with the
-    /// operation's locks released so that nothing waits on them meanwhile.
-    fn release(self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    /// Hands what was held to the reaper thread, which closes it: the evictions happen
+    /// there. Called after the reply, with the operation's locks released. Not on the
+    /// request thread: over io_uring that thread shares the caller's CPU, and freeing there
+    /// (170 us per MiB) would keep the caller waiting or push it to the other CPU.
+    fn release(self, reaper: &mpsc::Sender<Vec<OwnedFd>>) {
+        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if held.is_empty() {
+            return;
+        }
+        // A reaper that is gone (unmounting) leaves the closing to this thread.
+        let _ = reaper.send(held);
     }
+}
+
+/// Threads that close held inodes: freeing big files goes on in parallel, as it did on the
+/// request threads.
+const REAPERS: usize = 2;
+
+/// Starts the threads that close held inodes (see [`HeldInodes::release`]); they end when the
+/// filesystem, the sender's owner, is dropped.
+fn start_reaper() -> mpsc::Sender<Vec<OwnedFd>> {
+    let (tx, rx) = mpsc::channel::<Vec<OwnedFd>>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..REAPERS {
+        let rx = Arc::clone(&rx);
+        let spawned = std::thread::Builder::new()
+            .name(format!("chironfs-reaper{i}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only to take one batch; closing happens outside it.
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match next {
+                        Ok(held) => drop(held),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without any reaper the receiver is dropped: every send fails and closes in place.
+            log::warn!("cannot start a thread that frees deleted files: {e}");
+        }
+    }
+    tx
 }
 
 /// Calls `f(dirfd, name)` for the entry at `place` on a replica. Its directory is reached
@@ -400,6 +440,7 @@ impl ChironFs {
             io_modes: Arc::new(IoModes::default()),
             callers: GroupsCache::default(),
             passthrough_failed: std::sync::atomic::AtomicBool::new(false),
+            reaper: start_reaper(),
         }
     }
 
@@ -963,7 +1004,7 @@ impl Filesystem for ChironFs {
             Err(e) => reply.error(e),
         }
         drop((in_order, alone, shared));
-        held.release();
+        held.release(&self.reaper);
     }
 
     fn link(
@@ -1773,7 +1814,7 @@ impl ChironFs {
         }
         drop(in_order);
         drop(tree);
-        held.release();
+        held.release(&self.reaper);
     }
 }
 
