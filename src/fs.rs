@@ -175,7 +175,8 @@ pub struct ChironFs {
     reaper: mpsc::Sender<Vec<OwnedFd>>,
 }
 
-/// How the admin wants the kernel to serve open files (`passthrough=`, `direct_writes=`).
+/// How the admin wants the kernel to serve open files and requests (`passthrough=`,
+/// `direct_writes=`, `io_uring=`).
 #[derive(Clone, Copy, Debug)]
 pub struct KernelIo {
     /// Kernel passthrough for read-only opens of local replicas: the kernel reads the
