@@ -215,6 +215,16 @@ impl HeldInodes {
         if !r.is_local() {
             return;
         }
+        // A small file frees in a few microseconds, and a file with another name is not
+        // freed at all: holding those would cost more (an open, a hand-over, a close) than
+        // it saves.
+        match sys::lstat_at(dir, name) {
+            Ok(st) if st.st_nlink > 1 || (st.st_blocks as u64) * 512 <= HOLD_FROM_BYTES => {
+                return;
+            }
+            Err(_) => return,
+            Ok(_) => {}
+        }
         if let Ok(fd) = sys::hold_inode_at(dir, name) {
             self.0.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
         }
@@ -233,6 +243,10 @@ impl HeldInodes {
         let _ = reaper.send(held);
     }
 }
+
+/// The allocated size from which a removed file is held (see [`HeldInodes`]); below it,
+/// freeing inside the unlink is cheaper than holding.
+const HOLD_FROM_BYTES: u64 = 64 * 1024;
 
 /// Threads that close held inodes: freeing big files goes on in parallel, as it did on the
 /// request threads.
