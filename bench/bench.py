@@ -355,7 +355,10 @@ class Runner:
                     job = fio(["--name=seqread", f"--filename={f}", "--rw=read", "--bs=1M",
                                f"--size={size}", "--invalidate=1"], slow)
                     return job["read"]["bw_bytes"] / 1e6
-                record("seqread_cold", seqread_cold)
+                # One cold read of 1 GiB from tmpfs lasts about 0.2 s: a single sample moves
+                # by 30% (native too), so every round takes several.
+                for _ in range(a.passes):
+                    record("seqread_cold", seqread_cold)
             # warm: one pass to fill whatever cache the system has, then loop for read_time
             sh(f"cat '{f}' > /dev/null", shell=True, timeout=slow)
 
@@ -379,15 +382,21 @@ class Runner:
         # seq.dat stays until the end of the session: the replica comparison after unmount
         # covers the concurrent random writes too.
         if "meta" in g:
-            phases = {}
+            # Several passes per round, each over fresh names after the previous one's
+            # entries expired (1 s): small-file rates move by 10-20% from one pass to the next.
+            for n in range(a.passes):
+                phases = {}
 
-            def meta_create():
-                phases.update(metadata(os.path.join(w, "meta"), a.meta_files, a.timeout))
-                return phases["create"]
-            record("create", meta_create)
-            if "stat" in phases:
-                record("stat", lambda: phases["stat"])
-                record("delete", lambda: phases["delete"])
+                def meta_create(n=n):
+                    if n:
+                        time.sleep(1.2)
+                    phases.update(metadata(os.path.join(w, f"meta{n}"), a.meta_files,
+                                           a.timeout))
+                    return phases["create"]
+                record("create", meta_create)
+                if "stat" in phases:
+                    record("stat", lambda: phases["stat"])
+                    record("delete", lambda: phases["delete"])
             record("delete_big", lambda: delete_big_files(os.path.join(w, "big"), sysm.base,
                                                           a.big_files, a.timeout))
         if "tree" in g:
@@ -653,6 +662,7 @@ def main():
     p.add_argument("--repeat", type=int)
     p.add_argument("--rand-repeat", type=int)
     p.add_argument("--rand-time", type=int)
+    p.add_argument("--passes", type=int)
     p.add_argument("--only", default="")
     p.add_argument("--workloads", default=",".join(GROUPS))
     p.add_argument("--results", default=os.path.join(HERE, "results"))
@@ -660,10 +670,11 @@ def main():
 
     if a.quick:
         defaults = dict(seq_mib=128, read_time=1, rand_time=3, meta_files=1000, big_files=50,
-                        lookup_files=10000, repeat=1, rand_repeat=1, timeout=300)
+                        lookup_files=10000, repeat=1, rand_repeat=1, passes=1, timeout=300)
     else:
         defaults = dict(seq_mib=1024, read_time=3, rand_time=20, meta_files=10000,
-                        big_files=200, lookup_files=100000, repeat=3, rand_repeat=1, timeout=900)
+                        big_files=200, lookup_files=100000, repeat=3, rand_repeat=1, passes=3,
+                        timeout=900)
     for k, v in defaults.items():
         if getattr(a, k, None) is None:
             setattr(a, k, v)
@@ -686,15 +697,15 @@ def main():
     notes = []
     if not runner.can_drop:
         notes.append("drop_caches not writable here: no cold-read figures")
-    log(f"systems {systems}; workloads {a.workloads}; repeat {a.repeat} "
+    log(f"systems {systems}; workloads {a.workloads}; repeat {a.repeat} x {a.passes} passes "
         f"(random: {a.rand_repeat} x {a.rand_time} s); seq file {a.seq_mib} MiB; "
         f"tarball {os.path.basename(a.tarball)} ({tar_files} files)")
 
     storages = [s.split("=", 1) for s in a.storage]
     raw = {"started": started.isoformat(timespec="seconds"), "machine": machine_info(),
            "tools": tool_versions(), "settings": {k: getattr(a, k) for k in
-                                                 ["quick", "repeat", "rand_repeat", "rand_time",
-                                                  "seq_mib", "read_time", "meta_files",
+                                                 ["quick", "repeat", "passes", "rand_repeat",
+                                                  "rand_time", "seq_mib", "read_time", "meta_files",
                                                   "lookup_files", "workloads"]},
            "systems": systems, "tarball": os.path.basename(a.tarball), "storage": {}}
     mnt_root = os.path.join(a.tmp, "mnt")
@@ -804,7 +815,8 @@ def main():
           f"Machine: {raw['machine']}.",
           f"Tools: {raw['tools']['fio']}, {raw['tools']['bindfs']}, "
           f"{raw['tools']['mergerfs']}.",
-          f"Settings: median of {a.repeat} interleaved rounds (random I/O: "
+          f"Settings: median of {a.repeat} interleaved rounds, {a.passes} passes each for the "
+          f"cold read and the metadata run (random I/O: "
           f"{a.rand_repeat} round(s) of {a.rand_time} s); sequential file {a.seq_mib} MiB "
           f"(1 MiB blocks; write ends with fsync; warm read loops {a.read_time} s); "
           f"metadata {a.meta_files:,} files of 4 KiB, 100 per directory; tree: "

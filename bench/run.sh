@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # chironfs side-by-side benchmark: one command, as root on Debian 12 (needs cargo):
 #
-#     bench/run.sh                 # full run, ~15 min on 2 cores
+#     bench/run.sh                 # full run, ~19 min on 2 cores
 #     bench/run.sh --quick         # smoke run, ~2 min
 #
 # It installs fio, bindfs, mergerfs and procps with apt-get when missing, builds chironfs
@@ -13,12 +13,15 @@
 # metadata (create/stat/delete 10,000 files of 4 KiB in a tree; delete 200 files of 1 MiB, timed
 # until the storage has the space back), a source tree (untar the
 # largest crate in ~/.cargo/registry/cache, then cat every file), the daemons' peak RSS, and
-# chironfs's RSS after 100,000 files were looked up. Each figure is the median of the rounds.
+# chironfs's RSS after 100,000 files were looked up. Each figure is the median of the rounds
+# (and of the passes in them).
 # It prints one table and saves it as bench/results/latest.md (raw data: bench/results/raw/).
 #
 # Options:
 #   --quick             small sizes and short runs (smoke test), 1 round
 #   --repeat N          rounds per measurement (default 3; medians reported)
+#   --passes N          cold reads and metadata runs per round (default 3; --quick: 1): one
+#                       of them lasts 0.2-3 s and moves by 10-30% from one to the next
 #   --rand-repeat N     rounds of the random-I/O runs (default 1: 6 systems x 4 runs x 20 s
 #                       already take 8 minutes; raise it when time allows)
 #   --rand-time S       seconds per random-I/O run (default 20; --quick: 3)
@@ -51,7 +54,7 @@ io_uring=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) py_args+=(--quick) ;;
-        --repeat|--rand-repeat|--rand-time|--only|--workloads)
+        --repeat|--passes|--rand-repeat|--rand-time|--only|--workloads)
             [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
             py_args+=("$1" "$2"); shift ;;
         --disk) [ $# -ge 2 ] || { echo "--disk needs a directory" >&2; exit 2; }
