@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # chironfs side-by-side benchmark: one command, as root on Debian 12 (needs cargo):
 #
-#     bench/run.sh                 # full run, ~19 min on 2 cores
+#     bench/run.sh                 # full run, ~18 min on 2 cores
 #     bench/run.sh --quick         # smoke run, ~2 min
 #
 # It installs fio, bindfs, mergerfs and procps with apt-get when missing, builds chironfs
