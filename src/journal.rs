@@ -107,18 +107,23 @@ pub struct Journal {
     bytes: u64,
 }
 
-/// Escapes a path for one journal line: `%`, control bytes and DEL become `%XX`, so a name
-/// with a newline cannot split a record.
-fn escape(path: &Path) -> String {
-    let mut out = String::new();
+/// Whether `b` is written as `%XX` in a journal line: `%` itself, control bytes and DEL, so a
+/// name with a newline cannot split a record.
+fn needs_escape(b: u8) -> bool {
+    b == b'%' || !(0x20..0x7f).contains(&b)
+}
+
+/// Appends `path`, escaped (see [`needs_escape`]), to `out`. Byte by byte, without `format!`:
+/// every mutation of a new path renders one line.
+fn escape_into(out: &mut Vec<u8>, path: &Path) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in path.as_os_str().as_bytes() {
-        if b == b'%' || !(0x20..0x7f).contains(&b) {
-            out.push_str(&format!("%{b:02X}"));
+        if needs_escape(b) {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         } else {
-            out.push(b as char);
+            out.push(b);
         }
     }
-    out
 }
 
 fn unescape(s: &str) -> Option<PathBuf> {
@@ -138,9 +143,24 @@ fn unescape(s: &str) -> Option<PathBuf> {
     Some(PathBuf::from(OsStr::from_bytes(&out)))
 }
 
-/// The journal line recording `path`.
+/// The journal line recording `path`: `P path` (`R path` for a subtree), escaped, newline.
 pub fn line(path: &Path, recursive: bool) -> Vec<u8> {
-    format!("{} {}\n", if recursive { 'R' } else { 'P' }, escape(path)).into_bytes()
+    let mut out = Vec::with_capacity(line_len(path) as usize);
+    out.extend_from_slice(if recursive { b"R " } else { b"P " });
+    escape_into(&mut out, path);
+    out.push(b'\n');
+    out
+}
+
+/// The length of [`line`] for `path`, without rendering it.
+fn line_len(path: &Path) -> u64 {
+    let escaped: usize = path
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| if needs_escape(b) { 3 } else { 1 })
+        .sum();
+    escaped as u64 + 3
 }
 
 impl Journal {
@@ -162,7 +182,7 @@ impl Journal {
         if self.known.contains(&key) {
             return false;
         }
-        self.bytes += line(path, recursive).len() as u64;
+        self.bytes += line_len(path);
         self.known.insert(key.clone());
         self.entries.push(key);
         true
@@ -170,8 +190,8 @@ impl Journal {
 
     /// Whether recording `path` would take the journal past `max` bytes (the overflow line
     /// included, so it always fits).
-    pub fn would_overflow(&self, path: &Path, recursive: bool, max: u64) -> bool {
-        self.bytes + line(path, recursive).len() as u64 + OVERFLOW_LINE.len() as u64 > max
+    pub fn would_overflow(&self, path: &Path, max: u64) -> bool {
+        self.bytes + line_len(path) + OVERFLOW_LINE.len() as u64 > max
     }
 
     /// Recording stops here: the overflow line is added (it always fits, see
@@ -418,7 +438,7 @@ impl Recorder {
                 out.push(Arc::clone(p));
                 continue;
             }
-            if live.journal.would_overflow(path, recursive, self.max_bytes) {
+            if live.journal.would_overflow(path, self.max_bytes) {
                 live.journal.overflow();
                 let p = self.pending(OVERFLOW_LINE.to_vec());
                 live.overflow = Some(Arc::clone(&p));
@@ -523,7 +543,7 @@ impl Recorder {
         };
         let mut journal = Journal::new(header);
         for path in keep {
-            if journal.would_overflow(path, false, self.max_bytes) {
+            if journal.would_overflow(path, self.max_bytes) {
                 journal.overflow();
                 break;
             }
@@ -607,11 +627,13 @@ mod tests {
         assert!(j.insert(Path::new("a/b c"), false));
         assert!(j.insert(Path::new("new\nline%x"), true));
         assert!(j.insert(Path::new(""), false));
+        // Bytes past ASCII (here UTF-8 "é" and a stray 0xff) and DEL are escaped too.
+        assert!(j.insert(Path::new(OsStr::from_bytes(b"caf\xc3\xa9\xff\x7f")), false));
         assert!(!j.insert(Path::new("a/b c"), false));
         let text = j.render();
         assert!(text.starts_with(b"chironfs-journal format=1 set="));
         assert!(
-            String::from_utf8_lossy(&text).contains("R new%0Aline%25x\n"),
+            String::from_utf8_lossy(&text).contains("R new%0Aline%25x\nP \nP caf%C3%A9%FF%7F\n"),
             "{}",
             String::from_utf8_lossy(&text)
         );
@@ -620,8 +642,12 @@ mod tests {
         // The same line appended twice (two appends racing) reads as one path.
         let mut twice = text.clone();
         twice.extend_from_slice(b"P a/b c\n");
-        assert_eq!(Journal::parse(&twice).unwrap().len(), 3);
+        assert_eq!(Journal::parse(&twice).unwrap().len(), 4);
         let paths = j.paths();
+        assert_eq!(
+            paths.get(Path::new(OsStr::from_bytes(b"caf\xc3\xa9\xff\x7f"))),
+            Some(&false)
+        );
         assert_eq!(paths.get(Path::new("new\nline%x")), Some(&true));
         assert_eq!(paths.get(Path::new("a/b c")), Some(&false));
     }
