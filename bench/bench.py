@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,15 +72,33 @@ def sh(cmd, timeout=None, check=True, capture=False, shell=False):
     pipe = subprocess.PIPE if capture else None
     with subprocess.Popen(cmd, shell=shell, stdout=pipe, stderr=pipe, text=True,
                           start_new_session=True) as p:
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except BaseException:
+        def kill():
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # Without pipes, communicate(timeout=) polls with sleeps of up to 50 ms, which rounds
+        # a short command (an untar of 0.03 s) up to the next 50 ms: block in waitpid
+        # instead, and let a timer kill the group at the deadline.
+        timer = None
+        if timeout is not None and not capture:
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+        try:
+            if timer is None:
+                out, err = p.communicate(timeout=timeout)
+            else:
+                p.wait()
+                out = err = None
+                if not timer.is_alive() and p.returncode == -signal.SIGKILL:
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+        except BaseException:
+            kill()
             p.wait()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
     if check and p.returncode != 0:
         raise RuntimeError(f"{cmd if shell else ' '.join(cmd)} exited {p.returncode}: "
                            f"{(err or '')[-300:]}")
