@@ -160,6 +160,7 @@ fn line_len(path: &Path) -> u64 {
         .iter()
         .map(|&b| if needs_escape(b) { 3 } else { 1 })
         .sum();
+    // The tag ("P"/"R"), its space and the newline.
     escaped as u64 + 3
 }
 
