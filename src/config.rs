@@ -304,7 +304,7 @@ struct Cli {
     /// (powers of 1024; at least 64K), or 0 / unlimited. The default is no limit: a resync
     /// runs when the admin asks (or with --auto-resync), and no fixed figure suits both a slow
     /// link and local SSDs; `chironctl resync --rate` overrides it per run [default: 0]
-    #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = crate::rules::throttle::parse_rate)]
     resync_rate: Option<u64>,
 
     /// Resync an out-of-service replica by itself once it answers again with this set's id
@@ -339,7 +339,7 @@ struct MountOpts {
     journal_max: Option<u32>,
     syslog_socket: Option<PathBuf>,
     force_source: Option<String>,
-    quorum: Option<Option<crate::quorum::Setting>>,
+    quorum: Option<Option<crate::rules::quorum::Setting>>,
     resync_rate: Option<u64>,
     auto_resync: bool,
     allow_other: bool,
@@ -367,7 +367,7 @@ struct RawConfig {
     io_uring: bool,
     journal_max: u32,
     force_source: Option<String>,
-    quorum: Option<crate::quorum::Setting>,
+    quorum: Option<crate::rules::quorum::Setting>,
     resync_rate: u64,
     auto_resync: bool,
     allow_other: bool,
@@ -615,7 +615,7 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "syslog_socket" => o.syslog_socket = Some(PathBuf::from(need(value)?)),
             "force_source" => o.force_source = Some(need(value)?),
             "quorum" => {
-                o.quorum = Some(crate::quorum::parse_setting(&need(value)?).map_err(bad)?);
+                o.quorum = Some(crate::rules::quorum::parse_setting(&need(value)?).map_err(bad)?);
             }
             "timeout" => o.timeout = Some(parse_timeout(&need(value)?).map_err(bad)?),
             "threads" => o.threads = Some(parse_threads(&need(value)?).map_err(bad)?),
@@ -624,7 +624,8 @@ fn parse_mount_opts(lists: &[String]) -> Result<MountOpts, ConfigError> {
             "direct_writes" => o.direct_writes = Some(parse_switch(&need(value)?).map_err(bad)?),
             "io_uring" => o.io_uring = Some(parse_switch(&need(value)?).map_err(bad)?),
             "resync_rate" => {
-                o.resync_rate = Some(crate::throttle::parse_rate(&need(value)?).map_err(bad)?)
+                o.resync_rate =
+                    Some(crate::rules::throttle::parse_rate(&need(value)?).map_err(bad)?)
             }
             "quiet"
             | "debug"
@@ -712,10 +713,10 @@ fn raw_config(cli: Cli) -> Result<RawConfig, ConfigError> {
         journal_max: cli
             .journal_max
             .or(o.journal_max)
-            .unwrap_or(crate::journal::DEFAULT_MAX_BYTES as u32),
+            .unwrap_or(crate::engine::journal::DEFAULT_MAX_BYTES as u32),
         force_source: cli.force_source.or(o.force_source),
         quorum: match cli.quorum {
-            Some(q) => crate::quorum::parse_setting(&q)
+            Some(q) => crate::rules::quorum::parse_setting(&q)
                 .map_err(|e| ConfigError::usage(format!("invalid value for --quorum: {e}")))?,
             None => o.quorum.flatten(),
         },
@@ -905,7 +906,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let quorum = match raw.quorum {
         None => None,
         Some(q) => {
-            let n = crate::quorum::required(q, replicas.len())
+            let n = crate::rules::quorum::required(q, replicas.len())
                 .map_err(|e| ConfigError::new(format!("chironfs: invalid --quorum: {e}")))?;
             // At most the replica count, which never nears u16::MAX.
             Some(u16::try_from(n).unwrap_or(u16::MAX))

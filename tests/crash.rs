@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chironfs::snapshot::ReplicaState;
-use chironfs::state::{META_DIR, STATE_FILE};
+use chironfs::rules::state::{META_DIR, STATE_FILE};
+use chironfs::view::snapshot::ReplicaState;
 use common::*;
 
 const RECORD: usize = 64;
@@ -278,7 +278,11 @@ fn a_replica_unreadable_after_a_kill_is_resynced_with_a_full_compare() {
         .append(true)
         .open(journal_path(&m, 0))
         .unwrap();
-    std::io::Write::write_all(&mut j, &chironfs::journal::line(Path::new("d/f7"), false)).unwrap();
+    std::io::Write::write_all(
+        &mut j,
+        &chironfs::engine::journal::line(Path::new("d/f7"), false),
+    )
+    .unwrap();
     drop(j);
     fs::remove_file(m.on(0, "d/f7")).unwrap();
     // Replica 0's state cannot be read at the restart (its server is down, say).

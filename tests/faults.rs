@@ -20,7 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use chironfs::snapshot::{ReplicaState, Snapshot};
+use chironfs::view::snapshot::{ReplicaState, Snapshot};
 
 // ---------------------------------------------------------------------------------------------
 // Small tools

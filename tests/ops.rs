@@ -1343,7 +1343,7 @@ fn owners_changes_clear_setuid(m: &Mount) {
 
 /// Changes inside a directory land in that directory on every replica when it was renamed,
 /// replaced by another of the same name, or exchanged with another since it was last used
-/// (each replica keeps a handle of the directories in use: crate::dirfds).
+/// (each replica keeps a handle of the directories in use: crate::engine::dirfds).
 #[test]
 fn changes_follow_directories_across_renames_removals_and_exchanges() {
     if !can_mount() {

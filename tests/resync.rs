@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use chironfs::snapshot::ReplicaState;
-use chironfs::state::{META_DIR, STATE_FILE, StateRecord};
+use chironfs::rules::state::{META_DIR, STATE_FILE, StateRecord};
+use chironfs::view::snapshot::ReplicaState;
 use common::*;
 
 fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
@@ -444,7 +444,7 @@ fn an_overflowed_or_lost_journal_falls_back_to_a_full_compare() {
     assert_eq!(fs::read(m.on(1, "t0/f0")).unwrap(), b"missed by 1");
 }
 
-/// chironfs keeps a handle of each directory in use on each replica (crate::dirfds). A
+/// chironfs keeps a handle of each directory in use on each replica (crate::engine::dirfds). A
 /// replica whose directories were replaced while it was out (wiped by the admin, refilled by a
 /// full-compare resync) must be written in its new directories once back, not in the deleted
 /// ones the old handles still reach.

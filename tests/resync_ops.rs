@@ -9,7 +9,7 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chironfs::snapshot::ReplicaState;
+use chironfs::view::snapshot::ReplicaState;
 use common::*;
 
 const MIB: u64 = 1 << 20;

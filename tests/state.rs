@@ -7,8 +7,8 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use chironfs::snapshot::ReplicaState;
-use chironfs::state::{META_DIR, STATE_FILE, StateRecord};
+use chironfs::rules::state::{META_DIR, STATE_FILE, StateRecord};
+use chironfs::view::snapshot::ReplicaState;
 use common::*;
 
 fn record(replica: &Path) -> StateRecord {

@@ -1,7 +1,7 @@
 //! `chironctl`: inspect and control a running chironfs through its control socket, and check
 //! it Nagios-style (from the socket or, without root, from the status file). All wording lives
 //! in `chironfs::control` so it is unit-tested, and the command line is defined in
-//! `chironfs::ctl_cli` (shared with the man page generator); this file only runs and prints.
+//! `chironfs::control::cli` (shared with the man page generator); this file only runs and prints.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use chironfs::config;
+use chironfs::control::cli::{Cli, Cmd};
 use chironfs::control::{self, CheckResult, Request};
-use chironfs::ctl_cli::{Cli, Cmd};
-use chironfs::resync_view;
-use chironfs::snapshot::{ReplicaSnapshot, Snapshot};
+use chironfs::view::progress;
+use chironfs::view::snapshot::{ReplicaSnapshot, Snapshot};
 
 /// Canonical form of a mount point. A FUSE mount whose daemon died answers ENOTCONN to
 /// stat(2), so fall back to canonicalizing the parent and appending the last component.
@@ -75,7 +75,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 fn run_check(cli: &Cli, status_file: Option<&Path>, max_age: u64) -> CheckResult {
     if let Some(f) = status_file {
-        return control::check_status_file(f, max_age, chironfs::replica::now());
+        return control::check_status_file(f, max_age, chironfs::engine::replica::now());
     }
     match ask(cli, &Request::Status).and_then(snapshot_of) {
         Ok(s) => control::check_snapshot(&s),
@@ -186,7 +186,7 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
         match p.state.as_str() {
             "running" => {
                 if tty {
-                    out(&format!("\r\x1b[K{}", resync_view::bar(&p, width)));
+                    out(&format!("\r\x1b[K{}", progress::bar(&p, width)));
                 } else if last_phase.as_ref() != Some(&p.phase)
                     || last_plain.is_none_or(|t| t.elapsed() >= PLAIN_EVERY)
                 {

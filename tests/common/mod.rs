@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use chironfs::snapshot::{ReplicaState, Snapshot};
+use chironfs::view::snapshot::{ReplicaState, Snapshot};
 
-/// Replica `i`'s journal of changed paths (`.chironfs/journal`; see `chironfs::journal`).
+/// Replica `i`'s journal of changed paths (`.chironfs/journal`; see `chironfs::engine::journal`).
 pub fn journal_path(m: &Mount, i: usize) -> PathBuf {
     m.replicas[i]
-        .join(chironfs::state::META_DIR)
-        .join(chironfs::journal::JOURNAL_FILE)
+        .join(chironfs::rules::state::META_DIR)
+        .join(chironfs::engine::journal::JOURNAL_FILE)
 }
 
 /// Replica `i`'s journal ("" if it has none).
@@ -298,7 +298,8 @@ impl Mount {
 
     /// The status file, parsed.
     pub fn status_file_snapshot(&self) -> Snapshot {
-        chironfs::status_file::parse(&std::fs::read_to_string(&self.status_file).unwrap()).unwrap()
+        chironfs::view::status_file::parse(&std::fs::read_to_string(&self.status_file).unwrap())
+            .unwrap()
     }
 
     /// Waits until replica `i` is out of service in both the control socket and the status
@@ -357,7 +358,7 @@ pub fn tree(dir: &Path) -> Vec<String> {
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
     // The replica's own state (`.chironfs`) differs per replica and is not user data.
-    entries.retain(|e| dir != root || e.file_name() != chironfs::state::META_DIR);
+    entries.retain(|e| dir != root || e.file_name() != chironfs::rules::state::META_DIR);
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
@@ -439,7 +440,7 @@ pub fn assert_all_in_service(m: &Mount) {
     assert!(
         s.replicas
             .iter()
-            .all(|r| r.state == chironfs::snapshot::ReplicaState::InService && !r.stale),
+            .all(|r| r.state == chironfs::view::snapshot::ReplicaState::InService && !r.stale),
         "{s:?}"
     );
 }

@@ -90,7 +90,7 @@ fn generate(out: &Path, agent: Option<&Path>) -> Result<(), String> {
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         for (bin, mut cmd) in [
             ("chironfs", chironfs_command()),
-            ("chironctl", chironfs::ctl_cli::command()),
+            ("chironctl", chironfs::control::cli::command()),
         ] {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cmd, bin, &mut buf);
@@ -116,7 +116,7 @@ fn page_date() -> String {
                 .unwrap_or(0)
         });
     // The log prefix already renders UTC dates: YYYY-MM-DDTHH:MM:SSZ, keep the date part.
-    chironfs::logging::utc_timestamp(secs)[..10].to_owned()
+    chironfs::daemon::logging::utc_timestamp(secs)[..10].to_owned()
 }
 
 /// chironfs's command with its two positionals shown (the help text describes them in its
@@ -348,7 +348,7 @@ fn see_also(pages: &[(&str, &str)]) -> String {
 }
 
 fn chironctl_page(meta: &Meta) -> Vec<u8> {
-    let cmd = chironfs::ctl_cli::command();
+    let cmd = chironfs::control::cli::command();
     let mut built = cmd.clone();
     built.build();
     let man = man_of(cmd, "8", meta);

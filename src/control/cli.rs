@@ -64,7 +64,7 @@ pub enum Cmd {
         wait: bool,
         /// Limit the content copied to RATE bytes per second for this run (50M, 800K, 1G,
         /// 0 = unlimited) [default: the daemon's --resync-rate]
-        #[arg(long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
+        #[arg(long, value_name = "RATE", value_parser = crate::rules::throttle::parse_rate)]
         rate: Option<u64>,
     },
     /// Compare the replicas path by path (type, size, mode, owner, mtime, symlink target,

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use crate::dirfds::DirFds;
-use crate::snapshot::{ReplicaSnapshot, ReplicaState};
+use crate::engine::dirfds::DirFds;
 use crate::sys;
+use crate::view::snapshot::{ReplicaSnapshot, ReplicaState};
 
 /// A unit of work run on one of a replica's worker threads.
 pub type Job = Box<dyn FnOnce() + Send>;

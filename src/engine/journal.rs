@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::state::{Gen, META_DIR};
+use crate::rules::state::{Gen, META_DIR};
 
 /// The journal file inside [`META_DIR`].
 pub const JOURNAL_FILE: &str = "journal";
@@ -602,7 +602,7 @@ pub fn read(root: &Path) -> Loaded {
 /// Writes `data` as `root`'s journal atomically (temp file, rename; with `durable` also fsync
 /// of the file and the directory) and returns it opened for appending.
 pub fn write(root: &Path, data: &[u8], durable: bool) -> io::Result<std::fs::File> {
-    let path = crate::state::replace_meta_file(root, JOURNAL_FILE, data, durable)?;
+    let path = crate::rules::state::replace_meta_file(root, JOURNAL_FILE, data, durable)?;
     std::fs::OpenOptions::new().append(true).open(&path)
 }
 

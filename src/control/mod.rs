@@ -6,6 +6,8 @@
 //! This module also holds the presentation used by `chironctl` (tables, the Nagios check
 //! line), so that the binary stays thin and the wording is unit-tested.
 
+pub mod cli;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, DirBuilder};
@@ -21,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::snapshot::{ControlHandler, ReplicaSnapshot, ReplicaState, Snapshot};
 use crate::verify::Report;
+use crate::view::snapshot::{ControlHandler, ReplicaSnapshot, ReplicaState, Snapshot};
 
 /// Protocol version carried in every response, so a client can refuse a daemon it does not
 /// understand instead of misreading it.
@@ -865,7 +867,7 @@ pub fn find_default_socket(dir: &Path) -> Result<PathBuf, String> {
 
 /// Makes text safe for one terminal/Nagios line: control characters become spaces.
 fn one_line(s: &str) -> String {
-    crate::status_file::sanitize_value(s.trim())
+    crate::view::status_file::sanitize_value(s.trim())
 }
 
 /// Left-aligned table with columns two spaces apart; `right[i]` right-aligns column i.
@@ -992,7 +994,7 @@ pub fn format_status(s: &Snapshot) -> String {
 }
 
 /// One line saying where a resync stands (`chironctl resync --wait`).
-pub fn describe_resync(p: &crate::snapshot::ResyncProgress) -> String {
+pub fn describe_resync(p: &crate::view::snapshot::ResyncProgress) -> String {
     one_line(&crate::resync::describe(p))
 }
 
@@ -1157,7 +1159,7 @@ pub fn check_summary(s: &Snapshot) -> (CheckStatus, String) {
         r.resync
             .as_ref()
             .filter(|p| p.state == "running" && r.state == ReplicaState::OutOfService)
-            .map(crate::resync_view::check_reason)
+            .map(crate::view::progress::check_reason)
     };
     let syncing: Vec<String> = s
         .replicas
@@ -1232,7 +1234,7 @@ pub fn check_status_file(path: &Path, max_age: u64, now: u64) -> CheckResult {
             return check_unknown(&format!("cannot read status file {}: {e}", path.display()));
         }
     };
-    let s = match crate::status_file::parse(&text) {
+    let s = match crate::view::status_file::parse(&text) {
         Ok(s) => s,
         Err(e) => return check_unknown(&format!("bad status file {}: {e}", path.display())),
     };
@@ -1416,7 +1418,7 @@ mod tests {
 
         let s = request(&sock, &Request::Status).unwrap().snapshot.unwrap();
         assert_eq!(s.replicas.len(), 2);
-        assert_eq!(s.state, crate::snapshot::Overall::Ok);
+        assert_eq!(s.state, crate::view::snapshot::Overall::Ok);
 
         let r = request(
             &sock,
@@ -1429,7 +1431,7 @@ mod tests {
         assert_eq!(r.message.as_deref(), Some("/srv/b disabled"));
         let s = request(&sock, &Request::Stats).unwrap().snapshot.unwrap();
         assert_eq!(s.replicas[1].state, ReplicaState::OutOfService);
-        assert_eq!(s.state, crate::snapshot::Overall::Degraded);
+        assert_eq!(s.state, crate::view::snapshot::Overall::Degraded);
 
         let enable = |force| Request::Enable {
             replica: "1".into(),
@@ -1447,7 +1449,7 @@ mod tests {
             Some("/srv/b enabled")
         );
         let s = request(&sock, &Request::Status).unwrap().snapshot.unwrap();
-        assert_eq!(s.state, crate::snapshot::Overall::Ok);
+        assert_eq!(s.state, crate::view::snapshot::Overall::Ok);
 
         let r = request(
             &sock,
@@ -1821,7 +1823,7 @@ mod tests {
         );
         // Being resynced: named with its progress instead of the old reason.
         let mut syncing = snap(&[(In, false), (Out, true)]);
-        syncing.replicas[1].resync = Some(crate::snapshot::ResyncProgress {
+        syncing.replicas[1].resync = Some(crate::view::snapshot::ResyncProgress {
             state: "running".into(),
             phase: "copying".into(),
             total: Some(200),
@@ -1873,7 +1875,7 @@ mod tests {
         assert_eq!(r.status, CheckStatus::Unknown);
         assert!(r.line.contains("does not exist"));
         let s = snap(&[(In, false), (Out, false)]);
-        crate::status_file::write_atomic(&p, &crate::status_file::render(&s)).unwrap();
+        crate::view::status_file::write_atomic(&p, &crate::view::status_file::render(&s)).unwrap();
         assert_eq!(
             check_status_file(&p, 10, s.time + 10).status,
             CheckStatus::Warning

@@ -1,6 +1,9 @@
 //! The FUSE glue: turns each kernel request into replica jobs run through the [`ReplicaSet`]
 //! (fan-out for mutations, fail-over for reads) and keeps the node and handle tables.
 
+pub mod callers;
+pub mod nodes;
+
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -19,13 +22,13 @@ use fuser::{
     WriteFlags,
 };
 
-use crate::arbitrate::Outcome;
-use crate::callers::GroupsCache;
-use crate::iomode::{IoModes, Mode, Ticket, Wish};
-use crate::nodes::{NodeTable, Place};
-use crate::order::OrderLock;
-use crate::replica::{Replica, ReplicaFd};
-use crate::set::{ReplicaJob, ReplicaSet};
+use crate::engine::replica::{Replica, ReplicaFd};
+use crate::engine::set::{ReplicaJob, ReplicaSet};
+use crate::fuse::callers::GroupsCache;
+use crate::fuse::nodes::{NodeTable, Place};
+use crate::rules::arbitrate::Outcome;
+use crate::rules::iomode::{IoModes, Mode, Ticket, Wish};
+use crate::rules::order::OrderLock;
 use crate::sys::{self, Credentials, TimeSpec, XattrOp, XattrReply};
 
 /// Writes of at least this many bytes are copied to the replicas in parallel; smaller ones run
@@ -55,14 +58,14 @@ struct OpenFile {
     /// [`Replica::adopt`]): a close on a hung replica must never hold a FUSE thread.
     fds: Vec<Mutex<Option<Arc<ReplicaFd>>>>,
     read_order: Vec<usize>,
-    /// How the kernel serves it (counted per inode until release, see [`crate::iomode`]).
+    /// How the kernel serves it (counted per inode until release, see [`crate::rules::iomode`]).
     io: Mutex<Option<Ticket<BackingId>>>,
     /// Set for a handle open for writing: compactions keep its path in the journal while it
     /// is open.
-    writer: std::sync::OnceLock<crate::set::WriterToken>,
+    writer: std::sync::OnceLock<crate::engine::set::WriterToken>,
 }
 
-impl crate::set::OpenWriter for OpenFile {
+impl crate::engine::set::OpenWriter for OpenFile {
     fn current_path(&self) -> Option<PathBuf> {
         OpenFile::current_path(self)
     }
@@ -184,7 +187,7 @@ pub struct KernelIo {
     /// replica's file itself.
     pub passthrough: bool,
     /// Direct I/O for writable opens: no page-cache copy of written data, and writes to
-    /// disjoint ranges of one file in parallel (crate::order keeps the replicas equal), as
+    /// disjoint ranges of one file in parallel (crate::rules::order keeps the replicas equal), as
     /// mergerfs with cache.files=off. Reads through the same descriptor then come to the
     /// daemon too; other read-only opens keep their page cache (the kernel drops the range a
     /// direct write changed).
@@ -296,7 +299,7 @@ fn start_reaper() -> mpsc::Sender<Vec<OwnedFd>> {
 }
 
 /// Calls `f(dirfd, name)` for the entry at `place` on a replica. Its directory is reached
-/// through the replica's kept handle of that node (crate::dirfds), else opened beneath the
+/// through the replica's kept handle of that node (crate::engine::dirfds), else opened beneath the
 /// root with no symlink allowed on the way (and kept); the root itself is (root, ".").
 fn at<T>(
     r: &Replica,
@@ -608,7 +611,7 @@ impl ChironFs {
         })
         .map(|(_, mut entries)| {
             if top {
-                entries.retain(|e| e.name != OsStr::new(crate::state::META_DIR));
+                entries.retain(|e| e.name != OsStr::new(crate::rules::state::META_DIR));
             }
             entries
         })
@@ -678,7 +681,7 @@ impl ChironFs {
 }
 
 /// The mtime a change of a file's data gives it on every replica: the newest stamp of the
-/// file's writes (see [`crate::order`]), so replicas finishing concurrent writes in different
+/// file's writes (see [`crate::rules::order`]), so replicas finishing concurrent writes in different
 /// orders still end with the same mtime.
 struct Stamp(Arc<OrderLock>);
 
@@ -1085,7 +1088,7 @@ impl Filesystem for ChironFs {
         // would wait for: the file's order lock keeps them apart, so every replica opens the
         // same file (the path is read under the lock, after any rename that got there first).
         // With passthrough, read-only opens take it too: the I/O modes of one inode are
-        // decided one open at a time (see crate::iomode).
+        // decided one open at a time (see crate::rules::iomode).
         let lock = self.nodes.order_lock(ino.0);
         let _in_order = (writable || self.passthrough).then(|| lock.lock());
         let path = match self.path(ino) {
@@ -1683,7 +1686,7 @@ impl Filesystem for ChironFs {
 }
 
 impl ChironFs {
-    /// Answers an open that succeeded on the replicas in the I/O mode [`crate::iomode`]
+    /// Answers an open that succeeded on the replicas in the I/O mode [`crate::rules::iomode`]
     /// decides: a read-only open served by a local replica may become kernel passthrough
     /// (`served_by` is the replica that opened it; None for a writable open).
     fn answer_open(
@@ -1897,7 +1900,7 @@ fn copy_differences(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<u64>
 }
 
 fn is_meta_dir(parent: INodeNo, name: &OsStr) -> bool {
-    parent == INodeNo::ROOT && name == OsStr::new(crate::state::META_DIR)
+    parent == INodeNo::ROOT && name == OsStr::new(crate::rules::state::META_DIR)
 }
 
 /// A stable stand-in inode number for a directory entry the kernel has not looked up yet

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::replica::Replica;
-use crate::snapshot::ResyncProgress;
-use crate::state::META_DIR;
+use crate::engine::replica::Replica;
+use crate::rules::state::META_DIR;
 use crate::sys::{self, TimeSpec, XattrOp, XattrReply};
+use crate::view::snapshot::ResyncProgress;
 
 /// What the resync needs to know about one entry (from `lstat`, plus a symlink's target).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,16 +198,16 @@ pub struct Progress {
     /// Entries the current pass is to examine, plus one; 0 when unknown.
     pass_total: AtomicU64,
     /// The content copy's token bucket (None: no limit).
-    bucket: Mutex<Option<crate::throttle::TokenBucket>>,
+    bucket: Mutex<Option<crate::rules::throttle::TokenBucket>>,
     /// The smoothed rates, fed by whoever takes a snapshot.
-    meter: Mutex<crate::throttle::RateMeter>,
+    meter: Mutex<crate::rules::throttle::RateMeter>,
 }
 
 impl Progress {
     /// Limits the copy of content bytes to `bytes_per_sec` (0: no limit).
     pub fn set_limit(&self, bytes_per_sec: u64) {
         let bucket = (bytes_per_sec > 0)
-            .then(|| crate::throttle::TokenBucket::new(bytes_per_sec, Instant::now()));
+            .then(|| crate::rules::throttle::TokenBucket::new(bytes_per_sec, Instant::now()));
         *self.bucket.lock().unwrap_or_else(|e| e.into_inner()) = bucket;
     }
 
@@ -1042,16 +1042,16 @@ impl Run {
             done,
             bytes_per_sec,
             entries_per_sec,
-            eta: crate::throttle::eta(total, done, entries_per_sec),
+            eta: crate::rules::throttle::eta(total, done, entries_per_sec),
             rate_limit: self.progress.limit(),
         }
     }
 }
 
 /// One line of progress for `chironctl resync --wait` and `status` (see
-/// [`crate::resync_view::describe`]).
+/// [`crate::view::progress::describe`]).
 pub fn describe(p: &ResyncProgress) -> String {
-    crate::resync_view::describe(p)
+    crate::view::progress::describe(p)
 }
 
 #[cfg(test)]

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::replica::Replica;
+use crate::engine::replica::Replica;
+use crate::engine::set::describe_errno;
 use crate::resync::{self, Meta};
-use crate::set::describe_errno;
-use crate::state::META_DIR;
+use crate::rules::state::META_DIR;
 use crate::sys::{self, Credentials};
 
 /// Most differences carried in one report: a replica that lost its whole tree differs on
@@ -387,13 +387,13 @@ impl Report {
     pub fn format(&self) -> String {
         let mut out = String::new();
         for d in &self.differences {
-            out.push_str(&crate::status_file::sanitize_value(&d.describe()));
+            out.push_str(&crate::view::status_file::sanitize_value(&d.describe()));
             out.push('\n');
         }
         for p in &self.healed {
             out.push_str(&format!(
                 "healed {} from {}\n",
-                crate::status_file::sanitize_value(p),
+                crate::view::status_file::sanitize_value(p),
                 self.replicas.first().map_or("?", |r| r.path.as_str())
             ));
         }

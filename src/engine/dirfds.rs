@@ -6,7 +6,7 @@
 //! handle saves them, and it is safe to keep because it names the directory object, not a
 //! path:
 //! - a renamed directory keeps its node id and its handle follows it;
-//! - a removed directory's node id is never given again (crate::nodes), so its handle is
+//! - a removed directory's node id is never given again (crate::fuse::nodes), so its handle is
 //!   never asked for by a new directory of the same name;
 //! - a resync may replace a replica's directories while it is out of service, so everything
 //!   kept is dropped whenever the replica leaves or rejoins service ([`DirFds::drop_all`]); a

@@ -1,6 +1,6 @@
 //! Where log lines go: syslog (facility daemon) when daemonized, stderr in the foreground, and
 //! an optional log file reopened on SIGHUP for logrotate. Lines logged with target
-//! [`crate::set::ALERT_TARGET`] are sent at syslog severity ALERT.
+//! [`crate::engine::set::ALERT_TARGET`] are sent at syslog severity ALERT.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use syslog::{Facility, Formatter3164, LoggerBackend};
 
-use crate::set::ALERT_TARGET;
+use crate::engine::set::ALERT_TARGET;
 
 type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 
@@ -160,7 +160,7 @@ impl Log for Logger {
         let msg = record.args().to_string();
         let line = format!(
             "{} chironfs[{}]: {label}: {msg}\n",
-            utc_timestamp(crate::replica::now()),
+            utc_timestamp(crate::engine::replica::now()),
             std::process::id()
         );
         if self.stderr && (!self.quiet || alert) {

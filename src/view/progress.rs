@@ -2,8 +2,8 @@
 //! check, and the progress bar of `chironctl resync --wait` on a terminal. Pure functions of a
 //! [`ResyncProgress`], so the wording is unit-tested and the same everywhere.
 
-use crate::snapshot::ResyncProgress;
-use crate::throttle::{format_bytes, format_duration, format_rate, percent};
+use crate::rules::throttle::{format_bytes, format_duration, format_rate, percent};
+use crate::view::snapshot::ResyncProgress;
 
 /// "45% of 2740 entries" when the pass's size is known, else "1234 entries checked (total
 /// unknown)": an unknown total is said, never guessed.

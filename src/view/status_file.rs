@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::snapshot::{ControlHandler, Overall, ReplicaSnapshot, ReplicaState, Snapshot};
+use crate::view::snapshot::{ControlHandler, Overall, ReplicaSnapshot, ReplicaState, Snapshot};
 
 /// Value of the first line; a reader that sees another value must not guess.
 pub const FORMAT_LINE: &str = "format=chironfs-status 1";
@@ -229,7 +229,7 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
                             Some(v) => num(v, &key(k)).map(Some),
                         }
                     };
-                    Some(crate::snapshot::ResyncProgress {
+                    Some(crate::view::snapshot::ResyncProgress {
                         state: state.clone(),
                         phase: text("resync_phase"),
                         source: n("resync_source")? as usize,
@@ -477,7 +477,7 @@ replica.1.errors=4
         assert_eq!(parse(&render(&empty)).unwrap(), empty);
         // A replica being resynced: its progress lines are written and read back.
         let mut resyncing = sample();
-        resyncing.replicas[1].resync = Some(crate::snapshot::ResyncProgress {
+        resyncing.replicas[1].resync = Some(crate::view::snapshot::ResyncProgress {
             state: "failed".into(),
             phase: String::new(),
             source: 0,
@@ -496,7 +496,7 @@ replica.1.errors=4
         );
         assert_eq!(parse(&text).unwrap(), resyncing);
         // Running, with a total, rates and an ETA.
-        resyncing.replicas[1].resync = Some(crate::snapshot::ResyncProgress {
+        resyncing.replicas[1].resync = Some(crate::view::snapshot::ResyncProgress {
             state: "running".into(),
             phase: "copying".into(),
             total: Some(500),

@@ -8,7 +8,7 @@
 //! 200 bytes a node): a name is stored once and shared by the node and its directory's index,
 //! and only multi-link files are indexed by their backing inode.
 
-use crate::order::OrderLock;
+use crate::rules::order::OrderLock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ type Name = Arc<OsStr>;
 type Backing = (usize, u64, u64);
 
 /// Where an entry is: the node of its directory and its path from the replica roots, read
-/// together under one lock so they always agree (crate::dirfds reaches the directory through
+/// together under one lock so they always agree (crate::engine::dirfds reaches the directory through
 /// the node, the journal and the logs name the path).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Place {

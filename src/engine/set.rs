@@ -10,15 +10,15 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
-use crate::auto_resync::{AutoResync, Verdict};
-use crate::journal::{self, Journal, Recorder};
-use crate::replica::{Replica, ServiceStatus, now};
+use crate::engine::journal::{self, Journal, Recorder};
+use crate::engine::replica::{Replica, ServiceStatus, now};
 use crate::resync::{self, Engine, Run};
-use crate::select::{self, Candidate};
-use crate::snapshot::{ControlHandler, ReplicaState, Snapshot};
-use crate::state::{self, Gen, Membership};
+use crate::rules::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
+use crate::rules::auto_resync::{AutoResync, Verdict};
+use crate::rules::select::{self, Candidate};
+use crate::rules::state::{self, Gen, Membership};
 use crate::sys::{self, Credentials};
+use crate::view::snapshot::{ControlHandler, ReplicaState, Snapshot};
 
 /// Work to run on each replica: gets the replica, returns a value or an I/O error.
 pub type ReplicaJob<T> = Arc<dyn Fn(&Replica) -> io::Result<T> + Send + Sync>;
@@ -40,7 +40,7 @@ pub struct ReplicaSet {
     /// The running or last resync.
     resync: Mutex<Option<Arc<Run>>>,
     /// Replicas a mutation needs in service (`--quorum`; off by default).
-    quorum: crate::quorum::Quorum,
+    quorum: crate::rules::quorum::Quorum,
     /// Default limit on a resync's content copy, bytes per second (0: none).
     resync_rate: std::sync::atomic::AtomicU64,
     /// What the health check remembers between rounds about resyncs and stale replicas.
@@ -187,7 +187,7 @@ impl ReplicaSet {
 
     /// The set with a quorum (`--quorum`): mutations are refused with EROFS while fewer
     /// replicas are in service (see `quorum.rs`).
-    pub fn with_quorum(self, quorum: crate::quorum::Quorum) -> Self {
+    pub fn with_quorum(self, quorum: crate::rules::quorum::Quorum) -> Self {
         ReplicaSet { quorum, ..self }
     }
 
@@ -1176,7 +1176,7 @@ impl ReplicaSet {
                     "replica {} fell out of service again soon after its last resync; next \
                      automatic attempt in {}",
                     self.replicas[index].path.display(),
-                    crate::throttle::format_duration(wait.as_secs())
+                    crate::rules::throttle::format_duration(wait.as_secs())
                 ),
             }
         }
@@ -1192,7 +1192,7 @@ impl ReplicaSet {
             let wait = self.ops().auto[index].failed(Instant::now());
             log::error!(
                 "automatic resync of replica {path} could not start: {e}; next automatic attempt in {}",
-                crate::throttle::format_duration(wait.as_secs())
+                crate::rules::throttle::format_duration(wait.as_secs())
             );
         }
     }
@@ -1220,7 +1220,7 @@ impl ReplicaSet {
             return;
         }
         let p = run.snapshot();
-        let step = match crate::throttle::percent(p.total, p.done) {
+        let step = match crate::rules::throttle::percent(p.total, p.done) {
             Some(pc) => u64::from(pc / 25),
             None => p.seconds / 60,
         };
@@ -1266,7 +1266,7 @@ impl ReplicaSet {
                 "resync of replica {} failed {} time(s) in a row; next automatic attempt in {}",
                 self.replicas[run.target].path.display(),
                 policy.failures(),
-                crate::throttle::format_duration(wait.as_secs())
+                crate::rules::throttle::format_duration(wait.as_secs())
             );
         }
     }
@@ -1349,7 +1349,7 @@ impl ReplicaSet {
             "resync of {} from {} started (rate limit: {})",
             r.path.display(),
             self.replicas[source].path.display(),
-            crate::throttle::format_rate(rate)
+            crate::rules::throttle::format_rate(rate)
         ))
     }
 
@@ -1382,7 +1382,7 @@ impl ReplicaSet {
             dst.path.display(),
             src.path.display(),
             self.mountpoint,
-            crate::throttle::format_rate(run.progress.limit())
+            crate::rules::throttle::format_rate(run.progress.limit())
         );
         let engine = Arc::new(Mutex::new(Engine::new(
             Arc::clone(src),

@@ -2,6 +2,8 @@
 //! answers), open the replicas, mount, keep the status file, control socket and health checks
 //! running, and unmount cleanly on SIGTERM/SIGINT.
 
+pub mod logging;
+
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +12,14 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 
 use crate::config::Config;
-use crate::fs::{ChironFs, KernelIo};
-use crate::logging::{self, LogTargets};
-use crate::replica::Replica;
-use crate::set::ReplicaSet;
-use crate::snapshot::ControlHandler;
-use crate::{control, state, status_file, sys};
+use crate::engine::replica::Replica;
+use crate::engine::set::ReplicaSet;
+use crate::fuse::{ChironFs, KernelIo};
+use crate::rules::state;
+use crate::view::snapshot::ControlHandler;
+use crate::view::status_file;
+use crate::{control, sys};
+use logging::LogTargets;
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1024 * 1024;
@@ -148,7 +152,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         replicas.push(r);
     }
     let mountpoint = config.mountpoint.display().to_string();
-    let quorum = crate::quorum::Quorum::new(
+    let quorum = crate::rules::quorum::Quorum::new(
         config.quorum.map(usize::from),
         replicas.len(),
         mountpoint.clone(),
@@ -305,8 +309,8 @@ fn recover_state(
     force_source: Option<usize>,
     journal_max: u32,
 ) -> Result<(), String> {
-    use crate::arbitrate::Outcome;
-    use crate::set::ReplicaJob;
+    use crate::engine::set::ReplicaJob;
+    use crate::rules::arbitrate::Outcome;
     let all: Vec<usize> = (0..set.replicas().len()).collect();
     let names: Vec<String> = set
         .replicas()
@@ -332,7 +336,7 @@ fn recover_state(
         &names,
         force_source,
         &mut state::random_id,
-        crate::replica::now(),
+        crate::engine::replica::now(),
     )?;
     for (level, note) in &plan.notes {
         log::log!(*level, "{note}");
@@ -340,9 +344,9 @@ fn recover_state(
     for (i, why) in plan.stale.iter().enumerate() {
         if let Some(why) = why {
             set.replicas()[i]
-                .update_status(|s| s.take_out(why.clone(), crate::replica::now(), true));
+                .update_status(|s| s.take_out(why.clone(), crate::engine::replica::now(), true));
             log::error!(
-                target: crate::set::ALERT_TARGET,
+                target: crate::engine::set::ALERT_TARGET,
                 "replica {} starts out of service: {why}",
                 names[i]
             );

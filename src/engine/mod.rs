@@ -1,0 +1,8 @@
+//! The replication engine: each replica (its root handle, worker threads, service state), the
+//! replica set that fans mutations out and takes failing replicas out of service, the
+//! journal of changed paths and the records kept in each replica's `.chironfs` directory.
+
+pub mod dirfds;
+pub mod journal;
+pub mod replica;
+pub mod set;
