@@ -6,8 +6,10 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 
 /// Turns a C return value into `io::Result`, reading errno on -1.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -807,5 +809,31 @@ pub fn errno_name(errno: i32) -> &'static str {
         libc::ETXTBSY => "ETXTBSY",
         libc::EFAULT => "EFAULT",
         _ => "E?",
+    }
+}
+
+/// Calls `f(dirfd, name)` for `rel` beneath `root`; the root itself is (root, ".").
+/// Shared by the resync and verify walks, which reach entries by path from the root.
+pub fn at<T>(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    f: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<T>,
+) -> io::Result<T> {
+    match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            let dir = open_dir_path(root, &cstr(parent.as_os_str())?)?;
+            f(dir.as_fd(), &cstr(name)?)
+        }
+        (_, Some(name)) => f(root, &cstr(name)?),
+        _ => f(root, c"."),
+    }
+}
+
+/// `rel` as a C path for the `*at` calls, the root being ".".
+pub fn rel_cstr(rel: &Path) -> io::Result<CString> {
+    if rel.as_os_str().is_empty() {
+        Ok(c".".to_owned())
+    } else {
+        cstr(rel.as_os_str())
     }
 }

@@ -1,6 +1,6 @@
 //! Where log lines go: syslog (facility daemon) when daemonized, stderr in the foreground, and
 //! an optional log file reopened on SIGHUP for logrotate. Lines logged with target
-//! [`crate::engine::set::ALERT_TARGET`] are sent at syslog severity ALERT.
+//! [`crate::view::words::ALERT_TARGET`] are sent at syslog severity ALERT.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use syslog::{Facility, Formatter3164, LoggerBackend};
 
-use crate::engine::set::ALERT_TARGET;
+use crate::view::words::ALERT_TARGET;
 
 type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 

@@ -346,7 +346,7 @@ fn recover_state(
             set.replicas()[i]
                 .update_status(|s| s.take_out(why.clone(), crate::engine::replica::now(), true));
             log::error!(
-                target: crate::engine::set::ALERT_TARGET,
+                target: crate::view::words::ALERT_TARGET,
                 "replica {} starts out of service: {why}",
                 names[i]
             );

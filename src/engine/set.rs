@@ -19,6 +19,7 @@ use crate::rules::select::{self, Candidate};
 use crate::rules::state::{self, Gen, Membership};
 use crate::sys::{self, Credentials};
 use crate::view::snapshot::{ControlHandler, ReplicaState, Snapshot};
+use crate::view::words::{ALERT_TARGET, describe_errno, no_answer_within};
 
 /// Work to run on each replica: gets the replica, returns a value or an I/O error.
 pub type ReplicaJob<T> = Arc<dyn Fn(&Replica) -> io::Result<T> + Send + Sync>;
@@ -114,27 +115,10 @@ fn touched<'a>(op: &str, path: &'a Path, also: Option<&'a Path>) -> Vec<(&'a Pat
         .collect()
 }
 
-/// Log target for alert-level lines (a replica taken out of service): the logger sends these
-/// at syslog severity ALERT so syslog-based alerting catches them.
-pub const ALERT_TARGET: &str = "chironfs::alert";
-
-/// An errno in log and error wording ("EIO (Input/output error)"); shared with `verify`.
-pub(crate) fn describe_errno(errno: i32) -> String {
-    format!(
-        "{} ({})",
-        sys::errno_name(errno),
-        io::Error::from_raw_os_error(errno)
-            .to_string()
-            .split(" (os error")
-            .next()
-            .unwrap_or_default()
-    )
-}
-
 fn describe_fault(fault: Fault, timeout: Duration) -> String {
     match fault {
         Fault::Errno(e) => describe_errno(e),
-        Fault::TimedOut => format!("no answer within {:.1} s (hung?)", timeout.as_secs_f64()),
+        Fault::TimedOut => no_answer_within(timeout),
     }
 }
 
@@ -1110,10 +1094,7 @@ impl ReplicaSet {
                     Err((format!("its root fails: {}", describe_errno(e)), false))
                 }
                 Outcome::TimedOut => Err((
-                    format!(
-                        "its root gave no answer within {:.1} s (hung?)",
-                        self.timeout.as_secs_f64()
-                    ),
+                    format!("its root gave {}", no_answer_within(self.timeout)),
                     false,
                 )),
             })

@@ -5,7 +5,7 @@ pub mod callers;
 pub mod nodes;
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -197,14 +197,6 @@ pub struct KernelIo {
     pub io_uring: bool,
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    if p.as_os_str().is_empty() {
-        Ok(c".".to_owned())
-    } else {
-        sys::cstr(p.as_os_str())
-    }
-}
-
 /// Inodes whose last name a mutation removes (an unlink, a rename over a file), held open on
 /// local replicas until the caller has its answer. Evicting an inode, freeing its pages or
 /// blocks, is most of such a mutation's cost (185 µs for 1 MiB on ext4, 11 ms for 64 MiB); held,
@@ -308,9 +300,9 @@ fn at<T>(
 ) -> io::Result<T> {
     match (place.parent(), place.file_name()) {
         (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
-            let dir = r
-                .dirs
-                .get_or_open(place.dir(), || sys::open_dir_path(r.root(), &cstr(parent)?))?;
+            let dir = r.dirs.get_or_open(place.dir(), || {
+                sys::open_dir_path(r.root(), &sys::rel_cstr(parent)?)
+            })?;
             f(dir.as_fd(), &sys::cstr(name)?)
         }
         (_, Some(name)) => f(r.root(), &sys::cstr(name)?),
@@ -320,7 +312,7 @@ fn at<T>(
 
 fn open_file(r: &Replica, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
     let flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_NOFOLLOW;
-    sys::open_beneath(r.root(), &cstr(rel)?, flags, 0, false)
+    sys::open_beneath(r.root(), &sys::rel_cstr(rel)?, flags, 0, false)
 }
 
 fn lstat(r: &Replica, place: &Place) -> io::Result<libc::stat> {
@@ -607,7 +599,7 @@ impl ChironFs {
         let rel = path.to_path_buf();
         let top = path.as_os_str().is_empty();
         self.read_meta("readdir", path, move |r| {
-            sys::read_dir_all(r.root(), &cstr(&rel)?)
+            sys::read_dir_all(r.root(), &sys::rel_cstr(&rel)?)
         })
         .map(|(_, mut entries)| {
             if top {

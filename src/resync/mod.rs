@@ -314,41 +314,16 @@ pub struct Engine {
     present: HashSet<PathBuf>,
 }
 
-/// Calls `f(dirfd, name)` for `rel` beneath `root`; the root itself is (root, ".").
-fn at<T>(
-    root: BorrowedFd<'_>,
-    rel: &Path,
-    f: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<T>,
-) -> io::Result<T> {
-    match (rel.parent(), rel.file_name()) {
-        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
-            let dir = sys::open_dir_path(root, &sys::cstr(parent.as_os_str())?)?;
-            f(dir.as_fd(), &sys::cstr(name)?)
-        }
-        (_, Some(name)) => f(root, &sys::cstr(name)?),
-        _ => f(root, c"."),
-    }
-}
-
-/// `rel` as a C path for the `*at` calls, the root being "." (shared with `verify`).
-pub fn rel_cstr(rel: &Path) -> io::Result<CString> {
-    if rel.as_os_str().is_empty() {
-        Ok(c".".to_owned())
-    } else {
-        sys::cstr(rel.as_os_str())
-    }
-}
-
 /// The metadata of `rel` beneath `root` (never following a symlink), None when it does not
 /// exist; shared with `verify`, which must read entries exactly as the resync compares them.
 pub fn stat_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Option<Meta>> {
-    let st = match at(root, rel, sys::lstat_at) {
+    let st = match sys::at(root, rel, sys::lstat_at) {
         Ok(st) => st,
         Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
     let link = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        Some(at(root, rel, sys::readlink_at)?)
+        Some(sys::at(root, rel, sys::readlink_at)?)
     } else {
         None
     };
@@ -361,8 +336,9 @@ pub fn xattrs_of(root: BorrowedFd<'_>, rel: &Path) -> io::Result<BTreeMap<Vec<u8
     let mut out = BTreeMap::new();
     // The whole path beneath the root in one open (`sys::xattr` opens it with no symlink
     // followed, the last component included), not its parent first: this runs for every entry.
-    let whole =
-        |f: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> io::Result<Vec<u8>>| f(root, &rel_cstr(rel)?);
+    let whole = |f: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> io::Result<Vec<u8>>| {
+        f(root, &sys::rel_cstr(rel)?)
+    };
     let list = whole(&mut |dir, name| {
         for _ in 0..4 {
             let size = match sys::xattr(dir, name, XattrOp::List(0))? {
@@ -505,7 +481,7 @@ impl Engine {
             }
             // Proof of life for the watchdog on a big tree.
             self.progress.checked.fetch_add(1, Ordering::Relaxed);
-            let c = rel_cstr(&dir).ok()?;
+            let c = sys::rel_cstr(&dir).ok()?;
             for e in sys::read_dir_all(root, &c).ok()? {
                 if dir.as_os_str().is_empty() && e.name == META_DIR {
                     continue;
@@ -675,8 +651,8 @@ impl Engine {
                 };
                 let leader = self.groups[&s.ino].0.clone();
                 let dst_root = self.dst.root();
-                let r = at(dst_root, &leader, |od, on| {
-                    at(dst_root, rel, |nd, nn| sys::link_at(od, on, nd, nn))
+                let r = sys::at(dst_root, &leader, |od, on| {
+                    sys::at(dst_root, rel, |nd, nn| sys::link_at(od, on, nd, nn))
                 });
                 self.t(rel, r)?;
                 return Ok(());
@@ -689,7 +665,7 @@ impl Engine {
             }
         }
         if s.is(libc::S_IFREG) && s.nlink > 1 && !matches!(group, Group::Member { .. }) {
-            let d = self.t(rel, at(self.dst.root(), rel, sys::lstat_at))?;
+            let d = self.t(rel, sys::at(self.dst.root(), rel, sys::lstat_at))?;
             let tino = (d.st_dev, d.st_ino);
             self.groups.insert(s.ino, (rel.to_path_buf(), tino));
             self.claimed.insert(tino, s.ino);
@@ -725,7 +701,7 @@ impl Engine {
     }
 
     fn sync_children(&mut self, rel: &Path, force: bool) -> Res<()> {
-        let cpath = self.s(rel, rel_cstr(rel))?;
+        let cpath = self.s(rel, sys::rel_cstr(rel))?;
         let top = rel.as_os_str().is_empty();
         let names = |entries: Vec<sys::DirEntry>| -> BTreeSet<OsString> {
             entries
@@ -746,14 +722,14 @@ impl Engine {
         let root = self.dst.root();
         let r = match s.kind {
             libc::S_IFREG => return self.copy_content(rel, true),
-            libc::S_IFDIR => at(root, rel, |dir, name| sys::mkdir_at(dir, name, 0o700)),
+            libc::S_IFDIR => sys::at(root, rel, |dir, name| sys::mkdir_at(dir, name, 0o700)),
             libc::S_IFLNK => {
                 let target = sys::cstr(std::ffi::OsStr::from_bytes(
                     s.link.as_deref().unwrap_or_default(),
                 ));
-                target.and_then(|t| at(root, rel, |dir, name| sys::symlink_at(&t, dir, name)))
+                target.and_then(|t| sys::at(root, rel, |dir, name| sys::symlink_at(&t, dir, name)))
             }
-            kind => at(root, rel, |dir, name| {
+            kind => sys::at(root, rel, |dir, name| {
                 sys::mknod_at(dir, name, kind | 0o600, s.rdev)
             }),
         };
@@ -762,7 +738,7 @@ impl Engine {
 
     /// Copies the source file's bytes into the target's (created when `create`).
     fn copy_content(&mut self, rel: &Path, create: bool) -> Res<()> {
-        let c = self.s(rel, rel_cstr(rel))?;
+        let c = self.s(rel, sys::rel_cstr(rel))?;
         let base = libc::O_RDONLY | libc::O_NOFOLLOW;
         let src = match sys::open_beneath(self.src.root(), &c, base | libc::O_NOATIME, 0, true) {
             Err(e) if errno(&e) == libc::EPERM => {
@@ -841,11 +817,14 @@ impl Engine {
     fn fix_attrs(&mut self, rel: &Path, s: &Meta, fix: AttrFix) -> Res<()> {
         let root = self.dst.root();
         if fix.owner {
-            self.t(rel, at(root, rel, |d, n| sys::chown_at(d, n, s.uid, s.gid)))?;
+            self.t(
+                rel,
+                sys::at(root, rel, |d, n| sys::chown_at(d, n, s.uid, s.gid)),
+            )?;
         }
         // A chown clears set-id bits: the mode goes after it.
         if (fix.mode || fix.owner) && !s.is(libc::S_IFLNK) {
-            self.t(rel, at(root, rel, |d, n| sys::chmod_at(d, n, s.perm)))?;
+            self.t(rel, sys::at(root, rel, |d, n| sys::chmod_at(d, n, s.perm)))?;
         }
         let want = self.s(rel, xattrs_of(self.src.root(), rel))?;
         let have = self.t(rel, xattrs_of(root, rel))?;
@@ -853,7 +832,7 @@ impl Engine {
             for (name, value) in &want {
                 if have.get(name) != Some(value) {
                     let cname = CString::new(name.clone()).expect("no NUL in an xattr name");
-                    let r = at(root, rel, |d, n| {
+                    let r = sys::at(root, rel, |d, n| {
                         sys::xattr(d, n, XattrOp::Set(&cname, value, 0))
                     });
                     self.t(rel, r)?;
@@ -861,7 +840,7 @@ impl Engine {
             }
             for name in have.keys().filter(|n| !want.contains_key(*n)) {
                 let cname = CString::new(name.clone()).expect("no NUL in an xattr name");
-                let r = at(root, rel, |d, n| sys::xattr(d, n, XattrOp::Remove(&cname)));
+                let r = sys::at(root, rel, |d, n| sys::xattr(d, n, XattrOp::Remove(&cname)));
                 self.t(rel, r)?;
             }
         }
@@ -877,7 +856,7 @@ impl Engine {
             sec: s.mtime.0,
             nsec: s.mtime.1,
         };
-        let r = at(self.dst.root(), rel, |d, n| sys::utimens_at(d, n, a, m));
+        let r = sys::at(self.dst.root(), rel, |d, n| sys::utimens_at(d, n, a, m));
         self.t(rel, r)
     }
 
@@ -891,13 +870,13 @@ impl Engine {
         };
         if d.is(libc::S_IFDIR) {
             self.present.clear();
-            let c = self.t(rel, rel_cstr(rel))?;
+            let c = self.t(rel, sys::rel_cstr(rel))?;
             for e in self.t(rel, sys::read_dir_all(root, &c))? {
                 self.remove(&rel.join(e.name))?;
             }
         }
         self.claimed.remove(&d.ino);
-        match at(root, rel, |dir, name| {
+        match sys::at(root, rel, |dir, name| {
             sys::unlink_at(dir, name, d.is(libc::S_IFDIR))
         }) {
             Err(e) if gone(&e) => Ok(()),

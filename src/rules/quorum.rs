@@ -135,7 +135,7 @@ impl Quorum {
         let was_lost = self.lost.swap(!met, Ordering::AcqRel);
         if !met && !was_lost {
             log::error!(
-                target: crate::engine::set::ALERT_TARGET,
+                target: crate::view::words::ALERT_TARGET,
                 "quorum lost on {}: {in_service} of {} replicas in service, {q} needed; \
                  mutations fail with EROFS (read-only) until replicas come back",
                 self.mountpoint,

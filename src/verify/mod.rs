@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::replica::Replica;
-use crate::engine::set::describe_errno;
 use crate::resync::{self, Meta};
 use crate::rules::state::META_DIR;
 use crate::sys::{self, Credentials};
+use crate::view::words::describe_errno;
 
 /// Most differences carried in one report: a replica that lost its whole tree differs on
 /// every path, and the answer must still fit the control socket's line limit. The counts stay
@@ -609,7 +609,7 @@ impl Walk<'_> {
             let top = dir.as_os_str().is_empty();
             // Removed (or replaced) under the walk by a mutation: nothing to list here; its
             // entries show as missing on this replica, and the recheck settles them.
-            let entries = match sys::read_dir_all(r.root(), &resync::rel_cstr(&dir)?) {
+            let entries = match sys::read_dir_all(r.root(), &sys::rel_cstr(&dir)?) {
                 Err(e) if vanished(&e) => Vec::new(),
                 other => other?,
             };
@@ -727,7 +727,7 @@ impl Walk<'_> {
             let file = rel.to_path_buf();
             // None: the file vanished under the walk (a rename, an unlink).
             let job: Job<Option<Vec<u8>>> = Arc::new(move |r: &Replica| {
-                let c = resync::rel_cstr(&file)?;
+                let c = sys::rel_cstr(&file)?;
                 let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
                 let fd = match sys::open_beneath(r.root(), &c, flags | libc::O_NOATIME, 0, true) {
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {

@@ -5,3 +5,4 @@
 pub mod progress;
 pub mod snapshot;
 pub mod status_file;
+pub mod words;
