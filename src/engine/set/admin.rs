@@ -1,0 +1,219 @@
+//! The admin handler: what `chironctl` asks of the set through the control socket (snapshot,
+//! enable, disable, resync, verify and heal).
+
+use std::sync::{Arc, Mutex};
+
+use super::ReplicaSet;
+use crate::engine::replica::{Replica, now};
+use crate::resync::{Engine, Run};
+use crate::view::snapshot::{ControlHandler, ReplicaState, Snapshot};
+
+impl ControlHandler for ReplicaSet {
+    fn snapshot(&self) -> Snapshot {
+        let mut replicas: Vec<_> = self.replicas.iter().map(|r| r.snapshot()).collect();
+        let run = self.current_resync();
+        if let Some(run) = run {
+            replicas[run.target].resync = Some(run.snapshot());
+        }
+        let in_service = replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::InService)
+            .count();
+        // The status file asks every second: a quorum lost on an idle mount is logged too.
+        self.quorum.observe(in_service);
+        Snapshot {
+            pid: std::process::id(),
+            mountpoint: self.mountpoint.clone(),
+            time: now(),
+            state: Snapshot::overall_of(&replicas),
+            replicas,
+            quorum: self.quorum.required(),
+        }
+    }
+
+    fn enable(&self, replica: &str, force: bool) -> Result<String, String> {
+        let r = self.find(replica)?;
+        let refusing = |why: String| format!("refusing to enable {}: {why}", r.path.display());
+        if self.resync_running_on(r.index) {
+            return Err(refusing(
+                "a resync of it is running; it comes back in service when the resync ends".into(),
+            ));
+        }
+        // The rules first (a dry run), then the replica itself, on its own workers within the
+        // deadline: a hung replica must not wedge the control socket, nor come back.
+        r.update_status(|s| s.clone().enable(now(), force))
+            .map_err(refusing)?;
+        if let Some(Err(problem)) = self.probe(&[r.index]).pop() {
+            return Err(format!("cannot enable {}: {problem}", r.path.display()));
+        }
+        {
+            // Its journal missed the appends while it was out: rewritten before it takes
+            // mutations again, with none in flight.
+            let _barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+            if !r.is_in_service() {
+                self.rejoin_journal(r.index);
+            }
+            r.update_status(|s| s.enable(now(), force))
+                .map_err(refusing)?;
+        }
+        self.persist_membership();
+        self.ops().auto[r.index].release();
+        let how = if force { " (forced)" } else { "" };
+        log::warn!(
+            "trusting replica {}: back in service by administrator{how}",
+            r.path.display()
+        );
+        Ok(format!("{} is in service{how}", r.path.display()))
+    }
+
+    fn disable(&self, replica: &str) -> Result<String, String> {
+        let r = self.find(replica)?;
+        if r.snapshot().state == ReplicaState::OutOfService {
+            return Err(format!("{} is already out of service", r.path.display()));
+        }
+        let others = self
+            .priority_order()
+            .into_iter()
+            .filter(|&i| i != r.index)
+            .count();
+        if others == 0 {
+            return Err(format!(
+                "refusing to disable {}: it is the last replica in service",
+                r.path.display()
+            ));
+        }
+        self.take_out_because(r.index, "disabled by the administrator".into(), false);
+        self.ops().auto[r.index].hold();
+        let left = self.priority_order().len();
+        if !self.quorum.observe(left) {
+            return Ok(format!(
+                "{} is out of service; quorum lost ({left} of {} in service): mutations fail \
+                 with EROFS until a replica is back",
+                r.path.display(),
+                self.replicas.len()
+            ));
+        }
+        Ok(format!("{} is out of service", r.path.display()))
+    }
+
+    fn resync(&self, replica: &str, rate: Option<u64>) -> Result<String, String> {
+        // Asked by the administrator: the replica is the automatic resync's again.
+        if let Ok(r) = self.find(replica) {
+            self.ops().auto[r.index].release();
+        }
+        self.start_resync(replica, rate)
+    }
+
+    /// Runs on the control-socket client's thread (never a FUSE thread); every step of the
+    /// walk runs on the replicas' own workers within the deadline (`verify::verify`).
+    fn verify(
+        &self,
+        replica: Option<&str>,
+        content: bool,
+        heal: bool,
+    ) -> Result<crate::verify::Report, String> {
+        let in_service = self.priority_order();
+        let targets: Vec<usize> = match replica {
+            None => in_service.clone(),
+            Some(name) => {
+                let r = self.find(name)?;
+                let Some(&reference) = in_service.iter().find(|&&i| i != r.index) else {
+                    return Err(format!(
+                        "cannot verify {}: no other replica is in service to compare it with",
+                        r.path.display()
+                    ));
+                };
+                vec![reference, r.index]
+            }
+        };
+        if targets.len() < 2 {
+            let names: Vec<String> = targets
+                .iter()
+                .map(|&i| self.replicas[i].path.display().to_string())
+                .collect();
+            return Err(format!(
+                "cannot verify: {} of {} replicas in service ({}); nothing to compare",
+                targets.len(),
+                self.replicas.len(),
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        for (&i, probe) in targets.iter().zip(self.probe(&targets)) {
+            if let Err(problem) = probe {
+                return Err(format!(
+                    "cannot verify {}: {problem}",
+                    self.replicas[i].path.display()
+                ));
+            }
+        }
+        let replicas: Vec<Arc<Replica>> = targets
+            .iter()
+            .map(|&i| Arc::clone(&self.replicas[i]))
+            .collect();
+        let mut report = crate::verify::verify(&replicas, self.timeout, content)
+            .map_err(|e| format!("verify failed: {e}"))?;
+        if report.identical() {
+            log::info!("{}", report.summary());
+        } else {
+            log::warn!("{}", report.summary());
+        }
+        if !heal || report.identical() {
+            return Ok(report);
+        }
+        // Heal: each differing path copied from the reference (what the mount shows: metadata
+        // is read from it) onto the other replicas, by the resync engine, under the write
+        // barrier so that no mutation runs meanwhile; content is rewritten in place, so open
+        // handles stay valid. Only in-service replicas are healed: an out-of-service one
+        // needs a resync (it also missed what verify cannot see, such as deletions).
+        if let Some(run) = self.current_resync().filter(|r| !r.ended()) {
+            return Err(format!(
+                "refusing to heal: a resync of {} is running; verify again once it is over",
+                self.replicas[run.target].path.display()
+            ));
+        }
+        if !self.quorum.observe(self.priority_order().len()) {
+            return Err("refusing to heal: the quorum is lost (mutations are refused)".into());
+        }
+        if let Some(&out) = targets.iter().find(|&&i| !self.replicas[i].is_in_service()) {
+            return Err(format!(
+                "refusing to heal {}: it is out of service; `chironctl resync` it instead",
+                self.replicas[out].path.display()
+            ));
+        }
+        let paths = Arc::new(crate::verify::heal_paths(&report.differences));
+        let _barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+        let source = targets[0];
+        for &target in &targets[1..] {
+            let run = Run::new(source, target);
+            let engine = Arc::new(Mutex::new(Engine::new(
+                Arc::clone(&self.replicas[source]),
+                Arc::clone(&self.replicas[target]),
+                Arc::clone(&run.progress),
+                Arc::clone(&run.cancel),
+            )));
+            let paths = Arc::clone(&paths);
+            self.supervised(&run, &engine, move |e| {
+                e.set_tolerant(false);
+                e.sync_dirty(&paths)
+            })
+            .map_err(|e| {
+                format!(
+                    "heal of {} failed: {e}",
+                    self.replicas[target].path.display()
+                )
+            })?;
+        }
+        report.healed = paths.keys().map(|p| format!("/{}", p.display())).collect();
+        log::warn!(
+            "verify healed {} path(s) from {} on {}",
+            report.healed.len(),
+            self.replicas[source].path.display(),
+            self.mountpoint
+        );
+        Ok(report)
+    }
+}

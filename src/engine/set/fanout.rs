@@ -1,0 +1,273 @@
+//! The fan-out: runs a job on every in-service replica in parallel within the deadline and
+//! arbitrates the outcomes (mutations), or on one replica after another until one answers
+//! (reads with fail-over). Faults found here go to `takeout.rs`.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use super::{ReplicaJob, ReplicaSet};
+use crate::engine::replica::Replica;
+use crate::rules::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
+use crate::sys::{self, Credentials};
+
+impl ReplicaSet {
+    /// Runs `job` on each of `targets` in parallel, under `creds`, and collects the outcomes
+    /// in the order of `targets`. A replica that has not answered by the deadline is TimedOut;
+    /// its worker goes on alone and its late answer is dropped.
+    pub fn run<T: Send + 'static>(
+        &self,
+        targets: &[usize],
+        creds: &Credentials,
+        job: &ReplicaJob<T>,
+    ) -> Vec<(usize, Outcome<T>)> {
+        self.run_checked(targets, creds, job, false)
+            .into_iter()
+            .map(|(i, o, _)| (i, o))
+            .collect()
+    }
+
+    /// [`ReplicaSet::run`], plus, for a replica whose job failed with ENOENT or ESTALE, what is
+    /// wrong with its root if anything (checked on the replica's own worker, right after the
+    /// failure: a deleted replica directory answers ENOENT to everything).
+    ///
+    /// Local replicas run their jobs on the calling thread, one after the other: a hand-off to
+    /// a worker costs more than a small job. With `spread` (a job moving much data) only the
+    /// first local replica does, and the others copy in parallel on their workers.
+    pub(super) fn run_checked<T: Send + 'static>(
+        &self,
+        targets: &[usize],
+        creds: &Credentials,
+        job: &ReplicaJob<T>,
+        spread: bool,
+    ) -> Vec<(usize, Outcome<T>, Option<String>)> {
+        type Answer<T> = (usize, io::Result<T>, Option<String>);
+        fn answer<T>(replica: &Replica, creds: &Credentials, job: &ReplicaJob<T>) -> Answer<T> {
+            let result = sys::set_thread_credentials(creds).and_then(|()| job(replica));
+            let root_problem = match &result {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
+                    replica.check_root().err()
+                }
+                _ => None,
+            };
+            (replica.index, result, root_problem)
+        }
+        fn outcome<T>(result: io::Result<T>) -> Outcome<T> {
+            match result {
+                Ok(v) => Outcome::Done(v),
+                Err(e) => Outcome::Failed(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
+        // Local replicas' jobs run here, on the calling thread, after the others were queued
+        // (they run in parallel meanwhile); network replicas always use their workers.
+        let inline: Vec<usize> = targets
+            .iter()
+            .copied()
+            .filter(|&i| self.replicas[i].is_local())
+            .take(if spread { 1 } else { usize::MAX })
+            .collect();
+        if inline.len() == targets.len() {
+            // Nothing to wait for (the common case on local disks): no channel.
+            return inline
+                .into_iter()
+                .map(|i| {
+                    let (_, result, problem) = answer(&self.replicas[i], creds, job);
+                    (i, outcome(result), problem)
+                })
+                .collect();
+        }
+        let (tx, rx) = mpsc::channel::<Answer<T>>();
+        for &index in targets.iter().filter(|&i| !inline.contains(i)) {
+            let replica = Arc::clone(&self.replicas[index]);
+            let job = Arc::clone(job);
+            let tx = tx.clone();
+            let creds = creds.clone();
+            self.replicas[index].submit(Box::new(move || {
+                let _ = tx.send(answer(&replica, &creds, &job));
+            }));
+        }
+        for index in inline {
+            let _ = tx.send(answer(&self.replicas[index], creds, job));
+        }
+        drop(tx);
+        let deadline = Instant::now() + self.timeout;
+        let mut got: Vec<Option<(Outcome<T>, Option<String>)>> =
+            targets.iter().map(|_| None).collect();
+        let mut missing = targets.len();
+        while missing > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((index, result, root_problem)) => {
+                    if let Some(pos) = targets.iter().position(|&t| t == index) {
+                        got[pos] = Some((outcome(result), root_problem));
+                        missing -= 1;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        targets
+            .iter()
+            .zip(got)
+            .map(|(&i, o)| match o {
+                Some((outcome, problem)) => (i, outcome, problem),
+                None => (i, Outcome::TimedOut, None),
+            })
+            .collect()
+    }
+
+    /// Applies a mutation to every in-service replica and answers when all have answered
+    /// (or the deadline passed). Replicas at fault are taken out; replicas already out are
+    /// marked stale because they miss this change.
+    pub fn mutate<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<T, i32> {
+        self.mutate_with(op, path, None, creds, job, false)
+    }
+
+    /// [`ReplicaSet::mutate`] of a job that moves much data (a large write): the replicas
+    /// copy in parallel rather than one after the other on the calling thread.
+    pub fn mutate_bulk<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<T, i32> {
+        self.mutate_with(op, path, None, creds, job, true)
+    }
+
+    /// [`ReplicaSet::mutate`] of an operation that also touches `also` (a rename's
+    /// destination): a running resync records both paths.
+    pub fn mutate_paths<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        also: Option<&Path>,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<T, i32> {
+        self.mutate_with(op, path, also, creds, job, false)
+    }
+
+    pub(super) fn mutate_with<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        also: Option<&Path>,
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+        spread: bool,
+    ) -> Result<T, i32> {
+        let barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.note_dirty(op, path, also);
+        let job = self.journaled(op, path, also, job);
+        let targets = self.priority_order();
+        self.quorum.admit(op, targets.len())?;
+        if targets.is_empty() {
+            return Err(libc::EIO);
+        }
+        let checked = self.run_checked(&targets, creds, &job, spread);
+        let mut root_problems: Vec<(usize, String)> = Vec::new();
+        let results: Vec<(usize, Outcome<T>)> = checked
+            .into_iter()
+            .map(|(i, o, problem)| {
+                if let Some(p) = problem {
+                    root_problems.push((i, p));
+                }
+                (i, o)
+            })
+            .collect();
+        let verdict = arbitrate(results);
+        let blamed: Vec<usize> = verdict.at_fault.iter().map(|(i, _)| *i).collect();
+        for &index in &targets {
+            if !blamed.contains(&index) && verdict.answer.is_ok() {
+                self.replicas[index].writes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (index, fault) in verdict.at_fault {
+            let problem = root_problems
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, p)| p.as_str());
+            self.take_out_with(index, op, path, fault, problem, true);
+        }
+        if verdict.answer.is_ok() {
+            for r in &self.replicas {
+                if !targets.contains(&r.index) {
+                    r.update_status(|s| s.missed_mutation());
+                }
+            }
+            if targets.len() < self.replicas.len() {
+                // Acknowledged only once the state on disk says who missed it.
+                self.persist_membership();
+            }
+        }
+        drop(barrier);
+        self.maybe_compact();
+        verdict.answer
+    }
+
+    /// Runs a read-type job on the first replica of `order` that can answer: a replica that
+    /// fails with a fault errno (or ENOENT from a vanished root) or times out is skipped and the
+    /// next one is tried; any other errno is the answer. Returns the serving replica's index
+    /// with the value.
+    ///
+    /// Blame follows [`arbitrate`]: the skipped replicas are taken out only once another
+    /// replica answered: a success blames them all; an errno answer blames those that timed
+    /// out or whose root is gone. When nothing answers, the caller gets the first replica's
+    /// errno and nobody is taken out: one bad file must not take the last replicas down.
+    pub fn read<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        order: &[usize],
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+    ) -> Result<(usize, T), i32> {
+        let mut skipped: Vec<(usize, Fault, Option<String>)> = Vec::new();
+        let blame = |skipped: Vec<(usize, Fault, Option<String>)>, success: bool| {
+            for (index, fault, problem) in skipped {
+                if success || fault == Fault::TimedOut || problem.is_some() {
+                    self.take_out_with(index, op, path, fault, problem.as_deref(), false);
+                }
+            }
+        };
+        for &index in order {
+            if !self.replicas[index].is_in_service() {
+                continue;
+            }
+            match self.run_checked(&[index], creds, &job, false).pop() {
+                Some((_, Outcome::Done(v), _)) => {
+                    self.replicas[index].reads.fetch_add(1, Ordering::Relaxed);
+                    blame(skipped, true);
+                    return Ok((index, v));
+                }
+                Some((_, Outcome::Failed(errno), problem)) => {
+                    if !(is_replica_fault(errno) || problem.is_some()) {
+                        blame(skipped, false);
+                        return Err(errno);
+                    }
+                    skipped.push((index, Fault::Errno(errno), problem));
+                }
+                Some((_, Outcome::TimedOut, _)) | None => {
+                    skipped.push((index, Fault::TimedOut, None));
+                }
+            }
+        }
+        Err(skipped
+            .iter()
+            .find_map(|(_, fault, _)| match fault {
+                Fault::Errno(e) => Some(*e),
+                Fault::TimedOut => None,
+            })
+            .unwrap_or(libc::EIO))
+    }
+}

@@ -1,0 +1,204 @@
+//! The replica set: fans mutations out to every in-service replica in parallel with a deadline,
+//! arbitrates the outcomes, serves reads with fail-over, and takes failing replicas out of
+//! service with one alert line each. One type, [`ReplicaSet`], its impl spread over the files
+//! of this folder by concern.
+
+mod admin;
+mod fanout;
+mod health;
+mod journaling;
+mod records;
+mod recovery;
+mod resyncs;
+mod takeout;
+
+use journaling::OpenWriters;
+pub use journaling::{OpenWriter, WriterToken};
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use crate::engine::journal::Recorder;
+use crate::engine::replica::Replica;
+use crate::resync::Run;
+use crate::rules::arbitrate::Fault;
+use crate::rules::auto_resync::AutoResync;
+use crate::rules::select::{self, Candidate};
+use crate::rules::state::Membership;
+use crate::view::words::{describe_errno, no_answer_within};
+
+/// Work to run on each replica: gets the replica, returns a value or an I/O error.
+pub type ReplicaJob<T> = Arc<dyn Fn(&Replica) -> io::Result<T> + Send + Sync>;
+
+/// The replicas of one mount and the rules that keep them identical.
+#[derive(Debug)]
+pub struct ReplicaSet {
+    replicas: Vec<Arc<Replica>>,
+    timeout: Duration,
+    mountpoint: String,
+    /// The durable membership (generation) written to the in-service replicas at every
+    /// change; None for a set without on-disk state (unit tests).
+    membership: Mutex<Option<Membership>>,
+    /// Itself, for the resync thread (empty for a set not made by [`ReplicaSet::shared`]).
+    this: Weak<ReplicaSet>,
+    /// Every mutation holds it shared; a resync's last pass holds it alone (the write
+    /// barrier), so no mutation is in flight while the target catches up and joins.
+    barrier: RwLock<()>,
+    /// The running or last resync.
+    resync: Mutex<Option<Arc<Run>>>,
+    /// Replicas a mutation needs in service (`--quorum`; off by default).
+    quorum: crate::rules::quorum::Quorum,
+    /// Default limit on a resync's content copy, bytes per second (0: none).
+    resync_rate: std::sync::atomic::AtomicU64,
+    /// What the health check remembers between rounds about resyncs and stale replicas.
+    ops: Mutex<Ops>,
+    /// The durable journal of changed paths (`journal.rs`), set up at mount by
+    /// [`ReplicaSet::start_journal`]; unset for a set without on-disk state (unit tests).
+    journal: OnceLock<Arc<Recorder>>,
+    /// Files open for writing, by token id: a compaction keeps their paths in the journal.
+    open_writers: Mutex<OpenWriters>,
+}
+
+/// The health check's memory for resync operations: the automatic-resync policy of each
+/// replica, which stale replicas were already logged, which run's end was already counted and
+/// the last progress milestone logged.
+#[derive(Debug, Default)]
+struct Ops {
+    /// `--auto-resync` is on.
+    auto_enabled: bool,
+    /// Per replica, by index.
+    auto: Vec<AutoResync>,
+    /// Per replica: its going stale was logged.
+    stale_logged: Vec<bool>,
+    /// Address of the last run whose end was accounted for.
+    counted: usize,
+    /// (run address, phase, milestone) last logged.
+    milestone: (usize, String, u64),
+}
+
+pub(super) fn describe_fault(fault: Fault, timeout: Duration) -> String {
+    match fault {
+        Fault::Errno(e) => describe_errno(e),
+        Fault::TimedOut => no_answer_within(timeout),
+    }
+}
+
+/// The path inside the mount, for log lines.
+pub(super) fn shown(path: &Path) -> String {
+    format!("/{}", path.display())
+}
+
+impl ReplicaSet {
+    /// A set over already opened replicas.
+    pub fn new(replicas: Vec<Arc<Replica>>, timeout: Duration, mountpoint: String) -> Self {
+        let n = replicas.len();
+        ReplicaSet {
+            replicas,
+            timeout,
+            mountpoint,
+            membership: Mutex::new(None),
+            this: Weak::new(),
+            barrier: RwLock::new(()),
+            resync: Mutex::new(None),
+            resync_rate: Default::default(),
+            ops: Mutex::new(Ops {
+                auto: vec![AutoResync::default(); n],
+                stale_logged: vec![false; n],
+                ..Ops::default()
+            }),
+            quorum: Default::default(),
+            journal: OnceLock::new(),
+            open_writers: Mutex::default(),
+        }
+    }
+
+    fn writers(&self) -> std::sync::MutexGuard<'_, OpenWriters> {
+        self.open_writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Turns on `--auto-resync`: the health check resyncs a returning replica by itself.
+    pub fn enable_auto_resync(&self) {
+        self.ops().auto_enabled = true;
+    }
+
+    fn ops(&self) -> std::sync::MutexGuard<'_, Ops> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the default limit on a resync's content copy (`--resync-rate`; 0: none).
+    pub fn set_resync_rate(&self, bytes_per_sec: u64) {
+        self.resync_rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// The set with a quorum (`--quorum`): mutations are refused with EROFS while fewer
+    /// replicas are in service (see `quorum.rs`).
+    pub fn with_quorum(self, quorum: crate::rules::quorum::Quorum) -> Self {
+        ReplicaSet { quorum, ..self }
+    }
+
+    /// The set behind an `Arc`, able to run resyncs on a thread of their own.
+    pub fn shared(self) -> Arc<Self> {
+        Arc::new_cyclic(move |this| ReplicaSet {
+            this: this.clone(),
+            ..self
+        })
+    }
+
+    /// All replicas, in command-line order.
+    pub fn replicas(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.replicas
+            .iter()
+            .map(|r| Candidate {
+                index: r.index,
+                low_priority: r.low_priority,
+                readable: r.is_in_service(),
+            })
+            .collect()
+    }
+
+    /// In-service replicas in priority order (metadata source first).
+    pub fn priority_order(&self) -> Vec<usize> {
+        select::priority_order(&self.candidates())
+    }
+
+    /// Fail-over order for a newly opened file's data, spread by `ticket`.
+    pub fn data_order(&self, ticket: usize) -> Vec<usize> {
+        select::data_order(&self.candidates(), ticket)
+    }
+
+    fn find(&self, replica: &str) -> Result<&Arc<Replica>, String> {
+        let wanted = replica.trim_end_matches('/');
+        let literal =
+            |r: &&Arc<Replica>| r.index.to_string() == wanted || r.path == Path::new(wanted);
+        if let Some(r) = self.replicas.iter().find(literal) {
+            return Ok(r);
+        }
+        // Resolve symlinks in the parent only: a stat of the replica itself would hang on a
+        // dead network mount, and with it the control socket.
+        let wanted = Path::new(wanted);
+        let resolved = match (wanted.parent(), wanted.file_name()) {
+            (Some(dir), Some(name)) if wanted.is_absolute() => {
+                std::fs::canonicalize(dir).ok().map(|d| d.join(name))
+            }
+            _ => None,
+        };
+        self.replicas
+            .iter()
+            .find(|r| resolved.as_deref() == Some(r.path.as_path()))
+            .ok_or_else(|| {
+                format!(
+                    "no replica '{replica}' on {} (give its index or path)",
+                    self.mountpoint
+                )
+            })
+    }
+}

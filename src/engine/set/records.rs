@@ -1,0 +1,123 @@
+//! The one writer of the state records (`.chironfs/state` on each replica): membership
+//! changes, the clean-shutdown mark, and the records the mount-time plan asks for.
+
+use std::sync::Arc;
+
+use super::{ReplicaJob, ReplicaSet, describe_fault};
+use crate::engine::replica::{Replica, now};
+use crate::rules::arbitrate::{Fault, Outcome};
+use crate::rules::state::{self, Gen, Membership};
+use crate::sys::Credentials;
+use crate::view::words::describe_errno;
+
+impl ReplicaSet {
+    /// From now on, every membership change is written to the in-service replicas' state
+    /// files before it takes effect for callers.
+    pub fn install_membership(&self, membership: Membership) {
+        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = Some(membership);
+    }
+
+    /// Writes the current membership to the in-service replicas if it changed since the last
+    /// write (a generation bump). Serialized: a caller that finds a write in progress waits for
+    /// it, so no mutation is acknowledged while the state still names a replica that missed it.
+    /// A replica that cannot store its state is taken out (and the others written again).
+    pub fn persist_membership(&self) {
+        let mut guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = guard.as_mut() else {
+            return;
+        };
+        for _ in 0..=self.replicas.len() {
+            let mut targets = self.priority_order();
+            targets.sort_unstable();
+            if !m.change(&targets, state::random_id()) {
+                return;
+            }
+            log::warn!(
+                "replica set membership of {}: generation {}, {} of {} replicas in service",
+                self.mountpoint,
+                m.generation.number,
+                targets.len(),
+                self.replicas.len()
+            );
+            if !self.write_records(m, &targets, false) {
+                return;
+            }
+        }
+    }
+
+    /// Writes `m` as the state of each of `targets`; takes out those that fail while others
+    /// succeed. Returns true when something was taken out (the membership must change again).
+    pub(super) fn write_records(&self, m: &Membership, targets: &[usize], clean: bool) -> bool {
+        let records: Arc<Vec<_>> = Arc::new(
+            (0..self.replicas.len())
+                .map(|i| m.record(i, clean, now()))
+                .collect(),
+        );
+        let job: ReplicaJob<()> =
+            Arc::new(move |r: &Replica| state::write_record(&r.path, &records[r.index]));
+        let results = self.run(targets, &Credentials::root(), &job);
+        let ok = results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Done(_)))
+            .count();
+        let mut took_out = false;
+        for (index, outcome) in results {
+            let what = match outcome {
+                Outcome::Done(()) => continue,
+                Outcome::Failed(e) => describe_errno(e),
+                Outcome::TimedOut => describe_fault(Fault::TimedOut, self.timeout),
+            };
+            let path = self.replicas[index].path.display().to_string();
+            log::error!("cannot write the chironfs state of {path}: {what}");
+            if ok > 0 && !clean {
+                took_out |= self.take_out_status(
+                    index,
+                    format!("cannot write its {} state: {what}", state::META_DIR),
+                    true,
+                );
+            }
+        }
+        took_out
+    }
+
+    /// At a clean unmount: records the clean shutdown in the in-service replicas' state.
+    pub fn write_clean_shutdown(&self) {
+        let guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = guard.as_ref() {
+            let mut targets = self.priority_order();
+            targets.sort_unstable();
+            // Only if the recorded membership is the current one: never mark clean a state
+            // that still names a replica now out.
+            let ids: Vec<u64> = targets.iter().map(|&i| m.ids[i]).collect();
+            let mut sorted_ids = ids.clone();
+            sorted_ids.sort_unstable();
+            if sorted_ids == m.in_service {
+                // The journal first: a clean state vouches for it after a reboot.
+                if let Some(rec) = self.journal.get() {
+                    let rec = Arc::clone(rec);
+                    let job: ReplicaJob<()> = Arc::new(move |r: &Replica| rec.sync(r.index));
+                    self.run(&targets, &Credentials::root(), &job);
+                }
+                self.write_records(m, &targets, true);
+            }
+        }
+    }
+
+    /// Replica `index`'s recorded generation and whether it was in service at it (None when
+    /// its state cannot be read or belongs to no known set), read on its own workers.
+    pub(super) fn recorded_generation(&self, index: usize) -> Option<(Gen, bool)> {
+        let set_id = self
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.set_id)?;
+        let read: ReplicaJob<state::Found> = Arc::new(|r: &Replica| state::read_found(&r.path));
+        match self.run(&[index], &Credentials::root(), &read).pop() {
+            Some((_, Outcome::Done(state::Found::Record(rec)))) if rec.set_id == set_id => {
+                Some((rec.generation, rec.in_service.contains(&rec.replica_id)))
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Mount-time recovery: reading every replica's state, the membership plan
+//! (`rules::state::plan`), starting the journal, and crash recovery of the journaled paths.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{ReplicaJob, ReplicaSet, shown};
+use crate::engine::journal::{self, Journal, Recorder};
+use crate::engine::replica::Replica;
+use crate::resync::{self, Engine};
+use crate::rules::arbitrate::Outcome;
+use crate::sys::Credentials;
+use crate::view::words::describe_errno;
+
+impl ReplicaSet {
+    /// At mount, after [`ReplicaSet::install_membership`]: loads the journal of the first
+    /// in-service replica (a missing, corrupt or untrusted one is replaced by an empty one
+    /// starting now), heals the journaled paths across the in-service replicas if the last
+    /// shutdown was `unclean` (crash recovery), then writes the journal to every in-service
+    /// replica and records from then on, capped at `max_bytes`. `in_flight_unknown`: the
+    /// replicas in service at an unclean shutdown that are not now (see
+    /// [`state::Plan::in_flight_unknown`]); the journal is then started afresh, so that their
+    /// resync compares whole trees.
+    pub fn start_journal(&self, unclean: bool, in_flight_unknown: &[usize], max_bytes: u64) {
+        let info = self
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| (m.set_id, m.generation));
+        let Some((set_id, generation)) = info else {
+            return;
+        };
+        let order = self.priority_order();
+        let Some(&first) = order.first() else {
+            return;
+        };
+        let read: ReplicaJob<journal::Loaded> = Arc::new(|r: &Replica| Ok(journal::read(&r.path)));
+        let boot = journal::boot_id();
+        let trusted: Vec<(usize, Result<Journal, String>)> = self
+            .run(&order, &Credentials::root(), &read)
+            .into_iter()
+            .map(|(i, outcome)| {
+                let j = match outcome {
+                    Outcome::Done(journal::Loaded::Found(j)) => {
+                        j.trusted_after(set_id, !unclean, &boot).map(|()| j)
+                    }
+                    Outcome::Done(journal::Loaded::Missing) => Err("it has none".into()),
+                    Outcome::Done(journal::Loaded::Corrupt(why)) => Err(why),
+                    Outcome::Failed(e) => Err(format!("cannot read it: {}", describe_errno(e))),
+                    Outcome::TimedOut => Err("cannot read it: no answer (hung?)".into()),
+                };
+                (i, j)
+            })
+            .collect();
+        if unclean {
+            self.recover_crash(&order, &trusted);
+        }
+        let first_journal = if in_flight_unknown.is_empty() {
+            trusted
+                .iter()
+                .find(|(i, _)| *i == first)
+                .map(|(_, j)| j.clone())
+                .unwrap_or_else(|| Err("it has none".into()))
+        } else {
+            let names: Vec<String> = in_flight_unknown
+                .iter()
+                .map(|&i| self.replicas[i].path.display().to_string())
+                .collect();
+            Err(format!(
+                "not continued: {} served when the daemon died and cannot serve now, so what \
+                 was in flight there is unknown",
+                names.join(", ")
+            ))
+        };
+        let mut journal = match first_journal {
+            Ok(j) => j,
+            Err(why) => {
+                // Routine for a new set (or all replicas in service): only a replica out of
+                // service now loses anything (its resync compares whole trees).
+                let level = if order.len() < self.replicas.len() {
+                    log::Level::Warn
+                } else {
+                    log::Level::Info
+                };
+                log::log!(
+                    level,
+                    "journal of {}: {why}; recording starts afresh at generation {} (a replica \
+                     out of service now is resynced with a full tree compare)",
+                    self.replicas[first].path.display(),
+                    generation.number
+                );
+                Journal::new(journal::Header {
+                    set_id,
+                    start: generation,
+                    boot: boot.clone(),
+                })
+            }
+        };
+        journal.header.boot = boot;
+        let rec = Arc::new(Recorder::new(journal, self.replicas.len(), max_bytes));
+        if self.journal.set(Arc::clone(&rec)).is_err() {
+            return;
+        }
+        self.write_journals(&rec, &order, true);
+    }
+
+    /// Crash recovery, before the mount serves: every path in the in-service replicas'
+    /// journals (files open for writing, mutations in flight when the daemon died) is copied
+    /// from the first in-service replica to the others; without a trusted journal on each,
+    /// whole trees are compared. A replica that cannot be healed is taken out (stale).
+    pub(super) fn recover_crash(
+        &self,
+        order: &[usize],
+        trusted: &[(usize, Result<Journal, String>)],
+    ) {
+        let src = order[0];
+        let names = |i: usize| self.replicas[i].path.display().to_string();
+        let mut paths: BTreeMap<PathBuf, bool> = BTreeMap::new();
+        let mut full: Option<String> = None;
+        for (i, j) in trusted {
+            match j {
+                Ok(j) if !j.overflowed => {
+                    for (p, r) in j.paths() {
+                        *paths.entry(p).or_insert(false) |= r;
+                    }
+                }
+                Ok(_) => full = Some(format!("the journal of {} overflowed", names(*i))),
+                Err(why) => full = Some(format!("journal of {}: {why}", names(*i))),
+            }
+        }
+        if order.len() < 2 {
+            log::warn!(
+                "crash recovery: the last shutdown was not clean; only {} is in service, nothing \
+                 to heal",
+                names(src)
+            );
+            return;
+        }
+        match &full {
+            None => log::warn!(
+                "crash recovery: the last shutdown was not clean; healing {} journaled paths \
+                 from {}",
+                paths.len(),
+                names(src)
+            ),
+            Some(why) => log::warn!(
+                "crash recovery: the last shutdown was not clean; comparing whole trees with {} \
+                 ({why})",
+                names(src)
+            ),
+        }
+        let paths = Arc::new(paths);
+        for &dst in &order[1..] {
+            let progress = Arc::new(resync::Progress::default());
+            let mut engine = Engine::new(
+                Arc::clone(&self.replicas[src]),
+                Arc::clone(&self.replicas[dst]),
+                Arc::clone(&progress),
+                Arc::default(),
+            );
+            engine.set_tolerant(false);
+            let (paths, whole) = (Arc::clone(&paths), full.is_some());
+            // The walk recurses once per directory level: a thread with a big stack.
+            let healed = std::thread::Builder::new()
+                .name("crash-recovery".into())
+                .stack_size(64 << 20)
+                .spawn(move || {
+                    let r = if whole {
+                        engine.sync_all()
+                    } else {
+                        engine.sync_dirty(&paths).and_then(|()| {
+                            if engine.hard_links_seen() {
+                                engine.sync_all()
+                            } else {
+                                Ok(())
+                            }
+                        })
+                    };
+                    r.map(|()| engine.take_fixed()).map_err(|e| {
+                        format!(
+                            "{} on the {}: {}",
+                            shown(&e.path),
+                            match e.side {
+                                resync::Side::Source => "source",
+                                resync::Side::Target => "target",
+                            },
+                            describe_errno(e.err.raw_os_error().unwrap_or(libc::EIO))
+                        )
+                    })
+                })
+                .map_err(|e| format!("cannot start the recovery thread: {e}"))
+                .and_then(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err("the recovery panicked".into()))
+                });
+            match healed {
+                Ok(fixed) if fixed.is_empty() => log::info!(
+                    "crash recovery: {} already agreed with {}",
+                    names(dst),
+                    names(src)
+                ),
+                Ok(fixed) => {
+                    let total = progress.files.load(Ordering::Relaxed) as usize;
+                    let mut list: Vec<String> = fixed.iter().take(20).map(|p| shown(p)).collect();
+                    if total > list.len() {
+                        list.push(format!("and {} more", total - list.len()));
+                    }
+                    log::warn!(
+                        "crash recovery: healed {} entries of {} from {}: {}",
+                        total,
+                        names(dst),
+                        names(src),
+                        list.join(", ")
+                    );
+                }
+                Err(e) => self.take_out_because(
+                    dst,
+                    format!("crash recovery from {} failed: {e}", names(src)),
+                    true,
+                ),
+            }
+        }
+    }
+}

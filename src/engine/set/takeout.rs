@@ -1,0 +1,68 @@
+//! Taking a replica out of service: the one way, at runtime and at mount, with its one
+//! alert line; the new membership is then recorded by `records.rs`.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use super::{ReplicaSet, describe_fault, shown};
+use crate::engine::replica::now;
+use crate::rules::arbitrate::Fault;
+use crate::view::words::ALERT_TARGET;
+
+impl ReplicaSet {
+    /// Takes a replica out of service after `op` on `path` failed there, with an alert line.
+    pub fn take_out(&self, index: usize, op: &str, path: &Path, fault: Fault, missed_write: bool) {
+        self.take_out_with(index, op, path, fault, None, missed_write);
+    }
+
+    /// [`ReplicaSet::take_out`], saying what is wrong with the replica's root when known
+    /// ("its directory was deleted"), so the alert explains an ENOENT.
+    pub(super) fn take_out_with(
+        &self,
+        index: usize,
+        op: &str,
+        path: &Path,
+        fault: Fault,
+        root_problem: Option<&str>,
+        missed_write: bool,
+    ) {
+        let replica = &self.replicas[index];
+        replica.errors.fetch_add(1, Ordering::Relaxed);
+        let mut what = describe_fault(fault, self.timeout);
+        if let Some(problem) = root_problem {
+            what = format!("{what}: {problem}");
+        }
+        log::error!(
+            "{op} failed accessing {} for {}: {what}",
+            replica.path.display(),
+            shown(path)
+        );
+        let reason = format!("{op} {} failed: {what}", shown(path));
+        self.take_out_because(index, reason, missed_write);
+    }
+
+    /// Takes a replica out of service for `reason`, logging the state change at alert level,
+    /// and records the new membership on the replicas still in service.
+    pub fn take_out_because(&self, index: usize, reason: String, missed_write: bool) {
+        if self.take_out_status(index, reason, missed_write) {
+            self.persist_membership();
+        }
+    }
+
+    /// [`ReplicaSet::take_out_because`] without writing the state; true if it changed.
+    pub(super) fn take_out_status(&self, index: usize, reason: String, missed_write: bool) -> bool {
+        let replica = &self.replicas[index];
+        let changed = replica.update_status(|s| s.take_out(reason.clone(), now(), missed_write));
+        if changed {
+            let left = self.priority_order().len();
+            log::error!(
+                target: ALERT_TARGET,
+                "disabling replica {} (out of service): {reason}; {left} of {} replicas in service on {}",
+                replica.path.display(),
+                self.replicas.len(),
+                self.mountpoint
+            );
+        }
+        changed
+    }
+}
