@@ -15,6 +15,9 @@
 //! request is rebuilt as read(2) would have delivered it (header, op struct, payload) so the
 //! parser and `dispatch` serve both transports unchanged.
 
+// The crate allows it for upstream's code (src/lib.rs); this file is chironfs's.
+#![warn(clippy::io_other_error)]
+
 use std::io;
 use std::io::IoSlice;
 use std::sync::Arc;
