@@ -1,8 +1,8 @@
 #!/bin/bash
 # Run every check: what CI runs (.ci/run) and what a developer runs before committing.
-# Installs what is missing (scripts/setup.sh), then: rustfmt, clippy (of the vendored fuser fork
-# too), release build, cargo test (unit and integration tests, against the release binary; the
-# fork's unit tests), fsx and pjdfstest through a 2-replica mount, and the .deb and .rpm
+# Installs what is missing (scripts/setup.sh), then: rustfmt and clippy (of the vendored fuser
+# fork too), release build, cargo test (unit and integration tests, against the release binary;
+# the fork's unit tests), fsx and pjdfstest through a 2-replica mount, and the .deb and .rpm
 # packages (tests/packaging/test.sh: built, linted, installed, used, removed), and the cluster
 # integration (tests/cluster/ocf-tester.sh: the OCF agent under ocf-tester, crmsh and pcs, the
 # Heartbeat script, the systemd unit; tests/cluster/two-node.sh: failovers in a real two-node
@@ -46,9 +46,11 @@ skip() {
 total_start=$(date +%s)
 step setup scripts/setup.sh
 step rustfmt cargo fmt --all -- --check
+# The vendored fuser is a workspace of its own (vendor/fuser/CHIRONFS.md), checked apart: its
+# io_uring transport formatted (upstream's rustfmt.toml) and linted here, and tested (the kernel
+# ABI layout it writes by hand) below.
+step "rustfmt, fuser fork" cargo fmt --manifest-path vendor/fuser/Cargo.toml -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-# The vendored fuser is a workspace of its own (vendor/fuser/CHIRONFS.md): its io_uring
-# transport is linted here, and tested (the kernel ABI layout it writes by hand) below.
 step "clippy, fuser fork" cargo clippy --manifest-path vendor/fuser/Cargo.toml --all-targets -- -D warnings
 build_before=$failed
 step build scripts/build.sh
