@@ -1,14 +1,14 @@
 #!/bin/bash
 # Run every check: what CI runs (.ci/run) and what a developer runs before committing.
-# Installs what is missing (scripts/setup.sh), then: rustfmt, clippy, release build, cargo test
-# (unit and integration tests, against the release binary), fsx and pjdfstest through a
-# 2-replica mount, and the .deb and .rpm packages (tests/packaging/test.sh: built, linted,
-# installed, used, removed), and the cluster integration (tests/cluster/ocf-tester.sh: the OCF
-# agent under ocf-tester, crmsh and pcs, the Heartbeat script, the systemd unit;
-# tests/cluster/two-node.sh: failovers in a real two-node Pacemaker and Heartbeat cluster in
-# namespaces, replicas over SSHFS). Every step runs even if an earlier one failed (the peer
-# suites, the packaging and the cluster checks are skipped only if the build failed); the exit
-# status is non-zero if any step failed.
+# Installs what is missing (scripts/setup.sh), then: rustfmt and clippy (of the vendored fuser
+# fork too), release build, cargo test (unit and integration tests, against the release binary;
+# the fork's unit tests), fsx and pjdfstest through a 2-replica mount, and the .deb and .rpm
+# packages (tests/packaging/test.sh: built, linted, installed, used, removed), and the cluster
+# integration (tests/cluster/ocf-tester.sh: the OCF agent under ocf-tester, crmsh and pcs, the
+# Heartbeat script, the systemd unit; tests/cluster/two-node.sh: failovers in a real two-node
+# Pacemaker and Heartbeat cluster in namespaces, replicas over SSHFS). Every step runs even if
+# an earlier one failed (the peer suites, the packaging and the cluster checks are skipped only
+# if the build failed); the exit status is non-zero if any step failed.
 # Usage: scripts/test.sh        (as root: the tests mount filesystems)
 set -eu
 cd "$(dirname "$0")/.."
@@ -46,12 +46,18 @@ skip() {
 total_start=$(date +%s)
 step setup scripts/setup.sh
 step rustfmt cargo fmt --all -- --check
+# The vendored fuser is a workspace of its own (vendor/fuser/CHIRONFS.md), checked apart: its
+# io_uring transport formatted (upstream's rustfmt.toml) and linted here, and tested (the kernel
+# ABI layout it writes by hand) below.
+step "rustfmt, fuser fork" cargo fmt --manifest-path vendor/fuser/Cargo.toml -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+step "clippy, fuser fork" cargo clippy --manifest-path vendor/fuser/Cargo.toml --all-targets -- -D warnings
 build_before=$failed
 step build scripts/build.sh
 build_ok=1
 [ "$failed" = "$build_before" ] || build_ok=0
 step "cargo test" cargo test --workspace --release
+step "cargo test, fuser fork" cargo test --manifest-path vendor/fuser/Cargo.toml --lib
 # The same mounts again with the kernel's FUSE over io_uring on: the requests then come
 # through chironfs's per-CPU rings instead of /dev/fuse (tests/io_uring.rs checks which).
 step "cargo test, io_uring" tests/peer/with-io-uring.sh cargo test --release --tests

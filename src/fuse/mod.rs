@@ -698,6 +698,42 @@ impl Stamp {
     }
 }
 
+/// Whether init takes FUSE over io_uring, and what it logs, from what the kernel offered and
+/// what fuser accepted: a fuser without chironfs's transport (upstream's refuses the flag) is
+/// not a kernel with the switch off.
+fn io_uring_at_init(offered: bool, accepted: bool) -> (bool, log::Level, &'static str) {
+    match (offered, accepted) {
+        (_, true) => (
+            true,
+            log::Level::Info,
+            "FUSE over io_uring: requests are served per CPU",
+        ),
+        (true, false) => (
+            false,
+            log::Level::Warn,
+            "fuser refused the FUSE over io_uring the kernel offers (a fuser without chironfs's \
+             transport, vendor/fuser/CHIRONFS.md): requests come through /dev/fuse",
+        ),
+        (false, false) => (
+            false,
+            log::Level::Info,
+            "the kernel offers no FUSE over io_uring (fuse.enable_uring=0): requests come \
+             through /dev/fuse",
+        ),
+    }
+}
+
+#[test]
+fn io_uring_at_init_tells_fuser_from_kernel() {
+    let (on, _, served) = io_uring_at_init(true, true);
+    assert!(on && served.contains("served per CPU"));
+    let (on, level, refused) = io_uring_at_init(true, false);
+    assert!(!on && level == log::Level::Warn && refused.contains("fuser refused"));
+    let (on, level, off) = io_uring_at_init(false, false);
+    assert!(!on && level == log::Level::Info && off.contains("offers no FUSE over io_uring"));
+    assert!(!refused.contains("offers no FUSE over io_uring"));
+}
+
 impl Filesystem for ChironFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(self.max_write);
@@ -718,16 +754,12 @@ impl Filesystem for ChironFs {
         // Offered only with fuse.enable_uring=1; otherwise every request comes through
         // /dev/fuse, as before.
         if self.io_uring {
-            match config.add_capabilities(InitFlags::FUSE_OVER_IO_URING) {
-                Ok(()) => log::info!("FUSE over io_uring: requests are served per CPU"),
-                Err(_) => {
-                    self.io_uring = false;
-                    log::info!(
-                        "the kernel offers no FUSE over io_uring (fuse.enable_uring=0): \
-                         requests come through /dev/fuse"
-                    )
-                }
-            }
+            let uring = InitFlags::FUSE_OVER_IO_URING;
+            let offered = config.capabilities().contains(uring);
+            let accepted = config.add_capabilities(uring).is_ok();
+            let (on, level, message) = io_uring_at_init(offered, accepted);
+            self.io_uring = on;
+            log::log!(level, "{message}");
         }
         // A direct-I/O file may be mapped shared only with this (kernel 6.6+); without it
         // writes go through the page cache, as an application mapping its file expects.

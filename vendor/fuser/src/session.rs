@@ -339,7 +339,9 @@ impl<FS: Filesystem> Session<FS> {
                     ring_threads.push(thread::Builder::new().name(thread_name).spawn(
                         move || match crate::uring::serve_queue(event_loop, qid, payload) {
                             Ok(()) => {}
-                            Err(e) => warn!("io_uring queue {qid}: {e}; /dev/fuse serves its requests"),
+                            Err(e) => {
+                                warn!("io_uring queue {qid}: {e}; /dev/fuse serves its requests")
+                            }
                         },
                     )?);
                 }
@@ -518,7 +520,8 @@ impl<FS: Filesystem> Session<FS> {
             if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
                 // The kernel's minimum: max(FUSE_MIN_READ_BUFFER, max_write, max_pages pages).
                 let pages = usize::from(config.max_pages()) * page_size::get();
-                self.io_uring_payload = Some((config.max_write as usize).max(pages).max(8192));
+                let min = abi::consts::FUSE_MIN_READ_BUFFER;
+                self.io_uring_payload = Some((config.max_write as usize).max(pages).max(min));
             }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
