@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaSet;
 use crate::fuse::{ChironFs, KernelIo};
-use crate::rules::state;
 use crate::view::snapshot::ControlHandler;
 use crate::view::status_file;
 use crate::{control, sys};
@@ -164,11 +163,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     if config.auto_resync {
         set.enable_auto_resync();
     }
-    recover_state(
-        &set,
-        config.force_source.map(usize::from),
-        config.journal_max,
-    )?;
+    set.recover_at_mount(config.force_source.map(usize::from), config.journal_max)?;
     // The control socket first: a second daemon on the same socket is refused before it
     // mounts anything or writes a status file.
     let stop = Arc::new(AtomicBool::new(false));
@@ -299,91 +294,4 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         Ok(Ok(())) | Ok(Err(_)) => Ok(()),
         Err(_) => Err("the FUSE session panicked".into()),
     }
-}
-
-/// Reads every replica's `.chironfs` state, decides who serves and who is stale (refusing a
-/// foreign replica or a split-brain), marks the stale ones out of service and writes the new
-/// state, all on the replicas' own workers within the deadline.
-fn recover_state(
-    set: &ReplicaSet,
-    force_source: Option<usize>,
-    journal_max: u32,
-) -> Result<(), String> {
-    use crate::engine::set::ReplicaJob;
-    use crate::rules::arbitrate::Outcome;
-    let all: Vec<usize> = (0..set.replicas().len()).collect();
-    let names: Vec<String> = set
-        .replicas()
-        .iter()
-        .map(|r| r.path.display().to_string())
-        .collect();
-    let read: ReplicaJob<Result<state::Found, String>> =
-        Arc::new(|r: &Replica| Ok(state::read_found(&r.path).map_err(|e| e.to_string())));
-    let found: Vec<state::Found> = set
-        .run(&all, &sys::Credentials::root(), &read)
-        .into_iter()
-        .map(|(_, outcome)| match outcome {
-            Outcome::Done(Ok(f)) => f,
-            Outcome::Done(Err(e)) => state::Found::Unreadable(e),
-            Outcome::Failed(e) => {
-                state::Found::Unreadable(std::io::Error::from_raw_os_error(e).to_string())
-            }
-            Outcome::TimedOut => state::Found::Unreadable("no answer (hung?)".to_string()),
-        })
-        .collect();
-    let plan = state::plan(
-        &found,
-        &names,
-        force_source,
-        &mut state::random_id,
-        crate::engine::replica::now(),
-    )?;
-    for (level, note) in &plan.notes {
-        log::log!(*level, "{note}");
-    }
-    for (i, why) in plan.stale.iter().enumerate() {
-        if let Some(why) = why {
-            set.replicas()[i]
-                .update_status(|s| s.take_out(why.clone(), crate::engine::replica::now(), true));
-            log::error!(
-                target: crate::view::words::ALERT_TARGET,
-                "replica {} starts out of service: {why}",
-                names[i]
-            );
-        }
-    }
-    let records: Arc<Vec<Option<state::StateRecord>>> = Arc::new({
-        let mut v = vec![None; all.len()];
-        for (i, r) in &plan.writes {
-            v[*i] = Some(r.clone());
-        }
-        v
-    });
-    let targets: Vec<usize> = plan.writes.iter().map(|(i, _)| *i).collect();
-    let write: ReplicaJob<()> = Arc::new(move |r: &Replica| match &records[r.index] {
-        Some(rec) => state::write_record(&r.path, rec),
-        None => Ok(()),
-    });
-    for (i, outcome) in set.run(&targets, &sys::Credentials::root(), &write) {
-        let problem = match outcome {
-            Outcome::Done(()) => continue,
-            Outcome::Failed(e) => std::io::Error::from_raw_os_error(e).to_string(),
-            Outcome::TimedOut => "no answer (hung?)".to_string(),
-        };
-        // Not fatal: a read-only or full replica still serves reads, and is taken out (with
-        // the state written on the others) at its first failing write.
-        log::error!(
-            "cannot write the {} state of replica {}: {problem}",
-            state::META_DIR,
-            names[i]
-        );
-    }
-    set.install_membership(plan.membership);
-    // Before the mount answers: crash recovery heals the journaled paths first.
-    set.start_journal(
-        plan.unclean,
-        &plan.in_flight_unknown,
-        u64::from(journal_max),
-    );
-    Ok(())
 }

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use super::{ReplicaJob, ReplicaSet, describe_fault};
+use super::{ReplicaJob, ReplicaSet};
 use crate::engine::journal::{self, Recorder};
 use crate::engine::replica::Replica;
-use crate::rules::arbitrate::{Fault, Outcome};
+use crate::rules::arbitrate::Outcome;
 use crate::rules::state::Gen;
 use crate::sys::Credentials;
-use crate::view::words::describe_errno;
 use std::collections::HashMap;
 
 /// Files open for writing (see [`ReplicaSet::writer_opened`]) and the next token id.
@@ -171,13 +170,11 @@ impl ReplicaSet {
             )
         });
         for (i, outcome) in self.run(targets, &Credentials::root(), &job) {
-            let what = match outcome {
-                Outcome::Done(f) => {
+            let Some(what) = self.failure_words(&outcome) else {
+                if let Outcome::Done(f) = outcome {
                     rec.attach(i, f);
-                    continue;
                 }
-                Outcome::Failed(e) => describe_errno(e),
-                Outcome::TimedOut => describe_fault(Fault::TimedOut, self.timeout),
+                continue;
             };
             rec.detach(i);
             log::error!(

@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::engine::journal::Recorder;
 use crate::engine::replica::Replica;
 use crate::resync::Run;
-use crate::rules::arbitrate::Fault;
+use crate::rules::arbitrate::{Fault, Outcome};
 use crate::rules::auto_resync::AutoResync;
 use crate::rules::select::{self, Candidate};
 use crate::rules::state::Membership;
@@ -147,6 +147,16 @@ impl ReplicaSet {
             this: this.clone(),
             ..self
         })
+    }
+
+    /// Why a replica's job did not succeed, in words ("EIO (Input/output error)", "no answer
+    /// within 2.0 s (hung?)"); None for a success.
+    fn failure_words<T>(&self, outcome: &Outcome<T>) -> Option<String> {
+        match outcome {
+            Outcome::Done(_) => None,
+            Outcome::Failed(e) => Some(describe_errno(*e)),
+            Outcome::TimedOut => Some(no_answer_within(self.timeout)),
+        }
     }
 
     /// All replicas, in command-line order.

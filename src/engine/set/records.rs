@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use super::{ReplicaJob, ReplicaSet, describe_fault};
+use super::takeout::TakeOut;
+use super::{ReplicaJob, ReplicaSet};
 use crate::engine::replica::{Replica, now};
-use crate::rules::arbitrate::{Fault, Outcome};
-use crate::rules::state::{self, Gen, Membership};
+use crate::rules::arbitrate::Outcome;
+use crate::rules::state::{self, Gen, Membership, StateRecord};
 use crate::sys::Credentials;
-use crate::view::words::describe_errno;
 
 impl ReplicaSet {
     /// From now on, every membership change is written to the in-service replicas' state
@@ -48,25 +48,13 @@ impl ReplicaSet {
     /// Writes `m` as the state of each of `targets`; takes out those that fail while others
     /// succeed. Returns true when something was taken out (the membership must change again).
     pub(super) fn write_records(&self, m: &Membership, targets: &[usize], clean: bool) -> bool {
-        let records: Arc<Vec<_>> = Arc::new(
-            (0..self.replicas.len())
-                .map(|i| m.record(i, clean, now()))
-                .collect(),
-        );
-        let job: ReplicaJob<()> =
-            Arc::new(move |r: &Replica| state::write_record(&r.path, &records[r.index]));
-        let results = self.run(targets, &Credentials::root(), &job);
-        let ok = results
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Done(_)))
-            .count();
+        let records = (0..self.replicas.len())
+            .map(|i| targets.contains(&i).then(|| m.record(i, clean, now())))
+            .collect();
+        let failures = self.store_records(records);
+        let ok = targets.len() - failures.len();
         let mut took_out = false;
-        for (index, outcome) in results {
-            let what = match outcome {
-                Outcome::Done(()) => continue,
-                Outcome::Failed(e) => describe_errno(e),
-                Outcome::TimedOut => describe_fault(Fault::TimedOut, self.timeout),
-            };
+        for (index, what) in failures {
             let path = self.replicas[index].path.display().to_string();
             log::error!("cannot write the chironfs state of {path}: {what}");
             if ok > 0 && !clean {
@@ -74,10 +62,28 @@ impl ReplicaSet {
                     index,
                     format!("cannot write its {} state: {what}", state::META_DIR),
                     true,
+                    TakeOut::Runtime,
                 );
             }
         }
         took_out
+    }
+
+    /// The one writer of the state records: writes `records[i]`, where given, to replica `i`
+    /// on its own workers within the deadline. Returns the replicas that failed, with why.
+    pub(super) fn store_records(&self, records: Vec<Option<StateRecord>>) -> Vec<(usize, String)> {
+        let targets: Vec<usize> = (0..records.len())
+            .filter(|&i| records[i].is_some())
+            .collect();
+        let records = Arc::new(records);
+        let job: ReplicaJob<()> = Arc::new(move |r: &Replica| match &records[r.index] {
+            Some(record) => state::write_record(&r.path, record),
+            None => Ok(()),
+        });
+        self.run(&targets, &Credentials::root(), &job)
+            .into_iter()
+            .filter_map(|(i, outcome)| self.failure_words(&outcome).map(|why| (i, why)))
+            .collect()
     }
 
     /// At a clean unmount: records the clean shutdown in the in-service replicas' state.

@@ -6,15 +6,85 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::takeout::TakeOut;
 use super::{ReplicaJob, ReplicaSet, shown};
 use crate::engine::journal::{self, Journal, Recorder};
-use crate::engine::replica::Replica;
+use crate::engine::replica::{Replica, now};
 use crate::resync::{self, Engine};
 use crate::rules::arbitrate::Outcome;
+use crate::rules::state;
 use crate::sys::Credentials;
 use crate::view::words::describe_errno;
 
 impl ReplicaSet {
+    /// Before the mount answers: reads every replica's `.chironfs` state, decides who serves
+    /// and who is stale (refusing a foreign replica or a split-brain: the Err), takes the stale
+    /// ones out, writes the records the plan asks for, then starts the journal (crash recovery
+    /// after an unclean shutdown). Every step runs on the replicas' own workers within the
+    /// deadline.
+    pub fn recover_at_mount(
+        &self,
+        force_source: Option<usize>,
+        journal_max: u32,
+    ) -> Result<(), String> {
+        let names: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| r.path.display().to_string())
+            .collect();
+        let plan = state::plan(
+            &self.read_states(),
+            &names,
+            force_source,
+            &mut state::random_id,
+            now(),
+        )?;
+        for (level, note) in &plan.notes {
+            log::log!(*level, "{note}");
+        }
+        for (i, why) in plan.stale.iter().enumerate() {
+            if let Some(why) = why {
+                self.take_out_status(i, why.clone(), true, TakeOut::AtMount);
+            }
+        }
+        let mut records = vec![None; self.replicas.len()];
+        for (i, record) in &plan.writes {
+            records[*i] = Some(record.clone());
+        }
+        for (i, problem) in self.store_records(records) {
+            // Not fatal: a read-only or full replica still serves reads, and is taken out
+            // (with the state written on the others) at its first failing write.
+            log::error!(
+                "cannot write the {} state of replica {}: {problem}",
+                state::META_DIR,
+                names[i]
+            );
+        }
+        self.install_membership(plan.membership);
+        self.start_journal(
+            plan.unclean,
+            &plan.in_flight_unknown,
+            u64::from(journal_max),
+        );
+        Ok(())
+    }
+
+    /// What each replica's `.chironfs/state` holds, read on its own workers within the
+    /// deadline (a failing or hung replica reads as unreadable).
+    fn read_states(&self) -> Vec<state::Found> {
+        let all: Vec<usize> = (0..self.replicas.len()).collect();
+        let read: ReplicaJob<Result<state::Found, String>> =
+            Arc::new(|r: &Replica| Ok(state::read_found(&r.path).map_err(|e| e.to_string())));
+        self.run(&all, &Credentials::root(), &read)
+            .into_iter()
+            .map(|(_, outcome)| match outcome {
+                Outcome::Done(Ok(found)) => found,
+                Outcome::Done(Err(e)) => state::Found::Unreadable(e),
+                other => state::Found::Unreadable(self.failure_words(&other).unwrap_or_default()),
+            })
+            .collect()
+    }
+
     /// At mount, after [`ReplicaSet::install_membership`]: loads the journal of the first
     /// in-service replica (a missing, corrupt or untrusted one is replaced by an empty one
     /// starting now), heals the journaled paths across the in-service replicas if the last
@@ -49,8 +119,10 @@ impl ReplicaSet {
                     }
                     Outcome::Done(journal::Loaded::Missing) => Err("it has none".into()),
                     Outcome::Done(journal::Loaded::Corrupt(why)) => Err(why),
-                    Outcome::Failed(e) => Err(format!("cannot read it: {}", describe_errno(e))),
-                    Outcome::TimedOut => Err("cannot read it: no answer (hung?)".into()),
+                    other => Err(format!(
+                        "cannot read it: {}",
+                        self.failure_words(&other).unwrap_or_default()
+                    )),
                 };
                 (i, j)
             })

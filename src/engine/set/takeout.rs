@@ -44,25 +44,47 @@ impl ReplicaSet {
     /// Takes a replica out of service for `reason`, logging the state change at alert level,
     /// and records the new membership on the replicas still in service.
     pub fn take_out_because(&self, index: usize, reason: String, missed_write: bool) {
-        if self.take_out_status(index, reason, missed_write) {
+        if self.take_out_status(index, reason, missed_write, TakeOut::Runtime) {
             self.persist_membership();
         }
     }
 
-    /// [`ReplicaSet::take_out_because`] without writing the state; true if it changed.
-    pub(super) fn take_out_status(&self, index: usize, reason: String, missed_write: bool) -> bool {
+    /// The one state change behind every take-out, at runtime and at mount: marks the replica
+    /// out of service (stale if it `missed_write`) and logs it at alert level; true if it
+    /// changed. The caller records the membership (`records.rs`).
+    pub(super) fn take_out_status(
+        &self,
+        index: usize,
+        reason: String,
+        missed_write: bool,
+        when: TakeOut,
+    ) -> bool {
         let replica = &self.replicas[index];
         let changed = replica.update_status(|s| s.take_out(reason.clone(), now(), missed_write));
         if changed {
             let left = self.priority_order().len();
+            let path = replica.path.display();
+            let what = match when {
+                TakeOut::Runtime => format!("disabling replica {path} (out of service)"),
+                TakeOut::AtMount => format!("replica {path} starts out of service"),
+            };
             log::error!(
                 target: ALERT_TARGET,
-                "disabling replica {} (out of service): {reason}; {left} of {} replicas in service on {}",
-                replica.path.display(),
+                "{what}: {reason}; {left} of {} replicas in service on {}",
                 self.replicas.len(),
                 self.mountpoint
             );
         }
         changed
     }
+}
+
+/// When a replica is taken out: the alert line says "disabling" for a replica that served,
+/// "starts out of service" for one the mount-time plan keeps out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TakeOut {
+    /// While the mount serves.
+    Runtime,
+    /// At mount, before the mount answers.
+    AtMount,
 }
