@@ -134,16 +134,16 @@ fn clear_stale_socket(path: &Path) -> io::Result<()> {
             ),
         ));
     }
+    let in_use = || {
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another chironfs is already serving {}", path.display()),
+        ))
+    };
     match connect_with_timeout(path, Duration::from_secs(1)) {
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("another chironfs is already serving {}", path.display()),
-        )),
+        Ok(_) => in_use(),
         // Backlog full: somebody is listening.
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("another chironfs is already serving {}", path.display()),
-        )),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => in_use(),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             log::info!("removing stale control socket {}", path.display());
             match fs::remove_file(path) {

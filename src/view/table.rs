@@ -49,6 +49,7 @@ fn age(secs: u64) -> String {
     }
 }
 
+/// The REASON cell: why the replica is out, on one line, and for how long.
 fn reason_cell(s: &Snapshot, r: &ReplicaSnapshot) -> String {
     let reason = one_line(&r.reason);
     if r.state == ReplicaState::OutOfService && r.since > 0 && r.since <= s.time {
