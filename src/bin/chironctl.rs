@@ -1,7 +1,8 @@
 //! `chironctl`: inspect and control a running chironfs through its control socket, and check
 //! it Nagios-style (from the socket or, without root, from the status file). All wording lives
-//! in `chironfs::control` so it is unit-tested, and the command line is defined in
-//! `chironfs::control::cli` (shared with the man page generator); this file only runs and prints.
+//! in `chironfs::view` so it is unit-tested, the socket's client in `chironfs::control::client`,
+//! and the command line is defined in `chironfs::control::cli` (shared with the man page
+//! generator); this file only runs and prints.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,12 @@ use clap::Parser;
 
 use chironfs::config;
 use chironfs::control::cli::{Cli, Cmd};
-use chironfs::control::{self, CheckResult, Request};
-use chironfs::view::progress;
+use chironfs::control::client::{self, ClientError};
+use chironfs::control::protocol::{Request, Response};
+use chironfs::view::check::{self, CheckResult};
 use chironfs::view::snapshot::{ReplicaSnapshot, Snapshot};
+use chironfs::view::words::one_line;
+use chironfs::view::{progress, table};
 
 /// Canonical form of a mount point. A FUSE mount whose daemon died answers ENOTCONN to
 /// stat(2), so fall back to canonicalizing the parent and appending the last component.
@@ -41,7 +45,7 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
         let canon = canonical_mountpoint(m)?;
         return Ok(config::default_control_socket(&canon));
     }
-    control::find_default_socket(Path::new(config::RUNTIME_DIR))
+    client::find_default_socket(Path::new(config::RUNTIME_DIR))
 }
 
 /// Prints to stdout; a closed pipe (`chironctl status | head`) is not an error worth a panic.
@@ -56,14 +60,14 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 /// Asks the daemon and returns its successful answer, or the one-sentence error.
-fn ask(cli: &Cli, req: &Request) -> Result<control::Response, String> {
+fn ask(cli: &Cli, req: &Request) -> Result<Response, String> {
     let sock = socket_path(cli)?;
-    control::request(&sock, req)
+    client::request(&sock, req)
         .map_err(|e| e.to_string())?
         .into_result()
 }
 
-fn snapshot_of(resp: control::Response) -> Result<Snapshot, String> {
+fn snapshot_of(resp: Response) -> Result<Snapshot, String> {
     resp.snapshot
         .ok_or_else(|| "the daemon answered without a snapshot".to_string())
 }
@@ -75,11 +79,11 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 fn run_check(cli: &Cli, status_file: Option<&Path>, max_age: u64) -> CheckResult {
     if let Some(f) = status_file {
-        return control::check_status_file(f, max_age, chironfs::engine::replica::now());
+        return client::check_status_file(f, max_age, chironfs::engine::replica::now());
     }
     match ask(cli, &Request::Status).and_then(snapshot_of) {
-        Ok(s) => control::check_snapshot(&s),
-        Err(e) => control::check_unknown(&e),
+        Ok(s) => check::check_snapshot(&s),
+        Err(e) => check::check_unknown(&e),
     }
 }
 
@@ -90,15 +94,15 @@ fn run(cli: &Cli) -> Result<String, String> {
             Ok(if *json {
                 to_json(&s)
             } else {
-                control::format_status(&s)
+                table::format_status(&s)
             })
         }
         Cmd::Stats { json } => {
             let s = snapshot_of(ask(cli, &Request::Stats)?)?;
             Ok(if *json {
-                to_json(&control::stats_of(&s))
+                to_json(&table::stats_of(&s))
             } else {
-                control::format_stats(&s)
+                table::format_stats(&s)
             })
         }
         Cmd::Enable { replica, force } => {
@@ -182,7 +186,11 @@ fn wait_resync(cli: &Cli, replica: &str) -> Result<String, String> {
             .resync
             .clone()
             .ok_or_else(|| format!("no resync of {} is known to the daemon", r.path))?;
-        let line = format!("resync of {}: {}", r.path, control::describe_resync(&p));
+        let line = format!(
+            "resync of {}: {}",
+            r.path,
+            one_line(&progress::describe(&p))
+        );
         match p.state.as_str() {
             "running" => {
                 if tty {
@@ -243,9 +251,9 @@ fn run_verify(
     } else {
         std::time::Duration::from_secs(max_time)
     };
-    let resp = match control::request_with_timeout(&sock, &req, limit) {
+    let resp = match client::request_with_timeout(&sock, &req, limit) {
         Ok(r) => r,
-        Err(control::ClientError::Timeout { path }) => {
+        Err(ClientError::Timeout { path }) => {
             return trouble(
                 3,
                 &format!(

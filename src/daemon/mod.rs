@@ -3,6 +3,7 @@
 //! running, and unmount cleanly on SIGTERM/SIGINT.
 
 pub mod logging;
+pub mod status_writer;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -12,12 +13,12 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 
 use crate::config::Config;
+use crate::control::server::spawn_server;
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaSet;
 use crate::fuse::{ChironFs, KernelIo};
+use crate::sys;
 use crate::view::snapshot::ControlHandler;
-use crate::view::status_file;
-use crate::{control, sys};
 use logging::LogTargets;
 
 /// Largest write the kernel sends in one request.
@@ -172,7 +173,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     // remount (an OCF restart) waits for it up to 3 s before giving up.
     let mut attempts = 0;
     let control = loop {
-        match control::spawn_server(
+        match spawn_server(
             &config.control_socket,
             Arc::clone(&handler),
             Arc::clone(&stop),
@@ -190,11 +191,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
             }
         }
     };
-    status_file::write_atomic(
-        &config.status_file,
-        &status_file::render(&handler.snapshot()),
-    )
-    .map_err(|e| {
+    status_writer::write_now(&config.status_file, handler.as_ref()).map_err(|e| {
         format!(
             "cannot write the status file {}: {e}",
             config.status_file.display()
@@ -227,7 +224,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     std::fs::metadata(&config.mountpoint)
         .map_err(|e| format!("the mount at {mountpoint} does not answer: {e}"))?;
 
-    let status_writer = status_file::spawn_writer(
+    let status_thread = status_writer::spawn_writer(
         config.status_file.clone(),
         handler,
         Duration::from_secs(1),
@@ -286,7 +283,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     }
     stop.store(true, Ordering::SeqCst);
     control.shutdown();
-    let _ = status_writer.join();
+    let _ = status_thread.join();
     let result = session_thread.join();
     set.write_clean_shutdown();
     log::info!("unmounted {mountpoint}");

@@ -1,35 +1,22 @@
-//! The status file: a small `key=value` text file the daemon rewrites every second, so that
-//! monitors that cannot (or must not) talk to the root-only control socket — the OCF resource
-//! agent in POSIX shell, Nagios plugins run as an unprivileged user — can read the replica
-//! state with `grep`/`sed`, and can tell a dead daemon from a live one by its age.
+//! The status file's format: a small `key=value` text file the daemon rewrites every second,
+//! so that monitors that cannot (or must not) talk to the root-only control socket — the OCF
+//! resource agent in POSIX shell, Nagios plugins run as an unprivileged user — can read the
+//! replica state with `grep`/`sed`, and can tell a dead daemon from a live one by its age.
 //!
 //! The format is documented in `docs/status-file.md`; [`render`] and [`parse`] are its only
-//! writer and reader in Rust.
+//! writer and reader in Rust. Pure; imports only `view/` (snapshot, check, words). The thread
+//! that writes the file is `daemon::status_writer`.
 
 use std::collections::BTreeMap;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
-use crate::view::snapshot::{ControlHandler, Overall, ReplicaSnapshot, ReplicaState, Snapshot};
+use crate::view::check::check_summary;
+use crate::view::snapshot::{Overall, ReplicaSnapshot, ReplicaState, ResyncProgress, Snapshot};
+// `verify` still names the sanitizer by this path; its home is `view::words`.
+use crate::view::words::one_line;
+pub use crate::view::words::sanitize_value;
 
 /// Value of the first line; a reader that sees another value must not guess.
 pub const FORMAT_LINE: &str = "format=chironfs-status 1";
-
-/// Makes a value safe for a one-line `key=value` entry: every control character (newline,
-/// carriage return, tab, NUL, ...) becomes a space, so a hostile or odd path or error text can
-/// neither inject keys nor break a line-oriented shell parser.
-pub fn sanitize_value(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
 
 fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
@@ -53,7 +40,7 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "quorum_state={state}");
     }
     // The Nagios verdict and its reason, so a shell monitor needs no logic of its own.
-    let (check, reason) = crate::control::check_summary(s);
+    let (check, reason) = check_summary(s);
     let _ = writeln!(out, "check={}", check.label().to_ascii_lowercase());
     let _ = writeln!(out, "check_reason={}", sanitize_value(&reason));
     for r in &s.replicas {
@@ -63,11 +50,7 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "replica.{n}.priority={prio}");
         let _ = writeln!(out, "replica.{n}.state={}", r.state.as_str());
         let _ = writeln!(out, "replica.{n}.stale={}", yes_no(r.stale));
-        let _ = writeln!(
-            out,
-            "replica.{n}.reason={}",
-            sanitize_value(r.reason.trim())
-        );
+        let _ = writeln!(out, "replica.{n}.reason={}", one_line(&r.reason));
         let _ = writeln!(out, "replica.{n}.since={}", r.since);
         let _ = writeln!(out, "replica.{n}.reads={}", r.reads);
         let _ = writeln!(out, "replica.{n}.writes={}", r.writes);
@@ -105,12 +88,11 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-#[derive(Default)]
-struct PartialReplica {
-    fields: BTreeMap<String, String>,
-}
+/// The keys of one part of the file (the top, or one replica's without its `replica.N.`
+/// prefix) and their values.
+type Fields = BTreeMap<String, String>;
 
-fn take<'a>(map: &'a BTreeMap<String, String>, key: &str, what: &str) -> Result<&'a str, String> {
+fn take<'a>(map: &'a Fields, key: &str, what: &str) -> Result<&'a str, String> {
     map.get(key)
         .map(String::as_str)
         .ok_or_else(|| format!("missing key {what}{key}"))
@@ -121,18 +103,30 @@ fn num<T: std::str::FromStr>(v: &str, key: &str) -> Result<T, String> {
         .map_err(|_| format!("{key}={v}: not a non-negative integer"))
 }
 
-/// Parses a status file back into a snapshot (the inverse of [`render`] for sanitized
-/// values), so `chironctl check --status-file` and tests need no second reader. Unknown keys
-/// are ignored (later versions may add some); missing or malformed ones are errors.
-pub fn parse(text: &str) -> Result<Snapshot, String> {
+/// The value of `key` as one of the `choices` words ("expected a, b or c" otherwise).
+fn choose<T: Copy>(key: &str, value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some(&(_, v)) = choices.iter().find(|(word, _)| *word == value) {
+        return Ok(v);
+    }
+    let words: Vec<&str> = choices.iter().map(|(word, _)| *word).collect();
+    let (last, rest) = words.split_last().unwrap_or((&"", &[]));
+    Err(format!(
+        "{key}={value}: expected {} or {last}",
+        rest.join(", ")
+    ))
+}
+
+/// Step 1 of [`parse`]: checks the format line and sorts the `key=value` lines into the top
+/// keys and each replica's keys, refusing a line without `=` and a duplicate key.
+fn split_keys(text: &str) -> Result<(Fields, BTreeMap<usize, Fields>), String> {
     let mut lines = text.lines();
     match lines.next() {
         Some(l) if l == FORMAT_LINE => {}
         Some(l) => return Err(format!("unsupported status file format line: {l:?}")),
         None => return Err("empty status file".into()),
     }
-    let mut top: BTreeMap<String, String> = BTreeMap::new();
-    let mut reps: BTreeMap<usize, PartialReplica> = BTreeMap::new();
+    let mut top = Fields::new();
+    let mut reps: BTreeMap<usize, Fields> = BTreeMap::new();
     for (i, line) in lines.enumerate() {
         if line.is_empty() {
             continue;
@@ -147,7 +141,6 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
             let idx: usize = num(idx, key)?;
             reps.entry(idx)
                 .or_default()
-                .fields
                 .insert(field.to_string(), value.to_string())
                 .is_some()
         } else {
@@ -157,16 +150,99 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
             return Err(format!("duplicate key {key}"));
         }
     }
+    Ok((top, reps))
+}
 
+/// Step 2 of [`parse`]: one replica from its keys (`pre` is its `replica.N.` prefix, for the
+/// error wording).
+fn parse_replica(index: usize, f: &Fields) -> Result<ReplicaSnapshot, String> {
+    let pre = format!("replica.{index}.");
+    let key = |k: &str| format!("{pre}{k}");
+    let word = |k: &str| take(f, k, &pre);
+    let count = |k: &str| -> Result<u64, String> { num(word(k)?, &key(k)) };
+    let low_priority = choose(
+        &key("priority"),
+        word("priority")?,
+        &[("normal", false), ("low", true)],
+    )?;
+    let state = choose(
+        &key("state"),
+        word("state")?,
+        &[
+            ("in-service", ReplicaState::InService),
+            ("out-of-service", ReplicaState::OutOfService),
+        ],
+    )?;
+    let stale = choose(
+        &key("stale"),
+        word("stale")?,
+        &[("yes", true), ("no", false)],
+    )?;
+    Ok(ReplicaSnapshot {
+        index,
+        path: word("path")?.to_string(),
+        low_priority,
+        state,
+        reason: word("reason")?.to_string(),
+        since: count("since")?,
+        stale,
+        reads: count("reads")?,
+        writes: count("writes")?,
+        errors: count("errors")?,
+        resync: match f.get("resync") {
+            None => None,
+            Some(state) => Some(parse_resync(state, f, &pre)?),
+        },
+    })
+}
+
+/// Step 3 of [`parse`]: a replica's resync progress, present when its `resync` key is. Absent
+/// numbers read 0 and absent texts empty (older files); an empty total or ETA means unknown.
+fn parse_resync(state: &str, f: &Fields, pre: &str) -> Result<ResyncProgress, String> {
+    let key = |k: &str| format!("{pre}{k}");
+    let n = |k: &str| -> Result<u64, String> { f.get(k).map_or(Ok(0), |v| num(v, &key(k))) };
+    let text = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let opt = |k: &str| -> Result<Option<u64>, String> {
+        match f.get(k).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(v) => num(v, &key(k)).map(Some),
+        }
+    };
+    Ok(ResyncProgress {
+        state: state.to_string(),
+        phase: text("resync_phase"),
+        source: n("resync_source")? as usize,
+        files: n("resync_files")?,
+        bytes: n("resync_bytes")?,
+        checked: n("resync_checked")?,
+        seconds: n("resync_seconds")?,
+        error: text("resync_error"),
+        total: opt("resync_total")?,
+        done: n("resync_done")?,
+        bytes_per_sec: n("resync_bytes_per_sec")?,
+        entries_per_sec: n("resync_entries_per_sec")?,
+        eta: opt("resync_eta")?,
+        rate_limit: n("resync_rate_limit")?,
+    })
+}
+
+/// Parses a status file back into a snapshot (the inverse of [`render`] for sanitized
+/// values), so `chironctl check --status-file` and tests need no second reader. Unknown keys
+/// are ignored (later versions may add some); missing or malformed ones are errors.
+pub fn parse(text: &str) -> Result<Snapshot, String> {
+    let (top, reps) = split_keys(text)?;
     let pid = num(take(&top, "pid", "")?, "pid")?;
     let mountpoint = take(&top, "mountpoint", "")?.to_string();
     let time = num(take(&top, "time", "")?, "time")?;
-    let state = match take(&top, "state", "")? {
-        "ok" => Overall::Ok,
-        "degraded" => Overall::Degraded,
-        "failed" => Overall::Failed,
-        other => return Err(format!("state={other}: expected ok, degraded or failed")),
-    };
+    let state = choose(
+        "state",
+        take(&top, "state", "")?,
+        &[
+            ("ok", Overall::Ok),
+            ("degraded", Overall::Degraded),
+            ("failed", Overall::Failed),
+        ],
+    )?;
     let count: usize = num(take(&top, "replicas", "")?, "replicas")?;
     if reps.len() != count || reps.keys().enumerate().any(|(pos, idx)| pos != *idx) {
         return Err(format!(
@@ -174,81 +250,10 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
             reps.keys().collect::<Vec<_>>()
         ));
     }
-    let mut replicas = Vec::with_capacity(count);
-    for (index, p) in reps {
-        let f = &p.fields;
-        let pre = format!("replica.{index}.");
-        let key = |k: &str| format!("{pre}{k}");
-        let low_priority = match take(f, "priority", &pre)? {
-            "normal" => false,
-            "low" => true,
-            other => {
-                return Err(format!(
-                    "{}={other}: expected normal or low",
-                    key("priority")
-                ));
-            }
-        };
-        let state = match take(f, "state", &pre)? {
-            "in-service" => ReplicaState::InService,
-            "out-of-service" => ReplicaState::OutOfService,
-            other => {
-                return Err(format!(
-                    "{}={other}: expected in-service or out-of-service",
-                    key("state")
-                ));
-            }
-        };
-        let stale = match take(f, "stale", &pre)? {
-            "yes" => true,
-            "no" => false,
-            other => return Err(format!("{}={other}: expected yes or no", key("stale"))),
-        };
-        replicas.push(ReplicaSnapshot {
-            index,
-            path: take(f, "path", &pre)?.to_string(),
-            low_priority,
-            state,
-            reason: take(f, "reason", &pre)?.to_string(),
-            since: num(take(f, "since", &pre)?, &key("since"))?,
-            stale,
-            reads: num(take(f, "reads", &pre)?, &key("reads"))?,
-            writes: num(take(f, "writes", &pre)?, &key("writes"))?,
-            errors: num(take(f, "errors", &pre)?, &key("errors"))?,
-            resync: match f.get("resync") {
-                None => None,
-                Some(state) => {
-                    let n = |k: &str| -> Result<u64, String> {
-                        f.get(k).map_or(Ok(0), |v| num(v, &key(k)))
-                    };
-                    let text = |k: &str| f.get(k).cloned().unwrap_or_default();
-                    // Empty (or absent) means unknown.
-                    let opt = |k: &str| -> Result<Option<u64>, String> {
-                        match f.get(k).map(String::as_str) {
-                            None | Some("") => Ok(None),
-                            Some(v) => num(v, &key(k)).map(Some),
-                        }
-                    };
-                    Some(crate::view::snapshot::ResyncProgress {
-                        state: state.clone(),
-                        phase: text("resync_phase"),
-                        source: n("resync_source")? as usize,
-                        files: n("resync_files")?,
-                        bytes: n("resync_bytes")?,
-                        checked: n("resync_checked")?,
-                        seconds: n("resync_seconds")?,
-                        error: text("resync_error"),
-                        total: opt("resync_total")?,
-                        done: n("resync_done")?,
-                        bytes_per_sec: n("resync_bytes_per_sec")?,
-                        entries_per_sec: n("resync_entries_per_sec")?,
-                        eta: opt("resync_eta")?,
-                        rate_limit: n("resync_rate_limit")?,
-                    })
-                }
-            },
-        });
-    }
+    let replicas = reps
+        .iter()
+        .map(|(&index, f)| parse_replica(index, f))
+        .collect::<Result<Vec<_>, _>>()?;
     let quorum = match top.get("quorum") {
         None => None,
         Some(v) => Some(num(v, "quorum")?),
@@ -263,160 +268,10 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
     })
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Replaces `path` with `contents` so that a reader sees either the old or the new file, never
-/// a half-written one, and the new one survives a crash: temp file in the same directory,
-/// fsync, rename over, fsync the directory. Creates a missing parent directory (0755); the
-/// file is mode 0644 so unprivileged monitors can read it.
-pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
-    let dir = parent_dir(path);
-    if !dir.is_dir() {
-        DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-    }
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "status file path has no file name",
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // The umask may have removed read bits that monitors need.
-        f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir)?.sync_all()
-}
-
-/// Starts the thread that keeps the status file fresh: it writes at once, then every
-/// `period`, until `stop` is set, and then removes the file (a missing file tells monitors the
-/// daemon is gone). A failing write is logged once per distinct error, not every period, so a
-/// full disk does not flood the log.
-pub fn spawn_writer(
-    path: PathBuf,
-    source: Arc<dyn ControlHandler>,
-    period: Duration,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<()> {
-    thread::Builder::new()
-        .name("chironfs-status".into())
-        .spawn(move || writer_loop(&path, source.as_ref(), period, &stop))
-        .expect("cannot start the status-file thread")
-}
-
-fn writer_loop(path: &Path, source: &dyn ControlHandler, period: Duration, stop: &AtomicBool) {
-    let slice = period
-        .min(Duration::from_millis(100))
-        .max(Duration::from_millis(1));
-    let mut last_error: Option<String> = None;
-    while !stop.load(Ordering::SeqCst) {
-        match write_atomic(path, &render(&source.snapshot())) {
-            Ok(()) => {
-                if last_error.take().is_some() {
-                    log::info!("status file {} is being written again", path.display());
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    log::error!("cannot write status file {}: {msg}", path.display());
-                    last_error = Some(msg);
-                }
-            }
-        }
-        let mut waited = Duration::ZERO;
-        while waited < period && !stop.load(Ordering::SeqCst) {
-            thread::sleep(slice);
-            waited += slice;
-        }
-    }
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("cannot remove status file {}: {e}", path.display()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    fn tempdir(tag: &str) -> PathBuf {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "chironfs-sf-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn sample() -> Snapshot {
-        let replicas = vec![
-            ReplicaSnapshot {
-                index: 0,
-                path: "/srv/a dir".into(),
-                low_priority: false,
-                state: ReplicaState::InService,
-                reason: String::new(),
-                since: 1_700_000_000,
-                stale: false,
-                reads: 12,
-                writes: 34,
-                errors: 0,
-                resync: None,
-            },
-            ReplicaSnapshot {
-                index: 1,
-                path: "/srv/b=c".into(),
-                low_priority: true,
-                state: ReplicaState::OutOfService,
-                reason: "write failed: Input/output error (os error 5)".into(),
-                since: 1_700_000_100,
-                stale: true,
-                reads: 0,
-                writes: 30,
-                errors: 4,
-                resync: None,
-            },
-        ];
-        Snapshot {
-            pid: 4242,
-            mountpoint: "/mnt/data".into(),
-            time: 1_700_000_200,
-            state: Snapshot::overall_of(&replicas),
-            replicas,
-            quorum: None,
-        }
-    }
+    use crate::view::fixtures::sample;
 
     #[test]
     fn render_is_exact() {
@@ -477,7 +332,7 @@ replica.1.errors=4
         assert_eq!(parse(&render(&empty)).unwrap(), empty);
         // A replica being resynced: its progress lines are written and read back.
         let mut resyncing = sample();
-        resyncing.replicas[1].resync = Some(crate::view::snapshot::ResyncProgress {
+        resyncing.replicas[1].resync = Some(ResyncProgress {
             state: "failed".into(),
             phase: String::new(),
             source: 0,
@@ -496,7 +351,7 @@ replica.1.errors=4
         );
         assert_eq!(parse(&text).unwrap(), resyncing);
         // Running, with a total, rates and an ETA.
-        resyncing.replicas[1].resync = Some(crate::view::snapshot::ResyncProgress {
+        resyncing.replicas[1].resync = Some(ResyncProgress {
             state: "running".into(),
             phase: "copying".into(),
             total: Some(500),
@@ -558,115 +413,5 @@ replica.1.errors=4
         assert_eq!(back.replicas[1].path, "/srv/x  replica.1.state=in-service");
         assert_eq!(back.replicas[1].reason, "line one line two");
         assert_eq!(back.replicas[1].state, ReplicaState::OutOfService);
-        assert_eq!(sanitize_value("a\tb\0c"), "a b c");
-    }
-
-    fn dir_entries(d: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn write_atomic_replaces_and_leaves_no_temp_file() {
-        let d = tempdir("atomic");
-        let p = d.join("sub/dir/status");
-        write_atomic(&p, "one\n").unwrap();
-        write_atomic(&p, "two\n").unwrap();
-        assert_eq!(fs::read_to_string(&p).unwrap(), "two\n");
-        assert_eq!(dir_entries(&d.join("sub/dir")), vec!["status"]);
-        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o644);
-        let dmode = fs::metadata(d.join("sub")).unwrap().permissions().mode() & 0o777;
-        assert_eq!(dmode & 0o755, dmode, "parent created no wider than 0755");
-
-        // A failing rename (target is a non-empty directory) must not leave the temp file.
-        let blocker = d.join("blocked");
-        fs::create_dir(&blocker).unwrap();
-        fs::write(blocker.join("x"), "x").unwrap();
-        assert!(write_atomic(&blocker, "data").is_err());
-        assert_eq!(dir_entries(&d), vec!["blocked", "sub"]);
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn concurrent_reader_never_sees_partial_file() {
-        let d = tempdir("reader");
-        let p = d.join("status");
-        let big = render(&sample()).repeat(200);
-        write_atomic(&p, &big).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (p, big, stop) = (p.clone(), big.clone(), stop.clone());
-            thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    assert_eq!(fs::read_to_string(&p).unwrap(), big);
-                }
-            })
-        };
-        for _ in 0..50 {
-            write_atomic(&p, &big).unwrap();
-        }
-        stop.store(true, Ordering::SeqCst);
-        reader.join().unwrap();
-        assert_eq!(dir_entries(&d), vec!["status"]);
-        fs::remove_dir_all(&d).unwrap();
-    }
-
-    struct Fixed(Mutex<Snapshot>);
-    impl ControlHandler for Fixed {
-        fn snapshot(&self) -> Snapshot {
-            self.0.lock().unwrap().clone()
-        }
-        fn enable(&self, _: &str, _: bool) -> Result<String, String> {
-            Err("no".into())
-        }
-        fn disable(&self, _: &str) -> Result<String, String> {
-            Err("no".into())
-        }
-    }
-
-    #[test]
-    fn writer_refreshes_and_removes_file_on_stop() {
-        let d = tempdir("writer");
-        let p = d.join("run/status");
-        let src = Arc::new(Fixed(Mutex::new(sample())));
-        let stop = Arc::new(AtomicBool::new(false));
-        let h = spawn_writer(
-            p.clone(),
-            src.clone(),
-            Duration::from_millis(20),
-            stop.clone(),
-        );
-        let wait_for = |pred: &dyn Fn() -> bool| {
-            for _ in 0..500 {
-                if pred() {
-                    return true;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-            false
-        };
-        assert!(wait_for(&|| fs::read_to_string(&p).is_ok_and(|t| parse(
-            &t
-        ) == Ok(
-            sample()
-        ))));
-        src.0.lock().unwrap().time += 5;
-        let mut want = sample();
-        want.time += 5;
-        assert!(wait_for(&|| fs::read_to_string(&p).is_ok_and(|t| parse(
-            &t
-        ) == Ok(
-            want.clone()
-        ))));
-        stop.store(true, Ordering::SeqCst);
-        h.join().unwrap();
-        assert!(!p.exists());
-        assert!(dir_entries(&d.join("run")).is_empty());
-        fs::remove_dir_all(&d).unwrap();
     }
 }

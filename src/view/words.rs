@@ -1,5 +1,9 @@
 //! Words every layer uses for the same facts, defined once: the log target of alert lines, an
-//! errno as admins read it, and the phrase for a replica that did not answer in time.
+//! errno as admins read it, the phrase for a replica that did not answer in time, the hint for
+//! a daemon that seems gone, and the rule that keeps a value on one line.
+//!
+//! Pure; imports only `sys` (errno names), so every other module, in `view/` or above, may use
+//! it.
 
 use std::io;
 use std::time::Duration;
@@ -26,6 +30,25 @@ pub fn no_answer_within(timeout: Duration) -> String {
     format!("no answer within {:.1} s (hung?)", timeout.as_secs_f64())
 }
 
+/// The question put to an admin when no daemon answers (no socket, no status file): said the
+/// same way by `chironctl` and the Nagios check.
+pub const IS_IT_RUNNING: &str = "is chironfs running?";
+
+/// Makes a value safe for one line (a status-file entry, a table cell, a Nagios line): every
+/// control character (newline, carriage return, tab, NUL, ...) becomes a space, so a hostile or
+/// odd path or error text can neither inject keys nor break a line-oriented shell parser.
+pub fn sanitize_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Text as shown on one terminal or Nagios line: trimmed, control characters made spaces.
+pub fn one_line(s: &str) -> String {
+    sanitize_value(s.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +60,11 @@ mod tests {
             no_answer_within(Duration::from_millis(2500)),
             "no answer within 2.5 s (hung?)"
         );
+    }
+
+    #[test]
+    fn one_line_keeps_text_on_one_line() {
+        assert_eq!(sanitize_value("a\tb\0c"), "a b c");
+        assert_eq!(one_line("  write error\nEIO \n"), "write error EIO");
     }
 }

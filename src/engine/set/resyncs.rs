@@ -139,7 +139,7 @@ impl ReplicaSet {
             log::info!(
                 "resync of replica {}: {}",
                 self.replicas[run.target].path.display(),
-                resync::describe(&p)
+                crate::view::progress::describe(&p)
             );
         }
     }
@@ -300,7 +300,7 @@ impl ReplicaSet {
             Ok(()) => log::info!(
                 "resync of replica {} {}",
                 dst.path.display(),
-                resync::describe(&run.snapshot())
+                crate::view::progress::describe(&run.snapshot())
             ),
             Err(e) => log::error!(
                 "resync of replica {} failed: {e}; it stays out of service",
