@@ -1,6 +1,9 @@
-//! Unit tests of the command-line parsing and checks (moved from config.rs as they were).
+//! Unit tests of the command-line parsing and checks (moved from config.rs as they were, plus the
+//! ones about the options table).
 
 use super::*;
+use fuser::MountOption;
+use std::fs;
 use tempfile::TempDir;
 
 /// A temp tree with replicas `a`, `b` and mount point `mnt`, plus a plain file `file`.
@@ -712,4 +715,115 @@ fn error_trait() {
     assert!(e.to_string().starts_with("chironfs: "));
     assert!(!split_spec("/a").unwrap_err().is_usage());
     assert!(run(&["--bogus"]).unwrap_err().is_usage());
+}
+
+#[test]
+fn command_definition_is_consistent() {
+    command().debug_assert();
+}
+
+#[test]
+fn defaults_in_the_table_match_the_constants() {
+    let t = Tree::new();
+    let c = mount(&[&t.spec(), &t.p("mnt")]);
+    assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+    assert_eq!(c.threads, DEFAULT_THREADS);
+    assert_eq!(c.syslog_socket, PathBuf::from(DEFAULT_SYSLOG_SOCKET));
+    assert_eq!(u64::from(c.journal_max), crate::journal::DEFAULT_MAX_BYTES);
+    assert_eq!(
+        (c.passthrough, c.direct_writes, c.io_uring),
+        (true, true, true)
+    );
+    assert_eq!((c.quorum, c.resync_rate, c.force_source), (None, 0, None));
+}
+
+/// Every `-o` key is its option: `-o key=V` and `--long=V` give the same configuration (or
+/// both fail), V being the option's default, or "0" (valid for each option without one).
+#[test]
+fn every_mount_key_agrees_with_its_option() {
+    let t = Tree::new();
+    let (spec, mnt) = (t.spec(), t.p("mnt"));
+    let mut keys = 0;
+    for opt in options::OPTIONS {
+        let Some(key) = opt.mount_key() else {
+            continue;
+        };
+        keys += 1;
+        let arg = opt.arg();
+        let (long, item) = if arg.get_action().takes_values() {
+            let value = arg
+                .get_default_values()
+                .first()
+                .map_or("0".to_string(), |v| v.to_string_lossy().into_owned());
+            (format!("--{}={value}", opt.long), format!("{key}={value}"))
+        } else {
+            (format!("--{}", opt.long), key.clone())
+        };
+        let by_long = run(&[&spec, &mnt, &long]);
+        let by_o = run(&[&spec, &mnt, "-o", &item]);
+        match (&by_long, &by_o) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{long} vs -o {item}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{long}: {by_long:?}; -o {item}: {by_o:?}"),
+        }
+        assert!(help_text().contains(&key), "-o {key} missing from --help");
+    }
+    assert_eq!(keys, 17);
+    // Command-line-only options have no -o key.
+    for key in ["foreground", "fuseoptions", "help", "version"] {
+        let m = fail(&[&spec, &mnt, "-o", key]);
+        assert!(m.contains("unknown mount option"), "{m}");
+    }
+}
+
+#[test]
+fn mount_keys_of_options_and_kernel_keys_do_not_overlap() {
+    for opt in options::OPTIONS {
+        if let Some(key) = opt.mount_key() {
+            assert!(
+                !mount_opts::KERNEL.iter().any(|(k, _)| *k == key)
+                    && !mount_opts::IGNORED.contains(&key.as_str())
+                    && !key.starts_with("x-"),
+                "-o {key} is taken"
+            );
+        }
+    }
+    for (key, _) in mount_opts::KERNEL {
+        assert!(!mount_opts::IGNORED.contains(key), "{key}");
+    }
+}
+
+#[test]
+fn option_values_are_checked_alike_on_the_command_line_and_in_o() {
+    let t = Tree::new();
+    let (spec, mnt) = (t.spec(), t.p("mnt"));
+    // The reason is the same; only the way the value is named differs.
+    let m = fail(&[&spec, &mnt, "--journal-max", "1K"]);
+    assert_eq!(
+        m,
+        "chironfs: invalid value '1K' for '--journal-max <SIZE>': '1K' is not a size from 4K \
+         to 4G - 1 (e.g. 4096, 512K, 16M); try 'chironfs --help'"
+    );
+    let m = fail(&[&spec, &mnt, "-o", "journal_max=1K"]);
+    assert_eq!(
+        m,
+        "chironfs: invalid value in mount option 'journal_max=1K': '1K' is not a size from 4K \
+         to 4G - 1 (e.g. 4096, 512K, 16M); try 'chironfs --help'"
+    );
+    let m = fail(&[&spec, &mnt, "--quorum", "most"]);
+    assert_eq!(
+        m,
+        "chironfs: invalid value for --quorum: 'most' is not auto, off or a number of \
+         replicas; try 'chironfs --help'"
+    );
+    let m = fail(&[&spec, &mnt, "-o", "quorum=most"]);
+    assert_eq!(
+        m,
+        "chironfs: invalid value in mount option 'quorum=most': 'most' is not auto, off or a \
+         number of replicas; try 'chironfs --help'"
+    );
+    // -o items are checked even when the command line overrides them, and before the
+    // command line's own late checks.
+    let m = fail(&[&spec, &mnt, "--quorum", "x", "-o", "timeout=abc,quorum=2"]);
+    assert!(m.contains("'timeout=abc'"), "{m}");
 }
