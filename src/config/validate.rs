@@ -1,0 +1,286 @@
+//! The filesystem checks that turn the [`Draft`] into a [`Config`] that can be mounted: the
+//! replicas and the mount point exist and are directories, none is listed twice or lies in
+//! another or in the mount point, the daemon's own files lie outside the mount point, and
+//! `--force-source` and `--quorum` are resolved against the replicas. Also the replica list
+//! syntax ([`split_spec`]).
+//!
+//! May touch: the filesystem, read only (metadata, canonicalize): nothing is created.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::{
+    Config, ConfigError, Draft, ReplicaSpec, default_control_socket, default_status_file, os_reason,
+};
+
+/// A replica as given on the command line and as found.
+struct Replica {
+    given: String,
+    canon: PathBuf,
+    low_priority: bool,
+}
+
+/// Checks every rule that needs the real directories (existence, type, duplicates, nesting,
+/// placement of the daemon's files) and produces the final [`Config`].
+pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
+    let Draft {
+        spec,
+        mut config,
+        status_file,
+        control_socket,
+        force_source,
+        quorum,
+    } = draft;
+    let given_mp = std::mem::take(&mut config.mountpoint);
+    if given_mp.as_os_str().as_bytes().starts_with(b":") {
+        return Err(ConfigError::new(
+            "chironfs: a ':' before the mount point is not supported; list that directory as \
+             a replica instead",
+        ));
+    }
+    let replicas = split_spec(&spec)?
+        .into_iter()
+        .map(|(given, low_priority)| {
+            let canon = existing_dir("replica", Path::new(&given))?;
+            Ok(Replica {
+                given,
+                canon,
+                low_priority,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let mountpoint = existing_dir("mount point", &given_mp)?;
+    check_placement(&replicas, &mountpoint, &given_mp)?;
+
+    let (mp, given) = (mountpoint.as_path(), given_mp.as_path());
+    config.log_file = config
+        .log_file
+        .map(|p| log_file(p, mp, given))
+        .transpose()?;
+    let status_file = status_file.unwrap_or_else(|| default_status_file(mp));
+    config.status_file = runtime_file("status file", status_file, mp, given)?;
+    let control_socket = control_socket.unwrap_or_else(|| default_control_socket(mp));
+    config.control_socket = runtime_file("control socket", control_socket, mp, given)?;
+
+    config.force_source = force_source
+        .map(|given| replica_index(&given, &replicas))
+        .transpose()?;
+    config.quorum = quorum
+        .map(|q| {
+            let n = crate::rules::quorum::required(q, replicas.len())
+                .map_err(|e| ConfigError::new(format!("chironfs: invalid --quorum: {e}")))?;
+            // At most the replica count, which never nears u16::MAX.
+            Ok(u16::try_from(n).unwrap_or(u16::MAX))
+        })
+        .transpose()?;
+    config.replicas = replicas
+        .into_iter()
+        .map(|r| ReplicaSpec {
+            path: r.canon,
+            low_priority: r.low_priority,
+        })
+        .collect();
+    config.mountpoint = mountpoint;
+    Ok(config)
+}
+
+/// Splits a replica spec (`[:]PATH=[:]PATH[=...]`) into `(path, low_priority)` pairs, in
+/// order, without touching the filesystem. Rejects empty entries (`a==b`, leading or
+/// trailing `=`, a lone `:`) and fewer than two replicas. If every entry has `:`, all are
+/// returned as normal priority (priority is only relative, so "all low" means "all equal").
+pub fn split_spec(spec: &str) -> Result<Vec<(String, bool)>, ConfigError> {
+    if spec.is_empty() {
+        return Err(ConfigError::new(
+            "chironfs: the replica list is empty; give at least two directories separated by '='",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, entry) in spec.split('=').enumerate() {
+        let (path, low) = match entry.strip_prefix(':') {
+            Some(rest) => (rest, true),
+            None => (entry, false),
+        };
+        if path.is_empty() {
+            let what = if low {
+                "only ':' with no path after it"
+            } else {
+                "empty (check for '==' or a leading or trailing '=')"
+            };
+            return Err(ConfigError::new(format!(
+                "chironfs: replica {} of the replica list '{spec}' is {what}",
+                i + 1
+            )));
+        }
+        out.push((path.to_string(), low));
+    }
+    if out.len() < 2 {
+        return Err(ConfigError::new(format!(
+            "chironfs: at least two replicas separated by '=' are needed; got one: '{spec}'"
+        )));
+    }
+    if out.iter().all(|(_, low)| *low) {
+        for entry in &mut out {
+            entry.1 = false;
+        }
+    }
+    Ok(out)
+}
+
+/// No replica twice, none inside another, none that is, holds or lies in the mount point.
+fn check_placement(
+    replicas: &[Replica],
+    mountpoint: &Path,
+    given_mp: &Path,
+) -> Result<(), ConfigError> {
+    let mp_shown = given_mp.display();
+    for (i, r) in replicas.iter().enumerate() {
+        let given_i = &r.given;
+        for earlier in &replicas[..i] {
+            let given_j = &earlier.given;
+            if r.canon == earlier.canon {
+                return Err(ConfigError::new(if given_i == given_j {
+                    format!("chironfs: replica '{given_i}' is listed twice")
+                } else {
+                    format!(
+                        "chironfs: replicas '{given_j}' and '{given_i}' are the same directory \
+                         ('{}')",
+                        r.canon.display()
+                    )
+                }));
+            }
+            for (inner, outer) in [(r, earlier), (earlier, r)] {
+                if inner.canon.starts_with(&outer.canon) {
+                    return Err(ConfigError::new(format!(
+                        "chironfs: replica '{}' is inside replica '{}'",
+                        inner.given, outer.given
+                    )));
+                }
+            }
+        }
+        if r.canon == mountpoint {
+            return Err(ConfigError::new(format!(
+                "chironfs: replica '{given_i}' is the mount point '{mp_shown}' itself"
+            )));
+        }
+        if r.canon.starts_with(mountpoint) {
+            return Err(ConfigError::new(format!(
+                "chironfs: replica '{given_i}' is inside the mount point '{mp_shown}'"
+            )));
+        }
+        if mountpoint.starts_with(&r.canon) {
+            return Err(ConfigError::new(format!(
+                "chironfs: the mount point '{mp_shown}' is inside replica '{given_i}'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The log file: not a directory, in an existing directory, outside the mount point;
+/// returned resolved.
+fn log_file(p: PathBuf, mountpoint: &Path, given_mp: &Path) -> Result<PathBuf, ConfigError> {
+    if p.is_dir() {
+        return Err(ConfigError::new(format!(
+            "chironfs: log file '{}' is a directory",
+            p.display()
+        )));
+    }
+    let resolved = resolve_file("log file", &p)?;
+    refuse_inside("log file", &p, &resolved, mountpoint, given_mp)?;
+    Ok(resolved)
+}
+
+/// The status file or the control socket (`what`), outside the mount point. Its directory may
+/// not exist yet (the daemon creates it), so it is resolved only when it does.
+fn runtime_file(
+    what: &str,
+    p: PathBuf,
+    mountpoint: &Path,
+    given_mp: &Path,
+) -> Result<PathBuf, ConfigError> {
+    let resolved = resolve_file(what, &p).unwrap_or_else(|_| p.clone());
+    refuse_inside(what, &p, &resolved, mountpoint, given_mp)?;
+    Ok(p)
+}
+
+/// The daemon's own files are written by the daemon itself: inside its own mount that would
+/// deadlock.
+fn refuse_inside(
+    what: &str,
+    p: &Path,
+    resolved: &Path,
+    mountpoint: &Path,
+    given_mp: &Path,
+) -> Result<(), ConfigError> {
+    if resolved.starts_with(mountpoint) {
+        return Err(ConfigError::new(format!(
+            "chironfs: {what} '{}' is inside the mount point '{}'; it must be outside",
+            p.display(),
+            given_mp.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The index of the replica `given` names: its index (0-based) or its path.
+fn replica_index(given: &str, replicas: &[Replica]) -> Result<u16, ConfigError> {
+    let found = if given.bytes().all(|b| b.is_ascii_digit()) {
+        given.parse::<usize>().ok().filter(|&i| i < replicas.len())
+    } else {
+        let canon = fs::canonicalize(given).ok();
+        replicas
+            .iter()
+            .position(|r| r.given == given || Some(&r.canon) == canon.as_ref())
+    };
+    found.and_then(|i| u16::try_from(i).ok()).ok_or_else(|| {
+        ConfigError::new(format!(
+            "chironfs: --force-source '{given}' is not one of the replicas (give its index, \
+             0-based, or its path)"
+        ))
+    })
+}
+
+/// Checks that `p` exists and is a directory, and returns its canonical path.
+fn existing_dir(what: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+    let cannot = |e: std::io::Error| {
+        ConfigError::new(format!(
+            "chironfs: {what} '{}' cannot be used: {}",
+            p.display(),
+            os_reason(&e)
+        ))
+    };
+    let md = fs::metadata(p).map_err(cannot)?;
+    if !md.is_dir() {
+        return Err(ConfigError::new(format!(
+            "chironfs: {what} '{}' is not a directory",
+            p.display()
+        )));
+    }
+    fs::canonicalize(p).map_err(cannot)
+}
+
+/// Resolves a file path whose file may not exist yet: the parent directory is canonicalized
+/// (it must exist), and the file itself too if it already exists (following symlinks).
+fn resolve_file(what: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(ConfigError::new(format!(
+            "chironfs: {what} '{}' does not name a file",
+            p.display()
+        )));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = fs::canonicalize(parent).map_err(|e| {
+        ConfigError::new(format!(
+            "chironfs: directory of {what} '{}' cannot be used: {}",
+            p.display(),
+            os_reason(&e)
+        ))
+    })?;
+    let full = dir.join(name);
+    Ok(fs::canonicalize(&full).unwrap_or(full))
+}
