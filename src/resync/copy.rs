@@ -102,7 +102,8 @@ impl Engine {
         std::mem::take(&mut self.fixed)
     }
 
-    /// Whether a source entry vanishing mid-walk is skipped (see [`Engine::tolerant`]).
+    /// Whether a source entry vanishing mid-walk is skipped (a concurrent mutation, recorded
+    /// in the dirty set) or fails the pass (under the write barrier, where nothing moves).
     pub fn set_tolerant(&mut self, tolerant: bool) {
         self.tolerant = tolerant;
     }
