@@ -27,11 +27,3 @@ pub use plan::{AttrFix, Group, Meta, Plan, attr_fix, attrs_to_fix, changes_targe
 pub use progress::Progress;
 pub use read::{gone, open_to_read, stat_of, xattrs_of};
 pub use run::{Run, RunStatus};
-
-use crate::view::snapshot::ResyncProgress;
-
-/// One line of progress for `chironctl resync --wait` and `status` (see
-/// [`crate::view::progress::describe`]).
-pub fn describe(p: &ResyncProgress) -> String {
-    crate::view::progress::describe(p)
-}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::view::status_file::sanitize_value;
+use crate::view::words::sanitize_value;
 
 /// Most differences carried in one report: a replica that lost its whole tree differs on
 /// every path, and the answer must still fit the control socket's line limit. The counts stay

@@ -13,7 +13,7 @@ use crate::view::check::check_summary;
 use crate::view::snapshot::{Overall, ReplicaSnapshot, ReplicaState, ResyncProgress, Snapshot};
 // `verify` still names the sanitizer by this path; its home is `view::words`.
 use crate::view::words::one_line;
-pub use crate::view::words::sanitize_value;
+use crate::view::words::sanitize_value;
 
 /// Value of the first line; a reader that sees another value must not guess.
 pub const FORMAT_LINE: &str = "format=chironfs-status 1";
