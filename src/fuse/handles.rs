@@ -162,6 +162,7 @@ impl<T> Default for Table<T> {
 }
 
 impl<T> Table<T> {
+    /// The map itself (a panic elsewhere while holding it leaves it usable).
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<T>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -62,7 +62,9 @@ use crate::rules::iomode::IoModes;
 /// The chironfs filesystem.
 #[derive(Debug)]
 pub struct ChironFs {
+    /// The replicas every op reaches.
     set: Arc<ReplicaSet>,
+    /// Node ids <-> paths (shared with the open files, which follow their renames).
     nodes: Arc<NodeTable>,
     /// Open files and directories, by the numbers the kernel holds.
     handles: Handles,
@@ -74,6 +76,7 @@ pub struct ChironFs {
     tree: RwLock<()>,
     /// Spreads new opens' reads over the replicas (see [`ReplicaSet::data_order`]).
     open_ticket: AtomicUsize,
+    /// The largest write the kernel may send (told at init).
     max_write: u32,
     /// Kernel passthrough for read-only opens: wanted by the admin (`passthrough=`), then
     /// whether the kernel accepted it at init.
@@ -91,6 +94,7 @@ pub struct ChironFs {
     flush_reports: bool,
     /// Non-root callers' supplementary groups, read from /proc once per moment.
     callers: GroupsCache,
+    /// The live opens of each inode by I/O mode (see `io_mode.rs`).
     io_modes: Arc<IoModes<BackingId>>,
     /// Set after the first failed backing-file registration, so it is logged once.
     passthrough_failed: AtomicBool,

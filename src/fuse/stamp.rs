@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::rules::order::OrderLock;
 use crate::sys::{self, TimeSpec};
 
+/// Nanoseconds in a second (an order lock keeps stamps as nanoseconds since the epoch).
 const NANOS: i64 = 1_000_000_000;
 
 /// "Now" as one exact time, taken once per mutation: every replica records the same
