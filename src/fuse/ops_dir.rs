@@ -1,0 +1,148 @@
+//! The ops on an open directory: opendir, readdir, releasedir, fsyncdir.
+//!
+//! Touches the handle table (a directory handle keeps its listing), the node table (the
+//! entries' node ids) and the replicas through `reach.rs`: listings come from the metadata
+//! replica, an fsyncdir reaches every replica.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use fuser::{
+    Errno, FileHandle, FileType, FopenFlags, INodeNo, ReplyDirectory, ReplyEmpty, ReplyOpen,
+};
+
+use super::ChironFs;
+use super::attr::kind_of_dirent;
+use super::handles::OpenDir;
+use super::reach::{open_file, reply_empty};
+use crate::sys::{self, Credentials};
+
+impl ChironFs {
+    /// OPENDIR: the listing is read now, answered from by the readdirs that follow.
+    pub(super) fn do_opendir(&self, ino: INodeNo, reply: ReplyOpen) {
+        let _tree = self.tree_shared();
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.list_dir(&path) {
+            Ok(entries) => {
+                let fh = self.handles.add_dir(OpenDir::new(entries));
+                reply.opened(fh, FopenFlags::empty())
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// READDIR from `offset`: "." and "..", then the listing (read again at a rewind).
+    pub(super) fn do_readdir(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let _tree = self.tree_shared();
+        let Some(dir) = self.handles.dirs.get(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        if dir.rewound(offset) {
+            match self.path(ino).and_then(|p| self.list_dir(&p)) {
+                Ok(e) => dir.relisted(e),
+                Err(e) => return reply.error(e),
+            }
+        }
+        let entries = dir.entries();
+        // Offsets: 1 = ".", 2 = "..", 3.. = entries; the offset given is the last one returned.
+        let dots = [
+            (ino.0, FileType::Directory, OsStr::new(".")),
+            (
+                self.nodes.parent(ino.0),
+                FileType::Directory,
+                OsStr::new(".."),
+            ),
+        ];
+        let listed = dots.into_iter().chain(entries.iter().map(|e| {
+            let id = self
+                .nodes
+                .known_child(ino.0, &e.name)
+                .unwrap_or_else(|| unknown_ino(ino.0, &e.name));
+            (id, kind_of_dirent(e.kind), e.name.as_os_str())
+        }));
+        for (i, (id, kind, name)) in listed.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(id), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// FSYNCDIR on every replica; a directory removed while open has nothing left to sync.
+    pub(super) fn do_fsyncdir(&self, ino: INodeNo, datasync: bool, reply: ReplyEmpty) {
+        let _tree = self.tree_shared();
+        // Kept apart from an rmdir of the same directory (see `open`).
+        let lock = self.nodes.order_lock(ino.0);
+        let _in_order = lock.lock();
+        let Ok(path) = self.path(ino) else {
+            // Removed while open: nothing is left to make durable.
+            return reply.ok();
+        };
+        let rel = path.clone();
+        let result = self.mutate("fsyncdir", &path, &Credentials::root(), move |r| {
+            let dir = open_file(r, &rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            sys::fsync(dir.as_fd(), datasync)
+        });
+        reply_empty(result, reply);
+    }
+
+    /// The entries of directory `path`, from the metadata replica (the state directory left
+    /// out at the root).
+    fn list_dir(&self, path: &Path) -> Result<Vec<sys::DirEntry>, Errno> {
+        let rel = path.to_path_buf();
+        let top = path.as_os_str().is_empty();
+        self.read_meta("readdir", path, move |r| {
+            sys::read_dir_all(r.root(), &sys::rel_cstr(&rel)?)
+        })
+        .map(|(_, mut entries)| {
+            if top {
+                entries.retain(|e| e.name != OsStr::new(crate::rules::state::META_DIR));
+            }
+            entries
+        })
+    }
+}
+
+/// A stable stand-in inode number for a directory entry the kernel has not looked up yet
+/// (its real node id is given at lookup). The top bit keeps it apart from node ids.
+fn unknown_ino(parent: u64, name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.hash(&mut h);
+    name.hash(&mut h);
+    h.finish() | (1 << 63)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stand_in_inode_numbers_are_stable_and_apart_from_node_ids() {
+        let a = unknown_ino(1, OsStr::new("a"));
+        assert_eq!(
+            a,
+            unknown_ino(1, OsStr::new("a")),
+            "the same entry, the same number"
+        );
+        assert_ne!(a, unknown_ino(1, OsStr::new("b")));
+        assert_ne!(a, unknown_ino(2, OsStr::new("a")));
+        for n in [
+            a,
+            unknown_ino(0, OsStr::new("")),
+            unknown_ino(7, OsStr::new("x")),
+        ] {
+            assert!(n >= 1 << 63, "{n:#x} could be a node id");
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The ops that make, move or remove a directory entry: mknod, mkdir, symlink, create,
+//! unlink, rmdir, rename, link.
+//!
+//! Touches the node table (names come and go), the order locks of the files involved, the
+//! tree lock (a directory rename holds it alone), the held inodes of a removal, and the
+//! replicas through `reach.rs`; create also opens a handle (`handles.rs`, `io_mode.rs`).
+
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fuser::{Errno, Generation, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
+
+use super::ChironFs;
+use super::attr::{TTL, attr};
+use super::handles::OpenFile;
+use super::held::HeldInodes;
+use super::nodes::Place;
+use super::open_flags::{open_reply, replica_flags};
+use super::ops_meta::Stat;
+use super::reach::at;
+use super::stamp::{now, truncated};
+use crate::engine::replica::Replica;
+use crate::engine::set::ReplicaJob;
+use crate::rules::iomode::Wish;
+use crate::sys::{self, Credentials, TimeSpec};
+
+/// How a create makes its file on each replica.
+#[derive(Clone, Copy, Debug)]
+struct Creation {
+    /// The replica's open flags (see [`replica_flags`]), O_TRUNC kept.
+    flags: i32,
+    /// O_EXCL: an existing file is an error, not opened.
+    exclusive: bool,
+    /// The new file's mode (the caller's umask is applied by the replica).
+    mode: u32,
+    /// The caller, who loses the setid bits of an existing file it truncates unless root.
+    uid: u32,
+    /// The new file's times, or an existing truncated file's mtime.
+    stamp: TimeSpec,
+}
+
+impl Creation {
+    /// Creates the file at `place` on one replica (or, without O_EXCL, opens the file already
+    /// there, as open(2) would) and keeps its descriptor in `file`.
+    fn run(&self, r: &Replica, place: &Place, file: &OpenFile) -> io::Result<Stat> {
+        let create = self.flags | libc::O_CREAT | libc::O_EXCL;
+        let (fd, made) = at(r, place, |dir, name| {
+            match sys::open_beneath(dir, name, create, self.mode & 0o7777, false) {
+                Err(e) if !self.exclusive && e.raw_os_error() == Some(libc::EEXIST) => {
+                    sys::open_beneath(dir, name, self.flags, 0, false).map(|fd| (fd, false))
+                }
+                made => made.map(|fd| (fd, true)),
+            }
+        })?;
+        if made {
+            // A new file: its times, the same on every replica (the caller owns it).
+            let _ = sys::utimens_at(fd.as_fd(), c"", self.stamp, self.stamp);
+        } else {
+            // The kernel asked to create a name it believed absent; without O_EXCL an
+            // existing file was opened as open(2) would.
+            truncated(fd.as_fd(), self.flags, self.stamp, self.uid)?;
+        }
+        let st = sys::fstat(fd.as_fd())?;
+        file.store(r, fd);
+        Ok((r.index, st))
+    }
+}
+
+impl ChironFs {
+    /// MKNOD, as the caller (`creds`).
+    pub(super) fn do_mknod(
+        &self,
+        creds: Credentials,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(creds, "mknod", parent, name, reply, move |dir, name| {
+            sys::mknod_at(dir, name, mode, rdev as libc::dev_t)
+        });
+    }
+
+    /// MKDIR, as the caller (`creds`).
+    pub(super) fn do_mkdir(
+        &self,
+        creds: Credentials,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(creds, "mkdir", parent, name, reply, move |dir, name| {
+            sys::mkdir_at(dir, name, mode)
+        });
+    }
+
+    /// SYMLINK `link_name` in `parent` to `target`, as the caller (`creds`).
+    pub(super) fn do_symlink(
+        &self,
+        creds: Credentials,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let target = match sys::cstr(target.as_os_str()) {
+            Ok(t) => t,
+            Err(e) => return reply.error(e.into()),
+        };
+        self.make(
+            creds,
+            "symlink",
+            parent,
+            link_name,
+            reply,
+            move |dir, name| sys::symlink_at(&target, dir, name),
+        );
+    }
+
+    /// Creates `name` in `parent` on every replica as the caller, then answers with its entry.
+    fn make(
+        &self,
+        creds: Credentials,
+        op: &str,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        make: impl Fn(BorrowedFd<'_>, &CStr) -> io::Result<()> + Send + Sync + 'static,
+    ) {
+        let _tree = self.tree_shared();
+        let path = match self.child_place(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        let stamp = now();
+        let result = self.mutate(op, &path, &creds, move |r| {
+            at(r, &rel, |dir, name| {
+                make(dir, name)?;
+                // The new object's times, the same on every replica (the caller owns it).
+                let _ = sys::utimens_at(dir, name, stamp, stamp);
+                Ok((r.index, sys::lstat_at(dir, name)?))
+            })
+        });
+        match result {
+            Ok(stat) => self.entry(parent, name, stat, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// CREATE `name` in `parent` as the caller (`creds`) and open it with `flags`.
+    pub(super) fn do_create(
+        &self,
+        creds: Credentials,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _tree = self.tree_shared();
+        let place = match self.child_place(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let path = place.path().to_path_buf();
+        let file = self.new_open_file(path.clone(), flags);
+        let how = Creation {
+            flags: replica_flags(flags),
+            exclusive: flags & libc::O_EXCL != 0,
+            mode,
+            uid: creds.uid,
+            stamp: now(),
+        };
+        let f = Arc::clone(&file);
+        let result = self.mutate("create", &path, &creds, move |r| how.run(r, &place, &f));
+        match result {
+            Ok(stat) => self.answer_created(parent, name, file, stat, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Registers the created file's node and answers with its entry and a handle in the I/O
+    /// mode the inode allows.
+    fn answer_created(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        file: Arc<OpenFile>,
+        (index, st): Stat,
+        reply: ReplyCreate,
+    ) {
+        let id = self.nodes.remember(parent.0, name, index, &st);
+        file.ino.store(id, Ordering::Relaxed);
+        // Usually a new inode; an existing file opened without O_EXCL may be in
+        // passthrough mode, and then this open must join it.
+        let order = self.nodes.order_lock(id);
+        let _in_order = order.lock();
+        let wish = Wish {
+            writable: true,
+            eligible: false,
+        };
+        let decision = self.decide_io(id, wish);
+        let backing = decision.backing.as_ref().map(|(b, _)| Arc::clone(b));
+        let fh = self.register_open(id, file, decision.mode, decision.backing);
+        let attr = attr(id, &st);
+        match open_reply(decision.mode, backing, true, self.direct_writes) {
+            (flags, Some(b)) => {
+                reply.created_passthrough(&TTL, &attr, Generation(0), fh, flags, &b)
+            }
+            (flags, None) => reply.created(&TTL, &attr, Generation(0), fh, flags),
+        }
+    }
+
+    /// UNLINK (`dir` false) or RMDIR: on every replica, the freed inodes evicted after the
+    /// reply (see [`HeldInodes`]).
+    pub(super) fn remove(
+        &self,
+        op: &str,
+        parent: INodeNo,
+        name: &OsStr,
+        dir: bool,
+        reply: ReplyEmpty,
+    ) {
+        let tree = self.tree_shared();
+        // Kept apart from a concurrent open of the same file (see `open`).
+        let known = self.nodes.known_child(parent.0, name);
+        let locks = self.order_locks(&[known]);
+        let in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
+        let path = match self.child_place(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let rel = path.clone();
+        let held = HeldInodes::new(self.io_uring);
+        let holder = held.clone();
+        let result = self.mutate(op, &path, &Credentials::root(), move |r| {
+            at(r, &rel, |d, n| {
+                if !dir {
+                    holder.hold(r, d, n);
+                }
+                sys::unlink_at(d, n, dir)
+            })
+        });
+        match result {
+            Ok(()) => {
+                self.nodes.unlink(parent.0, name);
+                if let (true, Some(id)) = (dir, known) {
+                    self.set
+                        .replicas()
+                        .iter()
+                        .for_each(|r| r.dirs.drop_node(id));
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+        drop(in_order);
+        drop(tree);
+        held.release(&self.reaper);
+    }
+
+    /// RENAME `name` in `parent` to `newname` in `newparent`, with the kernel's flags
+    /// (RENAME_NOREPLACE, RENAME_EXCHANGE).
+    pub(super) fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let bits = flags.bits();
+        // Moving a directory moves everything below it: nothing else may run meanwhile (see
+        // `tree`). The kernel looked both names up first; unknown counts as a directory.
+        let exchange = bits & libc::RENAME_EXCHANGE != 0;
+        let moves_dir = self.nodes.child_is_dir(parent.0, name).unwrap_or(true)
+            || (exchange
+                && self
+                    .nodes
+                    .child_is_dir(newparent.0, newname)
+                    .unwrap_or(true));
+        let (alone, shared) = if moves_dir {
+            (Some(self.tree_exclusive()), None)
+        } else {
+            (None, Some(self.tree_shared()))
+        };
+        // Kept apart from concurrent opens of the moved and the replaced file (see `open`).
+        let locks = self.order_locks(&[
+            self.nodes.known_child(parent.0, name),
+            self.nodes.known_child(newparent.0, newname),
+        ]);
+        let in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
+        let (from, to) = match (
+            self.child_place(parent, name),
+            self.child_place(newparent, newname),
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        // A file this rename replaces (the kernel looked it up) is evicted after the reply.
+        let replaces_file =
+            !exchange && self.nodes.child_is_dir(newparent.0, newname) == Some(false);
+        let held = HeldInodes::new(self.io_uring);
+        let job = rename_job(&from, &to, bits, replaces_file.then(|| held.clone()));
+        // Both names are recorded by a running resync.
+        let result = self
+            .set
+            .mutate_paths("rename", &from, Some(&to), &Credentials::root(), job)
+            .map_err(Errno::from_i32);
+        match result {
+            Ok(()) => {
+                self.nodes
+                    .rename(parent.0, name, newparent.0, newname, exchange);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+        drop((in_order, alone, shared));
+        held.release(&self.reaper);
+    }
+
+    /// LINK: a new name `newname` in `newparent` for node `ino`.
+    pub(super) fn do_link(
+        &self,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _tree = self.tree_shared();
+        let (from, to) = match (self.place(ino), self.child_place(newparent, newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let (a, b) = (from.clone(), to.clone());
+        let job: ReplicaJob<libc::stat> = Arc::new(move |r: &Replica| {
+            at(r, &a, |old_dir, old_name| {
+                at(r, &b, |new_dir, new_name| {
+                    sys::link_at(old_dir, old_name, new_dir, new_name)?;
+                    sys::lstat_at(new_dir, new_name)
+                })
+            })
+        });
+        // A running resync records both names: they must end up one inode on its target.
+        let result = self
+            .set
+            .mutate_paths("link", &to, Some(&from), &Credentials::root(), job)
+            .map_err(Errno::from_i32);
+        match result {
+            Ok(st) => {
+                self.nodes.link(ino.0, newparent.0, newname);
+                reply.entry(&TTL, &attr(ino.0, &st), Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// The replicas' rename of `from` to `to` with `bits`; `holder` (for a rename over a file)
+/// holds the replaced file's inode until after the reply.
+fn rename_job(from: &Place, to: &Place, bits: u32, holder: Option<HeldInodes>) -> ReplicaJob<()> {
+    let (a, b) = (from.clone(), to.clone());
+    Arc::new(move |r: &Replica| {
+        at(r, &a, |old_dir, old_name| {
+            at(r, &b, |new_dir, new_name| {
+                if let Some(holder) = &holder {
+                    holder.hold(r, new_dir, new_name);
+                }
+                sys::rename_at(old_dir, old_name, new_dir, new_name, bits)
+            })
+        })
+    })
+}

@@ -1,0 +1,190 @@
+//! What a change of a file's data does to its metadata, done alike on every replica: the one
+//! exact "now" of a mutation, the mtime stamp shared by a file's concurrent writes, and the
+//! setuid/setgid bits a non-root writer loses.
+//!
+//! Touches the clock, one replica's descriptor at a time (given by the caller) and a file's
+//! order lock; no table, no fan-out.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::rules::order::OrderLock;
+use crate::sys::{self, TimeSpec};
+
+/// Nanoseconds in a second (an order lock keeps stamps as nanoseconds since the epoch).
+const NANOS: i64 = 1_000_000_000;
+
+/// "Now" as one exact time, taken once per mutation: every replica records the same
+/// timestamp, where letting each replica's clock tick on its own would leave the replicas'
+/// mtimes a few microseconds apart (and rsync, make or a verify would see them differ).
+pub(super) fn now() -> TimeSpec {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    TimeSpec::At {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos() as i64,
+    }
+}
+
+/// Sets the mtime of an open file to `stamp` after a change of its data (as the change itself
+/// would have, but with the same value on every replica). Best effort: a replica that refuses
+/// is no reason to fail the write that already succeeded.
+pub(super) fn stamp_mtime(fd: BorrowedFd<'_>, stamp: TimeSpec) {
+    let _ = sys::utimens_at(fd, c"", TimeSpec::Omit, stamp);
+}
+
+/// What open(O_TRUNC) does to a file that exists (a no-op without O_TRUNC in `flags`): its
+/// mtime moves, even when it was empty, and a caller other than root (`uid`) clears its
+/// setid bits (see [`clear_setid`]).
+pub(super) fn truncated(
+    fd: BorrowedFd<'_>,
+    flags: i32,
+    stamp: TimeSpec,
+    uid: u32,
+) -> io::Result<()> {
+    if flags & libc::O_TRUNC != 0 {
+        stamp_mtime(fd, stamp);
+        if uid != 0 {
+            clear_setid(fd)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a write or open(O_TRUNC) does natively for a caller without CAP_FSETID: the setuid
+/// bit goes, and setgid on a group-executable file. The replicas are written as root, who
+/// keeps them, so the daemon clears them itself when the kernel leaves it to the filesystem:
+/// open(O_TRUNC) with FUSE_ATOMIC_O_TRUNC (for a caller other than root), and direct-I/O
+/// writes (the kernel flags those with FUSE_WRITE_KILL_SUIDGID).
+pub(super) fn clear_setid(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mode = sys::fstat(fd)?.st_mode & 0o7777;
+    let kept = setid_cleared(mode);
+    if kept != mode {
+        sys::fchmod(fd, kept)?;
+    }
+    Ok(())
+}
+
+/// The permission bits `mode` keeps after an unprivileged write: no setuid, and no setgid if
+/// the group may execute (setgid without group execute marks mandatory locking: kept).
+fn setid_cleared(mode: u32) -> u32 {
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kept &= !libc::S_ISGID;
+    }
+    kept
+}
+
+/// The mtime a change of a file's data gives it on every replica: the newest stamp of the
+/// file's writes (see [`crate::rules::order`]), so replicas finishing concurrent writes in
+/// different orders still end with the same mtime.
+pub(super) struct Stamp(Arc<OrderLock>);
+
+impl Stamp {
+    /// Notes `stamp` as the file's newest change.
+    pub(super) fn new(stamp: TimeSpec, order: &Arc<OrderLock>) -> Self {
+        if let TimeSpec::At { sec, nsec } = stamp {
+            order.note_stamp(to_nanos(sec, nsec));
+        }
+        Stamp(Arc::clone(order))
+    }
+
+    /// Sets the mtime of `fd` (one replica's copy) after its data changed.
+    pub(super) fn apply(&self, fd: BorrowedFd<'_>) {
+        self.0.stamp(|nanos| stamp_mtime(fd, from_nanos(nanos)));
+    }
+}
+
+/// A time as the order lock keeps it: nanoseconds since the epoch (saturating).
+fn to_nanos(sec: i64, nsec: i64) -> i64 {
+    sec.saturating_mul(NANOS).saturating_add(nsec)
+}
+
+/// The time of [`to_nanos`]'s count (nanoseconds always in 0..1e9, as utimensat wants).
+fn from_nanos(nanos: i64) -> TimeSpec {
+    TimeSpec::At {
+        sec: nanos.div_euclid(NANOS),
+        nsec: nanos.rem_euclid(NANOS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn mtime(fd: BorrowedFd<'_>) -> (i64, i64) {
+        let st = sys::fstat(fd).unwrap();
+        (st.st_mtime, st.st_mtime_nsec)
+    }
+
+    #[test]
+    fn now_is_one_exact_time() {
+        let TimeSpec::At { sec, nsec } = now() else {
+            panic!("now must be pinned, never UTIME_NOW");
+        };
+        assert!(sec > 1_600_000_000);
+        assert!((0..NANOS).contains(&nsec));
+    }
+
+    #[test]
+    fn an_unprivileged_write_clears_setuid_and_executable_setgid() {
+        assert_eq!(setid_cleared(0o4755), 0o755);
+        assert_eq!(setid_cleared(0o2755), 0o755);
+        assert_eq!(setid_cleared(0o6755), 0o755);
+        // Setgid without group execute is mandatory locking, not privilege: it stays.
+        assert_eq!(setid_cleared(0o2745), 0o2745);
+        assert_eq!(setid_cleared(0o6745), 0o2745);
+        assert_eq!(setid_cleared(0o1777), 0o1777);
+        assert_eq!(setid_cleared(0o644), 0o644);
+    }
+
+    #[test]
+    fn clear_setid_changes_the_file_only_when_needed() {
+        let f = tempfile::tempfile().unwrap();
+        sys::fchmod(f.as_fd(), 0o4750).unwrap();
+        clear_setid(f.as_fd()).unwrap();
+        assert_eq!(sys::fstat(f.as_fd()).unwrap().st_mode & 0o7777, 0o750);
+    }
+
+    #[test]
+    fn a_truncating_open_moves_the_mtime_and_only_then() {
+        let f = tempfile::tempfile().unwrap();
+        let old = TimeSpec::At { sec: 1000, nsec: 0 };
+        stamp_mtime(f.as_fd(), old);
+        let stamp = TimeSpec::At { sec: 2000, nsec: 5 };
+        truncated(f.as_fd(), libc::O_WRONLY, stamp, 1000).unwrap();
+        assert_eq!(mtime(f.as_fd()), (1000, 0), "no O_TRUNC: untouched");
+        sys::fchmod(f.as_fd(), 0o4755).unwrap();
+        truncated(f.as_fd(), libc::O_WRONLY | libc::O_TRUNC, stamp, 0).unwrap();
+        assert_eq!(mtime(f.as_fd()), (2000, 5));
+        let mode = sys::fstat(f.as_fd()).unwrap().st_mode & 0o7777;
+        assert_eq!(mode, 0o4755, "root keeps its setuid bit");
+        truncated(f.as_fd(), libc::O_WRONLY | libc::O_TRUNC, stamp, 1000).unwrap();
+        let mode = sys::fstat(f.as_fd()).unwrap().st_mode & 0o7777;
+        assert_eq!(mode, 0o755, "another caller loses it");
+    }
+
+    #[test]
+    fn every_write_sets_the_newest_stamp_of_the_file() {
+        let order = Arc::new(OrderLock::default());
+        let f = tempfile::tempfile().unwrap();
+        let newer = Stamp::new(TimeSpec::At { sec: 20, nsec: 7 }, &order);
+        let older = Stamp::new(TimeSpec::At { sec: 10, nsec: 0 }, &order);
+        // The older write finishing last still leaves the newest stamp.
+        newer.apply(f.as_fd());
+        older.apply(f.as_fd());
+        assert_eq!(mtime(f.as_fd()), (20, 7));
+    }
+
+    #[test]
+    fn stamps_round_trip_through_nanoseconds() {
+        for (sec, nsec) in [(0, 0), (20, 7), (1_700_000_000, 999_999_999), (-5, 1)] {
+            assert_eq!(from_nanos(to_nanos(sec, nsec)), TimeSpec::At { sec, nsec });
+        }
+        assert_eq!(to_nanos(i64::MAX, 5), i64::MAX, "saturates, never wraps");
+    }
+}
