@@ -6,7 +6,7 @@ use std::io::{self, BufRead, Read};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::verify::Report;
+use crate::view::report::Report;
 use crate::view::snapshot::Snapshot;
 
 /// Protocol version carried in every response, so a client can refuse a daemon it does not

@@ -594,7 +594,7 @@ mod tests {
                             Request::Stats
                         };
                         let r = request_with_timeout(&sock, &req, Duration::from_secs(3)).unwrap();
-                        assert!(r.ok);
+                        assert!(r.ok, "{r:?}");
                     }
                 })
             })

@@ -256,6 +256,11 @@ pub struct Plan {
 /// Decides, from what was found at each replica (`names` for messages), who serves and who is
 /// stale. `force_source` names the replica to trust after a split-brain. `fresh` gives new
 /// random ids. An Err is the reason to refuse the mount.
+///
+/// The phases: nothing readable refuses; no state anywhere makes a new set ([`new_set`]);
+/// else the records must form one set ([`check_one_set`]), the source is the replica no other
+/// one is ahead of ([`choose_source`]), every replica is judged against it ([`judge`]), and
+/// the membership, the records to write and the crash facts follow.
 pub fn plan(
     found: &[Found],
     names: &[String],
@@ -263,82 +268,166 @@ pub fn plan(
     fresh: &mut dyn FnMut() -> u64,
     now: u64,
 ) -> Result<Plan, String> {
-    let records: Vec<Option<&StateRecord>> = found
-        .iter()
-        .map(|f| match f {
-            Found::Record(r) => Some(r),
-            Found::Missing { .. } | Found::Unreadable(_) => None,
-        })
-        .collect();
-    let known: Vec<usize> = (0..found.len()).filter(|&i| records[i].is_some()).collect();
-    let rec = |i: usize| records[i].expect("known");
-    let mut notes = Vec::new();
-    let unreadable = |i: usize| match &found[i] {
-        Found::Unreadable(why) => Some(format!("cannot read its {META_DIR} state: {why}")),
-        _ => None,
-    };
-    if (0..found.len()).all(|i| unreadable(i).is_some()) {
+    let seen = Seen { found, names };
+    if (0..found.len()).all(|i| seen.unreadable(i).is_some()) {
         return Err(format!(
             "cannot read the {META_DIR} state of any replica ({})",
-            unreadable(0).unwrap_or_default()
+            seen.unreadable(0).unwrap_or_default()
         ));
     }
-
+    let known = seen.known();
     if known.is_empty() {
-        if let Some(f) = force_source {
-            return Err(format!(
-                "--force-source {}: no replica holds chironfs state yet, there is nothing to choose",
-                names[f]
-            ));
-        }
-        let ids: Vec<u64> = found.iter().map(|_| fresh()).collect();
-        let mut membership = Membership {
-            set_id: fresh(),
-            ids,
-            generation: Gen::NONE,
-            history: Vec::new(),
-            in_service: Vec::new(),
-        };
-        let all: Vec<usize> = (0..found.len())
-            .filter(|&i| unreadable(i).is_none())
-            .collect();
-        membership.change(&all, fresh());
-        let holding = found
-            .iter()
-            .any(|f| matches!(f, Found::Missing { empty: false }));
-        let (level, what) = if holding {
-            (
-                log::Level::Warn,
-                "adopting the existing files of every replica as identical",
-            )
-        } else {
-            (log::Level::Info, "initialized empty replicas")
-        };
+        return new_set(&seen, force_source, fresh, now);
+    }
+    check_one_set(&seen, &known)?;
+    let source = choose_source(&seen, &known, force_source)?;
+    let reference = seen.record(source).expect("the source holds a record");
+    let verdict = judge(&seen, source);
+    let ids: Vec<u64> = found
+        .iter()
+        .map(|f| match f {
+            Found::Record(r) => r.replica_id,
+            Found::Missing { .. } | Found::Unreadable(_) => fresh(),
+        })
+        .collect();
+    let mut membership = Membership {
+        set_id: reference.set_id,
+        ids,
+        generation: reference.generation,
+        history: reference.history.clone(),
+        in_service: sorted(reference.in_service.iter().copied()),
+    };
+    let mut notes = Vec::new();
+    if membership.change(&verdict.in_service, fresh()) {
         notes.push((
-            level,
+            log::Level::Warn,
             format!(
-                "new replica set {}: {what} (generation {})",
-                hex(membership.set_id),
+                "membership changed: generation {}",
                 membership.generation.number
             ),
         ));
-        let writes = all
-            .iter()
-            .map(|&i| (i, membership.record(i, false, now)))
-            .collect();
-        return Ok(Plan {
-            stale: (0..found.len()).map(unreadable).collect(),
-            membership,
-            writes,
-            notes,
-            unclean: false,
-            in_flight_unknown: Vec::new(),
-        });
+    }
+    if !reference.clean {
+        notes.push((
+            log::Level::Warn,
+            format!("the last shutdown of {} was not clean", names[source]),
+        ));
+    }
+    let writes = records_to_write(&seen, &verdict, &membership, now);
+    let unclean = verdict
+        .in_service
+        .iter()
+        .any(|&i| matches!(&found[i], Found::Record(r) if !r.clean));
+    let in_flight_unknown = if unclean {
+        in_flight_unknown(&seen, &known, reference, &verdict.in_service)
+    } else {
+        Vec::new()
+    };
+    Ok(Plan {
+        membership,
+        stale: verdict.stale,
+        writes,
+        notes,
+        unclean,
+        in_flight_unknown,
+    })
+}
+
+/// What was found at the replica roots, with their names for messages.
+struct Seen<'a> {
+    found: &'a [Found],
+    names: &'a [String],
+}
+
+impl Seen<'_> {
+    /// Replica `i`'s record, if it has one.
+    fn record(&self, i: usize) -> Option<&StateRecord> {
+        match &self.found[i] {
+            Found::Record(r) => Some(r),
+            Found::Missing { .. } | Found::Unreadable(_) => None,
+        }
     }
 
-    // One set, and every replica a different one.
+    /// The replicas holding a record.
+    fn known(&self) -> Vec<usize> {
+        (0..self.found.len())
+            .filter(|&i| self.record(i).is_some())
+            .collect()
+    }
+
+    /// Why replica `i` starts out when its state could not be read.
+    fn unreadable(&self, i: usize) -> Option<String> {
+        match &self.found[i] {
+            Found::Unreadable(why) => Some(format!("cannot read its {META_DIR} state: {why}")),
+            _ => None,
+        }
+    }
+}
+
+/// No replica holds state: a new set, every readable replica in service.
+fn new_set(
+    seen: &Seen,
+    force_source: Option<usize>,
+    fresh: &mut dyn FnMut() -> u64,
+    now: u64,
+) -> Result<Plan, String> {
+    if let Some(f) = force_source {
+        return Err(format!(
+            "--force-source {}: no replica holds chironfs state yet, there is nothing to choose",
+            seen.names[f]
+        ));
+    }
+    let n = seen.found.len();
+    let ids: Vec<u64> = (0..n).map(|_| fresh()).collect();
+    let mut membership = Membership {
+        set_id: fresh(),
+        ids,
+        generation: Gen::NONE,
+        history: Vec::new(),
+        in_service: Vec::new(),
+    };
+    let all: Vec<usize> = (0..n).filter(|&i| seen.unreadable(i).is_none()).collect();
+    membership.change(&all, fresh());
+    let holding = seen
+        .found
+        .iter()
+        .any(|f| matches!(f, Found::Missing { empty: false }));
+    let (level, what) = if holding {
+        (
+            log::Level::Warn,
+            "adopting the existing files of every replica as identical",
+        )
+    } else {
+        (log::Level::Info, "initialized empty replicas")
+    };
+    let notes = vec![(
+        level,
+        format!(
+            "new replica set {}: {what} (generation {})",
+            hex(membership.set_id),
+            membership.generation.number
+        ),
+    )];
+    let writes = all
+        .iter()
+        .map(|&i| (i, membership.record(i, false, now)))
+        .collect();
+    Ok(Plan {
+        stale: (0..n).map(|i| seen.unreadable(i)).collect(),
+        membership,
+        writes,
+        notes,
+        unclean: false,
+        in_flight_unknown: Vec::new(),
+    })
+}
+
+/// The records must be of one set, and every replica a different one.
+fn check_one_set(seen: &Seen, known: &[usize]) -> Result<(), String> {
+    let rec = |i: usize| seen.record(i).expect("known");
+    let names = seen.names;
     let first = known[0];
-    for &i in &known[1..] {
+    for (pos, &i) in known.iter().enumerate().skip(1) {
         if rec(i).set_id != rec(first).set_id {
             return Err(format!(
                 "replica {} belongs to another replica set (set id {}) than {} (set id {}); \
@@ -349,7 +438,7 @@ pub fn plan(
                 hex(rec(first).set_id)
             ));
         }
-        if let Some(&j) = known[..known.iter().position(|&k| k == i).unwrap_or(0)]
+        if let Some(&j) = known[..pos]
             .iter()
             .find(|&&j| rec(j).replica_id == rec(i).replica_id)
         {
@@ -362,70 +451,82 @@ pub fn plan(
             ));
         }
     }
+    Ok(())
+}
 
-    // The source: the replica(s) no other one is ahead of.
-    let source = match force_source {
-        Some(f) => {
-            if records[f].is_none() {
-                return Err(format!(
-                    "--force-source {}: it holds no chironfs state (a new replica cannot be the source)",
-                    names[f]
-                ));
-            }
-            f
+/// The source: `force_source`, or the replica no other one is ahead of; two such replicas at
+/// different generations are a split-brain (Err).
+fn choose_source(
+    seen: &Seen,
+    known: &[usize],
+    force_source: Option<usize>,
+) -> Result<usize, String> {
+    let rec = |i: usize| seen.record(i).expect("known");
+    if let Some(f) = force_source {
+        if seen.record(f).is_none() {
+            return Err(format!(
+                "--force-source {}: it holds no chironfs state (a new replica cannot be the source)",
+                seen.names[f]
+            ));
         }
-        None => {
-            let ahead: Vec<usize> = known
+        return Ok(f);
+    }
+    let ahead = known
+        .iter()
+        .copied()
+        .filter(|&i| !known.iter().any(|&j| rec(i).is_behind(rec(j))))
+        .filter(|&i| rec(i).generation != Gen::NONE);
+    let mut groups: Vec<(Gen, Vec<usize>)> = Vec::new();
+    for i in ahead {
+        match groups.iter_mut().find(|(g, _)| *g == rec(i).generation) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((rec(i).generation, vec![i])),
+        }
+    }
+    match groups.len() {
+        0 => Err(
+            "no replica holds up-to-date data (all were reset or never synced); \
+             name the one to trust with --force-source REPLICA"
+                .into(),
+        ),
+        1 => Ok(groups[0].1[0]),
+        _ => {
+            let described: Vec<String> = groups
                 .iter()
-                .copied()
-                .filter(|&i| !known.iter().any(|&j| rec(i).is_behind(rec(j))))
-                .filter(|&i| rec(i).generation != Gen::NONE)
+                .map(|(g, v)| {
+                    let members: Vec<&str> = v.iter().map(|&i| seen.names[i].as_str()).collect();
+                    format!("{} (generation {})", members.join(", "), g.number)
+                })
                 .collect();
-            let mut groups: Vec<(Gen, Vec<usize>)> = Vec::new();
-            for i in ahead {
-                match groups.iter_mut().find(|(g, _)| *g == rec(i).generation) {
-                    Some((_, v)) => v.push(i),
-                    None => groups.push((rec(i).generation, vec![i])),
-                }
-            }
-            match groups.len() {
-                0 => {
-                    return Err(
-                        "no replica holds up-to-date data (all were reset or never synced); \
-                         name the one to trust with --force-source REPLICA"
-                            .into(),
-                    );
-                }
-                1 => groups[0].1[0],
-                _ => {
-                    let described: Vec<String> = groups
-                        .iter()
-                        .map(|(g, v)| {
-                            format!(
-                                "{} (generation {})",
-                                v.iter()
-                                    .map(|&i| names[i].as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                                g.number
-                            )
-                        })
-                        .collect();
-                    return Err(format!(
-                        "split-brain: replicas {} each went on without the other; nothing is \
-                         merged: name the survivor with --force-source REPLICA (the others will \
-                         be resynced from it)",
-                        described.join(" and ")
-                    ));
-                }
-            }
+            Err(format!(
+                "split-brain: replicas {} each went on without the other; nothing is \
+                 merged: name the survivor with --force-source REPLICA (the others will \
+                 be resynced from it)",
+                described.join(" and ")
+            ))
         }
+    }
+}
+
+/// Every replica judged against the source.
+struct Verdict {
+    /// Per replica: None = in service, Some(why) = out of service and stale.
+    stale: Vec<Option<String>>,
+    /// The replicas in service.
+    in_service: Vec<usize>,
+    /// Split-brain losers: their records are reset to "never in sync".
+    reset: Vec<usize>,
+}
+
+/// Who serves and who starts out (and why), measured against the `source`'s record.
+fn judge(seen: &Seen, source: usize) -> Verdict {
+    let reference = seen.record(source).expect("the source holds a record");
+    let mut verdict = Verdict {
+        stale: vec![None; seen.found.len()],
+        in_service: Vec::new(),
+        reset: Vec::new(),
     };
-    let reference = rec(source);
-    let mut stale: Vec<Option<String>> = vec![None; found.len()];
-    let mut in_service: Vec<usize> = Vec::new();
-    let mut reset: Vec<usize> = Vec::new();
-    for (i, f) in found.iter().enumerate() {
+    for (i, f) in seen.found.iter().enumerate() {
         let why = match f {
             Found::Missing { empty: true } => {
                 Some("new replica: not synced yet, resync it".to_string())
@@ -433,7 +534,7 @@ pub fn plan(
             Found::Missing { empty: false } => Some(format!(
                 "holds files but no {META_DIR} state: not synced yet, resync it"
             )),
-            Found::Unreadable(_) => unreadable(i),
+            Found::Unreadable(_) => seen.unreadable(i),
             Found::Record(r) if r.generation == reference.generation => {
                 if r.in_service.contains(&r.replica_id) || i == source {
                     None
@@ -449,57 +550,36 @@ pub fn plan(
                 r.generation.number, reference.generation.number
             )),
             Found::Record(r) => {
-                reset.push(i);
+                verdict.reset.push(i);
                 Some(format!(
                     "split-brain loser (generation {}): {} was chosen with --force-source, resync it",
-                    r.generation.number, names[source]
+                    r.generation.number, seen.names[source]
                 ))
             }
         };
         if why.is_none() {
-            in_service.push(i);
+            verdict.in_service.push(i);
         }
-        stale[i] = why;
+        verdict.stale[i] = why;
     }
-    let ids: Vec<u64> = found
-        .iter()
-        .enumerate()
-        .map(|(i, f)| match f {
-            Found::Record(r) => r.replica_id,
-            Found::Missing { .. } | Found::Unreadable(_) => {
-                let _ = i;
-                fresh()
-            }
-        })
-        .collect();
-    let mut membership = Membership {
-        set_id: reference.set_id,
-        ids,
-        generation: reference.generation,
-        history: reference.history.clone(),
-        in_service: sorted(reference.in_service.iter().copied()),
-    };
-    if membership.change(&in_service, fresh()) {
-        notes.push((
-            log::Level::Warn,
-            format!(
-                "membership changed: generation {}",
-                membership.generation.number
-            ),
-        ));
-    }
-    if !reference.clean {
-        notes.push((
-            log::Level::Warn,
-            format!("the last shutdown of {} was not clean", names[source]),
-        ));
-    }
-    let mut writes: Vec<(usize, StateRecord)> = in_service
+    verdict
+}
+
+/// The records to write now: the in-service replicas' as members, new replicas' and
+/// split-brain losers' reset to "never in sync"; other stale replicas are left untouched.
+fn records_to_write(
+    seen: &Seen,
+    verdict: &Verdict,
+    membership: &Membership,
+    now: u64,
+) -> Vec<(usize, StateRecord)> {
+    let mut writes: Vec<(usize, StateRecord)> = verdict
+        .in_service
         .iter()
         .map(|&i| (i, membership.record(i, false, now)))
         .collect();
-    for (i, f) in found.iter().enumerate() {
-        if matches!(f, Found::Missing { .. }) || reset.contains(&i) {
+    for (i, f) in seen.found.iter().enumerate() {
+        if matches!(f, Found::Missing { .. }) || verdict.reset.contains(&i) {
             writes.push((
                 i,
                 StateRecord {
@@ -512,33 +592,32 @@ pub fn plan(
         }
     }
     writes.sort_by_key(|(i, _)| *i);
-    let unclean = in_service
+    writes
+}
+
+/// After an unclean shutdown, the replicas not in service now that were (or may have been)
+/// in service at the kill: see [`Plan::in_flight_unknown`].
+fn in_flight_unknown(
+    seen: &Seen,
+    known: &[usize],
+    reference: &StateRecord,
+    in_service: &[usize],
+) -> Vec<usize> {
+    // An unreadable replica's id is unknown: it is suspect if some replica in service at the
+    // kill is not among the readable ones.
+    let readable: Vec<u64> = known
         .iter()
-        .any(|&i| matches!(&found[i], Found::Record(r) if !r.clean));
-    let in_flight_unknown = if unclean {
-        // An unreadable replica's id is unknown: it is suspect if some replica in service at
-        // the kill is not among the readable ones.
-        let readable: Vec<u64> = known.iter().map(|&i| rec(i).replica_id).collect();
-        let unaccounted = reference.in_service.iter().any(|id| !readable.contains(id));
-        (0..found.len())
-            .filter(|i| !in_service.contains(i))
-            .filter(|&i| match &found[i] {
-                Found::Unreadable(_) => unaccounted,
-                Found::Record(r) => reference.in_service.contains(&r.replica_id),
-                Found::Missing { .. } => false,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(Plan {
-        membership,
-        stale,
-        writes,
-        notes,
-        unclean,
-        in_flight_unknown,
-    })
+        .filter_map(|&i| seen.record(i).map(|r| r.replica_id))
+        .collect();
+    let unaccounted = reference.in_service.iter().any(|id| !readable.contains(id));
+    (0..seen.found.len())
+        .filter(|i| !in_service.contains(i))
+        .filter(|&i| match &seen.found[i] {
+            Found::Unreadable(_) => unaccounted,
+            Found::Record(r) => reference.in_service.contains(&r.replica_id),
+            Found::Missing { .. } => false,
+        })
+        .collect()
 }
 
 /// A random 64-bit id (from the standard library's randomly keyed hasher, mixed with the

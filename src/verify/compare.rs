@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use super::report::{Difference, MISSING, SAME_CONTENT, Value};
 use crate::resync::Meta;
+use crate::view::report::{Difference, MISSING, SAME_CONTENT, Value};
 
 /// One replica's view of one path, as the comparison needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]

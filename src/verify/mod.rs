@@ -18,11 +18,10 @@
 //! show as a difference. Run it again (or on a quiet mount) before acting on one.
 
 mod compare;
-mod report;
 mod walk;
 
-pub use compare::{Entry, Side, compare, content_difference, first_mismatch, kind_name};
-pub use report::{
+pub use crate::view::report::{
     Compared, Difference, MAX_DIFFERENCES, MISSING, Report, SAME_CONTENT, Value, heal_paths,
 };
+pub use compare::{Entry, Side, compare, content_difference, first_mismatch, kind_name};
 pub use walk::verify;

@@ -19,11 +19,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::compare::{Entry, Side, compare, content_difference, first_mismatch};
-use super::report::{Compared, Difference, MAX_DIFFERENCES, Report};
 use crate::engine::replica::Replica;
 use crate::resync::{self, Meta};
 use crate::rules::state::META_DIR;
 use crate::sys::{self, Credentials};
+use crate::view::report::{Compared, Difference, MAX_DIFFERENCES, Report};
 use crate::view::words::describe_errno;
 
 /// Entries examined per job: large enough to keep the hand-offs cheap, small enough that a

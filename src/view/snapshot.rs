@@ -190,7 +190,7 @@ pub trait ControlHandler: Send + Sync {
         replica: Option<&str>,
         content: bool,
         heal: bool,
-    ) -> Result<crate::verify::Report, String> {
+    ) -> Result<crate::view::report::Report, String> {
         let _ = (replica, content, heal);
         Err("cannot verify: not supported here".into())
     }

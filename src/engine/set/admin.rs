@@ -111,7 +111,7 @@ impl ControlHandler for ReplicaSet {
         replica: Option<&str>,
         content: bool,
         heal: bool,
-    ) -> Result<crate::verify::Report, String> {
+    ) -> Result<crate::view::report::Report, String> {
         let in_service = self.priority_order();
         let targets: Vec<usize> = match replica {
             None => in_service.clone(),

@@ -2,7 +2,8 @@
 //! ([`Difference`], one attribute of one path, each replica's value), their lines, the summary,
 //! the JSON form sent over the control socket, and the paths a heal copies ([`heal_paths`]).
 //!
-//! Pure: no I/O, no engine; it may touch only the status file's sanitizer (`view`).
+//! Pure: no I/O, no engine; it may touch only `view::words`. It lives in `view`, not in
+//! `verify`, because the admin handler's interface (`view::snapshot::ControlHandler`) returns it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
