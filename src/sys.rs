@@ -812,6 +812,48 @@ pub fn errno_name(errno: i32) -> &'static str {
     }
 }
 
+/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`) or `timeout` passes;
+/// `Ok(false)` on timeout or EINTR. The control
+/// socket's accept loop and its bounded connect wait with it.
+pub fn poll_one(
+    fd: RawFd,
+    events: libc::c_short,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, count 1.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(r > 0)
+}
+
+/// Forks the process (the daemon detaching from its caller). Sound only while the process
+/// has one thread: the caller forks before any thread is started.
+pub fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: called before any thread exists (the daemon forks first thing), so the child
+    // is a faithful single-threaded copy.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Points stdin, stdout and stderr at `target` (a detached daemon's /dev/null).
+pub fn redirect_stdio(target: BorrowedFd<'_>) {
+    for fd in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        unsafe { libc::dup2(target.as_raw_fd(), fd) };
+    }
+}
+
 /// Calls `f(dirfd, name)` for `rel` beneath `root`; the root itself is (root, ".").
 /// Shared by the resync and verify walks, which reach entries by path from the root.
 pub fn at<T>(

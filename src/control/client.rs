@@ -5,7 +5,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, BufReader, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -107,27 +107,7 @@ impl std::error::Error for ClientError {
     }
 }
 
-/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`) or `timeout` passes;
-/// `Ok(false)` on timeout or EINTR. The server's accept loop and [`connect_with_timeout`] both
-/// wait with it.
-pub(super) fn poll_one(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd, count 1.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
-        }
-        return Err(e);
-    }
-    Ok(r > 0)
-}
+pub(super) use crate::sys::poll_one;
 
 /// `connect(2)` bounded by `timeout`: a blocking connect on a Unix socket whose backlog is
 /// full would wait forever. Times out with `ErrorKind::TimedOut`.

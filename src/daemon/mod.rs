@@ -13,7 +13,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 
 use crate::config::Config;
-use crate::control::server::spawn_server;
+use crate::control::server::{ControlServer, spawn_server};
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaSet;
 use crate::fuse::{ChironFs, KernelIo};
@@ -47,9 +47,8 @@ pub fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    // SAFETY: no thread has been started yet (replicas, FUSE and logging start after this),
-    // so the child is a faithful single-threaded copy.
-    match unsafe { nix::unistd::fork() } {
+    // No thread has been started yet: replicas, FUSE and logging start after this.
+    match sys::fork_single_threaded() {
         Err(e) => {
             eprintln!("chironfs: cannot fork: {e}");
             1
@@ -99,10 +98,7 @@ fn detach_stdio() {
         .write(true)
         .open("/dev/null")
     {
-        for fd in 0..=2 {
-            // SAFETY: dup2 onto the standard descriptors, which this process owns.
-            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
-        }
+        sys::redirect_stdio(std::os::fd::AsFd::as_fd(&null));
     }
 }
 
@@ -130,8 +126,66 @@ fn fuse_config(config: &Config) -> fuser::Config {
 type ParentPipe = Arc<std::sync::Mutex<Option<std::fs::File>>>;
 
 /// Mounts and serves until a signal or an external unmount; `parent` hears "OK" once the mount
-/// answers (daemon mode), or the error.
+/// answers (daemon mode), or the error. The steps, in order: logging, the replica set and its
+/// mount-time recovery, the control socket, the status file, the FUSE session, the status and
+/// health threads, then waiting for the end and a clean shutdown.
 fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
+    start_logging(config)?;
+    let set = open_set(config)?;
+    let mountpoint = config.mountpoint.display().to_string();
+    // The control socket first: a second daemon on the same socket is refused before it
+    // mounts anything or writes a status file.
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler: Arc<dyn ControlHandler> = set.clone();
+    let control = start_control(config, &handler, &stop)?;
+    status_writer::write_now(&config.status_file, handler.as_ref()).map_err(|e| {
+        format!(
+            "cannot write the status file {}: {e}",
+            config.status_file.display()
+        )
+    })?;
+    let mounted = mount(config, &set)?;
+    let status_writer = status_writer::spawn_writer(
+        config.status_file.clone(),
+        handler,
+        Duration::from_secs(1),
+        Arc::clone(&stop),
+    );
+    spawn_health(&set, &stop)?;
+    let signals = Signals::install()?;
+    log::info!(
+        "mounted {} on {mountpoint} ({} replicas, timeout {:.1} s, status {}, control {})",
+        config.fsname,
+        config.replicas.len(),
+        config.timeout.as_secs_f64(),
+        config.status_file.display(),
+        config.control_socket.display()
+    );
+    // Report success and close the pipe so the parent returns now.
+    if let Some(mut p) = parent.and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take()) {
+        let _ = p.write_all(b"OK");
+    }
+    let Mounted {
+        session_thread,
+        mut unmounter,
+        ended,
+    } = mounted;
+    signals.wait_for_end(config, &ended, &mut unmounter);
+    stop.store(true, Ordering::SeqCst);
+    control.shutdown();
+    let _ = status_writer.join();
+    let result = session_thread.join();
+    set.write_clean_shutdown();
+    log::info!("unmounted {mountpoint}");
+    match result {
+        Ok(Ok(())) | Ok(Err(_)) => Ok(()),
+        Err(_) => Err("the FUSE session panicked".into()),
+    }
+}
+
+/// Logs to stderr in the foreground, syslog when daemonized (or when a socket was given),
+/// and the log file if any.
+fn start_logging(config: &Config) -> Result<(), String> {
     let explicit_syslog = config.syslog_socket != std::path::Path::new("/dev/log");
     logging::init(&LogTargets {
         stderr: config.foreground,
@@ -139,7 +193,12 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         syslog: (!config.foreground || explicit_syslog).then(|| config.syslog_socket.clone()),
         file: config.log_file.clone(),
         debug: config.debug,
-    })?;
+    })
+}
+
+/// Opens the replicas, builds the set with the configured quorum and resync policy, and runs
+/// the mount-time recovery (state, journal, crash recovery) before anything is served.
+fn open_set(config: &Config) -> Result<Arc<ReplicaSet>, String> {
     let mut replicas = Vec::new();
     for (index, spec) in config.replicas.iter().enumerate() {
         let r = Replica::open(
@@ -157,7 +216,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         replicas.len(),
         mountpoint.clone(),
     );
-    let set = ReplicaSet::new(replicas, config.timeout, mountpoint.clone())
+    let set = ReplicaSet::new(replicas, config.timeout, mountpoint)
         .with_quorum(quorum)
         .shared();
     set.set_resync_rate(config.resync_rate);
@@ -165,20 +224,24 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         set.enable_auto_resync();
     }
     set.recover_at_mount(config.force_source.map(usize::from), config.journal_max)?;
-    // The control socket first: a second daemon on the same socket is refused before it
-    // mounts anything or writes a status file.
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler: Arc<dyn ControlHandler> = set.clone();
-    // A daemon that was just unmounted may still hold the socket for a moment: an immediate
-    // remount (an OCF restart) waits for it up to 3 s before giving up.
+    Ok(set)
+}
+
+/// Serves the control socket. A daemon that was just unmounted may still hold it for a
+/// moment: an immediate remount (an OCF restart) waits for it up to 3 s before giving up.
+fn start_control(
+    config: &Config,
+    handler: &Arc<dyn ControlHandler>,
+    stop: &Arc<AtomicBool>,
+) -> Result<ControlServer, String> {
     let mut attempts = 0;
-    let control = loop {
+    loop {
         match spawn_server(
             &config.control_socket,
-            Arc::clone(&handler),
-            Arc::clone(&stop),
+            Arc::clone(handler),
+            Arc::clone(stop),
         ) {
-            Ok(server) => break server,
+            Ok(server) => return Ok(server),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 30 => {
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(100));
@@ -190,25 +253,31 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
                 ));
             }
         }
-    };
-    status_writer::write_now(&config.status_file, handler.as_ref()).map_err(|e| {
-        format!(
-            "cannot write the status file {}: {e}",
-            config.status_file.display()
-        )
-    })?;
+    }
+}
+
+/// A running FUSE session: its thread, how to unmount it, and whether it ended.
+struct Mounted {
+    session_thread: std::thread::JoinHandle<std::io::Result<()>>,
+    unmounter: fuser::SessionUnmounter,
+    ended: Arc<AtomicBool>,
+}
+
+/// Mounts the set and serves it on a session thread; returns once the mount answers.
+fn mount(config: &Config, set: &Arc<ReplicaSet>) -> Result<Mounted, String> {
+    let mountpoint = config.mountpoint.display().to_string();
     let io = KernelIo {
         passthrough: config.passthrough,
         direct_writes: config.direct_writes,
         io_uring: config.io_uring,
     };
-    let fs = ChironFs::new(Arc::clone(&set), MAX_WRITE, io);
+    let fs = ChironFs::new(Arc::clone(set), MAX_WRITE, io);
     let mut session =
         fuser::Session::new(fs, &config.mountpoint, &fuse_config(config)).map_err(|e| {
             let _ = std::fs::remove_file(&config.status_file);
             format!("cannot mount {mountpoint}: {e}")
         })?;
-    let mut unmounter = session.unmount_callable();
+    let unmounter = session.unmount_callable();
     let ended = Arc::new(AtomicBool::new(false));
     let session_thread = {
         let ended = Arc::clone(&ended);
@@ -223,72 +292,73 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     };
     std::fs::metadata(&config.mountpoint)
         .map_err(|e| format!("the mount at {mountpoint} does not answer: {e}"))?;
+    Ok(Mounted {
+        session_thread,
+        unmounter,
+        ended,
+    })
+}
 
-    let status_thread = status_writer::spawn_writer(
-        config.status_file.clone(),
-        handler,
-        Duration::from_secs(1),
-        Arc::clone(&stop),
-    );
-    {
-        let set = Arc::clone(&set);
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("health".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    set.check_health();
-                    set.maybe_compact();
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            })
-            .map_err(|e| format!("cannot start the health thread: {e}"))?;
-    }
-
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&term))
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-
-    log::info!(
-        "mounted {} on {mountpoint} ({} replicas, timeout {:.1} s, status {}, control {})",
-        config.fsname,
-        config.replicas.len(),
-        config.timeout.as_secs_f64(),
-        config.status_file.display(),
-        config.control_socket.display()
-    );
-    // Report success and close the pipe so the parent returns now.
-    if let Some(mut p) = parent.and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take()) {
-        let _ = p.write_all(b"OK");
-    }
-
-    while !ended.load(Ordering::SeqCst) {
-        if term.swap(false, Ordering::SeqCst) {
-            log::info!("signal received: unmounting {mountpoint}");
-            if let Err(e) = unmounter.unmount() {
-                log::warn!("unmount of {mountpoint} failed ({e}); detaching it lazily");
-                let _ = nix::mount::umount2(&config.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+/// The health thread: once a second, the set's health check and journal compaction.
+fn spawn_health(set: &Arc<ReplicaSet>, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    let set = Arc::clone(set);
+    let stop = Arc::clone(stop);
+    std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                set.check_health();
+                set.maybe_compact();
+                std::thread::sleep(Duration::from_secs(1));
             }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the health thread: {e}"))
+}
+
+/// The signals the daemon acts on: SIGTERM/SIGINT unmount, SIGHUP reopens the log file.
+struct Signals {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        let signals = Signals {
+            term: Arc::new(AtomicBool::new(false)),
+            hup: Arc::new(AtomicBool::new(false)),
+        };
+        let fail = |e: std::io::Error| format!("cannot install signal handlers: {e}");
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, Arc::clone(&signals.term)).map_err(fail)?;
         }
-        if hup.swap(false, Ordering::SeqCst) {
-            logging::reopen();
-            log::info!("log file reopened");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&signals.hup))
+            .map_err(fail)?;
+        Ok(signals)
     }
-    stop.store(true, Ordering::SeqCst);
-    control.shutdown();
-    let _ = status_thread.join();
-    let result = session_thread.join();
-    set.write_clean_shutdown();
-    log::info!("unmounted {mountpoint}");
-    match result {
-        Ok(Ok(())) | Ok(Err(_)) => Ok(()),
-        Err(_) => Err("the FUSE session panicked".into()),
+
+    /// Acts on the signals until the session has `ended` (an unmount, by us or by anyone).
+    fn wait_for_end(
+        &self,
+        config: &Config,
+        ended: &AtomicBool,
+        unmounter: &mut fuser::SessionUnmounter,
+    ) {
+        let mountpoint = config.mountpoint.display();
+        while !ended.load(Ordering::SeqCst) {
+            if self.term.swap(false, Ordering::SeqCst) {
+                log::info!("signal received: unmounting {mountpoint}");
+                if let Err(e) = unmounter.unmount() {
+                    log::warn!("unmount of {mountpoint} failed ({e}); detaching it lazily");
+                    let _ =
+                        nix::mount::umount2(&config.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+            if self.hup.swap(false, Ordering::SeqCst) {
+                logging::reopen();
+                log::info!("log file reopened");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! The admin handler: what `chironctl` asks of the set through the control socket (snapshot,
 //! enable, disable, resync, verify and heal).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::ReplicaSet;
 use crate::engine::replica::{Replica, now};
-use crate::resync::{Engine, Run};
+use crate::resync::Run;
+use crate::view::report::Report;
 use crate::view::snapshot::{ControlHandler, ReplicaState, Snapshot};
 
 impl ControlHandler for ReplicaSet {
@@ -49,7 +50,7 @@ impl ControlHandler for ReplicaSet {
         {
             // Its journal missed the appends while it was out: rewritten before it takes
             // mutations again, with none in flight.
-            let _barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+            let _barrier = self.exclusive();
             if !r.is_in_service() {
                 self.rejoin_journal(r.index);
             }
@@ -106,12 +107,38 @@ impl ControlHandler for ReplicaSet {
 
     /// Runs on the control-socket client's thread (never a FUSE thread); every step of the
     /// walk runs on the replicas' own workers within the deadline (`verify::verify`).
-    fn verify(
-        &self,
-        replica: Option<&str>,
-        content: bool,
-        heal: bool,
-    ) -> Result<crate::view::report::Report, String> {
+    fn verify(&self, replica: Option<&str>, content: bool, heal: bool) -> Result<Report, String> {
+        let targets = self.verify_targets(replica)?;
+        for (&i, probe) in targets.iter().zip(self.probe(&targets)) {
+            if let Err(problem) = probe {
+                return Err(format!(
+                    "cannot verify {}: {problem}",
+                    self.replicas[i].path.display()
+                ));
+            }
+        }
+        let replicas: Vec<Arc<Replica>> = targets
+            .iter()
+            .map(|&i| Arc::clone(&self.replicas[i]))
+            .collect();
+        let mut report = crate::verify::verify(&replicas, self.timeout, content)
+            .map_err(|e| format!("verify failed: {e}"))?;
+        if report.identical() {
+            log::info!("{}", report.summary());
+        } else {
+            log::warn!("{}", report.summary());
+        }
+        if heal && !report.identical() {
+            self.heal(&targets, &mut report)?;
+        }
+        Ok(report)
+    }
+}
+
+impl ReplicaSet {
+    /// The replicas a verify compares, the reference first: every in-service replica, or
+    /// `replica` against the first other in-service one.
+    fn verify_targets(&self, replica: Option<&str>) -> Result<Vec<usize>, String> {
         let in_service = self.priority_order();
         let targets: Vec<usize> = match replica {
             None => in_service.clone(),
@@ -142,33 +169,16 @@ impl ControlHandler for ReplicaSet {
                 }
             ));
         }
-        for (&i, probe) in targets.iter().zip(self.probe(&targets)) {
-            if let Err(problem) = probe {
-                return Err(format!(
-                    "cannot verify {}: {problem}",
-                    self.replicas[i].path.display()
-                ));
-            }
-        }
-        let replicas: Vec<Arc<Replica>> = targets
-            .iter()
-            .map(|&i| Arc::clone(&self.replicas[i]))
-            .collect();
-        let mut report = crate::verify::verify(&replicas, self.timeout, content)
-            .map_err(|e| format!("verify failed: {e}"))?;
-        if report.identical() {
-            log::info!("{}", report.summary());
-        } else {
-            log::warn!("{}", report.summary());
-        }
-        if !heal || report.identical() {
-            return Ok(report);
-        }
-        // Heal: each differing path copied from the reference (what the mount shows: metadata
-        // is read from it) onto the other replicas, by the resync engine, under the write
-        // barrier so that no mutation runs meanwhile; content is rewritten in place, so open
-        // handles stay valid. Only in-service replicas are healed: an out-of-service one
-        // needs a resync (it also missed what verify cannot see, such as deletions).
+        Ok(targets)
+    }
+
+    /// Heals what `report` found: each differing path copied from the reference (`targets[0]`,
+    /// what the mount shows: metadata is read from it) onto the other replicas, by the resync
+    /// engine, under the write barrier so that no mutation runs meanwhile; content is rewritten
+    /// in place, so open handles stay valid. Only in-service replicas are healed: an
+    /// out-of-service one needs a resync (it also missed what verify cannot see, such as
+    /// deletions).
+    fn heal(&self, targets: &[usize], report: &mut Report) -> Result<(), String> {
         if let Some(run) = self.current_resync().filter(|r| !r.ended()) {
             return Err(format!(
                 "refusing to heal: a resync of {} is running; verify again once it is over",
@@ -185,16 +195,11 @@ impl ControlHandler for ReplicaSet {
             ));
         }
         let paths = Arc::new(crate::verify::heal_paths(&report.differences));
-        let _barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+        let _barrier = self.exclusive();
         let source = targets[0];
         for &target in &targets[1..] {
             let run = Run::new(source, target);
-            let engine = Arc::new(Mutex::new(Engine::new(
-                Arc::clone(&self.replicas[source]),
-                Arc::clone(&self.replicas[target]),
-                Arc::clone(&run.progress),
-                Arc::clone(&run.cancel),
-            )));
+            let engine = self.engine_for(&run);
             let paths = Arc::clone(&paths);
             self.supervised(&run, &engine, move |e| {
                 e.set_tolerant(false);
@@ -214,6 +219,6 @@ impl ControlHandler for ReplicaSet {
             self.replicas[source].path.display(),
             self.mountpoint
         );
-        Ok(report)
+        Ok(())
     }
 }

@@ -166,7 +166,7 @@ impl ReplicaSet {
         job: ReplicaJob<T>,
         spread: bool,
     ) -> Result<T, i32> {
-        let barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        let barrier = self.shared_barrier();
         self.note_dirty(op, path, also);
         let job = self.journaled(op, path, also, job);
         let targets = self.priority_order();

@@ -20,7 +20,7 @@ mod tests;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use crate::engine::journal::Recorder;
@@ -147,6 +147,18 @@ impl ReplicaSet {
             this: this.clone(),
             ..self
         })
+    }
+
+    /// Holds the write barrier alone: returns once no mutation is in flight, and none starts
+    /// until the guard is dropped. Lock order (docs/architecture.md): the tree lock, then a
+    /// file's order lock, then the barrier; never a replica's job while waiting for it.
+    fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.barrier.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write barrier shared, held by every mutation while it runs.
+    fn shared_barrier(&self) -> RwLockReadGuard<'_, ()> {
+        self.barrier.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Why a replica's job did not succeed, in words ("EIO (Input/output error)", "no answer

@@ -10,11 +10,10 @@ use super::takeout::TakeOut;
 use super::{ReplicaJob, ReplicaSet, shown};
 use crate::engine::journal::{self, Journal, Recorder};
 use crate::engine::replica::{Replica, now};
-use crate::resync::{self, Engine};
+use crate::resync::Run;
 use crate::rules::arbitrate::Outcome;
 use crate::rules::state;
 use crate::sys::Credentials;
-use crate::view::words::describe_errno;
 
 impl ReplicaSet {
     /// Before the mount answers: reads every replica's `.chironfs` state, decides who serves
@@ -226,47 +225,26 @@ impl ReplicaSet {
         }
         let paths = Arc::new(paths);
         for &dst in &order[1..] {
-            let progress = Arc::new(resync::Progress::default());
-            let mut engine = Engine::new(
-                Arc::clone(&self.replicas[src]),
-                Arc::clone(&self.replicas[dst]),
-                Arc::clone(&progress),
-                Arc::default(),
-            );
-            engine.set_tolerant(false);
+            let run = Run::new(src, dst);
+            let engine = self.engine_for(&run);
             let (paths, whole) = (Arc::clone(&paths), full.is_some());
-            // The walk recurses once per directory level: a thread with a big stack.
-            let healed = std::thread::Builder::new()
-                .name("crash-recovery".into())
-                .stack_size(64 << 20)
-                .spawn(move || {
-                    let r = if whole {
-                        engine.sync_all()
-                    } else {
-                        engine.sync_dirty(&paths).and_then(|()| {
-                            if engine.hard_links_seen() {
-                                engine.sync_all()
-                            } else {
-                                Ok(())
-                            }
-                        })
-                    };
-                    r.map(|()| engine.take_fixed()).map_err(|e| {
-                        format!(
-                            "{} on the {}: {}",
-                            shown(&e.path),
-                            match e.side {
-                                resync::Side::Source => "source",
-                                resync::Side::Target => "target",
-                            },
-                            describe_errno(e.err.raw_os_error().unwrap_or(libc::EIO))
-                        )
-                    })
+            let healed = self
+                .supervised(&run, &engine, move |e| {
+                    e.set_tolerant(false);
+                    if whole {
+                        return e.sync_all();
+                    }
+                    e.sync_dirty(&paths)?;
+                    if e.hard_links_seen() {
+                        e.sync_all()?;
+                    }
+                    Ok(())
                 })
-                .map_err(|e| format!("cannot start the recovery thread: {e}"))
-                .and_then(|t| {
-                    t.join()
-                        .unwrap_or_else(|_| Err("the recovery panicked".into()))
+                .map(|()| {
+                    engine
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take_fixed()
                 });
             match healed {
                 Ok(fixed) if fixed.is_empty() => log::info!(
@@ -275,7 +253,7 @@ impl ReplicaSet {
                     names(src)
                 ),
                 Ok(fixed) => {
-                    let total = progress.files.load(Ordering::Relaxed) as usize;
+                    let total = run.progress.files.load(Ordering::Relaxed) as usize;
                     let mut list: Vec<String> = fixed.iter().take(20).map(|p| shown(p)).collect();
                     if total > list.len() {
                         list.push(format!("and {} more", total - list.len()));

@@ -206,7 +206,7 @@ impl ReplicaSet {
         // Installed under the write barrier: a mutation already in flight is over before the
         // copy starts, and every later one records its paths. (Barrier, then the run: the
         // order mutations take them in.)
-        let barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+        let barrier = self.exclusive();
         let mut current = self.resync.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(run) = current.as_ref() {
             if !run.ended() {
@@ -273,12 +273,7 @@ impl ReplicaSet {
             self.mountpoint,
             crate::rules::throttle::format_rate(run.progress.limit())
         );
-        let engine = Arc::new(Mutex::new(Engine::new(
-            Arc::clone(src),
-            Arc::clone(dst),
-            Arc::clone(&run.progress),
-            Arc::clone(&run.cancel),
-        )));
+        let engine = self.engine_for(run);
         let result = self.resync_passes(run, &engine, first_pass);
         if result.is_err() {
             run.cancel.store(true, Ordering::Relaxed);
@@ -357,7 +352,7 @@ impl ReplicaSet {
             self.supervised(run, engine, move |e| e.sync_dirty(&dirty))?;
         }
         run.set_phase("barrier");
-        let barrier = self.barrier.write().unwrap_or_else(|e| e.into_inner());
+        let barrier = self.exclusive();
         let dirty = Arc::new(run.take_dirty(false));
         let n = dirty.len();
         let started = Instant::now();
@@ -385,6 +380,18 @@ impl ReplicaSet {
             return Err("it was taken out again while joining".into());
         }
         Ok(())
+    }
+
+    /// The resync engine copying `run.source` onto `run.target`, with the run's progress and
+    /// cancel flag: every copy between replicas (a resync, crash recovery, verify's heal) is
+    /// made by one, in passes run by [`ReplicaSet::supervised`].
+    pub(super) fn engine_for(&self, run: &Run) -> Arc<Mutex<Engine>> {
+        Arc::new(Mutex::new(Engine::new(
+            Arc::clone(&self.replicas[run.source]),
+            Arc::clone(&self.replicas[run.target]),
+            Arc::clone(&run.progress),
+            Arc::clone(&run.cancel),
+        )))
     }
 
     /// Runs one pass of `job` on the engine in a thread of its own and waits for it, failing
