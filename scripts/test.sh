@@ -51,6 +51,8 @@ step rustfmt cargo fmt --all -- --check
 # ABI layout it writes by hand) below.
 step "rustfmt, fuser fork" cargo fmt --manifest-path vendor/fuser/Cargo.toml -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+# No import cycle between modules, no function over 120 lines (docs/architecture.md).
+step "module graph" scripts/module-deps.py --max-fn-lines 120
 step "clippy, fuser fork" cargo clippy --manifest-path vendor/fuser/Cargo.toml --all-targets -- -D warnings
 build_before=$failed
 step build scripts/build.sh

@@ -5,7 +5,7 @@
 //!
 //! It touches the two replicas of one resync through their root fds (`sys`, `read.rs`), and
 //! nothing else: how passes are run against concurrent mutations (dirty set, write barrier)
-//! is the caller's (`engine/set.rs`).
+//! is the caller's (`engine/set/`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;

@@ -13,7 +13,7 @@
 //! - `run.rs`: one resync as the daemon sees it ([`Run`]: state, cancel, dirty set, snapshot).
 //!
 //! How the passes are run against concurrent mutations (dirty set, write barrier) lives in
-//! `engine/set.rs`.
+//! `engine/set/`.
 
 mod copy;
 mod plan;

@@ -1,6 +1,6 @@
 //! When `--auto-resync` starts a resync by itself: the pure policy, one [`AutoResync`] per
 //! replica, fed by the health check once a second with what it saw (time injected, so the
-//! back-off is unit-tested). The glue (probing, starting, logging) is in `set.rs`.
+//! back-off is unit-tested). The glue (probing, starting, logging) is in `engine/set/resyncs.rs`.
 //!
 //! Rules: never a replica the administrator took out (until the administrator asks for a
 //! resync of it); only after its root answered two health checks in a row (a replica that

@@ -57,7 +57,7 @@ pub struct ReplicaSet {
     resync_rate: std::sync::atomic::AtomicU64,
     /// What the health check remembers between rounds about resyncs and stale replicas.
     ops: Mutex<Ops>,
-    /// The durable journal of changed paths (`journal.rs`), set up at mount by
+    /// The durable journal of changed paths (`engine/journal.rs`), set up at mount by
     /// [`ReplicaSet::start_journal`]; unset for a set without on-disk state (unit tests).
     journal: OnceLock<Arc<Recorder>>,
     /// Files open for writing, by token id: a compaction keeps their paths in the journal.
@@ -136,7 +136,7 @@ impl ReplicaSet {
     }
 
     /// The set with a quorum (`--quorum`): mutations are refused with EROFS while fewer
-    /// replicas are in service (see `quorum.rs`).
+    /// replicas are in service (see `rules/quorum.rs`).
     pub fn with_quorum(self, quorum: crate::rules::quorum::Quorum) -> Self {
         ReplicaSet { quorum, ..self }
     }
