@@ -854,6 +854,52 @@ pub fn redirect_stdio(target: BorrowedFd<'_>) {
     }
 }
 
+/// Time since boot, suspend included (CLOCK_BOOTTIME): the clock the ownership lease is
+/// observed on, which never jumps with the wall clock and keeps counting through a suspend.
+pub fn boottime() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_BOOTTIME exists on every kernel chironfs runs on.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Whether a process `pid` runs on this host: it exists and is not a zombie (a killed daemon
+/// stays a zombie until its parent reaps it, and holds nothing any more).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name, which ends with the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Whether a chironfs mount is at `mountpoint` in this mount namespace (/proc/self/mountinfo;
+/// the path as the kernel escapes it there).
+pub fn is_chironfs_mounted(mountpoint: &str) -> bool {
+    let escaped = mountpoint
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines().any(|line| {
+            let mut fields = line.split(' ');
+            let point = fields.nth(4);
+            let fstype = line
+                .split(" - ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next());
+            point == Some(escaped.as_str()) && fstype == Some("fuse.chironfs")
+        })
+    })
+}
+
 /// Calls `f(dirfd, name)` for `rel` beneath `root`; the root itself is (root, ".").
 /// Shared by the resync and verify walks, which reach entries by path from the root.
 pub fn at<T>(

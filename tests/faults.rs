@@ -1163,18 +1163,22 @@ fn all_replicas_failing_returns_the_first_replicas_errno_and_takes_nobody_out() 
     if !can_mount() {
         return;
     }
-    // Both full: ENOSPC.
+    // Both full: ENOSPC. They fill up while mounted (the lease and the state were written
+    // when there was room); the lease is renewed in place, so the daemon keeps its lease on
+    // full replicas and the caller sees ENOSPC, never EROFS.
     {
         let b = MountBuilder::new(2).timeout(2.0);
         let tmp = b.tmp().to_owned();
         let a = mount_tmpfs(&tmp.join("r0"), "256k");
         let c = mount_tmpfs(&tmp.join("r1"), "256k");
-        fill_up(&tmp.join("r0"));
-        fill_up(&tmp.join("r1"));
         let mut m = b.start();
         m.unmount_at_end(a.0.clone());
         m.unmount_at_end(c.0.clone());
+        fill_up(&tmp.join("r0"));
+        fill_up(&tmp.join("r1"));
         assert_eq!(write_errno(&m, "f"), Some(libc::ENOSPC));
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(write_errno(&m, "g"), Some(libc::ENOSPC), "{}", m.log_text());
         assert_nobody_out(&m);
     }
     // Replica 0 full, replica 1 EIO: ENOSPC; swapped: EIO. The first replica's errno wins.
@@ -1183,7 +1187,6 @@ fn all_replicas_failing_returns_the_first_replicas_errno_and_takes_nobody_out() 
         let tmp = b.tmp().to_owned();
         let (full, faulty) = if full_first { (0, 1) } else { (1, 0) };
         let t = mount_tmpfs(&tmp.join(format!("r{full}")), "256k");
-        fill_up(&t.0);
         let ff = FaultFs::start(
             &tmp.join(format!("r{faulty}-src")),
             &tmp.join(format!("r{faulty}")),
@@ -1192,6 +1195,8 @@ fn all_replicas_failing_returns_the_first_replicas_errno_and_takes_nobody_out() 
         let mut m = b.start();
         m.unmount_at_end(ff.mnt.clone());
         m.unmount_at_end(t.0.clone());
+        // Full once mounted: a fresh full replica cannot take the lease (see above).
+        fill_up(&t.0);
         let want = if full_first { libc::ENOSPC } else { libc::EIO };
         assert_eq!(
             write_errno(&m, "f"),

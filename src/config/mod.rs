@@ -115,6 +115,13 @@ pub struct Config {
 
     /// (`--auto-resync`, `-o auto_resync`).
     pub auto_resync: bool,
+    /// How long the ownership lease must go unrenewed before another daemon takes it over
+    /// (`--lease-time`); None: twice the timeout, at least 4 s (`rules::lease::Timing`).
+    pub lease_time: Option<Duration>,
+    /// A witness directory: a lease member that holds no data (`--witness`).
+    pub witness: Option<PathBuf>,
+    /// Two members take and keep the lease only while both answer (`--strict-majority`).
+    pub strict_majority: bool,
 }
 
 /// Default per-replica deadline (`--timeout`; its entry in `options.rs` gives it as text, and

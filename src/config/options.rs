@@ -306,6 +306,47 @@ pub(super) static OPTIONS: &[Opt] = &[
         },
         set: |d, v| v.store(&mut d.config.auto_resync),
     },
+    Opt {
+        long: "lease-time",
+        mount_opt: true,
+        arg: |a| {
+            a.value_name("SECS|auto")
+                .value_parser(parse_lease_time)
+                .default_value("auto")
+                .help(
+                    "How long the replica set's ownership lease must go unrenewed before                      another daemon may take it over (after its owner died): auto = twice                      --timeout, at least 4 s; at least --timeout + 2 s. The owner stops                      acknowledging writes (EROFS) well before, when it cannot renew on a                      majority of the members",
+                )
+        },
+        set: |d, v| {
+            d.config.lease_time = v.get::<Option<Duration>>().flatten();
+            Ok(())
+        },
+    },
+    Opt {
+        long: "witness",
+        mount_opt: true,
+        arg: |a| {
+            a.value_name("DIR")
+                .value_parser(value_parser!(PathBuf))
+                .help(
+                    "A directory on a third machine that holds only the set's ownership lease,                      no data: two replicas and a witness keep a majority when any one of the                      three is lost, so a partition between the front servers cannot split                      the set",
+                )
+        },
+        set: |d, v| {
+            d.config.witness = v.path()?;
+            Ok(())
+        },
+    },
+    Opt {
+        long: "strict-majority",
+        mount_opt: true,
+        arg: |a| {
+            a.action(ArgAction::SetTrue).help(
+                "With two members (two replicas, no witness), take and keep the lease only                  while both answer: an outage when one is lost, rather than a possible split                  (without it, two members run on the one that answers)",
+            )
+        },
+        set: |d, v| v.store(&mut d.config.strict_majority),
+    },
 ];
 
 /// Stores every option's value (given, else its default) in the draft, in table order.
@@ -391,6 +432,14 @@ fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
             os_reason(&e)
         ))
     })
+}
+
+/// Parses `--lease-time`: "auto" (None) or seconds, like a timeout.
+fn parse_lease_time(s: &str) -> Result<Option<Duration>, String> {
+    if s == "auto" {
+        return Ok(None);
+    }
+    parse_timeout(s).map(Some)
 }
 
 /// Parses a timeout in (possibly fractional) seconds: finite, > 0, at most one day.

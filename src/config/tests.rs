@@ -567,6 +567,31 @@ fn log_inside_mount() {
 }
 
 #[test]
+fn lease_time_leaves_room_to_fence_and_the_witness_is_a_directory_of_its_own() {
+    let t = Tree::new();
+    let (spec, mnt) = (t.spec(), t.p("mnt"));
+    assert_eq!(mount(&[&spec, &mnt]).lease_time, None);
+    let m = mount(&[&spec, &mnt, "--timeout", "2", "-o", "lease_time=4.5"]);
+    assert_eq!(m.lease_time, Some(Duration::from_millis(4500)));
+    let m = fail(&[&spec, &mnt, "--timeout", "5", "--lease-time", "6"]);
+    assert!(
+        m.contains("--lease-time 6 s is too short for --timeout 5 s: at least 7 s"),
+        "{m}"
+    );
+    fs::create_dir(t.p("w")).unwrap();
+    let w = mount(&[&spec, &mnt, "--witness", &t.p("w")]);
+    assert_eq!(w.witness, Some(t.c("w")));
+    let m = fail(&[&spec, &mnt, "--witness", &t.p("a")]);
+    assert!(
+        m.contains("neither a replica nor inside the mount point"),
+        "{m}"
+    );
+    let m = fail(&[&spec, &mnt, "-o", &format!("witness={}", t.p("nowhere"))]);
+    assert!(m.contains("witness"), "{m}");
+    assert!(mount(&[&spec, &mnt, "--strict-majority"]).strict_majority);
+}
+
+#[test]
 fn quorum_is_off_auto_or_a_count_within_the_replicas() {
     let t = Tree::new();
     let (spec, mnt) = (t.spec(), t.p("mnt"));
@@ -771,7 +796,7 @@ fn every_mount_key_agrees_with_its_option() {
         }
         assert!(help_text().contains(&key), "-o {key} missing from --help");
     }
-    assert_eq!(keys, 17);
+    assert_eq!(keys, 20);
     // Command-line-only options have no -o key.
     for key in ["foreground", "fuseoptions", "help", "version"] {
         let m = fail(&[&spec, &mnt, "-o", key]);

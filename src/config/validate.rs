@@ -74,6 +74,31 @@ pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
             Ok(u16::try_from(n).unwrap_or(u16::MAX))
         })
         .transpose()?;
+    if let Some(lease) = config.lease_time {
+        let least = crate::rules::lease::Timing::minimum_lease(config.timeout);
+        if lease < least {
+            return Err(ConfigError::new(format!(
+                "chironfs: --lease-time {} s is too short for --timeout {} s: at least {} s (the \
+                 owner must have time to stop writing before another daemon takes over)",
+                lease.as_secs_f64(),
+                config.timeout.as_secs_f64(),
+                least.as_secs_f64()
+            )));
+        }
+    }
+    config.witness = config
+        .witness
+        .map(|w| existing_dir("witness", &w))
+        .transpose()?;
+    if let Some(w) = &config.witness
+        && (replicas.iter().any(|r| &r.canon == w) || w.starts_with(&mountpoint))
+    {
+        return Err(ConfigError::new(format!(
+            "chironfs: the witness {} must be a directory of its own, neither a replica nor \
+             inside the mount point",
+            w.display()
+        )));
+    }
     config.replicas = replicas
         .into_iter()
         .map(|r| ReplicaSpec {

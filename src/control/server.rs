@@ -441,6 +441,8 @@ mod tests {
                 state: Snapshot::overall_of(&replicas),
                 replicas,
                 quorum: None,
+                lease: None,
+                lease_epoch: 0,
             }
         }
         fn enable(&self, which: &str, force: bool) -> Result<String, String> {

@@ -12,6 +12,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use syslog::{Facility, Formatter3164, LoggerBackend};
 
 use crate::view::words::ALERT_TARGET;
+pub use crate::view::words::utc_timestamp;
 
 type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 
@@ -100,28 +101,6 @@ pub fn reopen() {
             Err(e) => log::error!("cannot reopen log file {}: {e}", path.display()),
         }
     }
-}
-
-/// UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed for a log prefix).
-pub fn utc_timestamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// fuser's warning when it tries to unmount at exit a mount the admin already unmounted

@@ -14,9 +14,11 @@ use fuser::{MountOption, SessionACL};
 
 use crate::config::Config;
 use crate::control::server::{ControlServer, spawn_server};
+use crate::engine::lease::LeaseKeeper;
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaSet;
 use crate::fuse::{ChironFs, KernelIo};
+use crate::rules::lease::Timing;
 use crate::sys;
 use crate::view::snapshot::ControlHandler;
 use logging::LogTargets;
@@ -132,6 +134,24 @@ type ParentPipe = Arc<std::sync::Mutex<Option<std::fs::File>>>;
 fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     start_logging(config)?;
     let set = open_set(config)?;
+    let lease = take_lease(config, &set)?;
+    let served = serve_set(config, &set, &lease, parent);
+    // At a clean end the lease is released after the clean-shutdown records; after a failed
+    // start, at once: nothing of ours is being written any more.
+    lease.release();
+    served
+}
+
+/// Serves a set whose lease this daemon holds: the mount-time recovery, the control socket,
+/// the status file, the FUSE session, the status and health threads, then waiting for the end
+/// and a clean shutdown.
+fn serve_set(
+    config: &Config,
+    set: &Arc<ReplicaSet>,
+    lease: &LeaseKeeper,
+    parent: Option<ParentPipe>,
+) -> Result<(), String> {
+    set.recover_at_mount(config.force_source.map(usize::from), config.journal_max)?;
     let mountpoint = config.mountpoint.display().to_string();
     // The control socket first: a second daemon on the same socket is refused before it
     // mounts anything or writes a status file.
@@ -144,14 +164,14 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
             config.status_file.display()
         )
     })?;
-    let mounted = mount(config, &set)?;
+    let mounted = mount(config, set)?;
     let status_writer = status_writer::spawn_writer(
         config.status_file.clone(),
         handler,
         Duration::from_secs(1),
         Arc::clone(&stop),
     );
-    spawn_health(&set, &stop)?;
+    spawn_health(set, &stop)?;
     let signals = Signals::install()?;
     log::info!(
         "mounted {} on {mountpoint} ({} replicas, timeout {:.1} s, status {}, control {})",
@@ -171,6 +191,7 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
         ended,
     } = mounted;
     signals.wait_for_end(config, &ended, &mut unmounter);
+    lease.stopping();
     stop.store(true, Ordering::SeqCst);
     control.shutdown();
     let _ = status_writer.join();
@@ -196,8 +217,7 @@ fn start_logging(config: &Config) -> Result<(), String> {
     })
 }
 
-/// Opens the replicas, builds the set with the configured quorum and resync policy, and runs
-/// the mount-time recovery (state, journal, crash recovery) before anything is served.
+/// Opens the replicas and builds the set with the configured quorum and resync policy.
 fn open_set(config: &Config) -> Result<Arc<ReplicaSet>, String> {
     let mut replicas = Vec::new();
     for (index, spec) in config.replicas.iter().enumerate() {
@@ -223,8 +243,43 @@ fn open_set(config: &Config) -> Result<Arc<ReplicaSet>, String> {
     if config.auto_resync {
         set.enable_auto_resync();
     }
-    set.recover_at_mount(config.force_source.map(usize::from), config.journal_max)?;
     Ok(set)
+}
+
+/// Takes the replica set's ownership lease on its members (the replicas and the witness), or
+/// says who holds it, before anything else is read or written; then keeps it renewed.
+fn take_lease(config: &Config, set: &ReplicaSet) -> Result<Arc<LeaseKeeper>, String> {
+    let mut members: Vec<Arc<Replica>> = set.replicas().to_vec();
+    if let Some(w) = &config.witness {
+        let witness = Replica::open(members.len(), w.clone(), false, 2)
+            .map_err(|e| format!("cannot open the witness {}: {e}", w.display()))?;
+        members.push(witness);
+    }
+    let timing = Timing {
+        lease: config
+            .lease_time
+            .unwrap_or_else(|| Timing::default_lease(config.timeout)),
+        timeout: config.timeout,
+    };
+    if members.len() == 2 && !config.strict_majority {
+        log::warn!(
+            "the replica set has two members and no witness: it keeps serving on the one that \
+             answers, so a storage partition between front servers could still split it (the \
+             generations catch it at reunion); --witness DIR on a third machine closes that"
+        );
+    }
+    let keeper = Arc::new(LeaseKeeper::new(
+        members,
+        timing,
+        config.strict_majority,
+        &config.mountpoint.display().to_string(),
+    ));
+    keeper.acquire()?;
+    keeper
+        .start_renewing()
+        .map_err(|e| format!("cannot start the lease thread: {e}"))?;
+    set.install_lease(Arc::clone(&keeper));
+    Ok(keeper)
 }
 
 /// Serves the control socket. A daemon that was just unmounted may still hold it for a

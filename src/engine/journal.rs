@@ -26,13 +26,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::rules::state::{Gen, META_DIR};
+use crate::rules::state::Gen;
 
 /// The journal file inside [`META_DIR`].
 pub const JOURNAL_FILE: &str = "journal";
@@ -586,24 +587,27 @@ pub fn boot_id() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Reads `root`'s journal.
-pub fn read(root: &Path) -> Loaded {
-    let file = root.join(META_DIR).join(JOURNAL_FILE);
-    match std::fs::read(&file) {
-        Ok(data) => match Journal::parse(&data) {
+/// Largest journal file read: `--journal-max` is at most 4 GiB, plus the header.
+const MAX_JOURNAL_FILE: u64 = (1 << 32) + 4096;
+
+/// Reads a replica's journal through its root handle.
+pub fn read(root: BorrowedFd<'_>) -> Loaded {
+    match crate::engine::meta_files::read(root, JOURNAL_FILE, MAX_JOURNAL_FILE) {
+        Ok(Some(data)) => match Journal::parse(&data) {
             Ok(j) => Loaded::Found(j),
-            Err(e) => Loaded::Corrupt(e),
+            Err(e) => Loaded::Corrupt(crate::engine::meta_files::excerpt(&e)),
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::Missing,
+        Ok(None) => Loaded::Missing,
         Err(e) => Loaded::Corrupt(format!("cannot read it: {e}")),
     }
 }
 
-/// Writes `data` as `root`'s journal atomically (temp file, rename; with `durable` also fsync
-/// of the file and the directory) and returns it opened for appending.
-pub fn write(root: &Path, data: &[u8], durable: bool) -> io::Result<std::fs::File> {
-    let path = crate::rules::state::replace_meta_file(root, JOURNAL_FILE, data, durable)?;
-    std::fs::OpenOptions::new().append(true).open(&path)
+/// Writes `data` as a replica's journal atomically, through its root handle (temp file,
+/// rename; with `durable` also fsync of the file and the directory), and returns it opened
+/// for appending.
+pub fn write(root: BorrowedFd<'_>, data: &[u8], durable: bool) -> io::Result<std::fs::File> {
+    crate::engine::meta_files::replace(root, JOURNAL_FILE, data, durable, true)?
+        .ok_or_else(|| io::Error::other("no file to append to"))
 }
 
 #[cfg(test)]
@@ -752,11 +756,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let roots = [dir.join("a"), dir.join("b")];
         for r in &roots {
-            std::fs::create_dir_all(r.join(META_DIR)).unwrap();
+            std::fs::create_dir_all(r.join(crate::rules::state::META_DIR)).unwrap();
         }
         let rec = Recorder::new(Journal::new(header(G1)), 2, DEFAULT_MAX_BYTES);
-        for (i, r) in roots.iter().enumerate() {
-            rec.attach(i, write(r, &rec.render_for(i), true).unwrap());
+        let handles: Vec<std::fs::File> = roots
+            .iter()
+            .map(|r| std::fs::File::open(r).unwrap())
+            .collect();
+        let root = |i: usize| std::os::fd::AsFd::as_fd(&handles[i]);
+        for i in 0..roots.len() {
+            rec.attach(i, write(root(i), &rec.render_for(i), true).unwrap());
         }
         let intent = rec.note(&[(Path::new("x"), true), (Path::new("y"), true)]);
         rec.write_ahead(&intent, 0).unwrap();
@@ -768,22 +777,32 @@ mod tests {
             })
         );
         rec.write_ahead(&intent, 1).unwrap();
-        for r in &roots {
-            let Loaded::Found(j) = read(r) else {
+        for (i, r) in roots.iter().enumerate() {
+            let Loaded::Found(j) = read(root(i)) else {
                 panic!("no journal in {}", r.display())
             };
             assert_eq!(j.len(), 2);
             assert_eq!(j, rec.snapshot());
         }
         // A failed append: that journal is emptied (reads as corrupt), the other goes on.
-        let ro = std::fs::File::open(roots[1].join(META_DIR).join(JOURNAL_FILE)).unwrap();
+        let ro = std::fs::File::open(
+            roots[1]
+                .join(crate::rules::state::META_DIR)
+                .join(JOURNAL_FILE),
+        )
+        .unwrap();
         rec.attach(1, ro);
         let next = rec.note(&[(Path::new("z"), false)]);
         rec.write_ahead(&next, 0).unwrap();
         assert!(rec.write_ahead(&next, 1).is_err());
         assert!(rec.is_broken(1) && !rec.is_broken(0));
-        assert_eq!(read(&roots[0]), Loaded::Found(rec.snapshot()));
-        assert!(matches!(read(&dir.join("none")), Loaded::Missing));
+        assert_eq!(read(root(0)), Loaded::Found(rec.snapshot()));
+        std::fs::create_dir_all(dir.join("none")).unwrap();
+        let none = std::fs::File::open(dir.join("none")).unwrap();
+        assert!(matches!(
+            read(std::os::fd::AsFd::as_fd(&none)),
+            Loaded::Missing
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -4,5 +4,7 @@
 
 pub mod dirfds;
 pub mod journal;
+pub mod lease;
+pub mod meta_files;
 pub mod replica;
 pub mod set;

@@ -5,6 +5,7 @@
 pub mod arbitrate;
 pub mod auto_resync;
 pub mod iomode;
+pub mod lease;
 pub mod order;
 pub mod quorum;
 pub mod select;

@@ -4,8 +4,6 @@
 //! helpers at the end; `docs/replica-state.md` describes the format.
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::Path;
 
 /// Name of the metadata directory at each replica root: hidden from the mount, never
 /// replicated as user data.
@@ -642,64 +640,6 @@ pub fn random_id() -> u64 {
     }
 }
 
-/// Reads what is at `root` (a replica directory): its state record, or whether it is empty.
-pub fn read_found(root: &Path) -> std::io::Result<Found> {
-    let file = root.join(META_DIR).join(STATE_FILE);
-    match std::fs::read_to_string(&file) {
-        Ok(text) => StateRecord::parse(&text)
-            .map(Found::Record)
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", file.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let empty = std::fs::read_dir(root)?
-                .flatten()
-                .all(|e| e.file_name() == "lost+found" || e.file_name() == META_DIR);
-            Ok(Found::Missing { empty })
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `record` into `root`'s metadata directory atomically: temp file, fsync, rename,
-/// fsync of the directory.
-pub fn write_record(root: &Path, record: &StateRecord) -> std::io::Result<()> {
-    replace_meta_file(root, STATE_FILE, record.render().as_bytes(), true).map(drop)
-}
-
-/// Replaces the file `name` of `root`'s metadata directory (made if missing) with `data`
-/// atomically: temp file, rename; with `durable`, the file is fsynced before the rename and
-/// the directory after it. Returns the file's path.
-pub fn replace_meta_file(
-    root: &Path,
-    name: &str,
-    data: &[u8],
-    durable: bool,
-) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = root.join(META_DIR);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    if durable {
-        f.sync_all()?;
-    }
-    drop(f);
-    let path = dir.join(name);
-    std::fs::rename(&tmp, &path)?;
-    if durable {
-        std::fs::File::open(&dir)?.sync_all()?;
-    }
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1006,33 +946,5 @@ mod tests {
             m.change(if n % 2 == 0 { &[0, 1] } else { &[0] }, 100 + n);
         }
         assert_eq!(m.history.len(), HISTORY_LEN);
-    }
-
-    #[test]
-    fn files_are_written_atomically_and_read_back() {
-        let dir = std::env::temp_dir().join(format!("chironfs-state-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(read_found(&dir).unwrap(), Found::Missing { empty: true });
-        std::fs::create_dir(dir.join("lost+found")).unwrap();
-        assert_eq!(read_found(&dir).unwrap(), Found::Missing { empty: true });
-        std::fs::write(dir.join("f"), "x").unwrap();
-        assert_eq!(read_found(&dir).unwrap(), Found::Missing { empty: false });
-        let r = StateRecord {
-            set_id: 1,
-            replica_id: 2,
-            generation: G1,
-            history: vec![],
-            in_service: vec![2],
-            clean: true,
-            updated: 3,
-        };
-        write_record(&dir, &r).unwrap();
-        write_record(&dir, &r).unwrap();
-        assert_eq!(read_found(&dir).unwrap(), Found::Record(r));
-        assert!(!dir.join(META_DIR).join("state.tmp").exists());
-        std::fs::write(dir.join(META_DIR).join(STATE_FILE), "junk").unwrap();
-        assert!(read_found(&dir).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

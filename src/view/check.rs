@@ -126,7 +126,7 @@ pub fn check_summary(s: &Snapshot) -> (CheckStatus, String) {
         .filter(|r| r.stale && r.state == ReplicaState::InService)
         .map(|r| check_text(&r.path))
         .collect();
-    let status = if up == 0 || s.quorum_lost() {
+    let status = if up == 0 || s.quorum_lost() || s.lease_lost() {
         CheckStatus::Critical
     } else if up < total || stale_count > 0 {
         CheckStatus::Warning
@@ -136,6 +136,9 @@ pub fn check_summary(s: &Snapshot) -> (CheckStatus, String) {
     let mut text = format!("{up}/{total} replicas in service");
     if let Some(q) = s.quorum.filter(|_| s.quorum_lost()) {
         text.push_str(&format!("; quorum lost ({q} needed): mutations refused"));
+    }
+    if let Some(lease) = s.lease.as_deref().filter(|_| s.lease_lost()) {
+        text.push_str(&format!("; lease {lease}: mutations refused"));
     }
     for (label, names) in [
         ("resyncing", syncing),

@@ -35,6 +35,8 @@ pub fn snap(states: &[(ReplicaState, bool)]) -> Snapshot {
         state: Snapshot::overall_of(&replicas),
         replicas,
         quorum: None,
+        lease: None,
+        lease_epoch: 0,
     }
 }
 
@@ -76,5 +78,7 @@ pub fn sample() -> Snapshot {
         state: Snapshot::overall_of(&replicas),
         replicas,
         quorum: None,
+        lease: None,
+        lease_epoch: 0,
     }
 }

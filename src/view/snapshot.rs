@@ -133,6 +133,13 @@ pub struct Snapshot {
     /// Replicas a mutation needs in service (`--quorum`); absent: no quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<usize>,
+    /// The ownership lease: "held", or why mutations are refused ("fenced: ...", "lost:
+    /// ..."); absent for a daemon without one (unit tests, older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// The lease's epoch (raised at every change of owner).
+    #[serde(default)]
+    pub lease_epoch: u64,
 }
 
 impl Snapshot {
@@ -147,6 +154,11 @@ impl Snapshot {
     /// True when a quorum is set and fewer replicas are in service: mutations fail (EROFS).
     pub fn quorum_lost(&self) -> bool {
         self.quorum.is_some_and(|q| self.in_service() < q)
+    }
+
+    /// True when the lease is not held: fenced or taken over, mutations fail (EROFS).
+    pub fn lease_lost(&self) -> bool {
+        self.lease.as_deref().is_some_and(|l| l != "held")
     }
 
     /// Overall health derived from per-replica states: the one rule every consumer shares.

@@ -39,6 +39,14 @@ pub fn render(s: &Snapshot) -> String {
         let state = if s.quorum_lost() { "lost" } else { "met" };
         let _ = writeln!(out, "quorum_state={state}");
     }
+    if let Some(lease) = &s.lease {
+        let (state, reason) = lease.split_once(": ").unwrap_or((lease, ""));
+        let _ = writeln!(out, "lease_state={}", sanitize_value(state));
+        let _ = writeln!(out, "lease_epoch={}", s.lease_epoch);
+        if !reason.is_empty() {
+            let _ = writeln!(out, "lease_reason={}", sanitize_value(reason));
+        }
+    }
     // The Nagios verdict and its reason, so a shell monitor needs no logic of its own.
     let (check, reason) = check_summary(s);
     let _ = writeln!(out, "check={}", check.label().to_ascii_lowercase());
@@ -258,6 +266,16 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
         None => None,
         Some(v) => Some(num(v, "quorum")?),
     };
+    let lease = top
+        .get("lease_state")
+        .map(|state| match top.get("lease_reason") {
+            Some(reason) => format!("{state}: {reason}"),
+            None => state.clone(),
+        });
+    let lease_epoch = match top.get("lease_epoch") {
+        None => 0,
+        Some(v) => num(v, "lease_epoch")?,
+    };
     Ok(Snapshot {
         pid,
         mountpoint,
@@ -265,6 +283,8 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
         state,
         replicas,
         quorum,
+        lease,
+        lease_epoch,
     })
 }
 
@@ -305,6 +325,23 @@ replica.1.writes=30
 replica.1.errors=4
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn lease_is_rendered_and_parsed_back() {
+        let mut s = sample();
+        s.lease = Some("fenced: not renewed on a majority".into());
+        s.lease_epoch = 4;
+        let text = render(&s);
+        assert!(
+            text.contains(
+                "\nlease_state=fenced\nlease_epoch=4\nlease_reason=not renewed on a majority\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(parse(&text).unwrap(), s);
+        s.lease = Some("held".into());
+        assert_eq!(parse(&render(&s)).unwrap(), s);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::ReplicaSet;
+use crate::engine::lease::LeaseState;
 use crate::engine::replica::{Replica, now};
 use crate::resync::Run;
 use crate::view::report::Report;
@@ -29,6 +30,12 @@ impl ControlHandler for ReplicaSet {
             state: Snapshot::overall_of(&replicas),
             replicas,
             quorum: self.quorum.required(),
+            lease: self.lease.get().map(|l| match l.state() {
+                LeaseState::Held { .. } => "held".to_string(),
+                LeaseState::Fenced { why } => format!("fenced: {why}"),
+                LeaseState::Lost { why } => format!("lost: {why}"),
+            }),
+            lease_epoch: self.lease.get().map(|l| l.epoch()).unwrap_or_default(),
         }
     }
 

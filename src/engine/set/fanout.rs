@@ -171,6 +171,9 @@ impl ReplicaSet {
         let job = self.journaled(op, path, also, job);
         let targets = self.priority_order();
         self.quorum.admit(op, targets.len())?;
+        if !self.may_write() {
+            return Err(libc::EROFS);
+        }
         if targets.is_empty() {
             return Err(libc::EIO);
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{ReplicaJob, ReplicaSet};
+use crate::engine::meta_files;
 use crate::engine::replica::Replica;
 use crate::rules::arbitrate::Outcome;
 use crate::rules::state::{self};
@@ -98,8 +99,8 @@ impl ReplicaSet {
             if !with_set_id.contains(&r.index) {
                 return Ok(Ok(None));
             }
-            Ok(Ok(match state::read_found(&r.path) {
-                Ok(state::Found::Record(rec)) => Some(rec.set_id),
+            Ok(Ok(match meta_files::read_state(r.root()) {
+                state::Found::Record(rec) => Some(rec.set_id),
                 _ => None,
             }))
         });

@@ -157,6 +157,9 @@ impl ReplicaSet {
     /// the new files from then on; a replica where that fails keeps no trusted journal.
     /// Called with no mutation in flight (mount, write barrier).
     pub(super) fn write_journals(&self, rec: &Arc<Recorder>, targets: &[usize], durable: bool) {
+        if !self.may_write() {
+            return;
+        }
         let data: Arc<Vec<Option<Vec<u8>>>> = Arc::new(
             (0..self.replicas.len())
                 .map(|i| targets.contains(&i).then(|| rec.render_for(i)))
@@ -164,7 +167,7 @@ impl ReplicaSet {
         );
         let job: ReplicaJob<std::fs::File> = Arc::new(move |r: &Replica| {
             journal::write(
-                &r.path,
+                r.root(),
                 data[r.index].as_deref().unwrap_or_default(),
                 durable,
             )

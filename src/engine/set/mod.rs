@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
 use std::time::Duration;
 
 use crate::engine::journal::Recorder;
+use crate::engine::lease::LeaseKeeper;
 use crate::engine::replica::Replica;
 use crate::resync::Run;
 use crate::rules::arbitrate::{Fault, Outcome};
@@ -60,6 +61,9 @@ pub struct ReplicaSet {
     /// The durable journal of changed paths (`engine/journal.rs`), set up at mount by
     /// [`ReplicaSet::start_journal`]; unset for a set without on-disk state (unit tests).
     journal: OnceLock<Arc<Recorder>>,
+    /// The ownership lease (`engine/lease.rs`), installed at mount once taken: while it is
+    /// not held, no mutation runs and the daemon writes none of its own records.
+    lease: OnceLock<Arc<LeaseKeeper>>,
     /// Files open for writing, by token id: a compaction keeps their paths in the journal.
     open_writers: Mutex<OpenWriters>,
 }
@@ -113,6 +117,7 @@ impl ReplicaSet {
             }),
             quorum: Default::default(),
             journal: OnceLock::new(),
+            lease: OnceLock::new(),
             open_writers: Mutex::default(),
         }
     }
@@ -147,6 +152,17 @@ impl ReplicaSet {
             this: this.clone(),
             ..self
         })
+    }
+
+    /// From now on, mutations and the daemon's own records need `lease` held.
+    pub fn install_lease(&self, lease: Arc<LeaseKeeper>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// Whether this daemon may write to the replicas: it holds the lease (or has none: a set
+    /// without on-disk state). Checked before every mutation and every record written.
+    fn may_write(&self) -> bool {
+        self.lease.get().is_none_or(|l| l.may_write())
     }
 
     /// Holds the write barrier alone: returns once no mutation is in flight, and none starts

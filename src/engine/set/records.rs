@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::takeout::TakeOut;
 use super::{ReplicaJob, ReplicaSet};
+use crate::engine::meta_files;
 use crate::engine::replica::{Replica, now};
 use crate::rules::arbitrate::Outcome;
 use crate::rules::state::{self, Gen, Membership, StateRecord};
@@ -26,6 +27,9 @@ impl ReplicaSet {
         let Some(m) = guard.as_mut() else {
             return;
         };
+        if !self.may_write() {
+            return;
+        }
         for _ in 0..=self.replicas.len() {
             let mut targets = self.priority_order();
             targets.sort_unstable();
@@ -72,12 +76,15 @@ impl ReplicaSet {
     /// The one writer of the state records: writes `records[i]`, where given, to replica `i`
     /// on its own workers within the deadline. Returns the replicas that failed, with why.
     pub(super) fn store_records(&self, records: Vec<Option<StateRecord>>) -> Vec<(usize, String)> {
+        if !self.may_write() {
+            return Vec::new();
+        }
         let targets: Vec<usize> = (0..records.len())
             .filter(|&i| records[i].is_some())
             .collect();
         let records = Arc::new(records);
         let job: ReplicaJob<()> = Arc::new(move |r: &Replica| match &records[r.index] {
-            Some(record) => state::write_record(&r.path, record),
+            Some(record) => meta_files::write_state(r.root(), record),
             None => Ok(()),
         });
         self.run(&targets, &Credentials::root(), &job)
@@ -88,6 +95,14 @@ impl ReplicaSet {
 
     /// At a clean unmount: records the clean shutdown in the in-service replicas' state.
     pub fn write_clean_shutdown(&self) {
+        if !self.may_write() {
+            log::warn!(
+                "not marking the replicas' state clean on {}: this daemon no longer holds the \
+                 replica set's lease",
+                self.mountpoint
+            );
+            return;
+        }
         let guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = guard.as_ref() {
             let mut targets = self.priority_order();
@@ -118,7 +133,8 @@ impl ReplicaSet {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|m| m.set_id)?;
-        let read: ReplicaJob<state::Found> = Arc::new(|r: &Replica| state::read_found(&r.path));
+        let read: ReplicaJob<state::Found> =
+            Arc::new(|r: &Replica| Ok(meta_files::read_state(r.root())));
         match self.run(&[index], &Credentials::root(), &read).pop() {
             Some((_, Outcome::Done(state::Found::Record(rec)))) if rec.set_id == set_id => {
                 Some((rec.generation, rec.in_service.contains(&rec.replica_id)))

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use super::takeout::TakeOut;
 use super::{ReplicaJob, ReplicaSet, shown};
 use crate::engine::journal::{self, Journal, Recorder};
+use crate::engine::meta_files;
 use crate::engine::replica::{Replica, now};
 use crate::resync::Run;
 use crate::rules::arbitrate::Outcome;
@@ -72,13 +73,12 @@ impl ReplicaSet {
     /// deadline (a failing or hung replica reads as unreadable).
     fn read_states(&self) -> Vec<state::Found> {
         let all: Vec<usize> = (0..self.replicas.len()).collect();
-        let read: ReplicaJob<Result<state::Found, String>> =
-            Arc::new(|r: &Replica| Ok(state::read_found(&r.path).map_err(|e| e.to_string())));
+        let read: ReplicaJob<state::Found> =
+            Arc::new(|r: &Replica| Ok(meta_files::read_state(r.root())));
         self.run(&all, &Credentials::root(), &read)
             .into_iter()
             .map(|(_, outcome)| match outcome {
-                Outcome::Done(Ok(found)) => found,
-                Outcome::Done(Err(e)) => state::Found::Unreadable(e),
+                Outcome::Done(found) => found,
                 other => state::Found::Unreadable(self.failure_words(&other).unwrap_or_default()),
             })
             .collect()
@@ -106,7 +106,7 @@ impl ReplicaSet {
         let Some(&first) = order.first() else {
             return;
         };
-        let read: ReplicaJob<journal::Loaded> = Arc::new(|r: &Replica| Ok(journal::read(&r.path)));
+        let read: ReplicaJob<journal::Loaded> = Arc::new(|r: &Replica| Ok(journal::read(r.root())));
         let boot = journal::boot_id();
         let trusted: Vec<(usize, Result<Journal, String>)> = self
             .run(&order, &Credentials::root(), &read)
