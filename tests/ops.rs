@@ -1287,8 +1287,14 @@ fn a_terminal_query_on_a_file_is_refused_quietly() {
         .log_text()
         .contains("INFO: unmounted")));
     let log = m.log_text();
+    // The one warning a two-replica set without a witness gets at every mount (a storage
+    // partition could split it; docs/cluster.md) is configuration advice, not a fault.
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARNING") && !l.contains("two members and no witness"))
+        .collect();
     assert!(
-        !log.contains("WARNING") && !log.contains("Not Implemented"),
+        warnings.is_empty() && !log.contains("Not Implemented"),
         "a fresh mount, a terminal query and a normal unmount log no warning:\n{log}"
     );
 }

@@ -59,6 +59,9 @@ pub struct LeaseKeeper {
     stop: AtomicBool,
     /// What renewals write: held, or stopping once the mount is gone.
     hold: Mutex<Hold>,
+    /// Held by a renewal round, so a release never races one (a round that read "ours"
+    /// before the release must not write "held" after it).
+    round: Mutex<()>,
 }
 
 impl std::fmt::Debug for LeaseKeeper {
@@ -95,6 +98,7 @@ impl LeaseKeeper {
             lost: Mutex::new(None),
             stop: AtomicBool::new(false),
             hold: Mutex::new(Hold::Held),
+            round: Mutex::new(()),
         }
     }
 
@@ -260,6 +264,10 @@ impl LeaseKeeper {
 
     /// One renewal round.
     fn renew_once(&self) {
+        let _round = self.round.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
         let round = sys::boottime();
         let epoch = self.epoch.load(Ordering::SeqCst);
         let renewal = self.renewal.fetch_add(1, Ordering::SeqCst) + 1;
@@ -385,6 +393,7 @@ impl LeaseKeeper {
     /// daemon. Only where the lease is still ours.
     pub fn release(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _round = self.round.lock().unwrap_or_else(|e| e.into_inner());
         if self.lost_why().is_some() {
             return;
         }

@@ -437,6 +437,10 @@ impl ReplicaSet {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            if !self.may_write() {
+                run.cancel.store(true, Ordering::Relaxed);
+                return Err("this daemon no longer holds the replica set's lease".into());
+            }
             if !src.is_in_service() {
                 run.cancel.store(true, Ordering::Relaxed);
                 return Err(format!(
