@@ -103,11 +103,11 @@ impl LeaseKeeper {
     }
 
     /// Takes the lease, or says who holds it. A free lease (none, released, or held by a
-    /// daemon of this host that is gone) is taken at once; an owner of this host that is
-    /// unmounting is waited for (logged, bounded by the lease time); a live owner of this host
-    /// refuses at once; an owner on another host refuses as soon as a renewal of it is seen,
-    /// and is taken over once its lease went unrenewed for the lease time on this daemon's
-    /// clock. Writes nothing but the lease itself.
+    /// daemon of this host that is gone) is taken at once; an owner of this host whose mount is
+    /// gone (unmounting) is waited for (logged, bounded by twice the lease time); an owner
+    /// serving a mount, here or on another host, is refused as soon as one of its renewals is
+    /// seen, and taken over once its lease went unrenewed for the lease time on this daemon's
+    /// clock (a frozen or dead owner). Writes nothing but the lease itself.
     pub fn acquire(&self) -> Result<(), String> {
         let started = sys::boottime();
         let mut watched: Vec<Option<Watched>> = vec![None; self.members.len()];
