@@ -1202,7 +1202,7 @@ fn posix_acls_are_replicated_and_enforced() {
     let f = m.path("f").display().to_string();
     sh(&format!("setfacl -m u:1001:r {f}"));
     for i in 0..2 {
-        let acl = sh(&format!("getfacl -c {}", m.on(i, "f").display()));
+        let acl = sh(&format!("getfacl -n -c {}", m.on(i, "f").display()));
         assert!(acl.contains("user:1001:r--"), "replica {i}: {acl}");
     }
     // The kernel enforces it through the mount: 1001 may read, 1002 may not.
@@ -1221,7 +1221,7 @@ fn posix_acls_are_replicated_and_enforced() {
     // chmod updates the ACL mask everywhere.
     fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
     for i in 0..2 {
-        let acl = sh(&format!("getfacl -c {}", m.on(i, "f").display()));
+        let acl = sh(&format!("getfacl -n -c {}", m.on(i, "f").display()));
         assert!(acl.contains("mask::---"), "replica {i}: {acl}");
     }
     assert!(
@@ -1248,7 +1248,7 @@ fn posix_acls_are_replicated_and_enforced() {
         String::from_utf8_lossy(&out.stderr)
     );
     for i in 0..2 {
-        let acl = sh(&format!("getfacl -c {}", m.on(i, "d/new").display()));
+        let acl = sh(&format!("getfacl -n -c {}", m.on(i, "d/new").display()));
         assert!(
             acl.contains("user:1001:rwx") && acl.contains("mask::rw-"),
             "replica {i}: {acl}"
@@ -1258,7 +1258,7 @@ fn posix_acls_are_replicated_and_enforced() {
             0o664,
             "replica {i}"
         );
-        let acl = sh(&format!("getfacl -c {}", m.on(i, "d/sub").display()));
+        let acl = sh(&format!("getfacl -n -c {}", m.on(i, "d/sub").display()));
         assert!(acl.contains("default:user:1001:rwx"), "replica {i}: {acl}");
     }
     assert_replicas_identical(&m);
