@@ -265,7 +265,16 @@ impl Journal {
                 "R " => true,
                 _ => return Err(bad()),
             };
-            j.insert(&unescape(rest).ok_or_else(bad)?, recursive);
+            let path = unescape(rest).ok_or_else(bad)?;
+            if !stays_inside(&path) {
+                return Err(format!(
+                    "line {} names a path outside the replica ({}): the journal is not \
+                     trusted",
+                    n + 2,
+                    crate::engine::meta_files::excerpt(&path.to_string_lossy())
+                ));
+            }
+            j.insert(&path, recursive);
         }
         if j.overflowed {
             j.bytes += OVERFLOW_LINE.len() as u64;
@@ -291,6 +300,13 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// Whether a journaled path stays beneath the replica root: relative, with no `..`, `.` or
+/// root component (a hand-edited or hostile journal could name `../../etc/passwd`).
+fn stays_inside(path: &Path) -> bool {
+    path.components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// What was found in a replica's `.chironfs/journal`.
@@ -672,6 +688,22 @@ mod tests {
         let mut bad_escape = text.clone();
         bad_escape.extend_from_slice(b"P a%zz\n");
         assert!(Journal::parse(&bad_escape).is_err());
+        // A path leading out of the replica: the journal is not trusted (a whole-tree
+        // compare follows), and the reason says so instead of an errno that blames a replica.
+        for outside in [
+            "P ../../etc/passwd\n",
+            "R a/../../b\n",
+            "P /etc/passwd\n",
+            "P ./x\n",
+        ] {
+            let mut bad = text.clone();
+            bad.extend_from_slice(outside.as_bytes());
+            let why = Journal::parse(&bad).unwrap_err();
+            assert!(
+                why.contains("line 3 names a path outside the replica"),
+                "{why}"
+            );
+        }
         let other = String::from_utf8(text)
             .unwrap()
             .replace("format=1", "format=9");
