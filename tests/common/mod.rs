@@ -406,7 +406,23 @@ pub fn assert_replicas_identical(m: &Mount) {
     let first = tree(&m.replicas[0]);
     for (i, r) in m.replicas.iter().enumerate().skip(1) {
         let other = tree(r);
-        assert_eq!(first, other, "replica 0 and replica {i} differ");
+        if first != other {
+            // The first entries that differ, before the whole (often truncated) trees.
+            let only0: Vec<&String> = first
+                .iter()
+                .filter(|e| !other.contains(e))
+                .take(5)
+                .collect();
+            let only_i: Vec<&String> = other
+                .iter()
+                .filter(|e| !first.contains(e))
+                .take(5)
+                .collect();
+            panic!(
+                "replica 0 and replica {i} differ:\n  only on 0: {only0:?}\n  only on {i}: \
+                 {only_i:?}\n  replica 0: {first:?}\n  replica {i}: {other:?}"
+            );
+        }
     }
 }
 
