@@ -118,7 +118,7 @@ impl LeaseKeeper {
             let answering = reads.iter().filter(|r| r.is_ok()).count();
             let need = lease::needed(self.members.len(), answering, self.strict);
             if answering < need {
-                return Err(self.too_few(&reads, need, "take"));
+                return Err(self.too_few(&reads, need));
             }
             let mut waiting_for: Option<(String, &'static str)> = None;
             for (i, read) in reads.iter().enumerate() {
@@ -228,20 +228,11 @@ impl LeaseKeeper {
         if rival {
             return Err(None);
         }
-        let failures: Vec<String> = targets
-            .iter()
-            .zip(&stored_on)
-            .filter_map(|(&i, r)| {
-                r.as_ref()
-                    .err()
-                    .map(|e| format!("{}: {e}", self.members[i].path.display()))
-            })
-            .collect();
         Err(Some(format!(
             "cannot take the replica set's lease: it could be stored on {stored} of {} members, \
              {need} needed ({})",
             self.members.len(),
-            failures.join("; ")
+            self.failures(&targets, &stored_on)
         )))
     }
 
@@ -317,18 +308,10 @@ impl LeaseKeeper {
         } else {
             // Logged once, by the first mutation or this round, whichever notices first.
             self.fence_check();
-            let failures: Vec<String> = results
-                .iter()
-                .zip(&self.members)
-                .filter_map(|(r, m)| {
-                    r.as_ref()
-                        .err()
-                        .map(|e| format!("{}: {e}", m.path.display()))
-                })
-                .collect();
+            let all: Vec<usize> = (0..self.members.len()).collect();
             log::debug!(
                 "lease renewal reached {ok} members ({})",
-                failures.join("; ")
+                self.failures(&all, &results)
             );
         }
     }
@@ -495,23 +478,30 @@ impl LeaseKeeper {
         )
     }
 
-    /// Too few members answer to take or keep the lease.
-    fn too_few(&self, reads: &[Read], need: usize, what: &str) -> String {
-        let failures: Vec<String> = reads
-            .iter()
-            .zip(&self.members)
-            .filter_map(|(r, m)| {
-                r.as_ref()
-                    .err()
-                    .map(|e| format!("{}: {e}", m.path.display()))
-            })
-            .collect();
+    /// Too few members answer to take the lease.
+    fn too_few(&self, reads: &[Read], need: usize) -> String {
+        let all: Vec<usize> = (0..self.members.len()).collect();
         format!(
-            "cannot {what} the replica set's lease: {} of {} members answer, {need} needed ({})",
+            "cannot take the replica set's lease: {} of {} members answer, {need} needed ({})",
             reads.iter().filter(|r| r.is_ok()).count(),
             self.members.len(),
-            failures.join("; ")
+            self.failures(&all, reads)
         )
+    }
+
+    /// "member: why; ..." for the members of `targets` whose `results` (in `targets` order)
+    /// failed.
+    fn failures<T>(&self, targets: &[usize], results: &[Result<T, String>]) -> String {
+        targets
+            .iter()
+            .zip(results)
+            .filter_map(|(&i, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e| format!("{}: {e}", self.members[i].path.display()))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
