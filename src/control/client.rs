@@ -313,7 +313,7 @@ mod tests {
         let e =
             request_with_timeout(&sock, &Request::Status, Duration::from_millis(300)).unwrap_err();
         assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(t.elapsed() < Duration::from_secs(5));
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -186,7 +186,7 @@ fn enabling_a_hung_replica_is_refused_within_the_deadline() {
     }));
     let t = Instant::now();
     let err = set.enable("1", true).unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(
         err.contains("cannot enable") && err.contains("no answer"),
         "{err}"
