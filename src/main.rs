@@ -3,8 +3,8 @@
 use chironfs::config::{self, Action};
 
 fn main() {
-    let code = match config::parse_args(std::env::args_os()) {
-        Ok(Action::Mount(config)) => chironfs::daemon::run(*config),
+    let code = match config::parse_command_line(std::env::args_os()) {
+        Ok(Action::Mount(unchecked)) => chironfs::daemon::run(*unchecked),
         Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
             println!("{text}");
             0

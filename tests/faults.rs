@@ -1602,3 +1602,109 @@ fn log_file_is_reopened_on_sighup() {
     let s: Snapshot = m.snapshot();
     assert_eq!(s.pid as i32, m.pid);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A replica that is dead when the mount starts
+// ---------------------------------------------------------------------------------------------
+
+/// Starts a 2-replica mount (timeout 2 s) whose replica 1 is a faultfs with `rule` in force
+/// from before the start; the start runs in a thread and must bring the mount up within 15 s
+/// (a hung replica used to block it until the fault was cleared). Returns the rig and the
+/// time the start took.
+fn start_with_replica_1_dead(rule: &str) -> Option<(Rig, Duration)> {
+    if !can_mount() {
+        return None;
+    }
+    let syslog = Syslog::start();
+    let b = MountBuilder::new(2).timeout(2.0);
+    let tmp = b.tmp().to_owned();
+    prefill(&tmp.join("r0"));
+    prefill(&tmp.join("r1-src"));
+    let ff = FaultFs::start(&tmp.join("r1-src"), &tmp.join("r1"));
+    ff.set(rule);
+    let b = b.arg("--syslog-socket").arg(syslog.socket());
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(b.start());
+    });
+    let mut m = match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(m) => m,
+        Err(e) => {
+            // Let a start stuck on the replica go on, so that its mount can be undone.
+            ff.set("");
+            drop(rx.recv_timeout(Duration::from_secs(60)));
+            panic!("no mount within 15 s while replica 1 was dead ({e:?}): the start hangs");
+        }
+    };
+    let took = started.elapsed();
+    m.unmount_at_end(ff.mnt.clone());
+    let rig = Rig {
+        m: Some(m),
+        faultfs: Some(ff),
+        mounts: vec![],
+        syslog,
+    };
+    Some((rig, took))
+}
+
+/// After a start with replica 1 dead: the mount serves from replica 0, replica 1 is out of
+/// service and stale with an alert saying `why`; once its storage answers again, a resync
+/// brings it back and the replicas agree.
+fn dead_at_start_case(rule: &str, why: &str, waited: bool) {
+    let Some((rig, took)) = start_with_replica_1_dead(rule) else {
+        return;
+    };
+    eprintln!("start with replica 1 dead ({rule:?}): the mount answered after {took:?}");
+    let names = replica_names(&rig);
+    assert_taken_out(&rig, &names, 1, &[why]);
+    // A wait is announced while it lasts, naming the replica; an error is not waited for.
+    let log = rig.log_text();
+    let announced = log
+        .lines()
+        .any(|l| l.contains("waiting up to") && l.contains(&names[1]));
+    assert_eq!(announced, waited, "{log}");
+    let s = rig.snapshot();
+    assert!(s.replicas[1].stale, "{:?}", s.replicas[1]);
+    assert!(
+        s.replicas[1].reason.contains("at start"),
+        "{:?}",
+        s.replicas[1]
+    );
+    let mnt = rig.mnt.clone();
+    in_thread(
+        "writes with replica 1 dead",
+        Duration::from_secs(10),
+        move || workload(&mnt),
+    )
+    .unwrap();
+    assert_holds_workload(&rig.replicas[0]);
+    // Its server comes back: the replica is opened then, and a resync brings it in.
+    rig.faultfs.as_ref().unwrap().set("");
+    let mut last = String::new();
+    let resynced = wait_until(Duration::from_secs(20), || {
+        let out = rig.chironctl(&["resync", "1"]);
+        last = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        out.status.success()
+    });
+    assert!(resynced, "resync of the returning replica refused: {last}");
+    assert!(
+        wait_until(Duration::from_secs(30), || rig.snapshot().replicas[1].state
+            == ReplicaState::InService),
+        "replica 1 did not come back: {:?}\n{}",
+        rig.snapshot().replicas[1],
+        rig.log_text()
+    );
+    assert_holds_workload(&rig.on(1, ""));
+    assert_replicas_identical(&rig);
+}
+
+#[test]
+fn a_replica_hung_at_start_costs_one_timeout_not_the_mount() {
+    dead_at_start_case("all hang\n", "no answer within 2.0 s", true);
+}
+
+#[test]
+fn a_replica_failing_at_start_like_a_dead_server_starts_out_of_service() {
+    dead_at_start_case("all ENOTCONN\n", "ENOTCONN", false);
+}

@@ -122,7 +122,26 @@ pub struct Config {
     pub witness: Option<PathBuf>,
     /// Two members take and keep the lease only while both answer (`--strict-majority`).
     pub strict_majority: bool,
+    /// Replica and witness directories (as in `replicas` and `witness`) that could not be
+    /// looked at while the command line was checked: no answer within [`FIRST_LOOK`], or an
+    /// error of unreachable storage (`rules::start::unreachable`). The daemon waits for the
+    /// silent ones up to the rest of `timeout`, saying so in its log, then starts without them.
+    pub unanswered: Vec<(PathBuf, Unanswered)>,
 }
+
+/// Why a replica or witness directory could not be looked at when the mount started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// No answer within [`FIRST_LOOK`] (slow, or a hung file server).
+    NoAnswer,
+    /// It failed with this errno, one that means its storage cannot be reached now.
+    Failed(i32),
+}
+
+/// How long the command-line check waits for the directories (at most `--timeout`): a
+/// directory still silent then is waited for by the daemon, once its log can say which one
+/// it waits for, up to the rest of `--timeout`.
+pub const FIRST_LOOK: Duration = Duration::from_secs(1);
 
 /// Default per-replica deadline (`--timeout`; its entry in `options.rs` gives it as text, and
 /// a unit test keeps the two equal, like `DEFAULT_THREADS`).
@@ -144,9 +163,10 @@ pub const RUNTIME_DIR: &str = "/run/chironfs";
 // Built once per process and moved into `main` at once: the size of `Mount` costs nothing, and
 // boxing it would change the contract every caller uses.
 #[allow(clippy::large_enum_variant)]
-pub enum Action {
-    /// Mount with this validated configuration (boxed: it is far larger than the others).
-    Mount(Box<Config>),
+pub enum Action<M = Box<Config>> {
+    /// Mount with this configuration: validated ([`parse_args`]), or still to be checked
+    /// against the filesystem ([`parse_command_line`]: [`Unchecked`]).
+    Mount(M),
     /// `-h`/`--help`: the full help text (no trailing newline; print it with `println!`).
     Help(String),
     /// `-V`/`--version`: `chironfs VERSION` (no trailing newline).
@@ -217,15 +237,33 @@ struct Draft {
     quorum: Option<crate::rules::quorum::Setting>,
 }
 
-/// Parses a full command line (`args` includes argv\[0\]) into what to do.
-///
-/// Accepts `chironfs [options] [:]PATH=[:]PATH[=...] MOUNTPOINT [options]`, with options
-/// before or after the positionals (so `mount.fuse3`'s `chironfs SPEC MNT -o rw,...` works).
-/// On [`Action::Mount`] the configuration has been validated against the filesystem (replicas
-/// and mount point exist, are directories, are distinct and not nested; the log file is
-/// outside the mount point). A spec in which every replica has `:` is accepted and treated as
-/// all normal priority, because priority is only relative.
-pub fn parse_args<I, T>(args: I) -> Result<Action, ConfigError>
+/// A command line parsed, whose directories are still to be looked at: the daemon checks it
+/// ([`Unchecked::check`]) once it has forked, because a replica on a dead file server can
+/// leave the looking thread blocked in the kernel, and a process with such a thread cannot
+/// exit (the caller waiting for `chironfs` to return would wait with it).
+#[derive(Debug)]
+pub struct Unchecked(Draft);
+
+impl Unchecked {
+    /// `-f`: the daemon stays in the foreground.
+    pub fn foreground(&self) -> bool {
+        self.0.config.foreground
+    }
+
+    /// `-q`: nothing on stderr.
+    pub fn quiet(&self) -> bool {
+        self.0.config.quiet
+    }
+
+    /// Checks the command line against the filesystem (see [`parse_args`]).
+    pub fn check(self) -> Result<Config, ConfigError> {
+        validate::validate(self.0)
+    }
+}
+
+/// [`parse_args`] without the filesystem checks, which the caller runs with
+/// [`Unchecked::check`] (the daemon, after it forked).
+pub fn parse_command_line<I, T>(args: I) -> Result<Action<Box<Unchecked>>, ConfigError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -256,7 +294,27 @@ where
         .try_get_matches_from_mut(merged)
         .map_err(|e| cli::clap_error(&e))?;
     options::apply(&mut draft, &matches)?;
-    validate::validate(draft).map(|c| Action::Mount(Box::new(c)))
+    Ok(Action::Mount(Box::new(Unchecked(draft))))
+}
+
+/// Parses a full command line (`args` includes argv\[0\]) into what to do.
+///
+/// Accepts `chironfs [options] [:]PATH=[:]PATH[=...] MOUNTPOINT [options]`, with options
+/// before or after the positionals (so `mount.fuse3`'s `chironfs SPEC MNT -o rw,...` works).
+/// On [`Action::Mount`] the configuration has been validated against the filesystem (replicas
+/// and mount point exist, are directories, are distinct and not nested; the log file is
+/// outside the mount point). A spec in which every replica has `:` is accepted and treated as
+/// all normal priority, because priority is only relative.
+pub fn parse_args<I, T>(args: I) -> Result<Action, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Ok(match parse_command_line(args)? {
+        Action::Mount(unchecked) => Action::Mount(Box::new(unchecked.check()?)),
+        Action::Help(text) => Action::Help(text),
+        Action::Version(text) => Action::Version(text),
+    })
 }
 
 /// The replica list and the mount point (optional for clap, so that a missing one gets this

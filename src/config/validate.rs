@@ -9,9 +9,13 @@
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::{
-    Config, ConfigError, Draft, ReplicaSpec, default_control_socket, default_status_file, os_reason,
+    Config, ConfigError, Draft, FIRST_LOOK, ReplicaSpec, Unanswered, default_control_socket,
+    default_status_file, os_reason,
 };
 
 /// A replica as given on the command line and as found.
@@ -39,10 +43,40 @@ pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
              a replica instead",
         ));
     }
-    let replicas = split_spec(&spec)?
+    let split = split_spec(&spec)?;
+    // Every directory at once, for a first look of at most a second: a directory on a dead
+    // file server is then waited for by the daemon, whose log says so (see `FIRST_LOOK`).
+    let mut dirs: Vec<(&str, PathBuf)> = split
+        .iter()
+        .map(|(given, _)| ("replica", PathBuf::from(given)))
+        .collect();
+    dirs.push(("mount point", given_mp.clone()));
+    if let Some(w) = &config.witness {
+        dirs.push(("witness", w.clone()));
+    }
+    let mut looked = look_at_all(&dirs, config.timeout.min(FIRST_LOOK)).into_iter();
+    let mut found = |what: &str, p: &Path| {
+        let look = looked.next().expect("one look per directory");
+        match existing_dir(what, p, look)? {
+            Found::Dir(canon) => Ok(canon),
+            Found::Unanswered(canon, why) if what != "mount point" => {
+                config.unanswered.push((canon.clone(), why));
+                Ok(canon)
+            }
+            Found::Unanswered(_, why) => Err(ConfigError::new(format!(
+                "chironfs: mount point '{}' cannot be used: {}",
+                p.display(),
+                match why {
+                    Unanswered::NoAnswer => "it does not answer (hung?)".to_string(),
+                    Unanswered::Failed(e) => os_reason(&std::io::Error::from_raw_os_error(e)),
+                }
+            ))),
+        }
+    };
+    let replicas = split
         .into_iter()
         .map(|(given, low_priority)| {
-            let canon = existing_dir("replica", Path::new(&given))?;
+            let canon = found("replica", Path::new(&given))?;
             Ok(Replica {
                 given,
                 canon,
@@ -50,7 +84,12 @@ pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
-    let mountpoint = existing_dir("mount point", &given_mp)?;
+    let mountpoint = found("mount point", &given_mp)?;
+    let witness = config
+        .witness
+        .clone()
+        .map(|w| found("witness", &w))
+        .transpose()?;
     check_placement(&replicas, &mountpoint, &given_mp)?;
 
     let (mp, given) = (mountpoint.as_path(), given_mp.as_path());
@@ -86,10 +125,7 @@ pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
             )));
         }
     }
-    config.witness = config
-        .witness
-        .map(|w| existing_dir("witness", &w))
-        .transpose()?;
+    config.witness = witness;
     if let Some(w) = &config.witness
         && (replicas.iter().any(|r| &r.canon == w) || w.starts_with(&mountpoint))
     {
@@ -266,23 +302,78 @@ fn replica_index(given: &str, replicas: &[Replica]) -> Result<u16, ConfigError> 
     })
 }
 
-/// Checks that `p` exists and is a directory, and returns its canonical path.
-fn existing_dir(what: &str, p: &Path) -> Result<PathBuf, ConfigError> {
-    let cannot = |e: std::io::Error| {
-        ConfigError::new(format!(
+/// What looking at one directory gave within the deadline.
+enum Look {
+    /// Its canonical path; None: it is not a directory.
+    Answered(std::io::Result<Option<PathBuf>>),
+    /// No answer within the deadline.
+    NoAnswer,
+}
+
+/// A directory found usable: answering (its canonical path), or not answering in a way that
+/// lets the mount start without it (its absolute path as given, and why).
+enum Found {
+    Dir(PathBuf),
+    Unanswered(PathBuf, Unanswered),
+}
+
+/// Looks at each directory (`metadata`, then `canonicalize`) on a thread of its own, all at
+/// once, waiting at most `deadline` in total. A directory on a dead file server leaves its
+/// thread blocked in the kernel until the server answers; the start goes on.
+fn look_at_all(dirs: &[(&str, PathBuf)], deadline: Duration) -> Vec<Look> {
+    let end = Instant::now() + deadline;
+    let pending: Vec<_> = dirs
+        .iter()
+        .map(|(_, p)| {
+            let (tx, rx) = mpsc::channel();
+            let p = p.clone();
+            let spawned = thread::Builder::new()
+                .name("look-at-dir".into())
+                .spawn(move || {
+                    let look = fs::metadata(&p)
+                        .and_then(|md| md.is_dir().then(|| fs::canonicalize(&p)).transpose());
+                    let _ = tx.send(look);
+                });
+            (rx, spawned)
+        })
+        .collect();
+    pending
+        .into_iter()
+        .map(|(rx, spawned)| match spawned {
+            Err(e) => Look::Answered(Err(e)),
+            Ok(_) => match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(look) => Look::Answered(look),
+                Err(_) => Look::NoAnswer,
+            },
+        })
+        .collect()
+}
+
+/// Checks what [`look_at_all`] found at `p`: a directory (its canonical path), one whose
+/// storage cannot be reached now (`rules::start::unreachable`, or no answer), or a mistake in
+/// the command line (the Err: missing, not a directory, not allowed).
+fn existing_dir(what: &str, p: &Path, look: Look) -> Result<Found, ConfigError> {
+    let absolute = || std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match look {
+        Look::Answered(Ok(Some(canon))) => Ok(Found::Dir(canon)),
+        Look::Answered(Ok(None)) => Err(ConfigError::new(format!(
+            "chironfs: {what} '{}' is not a directory",
+            p.display()
+        ))),
+        Look::Answered(Err(e))
+            if e.raw_os_error()
+                .is_some_and(crate::rules::start::unreachable) =>
+        {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            Ok(Found::Unanswered(absolute(), Unanswered::Failed(errno)))
+        }
+        Look::Answered(Err(e)) => Err(ConfigError::new(format!(
             "chironfs: {what} '{}' cannot be used: {}",
             p.display(),
             os_reason(&e)
-        ))
-    };
-    let md = fs::metadata(p).map_err(cannot)?;
-    if !md.is_dir() {
-        return Err(ConfigError::new(format!(
-            "chironfs: {what} '{}' is not a directory",
-            p.display()
-        )));
+        ))),
+        Look::NoAnswer => Ok(Found::Unanswered(absolute(), Unanswered::NoAnswer)),
     }
-    fs::canonicalize(p).map_err(cannot)
 }
 
 /// Resolves a file path whose file may not exist yet: the parent directory is canonicalized

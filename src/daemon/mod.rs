@@ -3,6 +3,7 @@
 //! running, and unmount cleanly on SIGTERM/SIGINT.
 
 pub mod logging;
+pub mod members;
 pub mod status_writer;
 
 use std::io::{Read, Write};
@@ -12,10 +13,9 @@ use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
 
-use crate::config::Config;
+use crate::config::{Config, Unchecked};
 use crate::control::server::{ControlServer, spawn_server};
 use crate::engine::lease::LeaseKeeper;
-use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaSet;
 use crate::fuse::{ChironFs, KernelIo};
 use crate::rules::lease::Timing;
@@ -26,11 +26,24 @@ use logging::LogTargets;
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1024 * 1024;
 
-/// Runs the daemon; returns the process exit code.
-pub fn run(config: Config) -> i32 {
+/// Runs the daemon; returns the process exit code. The command line is checked against the
+/// filesystem here, in the process that stays (the daemon after the fork): a look at a
+/// replica on a dead server may block its thread for good, and only the daemon may keep such
+/// a thread (its caller must be able to exit).
+pub fn run(unchecked: Unchecked) -> i32 {
     sys::clear_umask();
     sys::raise_nofile_limit();
-    if config.foreground {
+    let quiet = unchecked.quiet();
+    if unchecked.foreground() {
+        let config = match unchecked.check() {
+            Ok(config) => config,
+            Err(e) => {
+                if !quiet {
+                    eprintln!("{e}");
+                }
+                return 1;
+            }
+        };
         return match serve(&config, None) {
             Ok(()) => 0,
             Err(e) => {
@@ -63,7 +76,7 @@ pub fn run(config: Config) -> i32 {
                 Some(_) => 0,
                 None => {
                     let report = report.trim();
-                    if !config.quiet {
+                    if !quiet {
                         if report.is_empty() {
                             eprintln!("chironfs: the daemon exited before the mount answered");
                         } else {
@@ -76,6 +89,16 @@ pub fn run(config: Config) -> i32 {
         }
         Ok(nix::unistd::ForkResult::Child) => {
             drop(read_end);
+            // Checked before the chdir below: relative paths are the caller's.
+            let config = match unchecked.check() {
+                Ok(config) => config,
+                Err(e) => {
+                    let mut p = std::fs::File::from(write_end);
+                    let text = e.message();
+                    let _ = p.write_all(text.strip_prefix("chironfs: ").unwrap_or(text).as_bytes());
+                    return 1;
+                }
+            };
             let _ = nix::unistd::setsid();
             let _ = std::env::set_current_dir("/");
             detach_stdio();
@@ -133,9 +156,10 @@ type ParentPipe = Arc<std::sync::Mutex<Option<std::fs::File>>>;
 /// health threads, then waiting for the end and a clean shutdown.
 fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     start_logging(config)?;
-    let set = open_set(config)?;
-    let lease = take_lease(config, &set)?;
-    let served = serve_set(config, &set, &lease, parent);
+    let members = members::open(config)?;
+    let set = open_set(config, &members)?;
+    let lease = take_lease(config, &set, &members)?;
+    let served = serve_set(config, &set, &members, &lease, parent);
     // At a clean end the lease is released after the clean-shutdown records; after a failed
     // start, at once: nothing of ours is being written any more.
     lease.release();
@@ -148,9 +172,18 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
 fn serve_set(
     config: &Config,
     set: &Arc<ReplicaSet>,
+    members: &members::Members,
     lease: &LeaseKeeper,
     parent: Option<ParentPipe>,
 ) -> Result<(), String> {
+    for (index, why) in members.unreachable.iter().enumerate() {
+        match why {
+            Some(why) if index < config.replicas.len() => {
+                set.unreachable_at_start(index, why.clone());
+            }
+            _ => {}
+        }
+    }
     set.recover_at_mount(config.force_source.map(usize::from), config.journal_max)?;
     let mountpoint = config.mountpoint.display().to_string();
     // The control socket first: a second daemon on the same socket is refused before it
@@ -217,19 +250,9 @@ fn start_logging(config: &Config) -> Result<(), String> {
     })
 }
 
-/// Opens the replicas and builds the set with the configured quorum and resync policy.
-fn open_set(config: &Config) -> Result<Arc<ReplicaSet>, String> {
-    let mut replicas = Vec::new();
-    for (index, spec) in config.replicas.iter().enumerate() {
-        let r = Replica::open(
-            index,
-            spec.path.clone(),
-            spec.low_priority,
-            config.threads + 2,
-        )
-        .map_err(|e| format!("cannot open replica {}: {e}", spec.path.display()))?;
-        replicas.push(r);
-    }
+/// Builds the set of the opened replicas with the configured quorum and resync policy.
+fn open_set(config: &Config, members: &members::Members) -> Result<Arc<ReplicaSet>, String> {
+    let replicas = members.all[..config.replicas.len()].to_vec();
     let mountpoint = config.mountpoint.display().to_string();
     let quorum = crate::rules::quorum::Quorum::new(
         config.quorum.map(usize::from),
@@ -248,13 +271,20 @@ fn open_set(config: &Config) -> Result<Arc<ReplicaSet>, String> {
 
 /// Takes the replica set's ownership lease on its members (the replicas and the witness), or
 /// says who holds it, before anything else is read or written; then keeps it renewed.
-fn take_lease(config: &Config, set: &ReplicaSet) -> Result<Arc<LeaseKeeper>, String> {
-    let mut members: Vec<Arc<Replica>> = set.replicas().to_vec();
-    if let Some(w) = &config.witness {
-        let witness = Replica::open(members.len(), w.clone(), false, 2)
-            .map_err(|e| format!("cannot open the witness {}: {e}", w.display()))?;
-        members.push(witness);
+fn take_lease(
+    config: &Config,
+    set: &ReplicaSet,
+    members: &members::Members,
+) -> Result<Arc<LeaseKeeper>, String> {
+    if let (Some(w), Some(Some(why))) = (&config.witness, members.unreachable.last())
+        && members.all.len() > config.replicas.len()
+    {
+        log::error!(
+            "the witness {} does not count for the lease majority: {why}",
+            w.display()
+        );
     }
+    let members = members.all.clone();
     let timing = Timing {
         lease: config
             .lease_time

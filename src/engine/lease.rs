@@ -274,8 +274,12 @@ impl LeaseKeeper {
             {
                 return Ok(Some(c));
             }
-            meta_files::overwrite(r.root(), lease::LEASE_FILE, text.as_bytes())
-                .map_err(|e| errno_words(&e))?;
+            meta_files::overwrite(
+                r.root().map_err(|e| errno_words(&e))?,
+                lease::LEASE_FILE,
+                text.as_bytes(),
+            )
+            .map_err(|e| errno_words(&e))?;
             Ok(None)
         });
         if let Some(newer) = results
@@ -387,8 +391,12 @@ impl LeaseKeeper {
         self.on_members(&all, move |r| {
             match read_member(r)? {
                 Some(c) if c.is(&me, epoch) => {
-                    meta_files::overwrite(r.root(), lease::LEASE_FILE, text.as_bytes())
-                        .map_err(|e| errno_words(&e))?;
+                    meta_files::overwrite(
+                        r.root().map_err(|e| errno_words(&e))?,
+                        lease::LEASE_FILE,
+                        text.as_bytes(),
+                    )
+                    .map_err(|e| errno_words(&e))?;
                 }
                 _ => {}
             }
@@ -419,8 +427,12 @@ impl LeaseKeeper {
     fn write_all(&self, targets: &[usize], record: &LeaseRecord) -> Vec<Result<(), String>> {
         let text = record.render();
         self.on_members(targets, move |r| {
-            meta_files::overwrite(r.root(), lease::LEASE_FILE, text.as_bytes())
-                .map_err(|e| errno_words(&e))
+            meta_files::overwrite(
+                r.root().map_err(|e| errno_words(&e))?,
+                lease::LEASE_FILE,
+                text.as_bytes(),
+            )
+            .map_err(|e| errno_words(&e))
         })
     }
 
@@ -507,7 +519,11 @@ impl LeaseKeeper {
 
 /// One member's lease record (None: none there).
 fn read_member(r: &Replica) -> Read {
-    match meta_files::read(r.root(), lease::LEASE_FILE, MAX_LEASE_FILE)? {
+    match meta_files::read(
+        r.root().map_err(|e| errno_words(&e))?,
+        lease::LEASE_FILE,
+        MAX_LEASE_FILE,
+    )? {
         None => Ok(None),
         Some(data) => LeaseRecord::parse(&String::from_utf8_lossy(&data))
             .map(Some)

@@ -5,7 +5,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::engine::dirfds::DirFds;
 use crate::sys;
@@ -85,10 +86,12 @@ pub struct Replica {
     pub path: PathBuf,
     /// `:`-prefixed.
     pub low_priority: bool,
-    /// The replica's root directory, opened once at start: every call is relative to it.
-    root: OwnedFd,
-    /// (dev, ino) of the root at start, to notice the directory vanishing or being unmounted.
-    root_id: (u64, u64),
+    /// The replica's root directory, opened once (at start, or later for a replica whose
+    /// storage did not answer at start): every call is relative to it.
+    root: OnceLock<Root>,
+    /// An attempt to open the root is running on a worker (at most one at a time: on a dead
+    /// server each attempt holds a worker until the server answers).
+    opening: AtomicBool,
     jobs: Sender<Job>,
     in_service: AtomicBool,
     status: Mutex<ServiceStatus>,
@@ -109,18 +112,42 @@ pub struct Replica {
     pub dirs: DirFds,
 }
 
+/// An opened replica root.
+#[derive(Debug)]
+struct Root {
+    fd: OwnedFd,
+    /// (dev, ino) when opened, to notice the directory vanishing or being unmounted.
+    id: (u64, u64),
+}
+
+/// The error of every call on a replica whose root has not been opened yet: its storage has
+/// not answered since the daemon started (what a dead network mount answers, too).
+fn not_open() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::ENOTCONN)
+}
+
 impl Replica {
-    /// Opens the replica root and starts `workers` threads for it.
+    /// Opens the replica root on the calling thread and starts `workers` threads for it.
     pub fn open(
         index: usize,
         path: PathBuf,
         low_priority: bool,
         workers: usize,
     ) -> std::io::Result<Arc<Self>> {
-        let root = std::fs::File::open(&path)?;
-        let root: OwnedFd = root.into();
-        let st = sys::fstat(root.as_fd())?;
-        let local = sys::is_local_filesystem(root.as_fd());
+        let r = Self::unopened(index, path, low_priority, workers)?;
+        r.try_open_root()?;
+        Ok(r)
+    }
+
+    /// A replica whose root is not opened yet, with its `workers` threads started: every call
+    /// on it fails with ENOTCONN until [`Replica::try_open_root`] succeeds (on a worker, so
+    /// that a dead server holds only that worker).
+    pub fn unopened(
+        index: usize,
+        path: PathBuf,
+        low_priority: bool,
+        workers: usize,
+    ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..workers.max(1) {
@@ -133,8 +160,8 @@ impl Replica {
             index,
             path,
             low_priority,
-            root,
-            root_id: (st.st_dev, st.st_ino),
+            root: OnceLock::new(),
+            opening: AtomicBool::new(false),
             jobs: tx,
             in_service: AtomicBool::new(true),
             status: Mutex::new(ServiceStatus::in_service(now())),
@@ -142,9 +169,41 @@ impl Replica {
             writes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health_failing: AtomicBool::new(false),
-            local: AtomicBool::new(local),
+            local: AtomicBool::new(false),
             dirs: DirFds::default(),
         }))
+    }
+
+    /// Opens the root if it is not open yet (blocks while the storage does not answer: call it
+    /// on a worker). Ok once the root is open; ENOTCONN while another attempt is running.
+    pub fn try_open_root(&self) -> std::io::Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        if self.opening.swap(true, Ordering::AcqRel) {
+            return Err(not_open());
+        }
+        let opened = (|| {
+            let fd: OwnedFd = std::fs::File::open(&self.path)?.into();
+            let st = sys::fstat(fd.as_fd())?;
+            Ok::<_, std::io::Error>(Root {
+                id: (st.st_dev, st.st_ino),
+                fd,
+            })
+        })();
+        let result = opened.map(|root| {
+            let local = sys::is_local_filesystem(root.fd.as_fd());
+            if self.root.set(root).is_ok() {
+                self.local.store(local, Ordering::Relaxed);
+            }
+        });
+        self.opening.store(false, Ordering::Release);
+        result
+    }
+
+    /// Whether the root has been opened (at start, or since).
+    pub fn is_open(&self) -> bool {
+        self.root.get().is_some()
     }
 
     /// Whether its jobs may run on the calling thread (a local filesystem, see the field).
@@ -158,9 +217,10 @@ impl Replica {
         self.local.store(false, Ordering::Relaxed);
     }
 
-    /// The root directory fd, base of every `*at` call.
-    pub fn root(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
+    /// The root directory fd, base of every `*at` call; ENOTCONN while it has not been opened
+    /// (the replica's storage has not answered since start).
+    pub fn root(&self) -> std::io::Result<BorrowedFd<'_>> {
+        self.root.get().map(|r| r.fd.as_fd()).ok_or_else(not_open)
     }
 
     /// Queues a job on this replica's workers.
@@ -202,14 +262,19 @@ impl Replica {
     /// Checks that the root is still the directory we opened: not deleted, not unmounted or
     /// replaced. Returns the problem in words.
     pub fn check_root(&self) -> Result<(), String> {
-        let st = sys::fstat(self.root()).map_err(|e| format!("cannot stat its root: {e}"))?;
+        let Some(root) = self.root.get() else {
+            return Err("its directory has not answered since the daemon started".into());
+        };
+        let st = sys::fstat(root.fd.as_fd()).map_err(|e| format!("cannot stat its root: {e}"))?;
         if st.st_nlink == 0 {
             return Err("its directory was deleted".into());
         }
-        let now = std::fs::symlink_metadata(&self.path)
-            .map_err(|e| format!("its directory is gone: {e}"))?;
+        // Followed: a replica path that was not made canonical (its storage did not answer
+        // when the command line was checked) may end in a symlink to the directory.
+        let now =
+            std::fs::metadata(&self.path).map_err(|e| format!("its directory is gone: {e}"))?;
         use std::os::unix::fs::MetadataExt;
-        if (now.dev(), now.ino()) != self.root_id {
+        if (now.dev(), now.ino()) != root.id {
             return Err("its directory was replaced or unmounted".into());
         }
         Ok(())
@@ -236,6 +301,63 @@ impl Replica {
             resync: None,
         }
     }
+}
+
+/// Opens the roots of `replicas` (made by [`Replica::unopened`]), each on its own workers, all
+/// at once, waiting at most `deadline` in total; those in `skip` are opened in the background
+/// without being waited for (they did not answer a moment ago). `waiting` is told, once, of
+/// each replica still silent after a second. Per replica: Ok once its root is open, or the
+/// error (a timeout is `ErrorKind::TimedOut`). A replica that answers later opens then (its
+/// worker keeps waiting on the server), or at the next probe of it.
+pub fn open_all_within(
+    replicas: &[Arc<Replica>],
+    skip: &[usize],
+    deadline: Duration,
+    waiting: impl Fn(&Replica),
+) -> Vec<std::io::Result<()>> {
+    let start = Instant::now();
+    let mut pending: Vec<Option<Receiver<std::io::Result<()>>>> = replicas
+        .iter()
+        .map(|r| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let replica = Arc::clone(r);
+            r.submit(Box::new(move || {
+                let _ = tx.send(replica.try_open_root());
+            }));
+            (!skip.contains(&r.index)).then_some(rx)
+        })
+        .collect();
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let mut results: Vec<Option<std::io::Result<()>>> = replicas
+        .iter()
+        .map(|r| skip.contains(&r.index).then(|| Err(timed_out())))
+        .collect();
+    let mut told = false;
+    while results.iter().any(Option::is_none) {
+        for (slot, rx) in results.iter_mut().zip(&mut pending) {
+            if let Some(answer) = rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                *slot = Some(answer);
+                *rx = None;
+            }
+        }
+        let waited = start.elapsed();
+        if waited >= deadline {
+            break;
+        }
+        if !told && waited >= Duration::from_secs(1) {
+            told = true;
+            for (r, slot) in replicas.iter().zip(&results) {
+                if slot.is_none() {
+                    waiting(r);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(timed_out())))
+        .collect()
 }
 
 /// A descriptor on one replica, closed on that replica's workers when dropped (see

@@ -102,7 +102,7 @@ impl ChironFs {
         let rel = path.to_path_buf();
         let top = path.as_os_str().is_empty();
         self.read_meta("readdir", path, move |r| {
-            sys::read_dir_all(r.root(), &sys::rel_cstr(&rel)?)
+            sys::read_dir_all(r.root()?, &sys::rel_cstr(&rel)?)
         })
         .map(|(_, mut entries)| {
             if top {

@@ -263,7 +263,7 @@ impl ChironFs {
 
     /// STATFS: every replica asked, the tightest answer given (see [`least_room`]).
     pub(super) fn do_statfs(&self, reply: ReplyStatfs) {
-        let job: ReplicaJob<libc::statvfs> = Arc::new(|r: &Replica| sys::statvfs(r.root()));
+        let job: ReplicaJob<libc::statvfs> = Arc::new(|r: &Replica| sys::statvfs(r.root()?));
         let order = self.set.priority_order();
         let answers: Vec<libc::statvfs> = self
             .set

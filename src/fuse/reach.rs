@@ -187,12 +187,12 @@ pub(super) fn at<T>(
     match (place.parent(), place.file_name()) {
         (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
             let dir = r.dirs.get_or_open(place.dir(), || {
-                sys::open_dir_path(r.root(), &sys::rel_cstr(parent)?)
+                sys::open_dir_path(r.root()?, &sys::rel_cstr(parent)?)
             })?;
             f(dir.as_fd(), &sys::cstr(name)?)
         }
-        (_, Some(name)) => f(r.root(), &sys::cstr(name)?),
-        _ => f(r.root(), c"."),
+        (_, Some(name)) => f(r.root()?, &sys::cstr(name)?),
+        _ => f(r.root()?, c"."),
     }
 }
 
@@ -200,7 +200,7 @@ pub(super) fn at<T>(
 /// made fit for a replica (see [`open_flags::replica_flags`]).
 pub(super) fn open_file(r: &Replica, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
     sys::open_beneath(
-        r.root(),
+        r.root()?,
         &sys::rel_cstr(rel)?,
         open_flags::replica_flags(flags),
         0,

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,8 +47,10 @@ pub(super) type Res<T> = Result<T, SyncError>;
 
 /// Copies one replica onto another, entry by entry.
 pub struct Engine {
-    pub(super) src: Arc<Replica>,
-    pub(super) dst: Arc<Replica>,
+    /// The source's root (a duplicate of the replica's handle, so it is open for the run).
+    pub(super) src_root: Arc<OwnedFd>,
+    /// The target's root.
+    pub(super) dst_root: Arc<OwnedFd>,
     pub(super) progress: Arc<Progress>,
     cancel: Arc<AtomicBool>,
     /// Source inode -> (the path of its first link, copied there on the target as this inode).
@@ -69,16 +72,23 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine copying `src` onto `dst`.
+    /// An engine copying `src` onto `dst`; fails when either root has not been opened (its
+    /// storage has not answered since start).
     pub fn new(
-        src: Arc<Replica>,
-        dst: Arc<Replica>,
+        src: &Replica,
+        dst: &Replica,
         progress: Arc<Progress>,
         cancel: Arc<AtomicBool>,
-    ) -> Self {
-        Engine {
-            src,
-            dst,
+    ) -> Result<Self, String> {
+        let root = |r: &Replica| {
+            r.root()
+                .and_then(|fd| fd.try_clone_to_owned())
+                .map(Arc::new)
+                .map_err(|e| format!("cannot use the root of {}: {e}", r.path.display()))
+        };
+        Ok(Engine {
+            src_root: root(src)?,
+            dst_root: root(dst)?,
             progress,
             cancel,
             groups: HashMap::new(),
@@ -87,7 +97,7 @@ impl Engine {
             hard_links: false,
             fixed: Vec::new(),
             present: HashSet::new(),
-        }
+        })
     }
 
     /// Whether a hard-linked file was met: after a pass over chosen paths (a journal's), its
@@ -149,7 +159,7 @@ impl Engine {
     /// one directory listing per directory, no per-entry stat. None when it cannot be known
     /// cheaply (a filesystem that does not give entry types, an error: the pass reports it).
     fn count_source(&self) -> Option<u64> {
-        let root = self.src.root();
+        let root = self.src_root.as_fd();
         let mut total = 1u64;
         let mut dirs = vec![PathBuf::new()];
         while let Some(dir) = dirs.pop() {
@@ -207,8 +217,8 @@ impl Engine {
     /// its children's changes). Anything else (missing, another kind) gets the full entry sync.
     fn sync_parent(&mut self, rel: &Path) -> Res<()> {
         self.check_cancel(rel)?;
-        let src = self.s(rel, stat_of(self.src.root(), rel));
-        let dst = self.t(rel, stat_of(self.dst.root(), rel));
+        let src = self.s(rel, stat_of(self.src_root.as_fd(), rel));
+        let dst = self.t(rel, stat_of(self.dst_root.as_fd(), rel));
         match (src, dst) {
             (Ok(Some(s)), Ok(Some(d))) if s.is(libc::S_IFDIR) && d.is(libc::S_IFDIR) => {
                 self.progress.checked.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +249,7 @@ impl Engine {
             if self.present.contains(a) {
                 continue;
             }
-            if self.t(a, stat_of(self.dst.root(), a))?.is_none() {
+            if self.t(a, stat_of(self.dst_root.as_fd(), a))?.is_none() {
                 self.sync_path(a, false, false)?;
             }
             self.present.insert(a.clone());
@@ -307,8 +317,8 @@ impl Engine {
         self.check_cancel(rel)?;
         self.progress.checked.fetch_add(1, Ordering::Relaxed);
         self.progress.entries.fetch_add(1, Ordering::Relaxed);
-        let src = self.s(rel, stat_of(self.src.root(), rel))?;
-        let dst = self.t(rel, stat_of(self.dst.root(), rel))?;
+        let src = self.s(rel, stat_of(self.src_root.as_fd(), rel))?;
+        let dst = self.t(rel, stat_of(self.dst_root.as_fd(), rel))?;
         self.hard_links |= src.as_ref().is_some_and(Meta::hard_linked)
             || dst.as_ref().is_some_and(Meta::hard_linked);
         Ok((src, dst))
@@ -335,7 +345,7 @@ impl Engine {
     /// Records the target inode the source inode `s` was copied to at `rel`: its other links
     /// will be linked to it.
     fn lead_group(&mut self, rel: &Path, s: &Meta) -> Res<()> {
-        let d = self.t(rel, sys::at(self.dst.root(), rel, sys::lstat_at))?;
+        let d = self.t(rel, sys::at(self.dst_root.as_fd(), rel, sys::lstat_at))?;
         let tino = (d.st_dev, d.st_ino);
         self.groups.insert(s.ino, (rel.to_path_buf(), tino));
         self.claimed.insert(tino, s.ino);
@@ -355,10 +365,10 @@ impl Engine {
     fn group_of(&self, s: &Meta) -> Res<Group> {
         if let Some((path, tino)) = self.groups.get(&s.ino) {
             let src_ok = self
-                .s(path, stat_of(self.src.root(), path))?
+                .s(path, stat_of(self.src_root.as_fd(), path))?
                 .is_some_and(|m| m.ino == s.ino);
             let dst_ok = self
-                .t(path, stat_of(self.dst.root(), path))?
+                .t(path, stat_of(self.dst_root.as_fd(), path))?
                 .is_some_and(|m| m.ino == *tino && m.is(libc::S_IFREG));
             if src_ok && dst_ok {
                 return Ok(Group::Member { target_ino: *tino });
@@ -378,8 +388,8 @@ impl Engine {
                 .filter(|n| !(top && n == META_DIR))
                 .collect()
         };
-        let src = names(self.s(rel, sys::read_dir_all(self.src.root(), &cpath))?);
-        let dst = names(self.t(rel, sys::read_dir_all(self.dst.root(), &cpath))?);
+        let src = names(self.s(rel, sys::read_dir_all(self.src_root.as_fd(), &cpath))?);
+        let dst = names(self.t(rel, sys::read_dir_all(self.dst_root.as_fd(), &cpath))?);
         for name in src.union(&dst) {
             self.sync_path(&rel.join(name), true, force)?;
         }
@@ -454,7 +464,7 @@ mod tests {
         let src = Replica::open(0, a.clone(), false, 1).unwrap();
         let dst = Replica::open(1, b.clone(), false, 1).unwrap();
         let progress = Arc::new(Progress::default());
-        let mut e = Engine::new(src, dst, Arc::clone(&progress), Arc::default());
+        let mut e = Engine::new(&src, &dst, Arc::clone(&progress), Arc::default()).unwrap();
         e.sync_all().map_err(|e| format!("{e:?}")).unwrap();
         let before = progress.files.load(Ordering::Relaxed);
         assert!(before > 5);
@@ -487,7 +497,7 @@ mod tests {
         let src = Replica::open(0, a.clone(), false, 1).unwrap();
         let dst = Replica::open(1, b.clone(), false, 1).unwrap();
         let progress = Arc::new(Progress::default());
-        let mut e = Engine::new(src, dst, Arc::clone(&progress), Arc::default());
+        let mut e = Engine::new(&src, &dst, Arc::clone(&progress), Arc::default()).unwrap();
         e.sync_all().map_err(|e| format!("{e:?}")).unwrap();
         // Changes on the source, as the journal would list them.
         std::fs::write(a.join("d0/f0"), b"new content").unwrap();

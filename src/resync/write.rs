@@ -29,7 +29,7 @@ impl Engine {
         if replace {
             self.remove(rel)?;
         }
-        let root = self.dst.root();
+        let root = self.dst_root.as_fd();
         let r = match s.kind {
             libc::S_IFREG => return self.copy_content(rel, true),
             libc::S_IFDIR => sys::at(root, rel, |dir, name| sys::mkdir_at(dir, name, 0o700)),
@@ -53,7 +53,7 @@ impl Engine {
             self.remove(rel)?;
         }
         let leader = self.groups[&s.ino].0.clone();
-        let dst_root = self.dst.root();
+        let dst_root = self.dst_root.as_fd();
         let r = sys::at(dst_root, &leader, |od, on| {
             sys::at(dst_root, rel, |nd, nn| sys::link_at(od, on, nd, nn))
         });
@@ -63,14 +63,14 @@ impl Engine {
     /// Copies the source file's bytes into the target's (created when `create`).
     pub(super) fn copy_content(&mut self, rel: &Path, create: bool) -> Res<()> {
         let c = self.s(rel, sys::rel_cstr(rel))?;
-        let src: OwnedFd = self.s(rel, open_to_read(self.src.root(), &c))?;
+        let src: OwnedFd = self.s(rel, open_to_read(self.src_root.as_fd(), &c))?;
         let mut flags = libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW;
         if create {
             flags |= libc::O_CREAT | libc::O_EXCL;
         }
         let dst: OwnedFd = self.t(
             rel,
-            sys::open_beneath(self.dst.root(), &c, flags, 0o600, true),
+            sys::open_beneath(self.dst_root.as_fd(), &c, flags, 0o600, true),
         )?;
         let mut off: u64 = 0;
         let mut plain = false;
@@ -133,7 +133,7 @@ impl Engine {
 
     /// Sets the owner and mode `fix` names, and the xattrs wherever they differ.
     pub(super) fn fix_attrs(&mut self, rel: &Path, s: &Meta, fix: AttrFix) -> Res<()> {
-        let root = self.dst.root();
+        let root = self.dst_root.as_fd();
         if fix.owner {
             self.t(
                 rel,
@@ -144,7 +144,7 @@ impl Engine {
         if (fix.mode || fix.owner) && !s.is(libc::S_IFLNK) {
             self.t(rel, sys::at(root, rel, |d, n| sys::chmod_at(d, n, s.perm)))?;
         }
-        let want = self.s(rel, xattrs_of(self.src.root(), rel))?;
+        let want = self.s(rel, xattrs_of(self.src_root.as_fd(), rel))?;
         let have = self.t(rel, xattrs_of(root, rel))?;
         if want != have {
             for (name, value) in &want {
@@ -175,15 +175,17 @@ impl Engine {
             sec: s.mtime.0,
             nsec: s.mtime.1,
         };
-        let r = sys::at(self.dst.root(), rel, |d, n| sys::utimens_at(d, n, a, m));
+        let r = sys::at(self.dst_root.as_fd(), rel, |d, n| {
+            sys::utimens_at(d, n, a, m)
+        });
         self.t(rel, r)
     }
 
     /// Removes `rel` from the target, a directory with everything below it.
     pub(super) fn remove(&mut self, rel: &Path) -> Res<()> {
         self.check_cancel(rel)?;
-        let replica = Arc::clone(&self.dst);
-        let root = replica.root();
+        let root = Arc::clone(&self.dst_root);
+        let root = root.as_fd();
         let Some(d) = self.t(rel, stat_of(root, rel))? else {
             return Ok(());
         };

@@ -213,7 +213,7 @@ impl Walk<'_> {
             let top = dir.as_os_str().is_empty();
             // Removed (or replaced) under the walk by a mutation: nothing to list here; its
             // entries show as missing on this replica, and the recheck settles them.
-            let entries = match sys::read_dir_all(r.root(), &sys::rel_cstr(&dir)?) {
+            let entries = match sys::read_dir_all(r.root()?, &sys::rel_cstr(&dir)?) {
                 Err(e) if resync::gone(&e) => Vec::new(),
                 other => other?,
             };
@@ -251,8 +251,8 @@ impl Walk<'_> {
         let job: Job<Vec<Raw>> = Arc::new(move |r: &Replica| {
             paths
                 .iter()
-                .map(|p| match resync::stat_of(r.root(), p)? {
-                    Some(m) => match resync::xattrs_of(r.root(), p) {
+                .map(|p| match resync::stat_of(r.root()?, p)? {
+                    Some(m) => match resync::xattrs_of(r.root()?, p) {
                         Ok(x) => Ok(Some((m, x))),
                         Err(e) if resync::gone(&e) => Ok(None),
                         Err(e) => Err(e),
@@ -350,7 +350,7 @@ impl Walk<'_> {
             let file = rel.to_path_buf();
             // None: the file vanished under the walk (a rename, an unlink).
             let job: Job<Option<Vec<u8>>> = Arc::new(move |r: &Replica| {
-                let fd = resync::open_to_read(r.root(), &sys::rel_cstr(&file)?);
+                let fd = resync::open_to_read(r.root()?, &sys::rel_cstr(&file)?);
                 match fd {
                     Ok(fd) => sys::pread_full(fd.as_fd(), CHUNK, offset).map(Some),
                     Err(e) if resync::gone(&e) => Ok(None),

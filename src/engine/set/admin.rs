@@ -206,18 +206,20 @@ impl ReplicaSet {
         let source = targets[0];
         for &target in &targets[1..] {
             let run = Run::new(source, target);
-            let engine = self.engine_for(&run);
             let paths = Arc::clone(&paths);
-            self.supervised(&run, &engine, move |e| {
-                e.set_tolerant(false);
-                e.sync_dirty(&paths)
-            })
-            .map_err(|e| {
-                format!(
-                    "heal of {} failed: {e}",
-                    self.replicas[target].path.display()
-                )
-            })?;
+            self.engine_for(&run)
+                .and_then(|engine| {
+                    self.supervised(&run, &engine, move |e| {
+                        e.set_tolerant(false);
+                        e.sync_dirty(&paths)
+                    })
+                })
+                .map_err(|e| {
+                    format!(
+                        "heal of {} failed: {e}",
+                        self.replicas[target].path.display()
+                    )
+                })?;
         }
         report.healed = paths.keys().map(|p| format!("/{}", p.display())).collect();
         log::warn!(

@@ -92,14 +92,23 @@ impl ReplicaSet {
     ) -> Vec<Result<Option<u64>, (String, bool)>> {
         let with_set_id = with_set_id.to_vec();
         let probe: ReplicaJob<Result<Option<u64>, String>> = Arc::new(move |r: &Replica| {
-            sys::statvfs(r.root())?;
+            if !r.is_open() {
+                // Its storage did not answer when the mount started: open it now if it does.
+                r.try_open_root()?;
+                log::warn!(
+                    "{} answers now: its directory is open (it stays out of service until it \
+                     is resynced)",
+                    r.path.display()
+                );
+            }
+            sys::statvfs(r.root()?)?;
             if let Err(problem) = r.check_root() {
                 return Ok(Err(problem));
             }
             if !with_set_id.contains(&r.index) {
                 return Ok(Ok(None));
             }
-            Ok(Ok(match meta_files::read_state(r.root()) {
+            Ok(Ok(match meta_files::read_state(r.root()?) {
                 state::Found::Record(rec) => Some(rec.set_id),
                 _ => None,
             }))

@@ -167,7 +167,7 @@ impl ReplicaSet {
         );
         let job: ReplicaJob<std::fs::File> = Arc::new(move |r: &Replica| {
             journal::write(
-                r.root(),
+                r.root()?,
                 data[r.index].as_deref().unwrap_or_default(),
                 durable,
             )

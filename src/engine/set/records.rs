@@ -84,7 +84,7 @@ impl ReplicaSet {
             .collect();
         let records = Arc::new(records);
         let job: ReplicaJob<()> = Arc::new(move |r: &Replica| match &records[r.index] {
-            Some(record) => meta_files::write_state(r.root(), record),
+            Some(record) => meta_files::write_state(r.root()?, record),
             None => Ok(()),
         });
         self.run(&targets, &Credentials::root(), &job)
@@ -134,7 +134,7 @@ impl ReplicaSet {
             .as_ref()
             .map(|m| m.set_id)?;
         let read: ReplicaJob<state::Found> =
-            Arc::new(|r: &Replica| Ok(meta_files::read_state(r.root())));
+            Arc::new(|r: &Replica| Ok(meta_files::read_state(r.root()?)));
         match self.run(&[index], &Credentials::root(), &read).pop() {
             Some((_, Outcome::Done(state::Found::Record(rec)))) if rec.set_id == set_id => {
                 Some((rec.generation, rec.in_service.contains(&rec.replica_id)))

@@ -74,7 +74,7 @@ impl ReplicaSet {
     fn read_states(&self) -> Vec<state::Found> {
         let all: Vec<usize> = (0..self.replicas.len()).collect();
         let read: ReplicaJob<state::Found> =
-            Arc::new(|r: &Replica| Ok(meta_files::read_state(r.root())));
+            Arc::new(|r: &Replica| Ok(meta_files::read_state(r.root()?)));
         self.run(&all, &Credentials::root(), &read)
             .into_iter()
             .map(|(_, outcome)| match outcome {
@@ -106,7 +106,8 @@ impl ReplicaSet {
         let Some(&first) = order.first() else {
             return;
         };
-        let read: ReplicaJob<journal::Loaded> = Arc::new(|r: &Replica| Ok(journal::read(r.root())));
+        let read: ReplicaJob<journal::Loaded> =
+            Arc::new(|r: &Replica| Ok(journal::read(r.root()?)));
         let boot = journal::boot_id();
         let trusted: Vec<(usize, Result<Journal, String>)> = self
             .run(&order, &Credentials::root(), &read)
@@ -226,10 +227,9 @@ impl ReplicaSet {
         let paths = Arc::new(paths);
         for &dst in &order[1..] {
             let run = Run::new(src, dst);
-            let engine = self.engine_for(&run);
             let (paths, whole) = (Arc::clone(&paths), full.is_some());
-            let healed = self
-                .supervised(&run, &engine, move |e| {
+            let healed = self.engine_for(&run).and_then(|engine| {
+                self.supervised(&run, &engine, move |e| {
                     e.set_tolerant(false);
                     if whole {
                         return e.sync_all();
@@ -245,7 +245,8 @@ impl ReplicaSet {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .take_fixed()
-                });
+                })
+            });
             match healed {
                 Ok(fixed) if fixed.is_empty() => log::info!(
                     "crash recovery: {} already agreed with {}",

@@ -273,22 +273,26 @@ impl ReplicaSet {
             self.mountpoint,
             crate::rules::throttle::format_rate(run.progress.limit())
         );
-        let engine = self.engine_for(run);
-        let result = self.resync_passes(run, &engine, first_pass);
+        let (result, engine) = match self.engine_for(run) {
+            Ok(engine) => (self.resync_passes(run, &engine, first_pass), Some(engine)),
+            Err(e) => (Err(e), None),
+        };
         if result.is_err() {
             run.cancel.store(true, Ordering::Relaxed);
         }
         // The copy thread may still be stuck on a hung replica: the run is idle once it lets
         // go of the engine.
-        {
-            let run = Arc::clone(run);
-            let engine = Arc::clone(&engine);
-            let _ = std::thread::Builder::new()
-                .name("resync-idle".into())
-                .spawn(move || {
-                    drop(engine.lock());
-                    run.idle.store(true, Ordering::Release);
-                });
+        match engine {
+            Some(engine) => {
+                let run = Arc::clone(run);
+                let _ = std::thread::Builder::new()
+                    .name("resync-idle".into())
+                    .spawn(move || {
+                        drop(engine.lock());
+                        run.idle.store(true, Ordering::Release);
+                    });
+            }
+            None => run.idle.store(true, Ordering::Release),
         }
         run.finish(result.clone());
         match &result {
@@ -385,13 +389,14 @@ impl ReplicaSet {
     /// The resync engine copying `run.source` onto `run.target`, with the run's progress and
     /// cancel flag: every copy between replicas (a resync, crash recovery, verify's heal) is
     /// made by one, in passes run by [`ReplicaSet::supervised`].
-    pub(super) fn engine_for(&self, run: &Run) -> Arc<Mutex<Engine>> {
-        Arc::new(Mutex::new(Engine::new(
-            Arc::clone(&self.replicas[run.source]),
-            Arc::clone(&self.replicas[run.target]),
+    pub(super) fn engine_for(&self, run: &Run) -> Result<Arc<Mutex<Engine>>, String> {
+        Engine::new(
+            &self.replicas[run.source],
+            &self.replicas[run.target],
             Arc::clone(&run.progress),
             Arc::clone(&run.cancel),
-        )))
+        )
+        .map(|e| Arc::new(Mutex::new(e)))
     }
 
     /// Runs one pass of `job` on the engine in a thread of its own and waits for it, failing

@@ -49,6 +49,13 @@ impl ReplicaSet {
         }
     }
 
+    /// At start, before the mount-time recovery: a replica whose directory did not answer
+    /// (or failed as unreachable storage does) starts out of service and stale, with its
+    /// alert line; the recovery then counts it as unreadable.
+    pub fn unreachable_at_start(&self, index: usize, why: String) {
+        self.take_out_status(index, why, true, TakeOut::AtMount);
+    }
+
     /// The one state change behind every take-out, at runtime and at mount: marks the replica
     /// out of service (stale if it `missed_write`) and logs it at alert level; true if it
     /// changed. The caller records the membership (`records.rs`).

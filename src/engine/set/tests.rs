@@ -133,7 +133,7 @@ fn a_deleted_replica_directory_is_named_in_the_reason() {
     std::fs::remove_dir(&dirs[1]).unwrap();
     let create: ReplicaJob<()> = Arc::new(|r: &Replica| {
         sys::open_beneath(
-            r.root(),
+            r.root()?,
             c"new",
             libc::O_CREAT | libc::O_WRONLY,
             0o644,
