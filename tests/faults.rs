@@ -1708,3 +1708,48 @@ fn a_replica_hung_at_start_costs_one_timeout_not_the_mount() {
 fn a_replica_failing_at_start_like_a_dead_server_starts_out_of_service() {
     dead_at_start_case("all ENOTCONN\n", "ENOTCONN", false);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Divergence found on the read path
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_file_removed_behind_the_daemons_back_is_served_from_another_replica() {
+    if !can_mount() {
+        return;
+    }
+    let rig = start_rig(
+        MountBuilder::new(2).timeout(2.0),
+        Syslog::start(),
+        None,
+        vec![],
+    );
+    let names = replica_names(&rig);
+    fs::write(rig.path("kept.txt"), b"acknowledged").unwrap();
+    // An admin cleaning up, a restored backup: the file is gone from replica 1 only.
+    fs::remove_file(rig.on(1, "kept.txt")).unwrap();
+    // Opens are spread over the replicas: several land on replica 1, and none may fail.
+    for i in 0..8 {
+        let mnt = rig.mnt.clone();
+        let got = in_thread("a read", Duration::from_secs(10), move || {
+            fs::read(mnt.join("kept.txt"))
+        });
+        assert_eq!(got.unwrap(), b"acknowledged", "read {i}");
+    }
+    assert_taken_out(&rig, &names, 1, &["ENOENT", "diverged"]);
+    assert!(
+        rig.snapshot().replicas[1].stale,
+        "a diverged replica must be resynced"
+    );
+    // A file that is really gone is still ENOENT, and takes nobody else out.
+    fs::write(rig.path("gone.txt"), b"x").unwrap();
+    fs::remove_file(rig.path("gone.txt")).unwrap();
+    let err = fs::read(rig.path("gone.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(rig.snapshot().replicas[0].state, ReplicaState::InService);
+    // A resync brings replica 1 back with the file.
+    let out = rig.chironctl(&["resync", "1", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fs::read(rig.on(1, "kept.txt")).unwrap(), b"acknowledged");
+    assert_replicas_identical(&rig);
+}

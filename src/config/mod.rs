@@ -124,7 +124,7 @@ pub struct Config {
     pub strict_majority: bool,
     /// Replica and witness directories (as in `replicas` and `witness`) that could not be
     /// looked at while the command line was checked: no answer within [`FIRST_LOOK`], or an
-    /// error of unreachable storage (`rules::start::unreachable`). The daemon waits for the
+    /// error of unreachable storage (`rules::arbitrate::is_replica_fault`). The daemon waits for the
     /// silent ones up to the rest of `timeout`, saying so in its log, then starts without them.
     pub unanswered: Vec<(PathBuf, Unanswered)>,
 }

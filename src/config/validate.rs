@@ -350,7 +350,7 @@ fn look_at_all(dirs: &[(&str, PathBuf)], deadline: Duration) -> Vec<Look> {
 }
 
 /// Checks what [`look_at_all`] found at `p`: a directory (its canonical path), one whose
-/// storage cannot be reached now (`rules::start::unreachable`, or no answer), or a mistake in
+/// storage cannot be reached now (`rules::arbitrate::is_replica_fault`, or no answer), or a mistake in
 /// the command line (the Err: missing, not a directory, not allowed).
 fn existing_dir(what: &str, p: &Path, look: Look) -> Result<Found, ConfigError> {
     let absolute = || std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -362,7 +362,7 @@ fn existing_dir(what: &str, p: &Path, look: Look) -> Result<Found, ConfigError> 
         ))),
         Look::Answered(Err(e))
             if e.raw_os_error()
-                .is_some_and(crate::rules::start::unreachable) =>
+                .is_some_and(crate::rules::arbitrate::is_replica_fault) =>
         {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             Ok(Found::Unanswered(absolute(), Unanswered::Failed(errno)))

@@ -6,10 +6,11 @@
 use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, FIRST_LOOK, Unanswered};
 use crate::engine::replica::{Replica, open_all_within};
-use crate::rules::start::unreachable;
+use crate::rules::arbitrate::is_replica_fault;
 use crate::view::words::{describe_errno, no_answer_within};
 
 /// The opened members: the replicas in command-line order, then the witness if any, and for
@@ -57,28 +58,33 @@ pub fn open(config: &Config) -> Result<Members, String> {
             .find(|(q, _)| q == p)
             .map(|&(_, why)| why)
     };
-    let wait = config.timeout.saturating_sub(FIRST_LOOK);
-    let say_waiting = |r: &Replica| {
+    // A member silent at the command-line check already had FIRST_LOOK of its timeout; one
+    // that failed there is not waited for; the others answered a moment ago.
+    let rest = config.timeout.saturating_sub(FIRST_LOOK);
+    let say_waiting = |r: &Replica, wait: Duration| {
         log::warn!(
             "waiting up to {:.1} s for {} to answer; the mount starts without it then",
             wait.as_secs_f64(),
             r.path.display()
         );
     };
-    let mut failed_at_check = Vec::new();
-    for r in &all {
-        match found(&r.path) {
-            Some(Unanswered::NoAnswer) => say_waiting(r),
-            Some(Unanswered::Failed(_)) => failed_at_check.push(r.index),
-            None => {}
-        }
-    }
+    let deadlines: Vec<Option<Duration>> = all
+        .iter()
+        .map(|r| match found(&r.path) {
+            Some(Unanswered::NoAnswer) => {
+                say_waiting(r, rest);
+                Some(rest)
+            }
+            Some(Unanswered::Failed(_)) => None,
+            None => Some(config.timeout),
+        })
+        .collect();
     let waiting = |r: &Replica| {
         if found(&r.path).is_none() {
-            say_waiting(r);
+            say_waiting(r, config.timeout.saturating_sub(Duration::from_secs(1)));
         }
     };
-    let opened = open_all_within(&all, &failed_at_check, wait, waiting);
+    let opened = open_all_within(&all, &deadlines, waiting);
     let mut why_not = Vec::with_capacity(all.len());
     for (r, result) in all.iter().zip(opened) {
         let errno = match (found(&r.path), result) {
@@ -89,7 +95,7 @@ pub fn open(config: &Config) -> Result<Members, String> {
             (Some(Unanswered::Failed(errno)), _) => Some(errno),
             (_, Err(e)) if e.kind() == ErrorKind::TimedOut => None,
             (_, Err(e)) => match e.raw_os_error() {
-                Some(errno) if unreachable(errno) => Some(errno),
+                Some(errno) if is_replica_fault(errno) => Some(errno),
                 _ => return Err(format!("cannot open {}: {e}", r.path.display())),
             },
         };

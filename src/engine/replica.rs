@@ -304,19 +304,18 @@ impl Replica {
 }
 
 /// Opens the roots of `replicas` (made by [`Replica::unopened`]), each on its own workers, all
-/// at once, waiting at most `deadline` in total; those in `skip` are opened in the background
-/// without being waited for (they did not answer a moment ago). `waiting` is told, once, of
-/// each replica still silent after a second. Per replica: Ok once its root is open, or the
-/// error (a timeout is `ErrorKind::TimedOut`). A replica that answers later opens then (its
-/// worker keeps waiting on the server), or at the next probe of it.
+/// at once, waiting for each at most its `deadlines` entry (None: opened in the background,
+/// not waited for). `waiting` is told, once, of each replica still silent after a second.
+/// Per replica: Ok once its root is open, or the error (a timeout is `ErrorKind::TimedOut`).
+/// A replica that answers later opens then (its worker keeps waiting on the server), or at
+/// the next probe of it.
 pub fn open_all_within(
     replicas: &[Arc<Replica>],
-    skip: &[usize],
-    deadline: Duration,
+    deadlines: &[Option<Duration>],
     waiting: impl Fn(&Replica),
 ) -> Vec<std::io::Result<()>> {
     let start = Instant::now();
-    let mut pending: Vec<Option<Receiver<std::io::Result<()>>>> = replicas
+    let pending: Vec<Receiver<std::io::Result<()>>> = replicas
         .iter()
         .map(|r| {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -324,24 +323,28 @@ pub fn open_all_within(
             r.submit(Box::new(move || {
                 let _ = tx.send(replica.try_open_root());
             }));
-            (!skip.contains(&r.index)).then_some(rx)
+            rx
         })
         .collect();
-    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
-    let mut results: Vec<Option<std::io::Result<()>>> = replicas
+    let timed_out = || Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    let mut results: Vec<Option<std::io::Result<()>>> = deadlines
         .iter()
-        .map(|r| skip.contains(&r.index).then(|| Err(timed_out())))
+        .map(|d| d.is_none().then(timed_out))
         .collect();
     let mut told = false;
-    while results.iter().any(Option::is_none) {
-        for (slot, rx) in results.iter_mut().zip(&mut pending) {
-            if let Some(answer) = rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+    loop {
+        let waited = start.elapsed();
+        for ((slot, rx), deadline) in results.iter_mut().zip(&pending).zip(deadlines) {
+            if slot.is_some() {
+                continue;
+            }
+            if let Ok(answer) = rx.try_recv() {
                 *slot = Some(answer);
-                *rx = None;
+            } else if deadline.is_none_or(|d| waited >= d) {
+                *slot = Some(timed_out());
             }
         }
-        let waited = start.elapsed();
-        if waited >= deadline {
+        if results.iter().all(Option::is_some) {
             break;
         }
         if !told && waited >= Duration::from_secs(1) {
@@ -352,11 +355,11 @@ pub fn open_all_within(
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(timed_out())))
+        .map(|r| r.unwrap_or_else(timed_out))
         .collect()
 }
 

@@ -47,7 +47,18 @@ impl ChironFs {
             self.open_everywhere(&path, &file, flags, uid)
                 .map(|()| None)
         } else {
-            self.open_one(&path, &file).map(Some)
+            self.open_one(&path, &file, false)
+                .or_else(|e| {
+                    if e != Errno::ENOENT && e != Errno::ESTALE {
+                        return Err(e);
+                    }
+                    // Absent where it was opened: another replica may have it (they diverged).
+                    // Asked again with mutations of the file kept out, so that an unlink on its
+                    // way through the replicas is not taken for a divergence.
+                    let _held = _in_order.is_none().then(|| lock.lock());
+                    self.open_one(&path, &file, true)
+                })
+                .map(Some)
         };
         match result {
             Ok(served_by) => self.answer_open(ino, file, writable, served_by, reply),
@@ -76,11 +87,14 @@ impl ChironFs {
     }
 
     /// Opens `file` on the first replica of its read order that can; returns that replica.
-    fn open_one(&self, path: &Path, file: &Arc<OpenFile>) -> Result<usize, Errno> {
+    /// `known`: the file exists (a replica without it has diverged, see
+    /// `ReplicaSet::read_known`).
+    fn open_one(&self, path: &Path, file: &Arc<OpenFile>, known: bool) -> Result<usize, Errno> {
         let f = Arc::clone(file);
         let job: ReplicaJob<()> = Arc::new(move |r: &Replica| f.fd(r).map(drop));
+        let root = Credentials::root();
         self.set
-            .read("open", path, &file.read_order, &Credentials::root(), job)
+            .read_known("open", path, &file.read_order, &root, job, known)
             .map(|(index, ())| index)
             .map_err(Errno::from_i32)
     }

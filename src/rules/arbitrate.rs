@@ -70,7 +70,9 @@ pub fn arbitrate<T>(results: Vec<(usize, Outcome<T>)>) -> Verdict<T> {
 }
 
 /// True for errnos that mean "this replica is broken" rather than "this is the answer":
-/// a read-type call that gets one of these is retried on another replica.
+/// a read-type call that gets one of these is retried on another replica. The same errnos
+/// at the first look at a replica's directory mean its storage cannot be reached now: the
+/// mount starts without it (any other error there is a mistake in the command line).
 pub fn is_replica_fault(errno: i32) -> bool {
     matches!(
         errno,
@@ -80,8 +82,13 @@ pub fn is_replica_fault(errno: i32) -> bool {
             | libc::ETIMEDOUT
             | libc::EHOSTDOWN
             | libc::EHOSTUNREACH
+            | libc::ECONNREFUSED
             | libc::ECONNABORTED
             | libc::ECONNRESET
+            | libc::ENETDOWN
+            | libc::ENETUNREACH
+            | libc::ENOLINK
+            | libc::EREMOTEIO
             | libc::ENODEV
             | libc::ENXIO
             | libc::EBADF

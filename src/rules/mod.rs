@@ -9,6 +9,5 @@ pub mod lease;
 pub mod order;
 pub mod quorum;
 pub mod select;
-pub mod start;
 pub mod state;
 pub mod throttle;

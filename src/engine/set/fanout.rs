@@ -235,7 +235,34 @@ impl ReplicaSet {
         creds: &Credentials,
         job: ReplicaJob<T>,
     ) -> Result<(usize, T), i32> {
+        self.read_known(op, path, order, creds, job, false)
+    }
+
+    /// [`ReplicaSet::read`] of an object that exists (`known`: the kernel holds its inode,
+    /// and the caller keeps mutations of it out meanwhile): a replica that answers ENOENT or
+    /// ESTALE is skipped too, and if another replica has the object, the first has diverged
+    /// (a file removed behind the daemon's back, a restored backup): it is taken out, stale,
+    /// with an alert, instead of the application getting the ENOENT.
+    pub fn read_known<T: Send + 'static>(
+        &self,
+        op: &str,
+        path: &Path,
+        order: &[usize],
+        creds: &Credentials,
+        job: ReplicaJob<T>,
+        known: bool,
+    ) -> Result<(usize, T), i32> {
         let mut skipped: Vec<(usize, Fault, Option<String>)> = Vec::new();
+        let mut absent: Vec<(usize, i32)> = Vec::new();
+        let diverged = |absent: Vec<(usize, i32)>, served_by: usize| {
+            let problem = format!(
+                "it is on {}: the replicas diverged",
+                self.replicas[served_by].path.display()
+            );
+            for (index, errno) in absent {
+                self.take_out_with(index, op, path, Fault::Errno(errno), Some(&problem), true);
+            }
+        };
         let blame = |skipped: Vec<(usize, Fault, Option<String>)>, success: bool| {
             for (index, fault, problem) in skipped {
                 if success || fault == Fault::TimedOut || problem.is_some() {
@@ -251,7 +278,13 @@ impl ReplicaSet {
                 Some((_, Outcome::Done(v), _)) => {
                     self.replicas[index].reads.fetch_add(1, Ordering::Relaxed);
                     blame(skipped, true);
+                    diverged(absent, index);
                     return Ok((index, v));
+                }
+                Some((_, Outcome::Failed(errno), None))
+                    if known && matches!(errno, libc::ENOENT | libc::ESTALE) =>
+                {
+                    absent.push((index, errno));
                 }
                 Some((_, Outcome::Failed(errno), problem)) => {
                     if !(is_replica_fault(errno) || problem.is_some()) {
@@ -264,6 +297,11 @@ impl ReplicaSet {
                     skipped.push((index, Fault::TimedOut, None));
                 }
             }
+        }
+        // Absent everywhere that answered: it is gone (the usual answer, nobody diverged).
+        if let Some(&(_, errno)) = absent.first() {
+            blame(skipped, false);
+            return Err(errno);
         }
         Err(skipped
             .iter()
