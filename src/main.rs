@@ -5,6 +5,15 @@ use chironfs::config::{self, Action};
 fn main() {
     let code = match config::parse_command_line(std::env::args_os()) {
         Ok(Action::Mount(unchecked)) => chironfs::daemon::run(*unchecked),
+        Ok(Action::Remount { mountpoint, flags }) => {
+            match chironfs::daemon::remount(&mountpoint, &flags) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("chironfs: {e}");
+                    1
+                }
+            }
+        }
         Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
             println!("{text}");
             0

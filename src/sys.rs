@@ -879,6 +879,28 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Changes the flags of the mount at `mountpoint` to exactly `flags` (MS_REMOUNT; the atime
+/// mode is kept unless one is given). FUSE lets the kernel switch ro/rw by itself.
+pub fn remount(mountpoint: &Path, flags: &[fuser::MountOption]) -> io::Result<()> {
+    use fuser::MountOption as O;
+    use nix::mount::MsFlags;
+    let mut ms = MsFlags::MS_REMOUNT;
+    for f in flags {
+        ms |= match f {
+            O::RO => MsFlags::MS_RDONLY,
+            O::NoSuid => MsFlags::MS_NOSUID,
+            O::NoDev => MsFlags::MS_NODEV,
+            O::NoExec => MsFlags::MS_NOEXEC,
+            O::Sync => MsFlags::MS_SYNCHRONOUS,
+            O::DirSync => MsFlags::MS_DIRSYNC,
+            O::NoAtime => MsFlags::MS_NOATIME,
+            _ => MsFlags::empty(),
+        };
+    }
+    nix::mount::mount::<str, Path, str, str>(None, mountpoint, None, ms, None)
+        .map_err(io::Error::from)
+}
+
 /// Whether a chironfs mount is at `mountpoint` in this mount namespace (/proc/self/mountinfo;
 /// the path as the kernel escapes it there).
 pub fn is_chironfs_mounted(mountpoint: &str) -> bool {

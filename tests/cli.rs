@@ -561,3 +561,65 @@ impl Drop for AlignedBuf {
         unsafe { std::alloc::dealloc(self.ptr, self.layout) };
     }
 }
+
+#[test]
+fn remount_switches_the_mount_read_only_and_back() {
+    if !can_mount() {
+        return;
+    }
+    let Some(helper) = ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        panic!("mount.fuse3 missing: install fuse3 (scripts/setup.sh)");
+    };
+    let m = Mount::two();
+    write_and_check(&m, "before");
+    let spec = format!("{}={}", m.replicas[0].display(), m.replicas[1].display());
+    let path = format!(
+        "{}:{}",
+        chironfs_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // What `mount -o remount,ro MNT` runs: mount(8) passes the mount table's options along.
+    let remount = |flags: &str| {
+        let out = Command::new(helper)
+            .args([&spec, m.mnt.to_str().unwrap(), "-t", "fuse.chironfs", "-o"])
+            .arg(format!(
+                "{flags},nosuid,nodev,relatime,remount,user_id=0,group_id=0,default_permissions"
+            ))
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "remount {flags}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    remount("ro");
+    assert!(
+        mountinfo_line(&m.mnt).contains(" ro,"),
+        "{}",
+        mountinfo_line(&m.mnt)
+    );
+    let err = fs::write(m.path("refused"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::read(m.path("before")).unwrap(),
+        b"before",
+        "reads go on"
+    );
+    assert!(!m.replicas[0].join("refused").exists());
+    remount("rw");
+    write_and_check(&m, "after");
+    // The same daemon served throughout: nothing was restarted.
+    assert_eq!(i64::from(m.snapshot().pid), i64::from(m.pid));
+    // Anything but a chironfs mount is refused in one line.
+    let s = Scratch::new();
+    let out = run(&[s.spec(), s.p("mnt"), "-o".into(), "remount,ro".into()]);
+    let msg = assert_one_line_failure(&out, "no chironfs is mounted there", Path::new(&s.p("mnt")));
+    assert!(msg.contains("remount"), "{msg}");
+    assert!(m.stop());
+}

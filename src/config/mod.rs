@@ -171,6 +171,14 @@ pub enum Action<M = Box<Config>> {
     Help(String),
     /// `-V`/`--version`: `chironfs VERSION` (no trailing newline).
     Version(String),
+    /// `-o remount,...` (what `mount -o remount,ro MOUNTPOINT` runs through mount.fuse3):
+    /// change the kernel flags of the chironfs mount at `mountpoint`, start no daemon.
+    Remount {
+        /// The mount point as given.
+        mountpoint: PathBuf,
+        /// Every kernel flag given (a remount sets the whole list: ro or rw, nosuid, ...).
+        flags: Vec<fuser::MountOption>,
+    },
 }
 
 /// A command-line or configuration problem. Its `Display` is exactly one line, starting with
@@ -282,6 +290,12 @@ where
     };
     let mut draft = positionals(&given)?;
     let o = mount_opts::rewrite(&given, &mut cmd)?;
+    if o.remount {
+        return Ok(Action::Remount {
+            mountpoint: draft.config.mountpoint,
+            flags: o.mount_options,
+        });
+    }
     draft.config.allow_other = o.allow_other;
     draft.config.mount_options = o.mount_options;
     // The -o settings go before the whole command line: an option given both ways is then
@@ -314,6 +328,7 @@ where
         Action::Mount(unchecked) => Action::Mount(Box::new(unchecked.check()?)),
         Action::Help(text) => Action::Help(text),
         Action::Version(text) => Action::Version(text),
+        Action::Remount { mountpoint, flags } => Action::Remount { mountpoint, flags },
     })
 }
 

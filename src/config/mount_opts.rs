@@ -80,7 +80,15 @@ pub(super) struct MountOpts {
     pub allow_other: bool,
     /// The kernel mount flags, in order.
     pub mount_options: Vec<MountOption>,
+    /// `remount` was given: change the flags of the existing mount, start nothing.
+    pub remount: bool,
 }
+
+/// Given on a remount only, by mount.fuse3 from the mount table (the kernel's own FUSE
+/// options): accepted and left alone, as the kernel keeps them.
+const REMOUNT_ONLY: &[&str] = &[
+    "user_id", "group_id", "fd", "rootmode", "max_read", "blksize",
+];
 
 /// Reads every `-o` list of the parsed command line, in order. An unknown key, a missing or
 /// unwanted value, and a value the option refuses are errors, naming the `-o` item.
@@ -89,12 +97,17 @@ pub(super) fn rewrite(given: &ArgMatches, cmd: &mut Command) -> Result<MountOpts
         args: Vec::new(),
         allow_other: false,
         mount_options: Vec::new(),
+        remount: false,
     };
-    let lists = given
+    let items: Vec<&str> = given
         .get_many::<String>("fuseoptions")
         .into_iter()
-        .flatten();
-    for item in lists.flat_map(|l| l.split(',')).map(str::trim) {
+        .flatten()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .collect();
+    o.remount = items.contains(&"remount");
+    for item in items {
         let (key, value) = match item.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (item, None),
@@ -107,7 +120,10 @@ pub(super) fn rewrite(given: &ArgMatches, cmd: &mut Command) -> Result<MountOpts
             continue;
         }
         let Some((_, kernel)) = KERNEL.iter().find(|(k, _)| *k == key) else {
-            if IGNORED.contains(&key) || key.starts_with("x-") {
+            if IGNORED.contains(&key)
+                || key.starts_with("x-")
+                || (o.remount && (key == "remount" || REMOUNT_ONLY.contains(&key)))
+            {
                 continue;
             }
             return Err(ConfigError::usage(format!("unknown mount option '{item}'")));

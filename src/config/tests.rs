@@ -855,3 +855,23 @@ fn option_values_are_checked_alike_on_the_command_line_and_in_o() {
     let m = fail(&[&spec, &mnt, "--quorum", "x", "-o", "timeout=abc,quorum=2"]);
     assert!(m.contains("'timeout=abc'"), "{m}");
 }
+
+#[test]
+fn remount_changes_the_flags_and_checks_no_directory() {
+    // What mount.fuse3 passes for `mount -o remount,ro MNT`: the mount table's options too.
+    match run(&[
+        "/no/a=/no/b",
+        "/m",
+        "-o",
+        "ro,nosuid,relatime,remount,user_id=0,group_id=0",
+    ]) {
+        Ok(Action::Remount { mountpoint, flags }) => {
+            assert_eq!(mountpoint, PathBuf::from("/m"));
+            assert_eq!(flags, vec![MountOption::RO, MountOption::NoSuid]);
+        }
+        other => panic!("expected Remount, got {other:?}"),
+    }
+    // The kernel's own options are no options of a new mount.
+    let msg = fail(&["/a=/b", "/m", "-o", "user_id=0"]);
+    assert!(msg.contains("unknown mount option 'user_id=0'"), "{msg}");
+}

@@ -237,6 +237,23 @@ fn serve_set(
     }
 }
 
+/// Changes the kernel flags of the chironfs mount at `mountpoint` (`-o remount,ro` and back
+/// to `rw`, `nosuid`, ...): the kernel then refuses writes itself, the daemon and its replicas
+/// go on as they were. Anything else at `mountpoint` is refused.
+pub fn remount(mountpoint: &std::path::Path, flags: &[MountOption]) -> Result<(), String> {
+    let canonical = std::fs::canonicalize(mountpoint)
+        .map_err(|e| format!("cannot remount {}: {e}", mountpoint.display()))?;
+    if !sys::is_chironfs_mounted(&canonical.display().to_string()) {
+        return Err(format!(
+            "cannot remount {}: no chironfs is mounted there (-o remount changes the flags of a \
+             running mount; mount it without remount first)",
+            mountpoint.display()
+        ));
+    }
+    sys::remount(&canonical, flags)
+        .map_err(|e| format!("cannot remount {}: {e}", mountpoint.display()))
+}
+
 /// Logs to stderr in the foreground, syslog when daemonized (or when a socket was given),
 /// and the log file if any.
 fn start_logging(config: &Config) -> Result<(), String> {
