@@ -8,7 +8,6 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::rules::order::OrderLock;
 use crate::sys::{self, TimeSpec};
@@ -19,14 +18,18 @@ const NANOS: i64 = 1_000_000_000;
 /// "Now" as one exact time, taken once per mutation: every replica records the same
 /// timestamp, where letting each replica's clock tick on its own would leave the replicas'
 /// mtimes a few microseconds apart (and rsync, make or a verify would see them differ).
+///
+/// Read from the kernel's coarse clock, the one it stamps inode times with: the replica sets
+/// the object's ctime itself when the stamp is applied (utimensat cannot set a ctime), from
+/// that clock or later, so ctime is never older than the mtime set from this stamp, and equal
+/// to it when the replica's change falls in the same clock tick (nearly always). The precise
+/// clock ran up to a tick (1-4 ms) ahead of the one the replica used for ctime, which left a
+/// new file's ctime before its mtime. The other ways out were worse: the replica's own ctime
+/// as the stamp differs from one replica to the next (the replicas' mtimes would differ), and
+/// taking it from one replica first would serialise every creation over the replicas.
 pub(super) fn now() -> TimeSpec {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    TimeSpec::At {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos() as i64,
-    }
+    let (sec, nsec) = sys::coarse_realtime();
+    TimeSpec::At { sec, nsec }
 }
 
 /// Sets the mtime of an open file to `stamp` after a change of its data (as the change itself
@@ -128,6 +131,31 @@ mod tests {
         };
         assert!(sec > 1_600_000_000);
         assert!((0..NANOS).contains(&nsec));
+    }
+
+    #[test]
+    fn a_stamped_file_never_shows_a_ctime_before_its_mtime() {
+        let f = tempfile::tempfile().unwrap();
+        for _ in 0..200 {
+            let stamp = now();
+            stamp_mtime(f.as_fd(), stamp);
+            let st = sys::fstat(f.as_fd()).unwrap();
+            assert_eq!(
+                TimeSpec::At {
+                    sec: st.st_mtime,
+                    nsec: st.st_mtime_nsec
+                },
+                stamp
+            );
+            assert!(
+                (st.st_ctime, st.st_ctime_nsec) >= (st.st_mtime, st.st_mtime_nsec),
+                "ctime {}.{:09} before mtime {}.{:09}",
+                st.st_ctime,
+                st.st_ctime_nsec,
+                st.st_mtime,
+                st.st_mtime_nsec
+            );
+        }
     }
 
     #[test]
