@@ -7,7 +7,7 @@ use common::*;
 use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -226,4 +226,99 @@ fn an_entry_removed_while_listed_keeps_the_inode_number_stat_gave() {
         assert_eq!(*d_ino, inos[name], "d_ino of {name}");
     }
     fs::remove_dir(m.path("d")).unwrap();
+}
+
+/// The permission bits of `name` through the mount and on both replicas.
+fn modes(m: &Mount, name: &str) -> [u32; 3] {
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    [
+        mode(&m.path(name)),
+        mode(&m.on(0, name)),
+        mode(&m.on(1, name)),
+    ]
+}
+
+/// Runs `step` on a new 6755 file `name` (4 KiB of zeros) as uid/gid 1001, in the mount.
+fn as_owner(m: &Mount, name: &str, step: &str) {
+    let cmd = format!(
+        "cd {} && head -c 4096 /dev/zero > {name} && chmod 6755 {name} && {step}",
+        m.path("").display()
+    );
+    let out = run_as(1001, 1001, &[], &cmd);
+    assert!(
+        out.status.success(),
+        "{step}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unprivileged_fallocate_or_direct_write_clears_setid() {
+    if !can_mount() {
+        return;
+    }
+    for direct_writes in ["on", "off"] {
+        let m = MountBuilder::new(2)
+            .arg("--direct-writes")
+            .arg(direct_writes)
+            .start();
+        std::os::unix::fs::chown(m.path(""), Some(1001), Some(1001)).unwrap();
+        for (name, step) in [
+            ("grow", "fallocate -l 8192 grow"),
+            ("keep", "fallocate -n -o 8192 -l 4096 keep"),
+            ("punch", "fallocate -p -o 0 -l 4096 punch"),
+            ("zero", "fallocate -z -o 0 -l 4096 zero"),
+            (
+                "direct",
+                "dd if=/dev/zero of=direct bs=4096 count=1 oflag=direct conv=notrunc status=none",
+            ),
+        ] {
+            as_owner(&m, name, step);
+            assert_eq!(
+                modes(&m, name),
+                [0o755; 3],
+                "{step} (--direct-writes {direct_writes}): mount, replica 0, replica 1"
+            );
+        }
+        assert_replicas_identical(&m);
+    }
+}
+
+#[test]
+fn setgid_goes_when_its_owner_outside_the_group_changes_the_mode_or_acl() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    std::os::unix::fs::chown(m.path(""), Some(1001), Some(1001)).unwrap();
+    for (name, step) in [
+        ("chmod", "chmod 2755 chmod"),
+        ("acl", "setfacl -m u:1002:rwx acl"),
+        ("kept", "chmod 2755 kept"),
+    ] {
+        File::create(m.path(name)).unwrap();
+        // In a group its owner is not in, but for "kept".
+        let group = if name == "kept" { 1001 } else { 2000 };
+        std::os::unix::fs::chown(m.path(name), Some(1001), Some(group)).unwrap();
+        fs::set_permissions(m.path(name), fs::Permissions::from_mode(0o2755)).unwrap();
+        let cmd = format!("cd {} && {step}", m.path("").display());
+        let out = run_as(1001, 1001, &[], &cmd);
+        assert!(
+            out.status.success(),
+            "{step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The ACL's mask (rwx) shows as the group bits.
+        let want = match name {
+            "kept" => 0o2755,
+            "acl" => 0o775,
+            _ => 0o755,
+        };
+        assert_eq!(
+            modes(&m, name),
+            [want; 3],
+            "{step}: mount, replica 0, replica 1"
+        );
+    }
+    assert_replicas_identical(&m);
 }

@@ -1,6 +1,7 @@
 //! What a change of a file's data does to its metadata, done alike on every replica: the one
 //! exact "now" of a mutation, the mtime stamp shared by a file's concurrent writes, and the
-//! setuid/setgid bits a non-root writer loses.
+//! setuid/setgid bits a non-root writer loses (and the setgid bit an access ACL set from
+//! outside the file's group costs).
 //!
 //! Touches the clock, one replica's descriptor at a time (given by the caller) and a file's
 //! order lock; no table, no fan-out.
@@ -79,6 +80,14 @@ fn setid_cleared(mode: u32) -> u32 {
         kept &= !libc::S_ISGID;
     }
     kept
+}
+
+/// Whether setting a file's access ACL costs it its setgid bit, as posix_acl_update_mode
+/// does natively: for a caller (`uid`, `gid`, `groups`) other than root, outside the file's
+/// group `file_gid`. The replicas are written as root, who keeps the bit, and the kernel only
+/// tells a FUSE filesystem so with FUSE_SETXATTR_EXT, which chironfs does not negotiate.
+pub(super) fn acl_clears_setgid(uid: u32, gid: u32, groups: &[u32], file_gid: u32) -> bool {
+    uid != 0 && gid != file_gid && !groups.contains(&file_gid)
 }
 
 /// The mtime a change of a file's data gives it on every replica: the newest stamp of the
@@ -168,6 +177,18 @@ mod tests {
         assert_eq!(setid_cleared(0o6745), 0o2745);
         assert_eq!(setid_cleared(0o1777), 0o1777);
         assert_eq!(setid_cleared(0o644), 0o644);
+    }
+
+    #[test]
+    fn an_acl_set_outside_the_files_group_costs_setgid() {
+        assert!(acl_clears_setgid(1001, 1001, &[], 2000));
+        assert!(acl_clears_setgid(1001, 1001, &[3000], 2000));
+        assert!(!acl_clears_setgid(1001, 2000, &[], 2000), "its group");
+        assert!(
+            !acl_clears_setgid(1001, 1001, &[2000], 2000),
+            "a group it is in"
+        );
+        assert!(!acl_clears_setgid(0, 0, &[], 2000), "root keeps it");
     }
 
     #[test]
