@@ -108,7 +108,16 @@ fn fstat_of_an_open_directory_that_lost_its_name_shows_no_links() {
     }
     assert_eq!(fstat(&a).unwrap().st_ino, a_ino, "still the same directory");
     assert_ne!(fs::metadata(m.path("a")).unwrap().ino(), a_ino);
+    // A change through it has nowhere to go on the replicas (ENOENT), and never makes them
+    // disagree: the directory is held open on one replica only.
+    // SAFETY: a valid open descriptor.
+    let chmod = unsafe { libc::fchmod(c_fd.as_raw_fd(), 0o700) };
+    assert_eq!(
+        (chmod, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::ENOENT))
+    );
     drop((a, c_fd));
+    assert_all_in_service(&m);
     assert_replicas_identical(&m);
 }
 

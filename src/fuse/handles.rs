@@ -267,16 +267,18 @@ impl Handles {
         self.files.get(fh).ok_or(Errno::EBADF)
     }
 
-    /// An open handle of node `ino`, if any (to reach a file that has no name left); a
-    /// directory's too (the kernel names no handle in a directory's getattr).
+    /// An open handle of node `ino`, if any (to reach a file that has no name left).
     pub(super) fn file_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
-        self.files
-            .find(|f| f.ino.load(Ordering::Relaxed) == ino)
-            .or_else(|| {
-                self.dirs
-                    .find(|d| d.ino() == ino)
-                    .map(|d| Arc::clone(&d.dir))
-            })
+        self.files.find(|f| f.ino.load(Ordering::Relaxed) == ino)
+    }
+
+    /// The directory `ino` as an open handle holds it, if one does: for an fstat once it
+    /// has no name left (the kernel names no handle in a directory's getattr). Only for reads:
+    /// it is open on one replica, so a change through it could not reach the others.
+    pub(super) fn dir_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.dirs
+            .find(|d| d.ino() == ino)
+            .map(|d| Arc::clone(&d.dir))
     }
 
     /// Entry `name`, node `id`, left directory `parent`: its open handles keep its number for
@@ -457,7 +459,11 @@ mod tests {
         let handles = Handles::default();
         let d = Arc::new(open_dir(9));
         handles.add(&handles.dirs, Arc::clone(&d));
-        assert!(Arc::ptr_eq(&handles.file_of(9).unwrap(), &d.dir));
-        assert!(handles.file_of(8).is_none());
+        assert!(Arc::ptr_eq(&handles.dir_of(9).unwrap(), &d.dir));
+        assert!(handles.dir_of(8).is_none());
+        assert!(
+            handles.file_of(9).is_none(),
+            "never changed through a file's path"
+        );
     }
 }
