@@ -475,6 +475,7 @@ fn serve_client(
     if let Err(e) = peer_allowed(stream, our_uid) {
         log::warn!("control socket: {e}");
         let _ = send(stream, &Response::with_error(e));
+        close_after_linger(stream, limits.linger);
         return;
     }
     let mut reader = BufReader::new(Timed {
