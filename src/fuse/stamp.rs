@@ -20,14 +20,17 @@ const NANOS: i64 = 1_000_000_000;
 /// timestamp, where letting each replica's clock tick on its own would leave the replicas'
 /// mtimes a few microseconds apart (and rsync, make or a verify would see them differ).
 ///
-/// Read from the kernel's coarse clock, the one it stamps inode times with: the replica sets
-/// the object's ctime itself when the stamp is applied (utimensat cannot set a ctime), from
-/// that clock or later, so ctime is never older than the mtime set from this stamp, and equal
-/// to it when the replica's change falls in the same clock tick (nearly always). The precise
-/// clock ran up to a tick (1-4 ms) ahead of the one the replica used for ctime, which left a
-/// new file's ctime before its mtime. The other ways out were worse: the replica's own ctime
-/// as the stamp differs from one replica to the next (the replicas' mtimes would differ), and
-/// taking it from one replica first would serialise every creation over the replicas.
+/// Read from the kernel's coarse clock, the one it stamps inode times from (a multigrain
+/// filesystem takes the newer of that clock and the last fine-grained time it gave out): the
+/// replica sets the object's ctime itself when the stamp is applied (utimensat cannot set a
+/// ctime), from that clock or later, so ctime is never older than the mtime set from this
+/// stamp. It is seldom equal to it: usually a few milliseconds later, as a utimensat made
+/// natively a moment after a creation would leave it. The precise clock ran up to a tick ahead
+/// of the one the replica used for ctime, which left a new file's ctime before its mtime.
+/// Making the two equal would take the replica's own creation time as the stamp, which
+/// differs from one replica to the next (their mtimes would differ, and a verify would see
+/// it) unless one replica created the object first and the others then copied its time:
+/// every creation serialised over the replicas, for a difference of milliseconds.
 pub(super) fn now() -> TimeSpec {
     let (sec, nsec) = sys::coarse_realtime();
     TimeSpec::At { sec, nsec }
