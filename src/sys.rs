@@ -866,6 +866,18 @@ pub fn boottime() -> std::time::Duration {
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// The wall clock as the kernel stamps inode times with it (CLOCK_REALTIME_COARSE, updated
+/// once a clock tick): no inode time the kernel sets from now on is older than this one.
+pub fn coarse_realtime() -> (i64, i64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_REALTIME_COARSE exists since Linux 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    (ts.tv_sec, ts.tv_nsec)
+}
+
 /// Whether a process `pid` runs on this host: it exists and is not a zombie (a killed daemon
 /// stays a zombie until its parent reaps it, and holds nothing any more).
 pub fn pid_alive(pid: u32) -> bool {

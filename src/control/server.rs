@@ -5,15 +5,15 @@
 
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder};
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::control::client::{connect_with_timeout, poll_one};
 use crate::control::protocol::{
@@ -21,13 +21,30 @@ use crate::control::protocol::{
 };
 use crate::view::snapshot::ControlHandler;
 
-/// How long the server waits for a client to send a request (or to read a response) before
-/// dropping it, so a silent client cannot hold a thread and a descriptor forever.
+/// How long the server waits for a client to start its next request (or to read a response)
+/// before dropping it, so a silent client cannot hold a thread and a descriptor forever.
 pub const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request line may take to arrive from its first byte on: a client that sends
+/// part of a line and stops (or trickles it) is dropped then, so slow clients cannot hold
+/// every slot and lock the admin out.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a client the server is done with (refused, or sent an oversize line) may go on
+/// sending before the server closes: its request is read and thrown away meanwhile, so it
+/// can finish writing and read the error reply instead of a broken pipe or a reset.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Clients served at once; more are answered with an error and closed, so a flood of
 /// connections cannot exhaust the daemon's threads or descriptors.
 pub const MAX_CLIENTS: usize = 32;
+
+/// Refused clients being answered at once (each on a short-lived thread, for at most
+/// [`LINGER`]); beyond that a connection is closed unanswered.
+const MAX_REFUSING: usize = 32;
+
+/// The error reply of a connection beyond [`MAX_CLIENTS`] (`docs/control-protocol.md`).
+pub const TOO_MANY_CLIENTS: &str = "too many control clients; try again";
 /// How often the accept loop looks at its stop flags.
 const ACCEPT_POLL: Duration = Duration::from_millis(200);
 
@@ -172,6 +189,37 @@ pub fn spawn_server(
     handler: Arc<dyn ControlHandler>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<ControlServer> {
+    spawn_server_with(path, handler, stop, Limits::default())
+}
+
+/// How long the server waits for a client, at each step (tests shorten them).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// For the first byte of the next request, and for a response to be taken.
+    idle: Duration,
+    /// For the rest of a request line once its first byte came.
+    request: Duration,
+    /// For a client the server is done with to stop sending (see [`LINGER`]).
+    linger: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle: SERVER_IO_TIMEOUT,
+            request: REQUEST_DEADLINE,
+            linger: LINGER,
+        }
+    }
+}
+
+/// [`spawn_server`] with the given [`Limits`].
+fn spawn_server_with(
+    path: &Path,
+    handler: Arc<dyn ControlHandler>,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+) -> io::Result<ControlServer> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.is_dir()
     {
@@ -206,7 +254,7 @@ pub fn spawn_server(
         let (quit, clients) = (quit.clone(), clients.clone());
         thread::Builder::new()
             .name("chironfs-ctl".into())
-            .spawn(move || accept_loop(listener, handler, stop, quit, clients))
+            .spawn(move || accept_loop(listener, handler, stop, quit, clients, limits))
     };
     let thread = match thread {
         Ok(t) => t,
@@ -232,8 +280,10 @@ fn accept_loop(
     stop: Arc<AtomicBool>,
     quit: Arc<AtomicBool>,
     clients: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    limits: Limits,
 ) {
     let next_id = AtomicU64::new(0);
+    let refusing = Arc::new(AtomicUsize::new(0));
     let mut last_error: Option<String> = None;
     let our_uid = nix::unistd::geteuid().as_raw();
     while !stop.load(Ordering::SeqCst) && !quit.load(Ordering::SeqCst) {
@@ -263,56 +313,133 @@ fn accept_loop(
         };
         last_error = None;
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = start_client(id, stream, &handler, &clients, &quit, our_uid) {
+        let server = Server {
+            handler: &handler,
+            clients: &clients,
+            quit: &quit,
+            refusing: &refusing,
+            our_uid,
+            limits,
+        };
+        if let Err(e) = server.start_client(id, stream) {
             log::warn!("control socket: cannot serve a client: {e}");
         }
     }
 }
 
-/// Registers a new client and serves it on its own thread, or answers "too many" when
-/// [`MAX_CLIENTS`] are being served.
-fn start_client(
-    id: u64,
-    stream: UnixStream,
-    handler: &Arc<dyn ControlHandler>,
-    clients: &Arc<Mutex<HashMap<u64, UnixStream>>>,
-    quit: &Arc<AtomicBool>,
+/// What serving a new client needs from the accept loop.
+struct Server<'a> {
+    handler: &'a Arc<dyn ControlHandler>,
+    clients: &'a Arc<Mutex<HashMap<u64, UnixStream>>>,
+    quit: &'a Arc<AtomicBool>,
+    /// Refused clients being answered right now (see [`MAX_REFUSING`]).
+    refusing: &'a Arc<AtomicUsize>,
     our_uid: u32,
-) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(SERVER_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(SERVER_IO_TIMEOUT))?;
-    {
-        let mut map = clients
-            .lock()
-            .map_err(|_| io::Error::other("client table poisoned"))?;
-        if map.len() >= MAX_CLIENTS {
-            drop(map);
-            let _ = send(
-                &stream,
-                &Response::with_error("too many control clients; try again"),
-            );
-            return Ok(());
+    limits: Limits,
+}
+
+impl Server<'_> {
+    /// Registers a new client and serves it on its own thread, or answers "too many" when
+    /// [`MAX_CLIENTS`] are being served.
+    fn start_client(&self, id: u64, stream: UnixStream) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(self.limits.idle))?;
+        {
+            let mut map = self
+                .clients
+                .lock()
+                .map_err(|_| io::Error::other("client table poisoned"))?;
+            if map.len() >= MAX_CLIENTS {
+                drop(map);
+                return self.refuse(stream);
+            }
+            map.insert(id, stream.try_clone()?);
         }
-        map.insert(id, stream.try_clone()?);
-    }
-    let (handler, clients2, quit) = (handler.clone(), clients.clone(), quit.clone());
-    let spawned = thread::Builder::new()
-        .name("chironfs-ctl-client".into())
-        .spawn(move || {
-            serve_client(&stream, handler.as_ref(), &quit, our_uid);
-            // Drops our clone: both descriptors of this client are closed now.
-            if let Ok(mut map) = clients2.lock() {
+        let (handler, clients, quit) = (
+            Arc::clone(self.handler),
+            Arc::clone(self.clients),
+            Arc::clone(self.quit),
+        );
+        let (our_uid, limits) = (self.our_uid, self.limits);
+        let spawned = thread::Builder::new()
+            .name("chironfs-ctl-client".into())
+            .spawn(move || {
+                serve_client(&stream, handler.as_ref(), &quit, our_uid, limits);
+                // Drops our clone: both descriptors of this client are closed now.
+                if let Ok(mut map) = clients.lock() {
+                    map.remove(&id);
+                }
+            });
+        if let Err(e) = spawned {
+            if let Ok(mut map) = self.clients.lock() {
                 map.remove(&id);
             }
-        });
-    if let Err(e) = spawned {
-        if let Ok(mut map) = clients.lock() {
-            map.remove(&id);
+            return Err(e);
         }
-        return Err(e);
+        Ok(())
     }
-    Ok(())
+
+    /// Answers a client beyond [`MAX_CLIENTS`] with [`TOO_MANY_CLIENTS`] on a short-lived
+    /// thread, which reads what the client sends until it leaves (at most [`LINGER`]): closed
+    /// at once, a client still writing its request would see a broken pipe, not the reply.
+    /// Beyond [`MAX_REFUSING`] such clients the connection is closed unanswered.
+    fn refuse(&self, stream: UnixStream) -> io::Result<()> {
+        if self.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
+            self.refusing.fetch_sub(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        let (refusing, linger) = (Arc::clone(self.refusing), self.limits.linger);
+        let spawned = thread::Builder::new()
+            .name("chironfs-ctl-refuse".into())
+            .spawn(move || {
+                let _ = send(&stream, &Response::with_error(TOO_MANY_CLIENTS));
+                close_after_linger(&stream, linger);
+                refusing.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.refusing.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// A client's socket as the request reader sees it: each read waits at most until `until`
+/// (the caller moves it: idle wait, then the request's deadline).
+struct Timed<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&*self.stream).read(buf)
+    }
+}
+
+/// Stops writing to a client we are done with, then reads and drops what it still sends
+/// until it leaves or `linger` is over, so that closing does not reset a connection whose
+/// peer has not read our last reply yet.
+fn close_after_linger(stream: &UnixStream, linger: Duration) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut rest = Timed {
+        stream,
+        until: Instant::now() + linger,
+    };
+    let mut sink = [0u8; 16 * 1024];
+    loop {
+        match rest.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Writes one response line to a client.
@@ -337,21 +464,26 @@ fn peer_allowed(stream: &UnixStream, our_uid: u32) -> Result<(), String> {
 }
 
 /// One client's thread: checks its credentials, then answers its request lines one by one
-/// until it leaves, stays silent too long or sends garbage.
+/// until it leaves, stays silent too long, is too slow with a request or sends garbage.
 fn serve_client(
     stream: &UnixStream,
     handler: &dyn ControlHandler,
     quit: &AtomicBool,
     our_uid: u32,
+    limits: Limits,
 ) {
     if let Err(e) = peer_allowed(stream, our_uid) {
         log::warn!("control socket: {e}");
         let _ = send(stream, &Response::with_error(e));
+        close_after_linger(stream, limits.linger);
         return;
     }
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(Timed {
+        stream,
+        until: Instant::now(),
+    });
     while !quit.load(Ordering::SeqCst) {
-        let line = match read_line_limited(&mut reader, MAX_REQUEST_LINE) {
+        let line = match next_request(&mut reader, limits) {
             Ok(Some(l)) => l,
             Ok(None) => return,
             Err(e)
@@ -360,11 +492,12 @@ fn serve_client(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                log::debug!("control socket: idle client dropped");
+                log::debug!("control socket: idle or slow client dropped");
                 return;
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 let _ = send(stream, &Response::with_error(format!("bad request: {e}")));
+                close_after_linger(stream, limits.linger);
                 return;
             }
             Err(e) => {
@@ -387,6 +520,17 @@ fn serve_client(
             return;
         }
     }
+}
+
+/// The client's next request line (None once it left): its first byte awaited for
+/// `limits.idle`, the whole line then due within `limits.request` (TimedOut otherwise).
+fn next_request(reader: &mut BufReader<Timed<'_>>, limits: Limits) -> io::Result<Option<Vec<u8>>> {
+    reader.get_mut().until = Instant::now() + limits.idle;
+    if reader.fill_buf()?.is_empty() {
+        return Ok(None);
+    }
+    reader.get_mut().until = Instant::now() + limits.request;
+    read_line_limited(reader, MAX_REQUEST_LINE)
 }
 
 #[cfg(test)]
@@ -608,6 +752,93 @@ mod tests {
         }
         assert!(wait_until(|| srv.active_clients() <= 3));
         drop(silent);
+        assert!(wait_until(|| srv.active_clients() == 0));
+        drop(srv);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// `n` clients that each sent the start of a request and stopped, once `srv` serves them.
+    fn half_written(srv: &ControlServer, n: usize) -> Vec<UnixStream> {
+        let held: Vec<UnixStream> = (0..n)
+            .map(|_| {
+                let s = UnixStream::connect(srv.path()).unwrap();
+                (&s).write_all(b"{\"cmd\":\"sta").unwrap();
+                s
+            })
+            .collect();
+        assert!(wait_until(|| srv.active_clients() == MAX_CLIENTS));
+        held
+    }
+
+    #[test]
+    fn a_client_beyond_the_limit_reads_the_too_many_reply() {
+        let (d, srv, _h) = server("many");
+        let held = half_written(&srv, MAX_CLIENTS + 8);
+        for _ in 0..5 {
+            let r = request(srv.path(), &Request::Status).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.error.as_deref(), Some(TOO_MANY_CLIENTS), "{r:?}");
+        }
+        // A client slow to write its request (the server has answered by then) must still
+        // read the reply, never a broken pipe or a reset.
+        let s = UnixStream::connect(srv.path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        (&s).write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).unwrap();
+        let r: Response = serde_json::from_str(&answer).unwrap();
+        assert_eq!(r.error.as_deref(), Some(TOO_MANY_CLIENTS), "{r:?}");
+        drop(held);
+        assert!(wait_until(|| srv.active_clients() == 0));
+        assert!(request(srv.path(), &Request::Status).unwrap().ok);
+        drop(srv);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn slow_requests_time_out_and_free_their_slots() {
+        let d = tempdir("slow");
+        let sock = d.join("s.sock");
+        let limits = Limits {
+            request: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let srv = spawn_server_with(&sock, TestHandler::new(), stop, limits).unwrap();
+        let held = half_written(&srv, MAX_CLIENTS);
+        // They go on trickling a byte now and then, well within the idle timeout: only the
+        // deadline of the request as a whole can drop them.
+        let t = Instant::now();
+        let mut answered = None;
+        while answered.is_none() && t.elapsed() < Duration::from_secs(8) {
+            for s in &held {
+                let _ = (&*s).write_all(b" ");
+            }
+            thread::sleep(Duration::from_millis(50));
+            answered = request(&sock, &Request::Status).ok().filter(|r| r.ok);
+        }
+        assert!(answered.is_some(), "slow clients still hold every slot");
+        drop(held);
+        drop(srv);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_oversize_request_line_gets_the_error_reply() {
+        let (d, srv, _h) = server("big");
+        let s = UnixStream::connect(srv.path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Far more than the socket buffers hold: written in full only if the server reads on.
+        let mut line = vec![b'x'; 4 << 20];
+        line.push(b'\n');
+        (&s).write_all(&line).unwrap();
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).unwrap();
+        let r: Response = serde_json::from_str(&answer).unwrap();
+        let e = r.error.unwrap();
+        assert!(e.contains("longer than 65536 bytes"), "{e}");
+        drop(s);
         assert!(wait_until(|| srv.active_clients() == 0));
         drop(srv);
         fs::remove_dir_all(&d).unwrap();

@@ -6,10 +6,11 @@
 //! tell the journal of a file open for writing ([`ChironFs::new_open_file`]).
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use fuser::{BackingId, Errno, FileHandle};
@@ -117,37 +118,70 @@ impl OpenFile {
     }
 }
 
-/// One open directory: the listing read at opendir, read again at a rewind (offset 0 after
-/// the first pass), so that rewinddir(3) sees the entries made since, as POSIX asks.
+/// One open directory: the directory itself, held open on the replica that answered the
+/// opendir, and the listing of the current pass, read again at every readdir from offset 0
+/// (the first one, and each rewinddir(3)), so that a rewind sees the entries made since, as
+/// POSIX asks.
 #[derive(Debug)]
 pub(super) struct OpenDir {
-    entries: Mutex<Arc<Vec<sys::DirEntry>>>,
-    fresh: AtomicBool,
+    /// The directory as an open file: fstat reaches it through this once it has no name
+    /// left (removed, or replaced by a rename), as it does an unlinked open file.
+    pub(super) dir: Arc<OpenFile>,
+    /// None until the first readdir.
+    entries: Mutex<Option<Arc<Vec<sys::DirEntry>>>>,
+    /// The node ids of the entries that left the directory since the listing was read, by
+    /// name: the listing still shows them, with the inode number stat gave.
+    gone: Mutex<HashMap<OsString, u64>>,
 }
 
 impl OpenDir {
-    /// A directory handle over the listing read at opendir.
-    pub(super) fn new(entries: Vec<sys::DirEntry>) -> Self {
+    /// A directory handle over `dir`, not listed yet.
+    pub(super) fn new(dir: Arc<OpenFile>) -> Self {
         OpenDir {
-            entries: Mutex::new(Arc::new(entries)),
-            fresh: AtomicBool::new(true),
+            dir,
+            entries: Mutex::new(None),
+            gone: Mutex::default(),
         }
     }
 
-    /// Whether a readdir from `offset` is a rewind that must list the directory again: offset
-    /// 0 once the listing read at opendir has been started.
-    pub(super) fn rewound(&self, offset: u64) -> bool {
-        offset == 0 && !self.fresh.swap(false, Ordering::Relaxed)
+    /// The directory's node.
+    pub(super) fn ino(&self) -> u64 {
+        self.dir.ino.load(Ordering::Relaxed)
     }
 
-    /// The listing readdirs are answered from.
+    /// Whether a readdir from `offset` must list the directory (again): at offset 0 (a first
+    /// pass or a rewind), or when nothing was listed yet.
+    pub(super) fn must_list(&self, offset: u64) -> bool {
+        offset == 0
+            || self
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+    }
+
+    /// The listing readdirs are answered from (empty before the first).
     pub(super) fn entries(&self) -> Arc<Vec<sys::DirEntry>> {
-        Arc::clone(&self.entries.lock().unwrap_or_else(|e| e.into_inner()))
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.as_ref().map(Arc::clone).unwrap_or_default()
     }
 
-    /// Replaces the listing after a rewind.
+    /// Replaces the listing (a new pass: what left before it is not in it).
     pub(super) fn relisted(&self, entries: Vec<sys::DirEntry>) {
-        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(entries);
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(entries));
+        self.gone.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Entry `name`, node `id`, left the directory (unlinked, removed or renamed away).
+    fn note_gone(&self, name: &OsStr, id: u64) {
+        let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        gone.insert(name.to_os_string(), id);
+    }
+
+    /// The node id entry `name` had when it left the directory, if it did.
+    pub(super) fn gone_id(&self, name: &OsStr) -> Option<u64> {
+        let gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        gone.get(name).copied()
     }
 }
 
@@ -181,6 +215,11 @@ impl<T> Table<T> {
     /// Any open handle `is` picks.
     pub(super) fn find(&self, is: impl Fn(&T) -> bool) -> Option<Arc<T>> {
         self.lock().values().find(|t| is(t)).cloned()
+    }
+
+    /// Every open handle `is` picks.
+    fn all(&self, is: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        self.lock().values().filter(|t| is(t)).cloned().collect()
     }
 }
 
@@ -232,6 +271,23 @@ impl Handles {
     pub(super) fn file_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
         self.files.find(|f| f.ino.load(Ordering::Relaxed) == ino)
     }
+
+    /// The directory `ino` as an open handle holds it, if one does: for an fstat once it
+    /// has no name left (the kernel names no handle in a directory's getattr). Only for reads:
+    /// it is open on one replica, so a change through it could not reach the others.
+    pub(super) fn dir_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.dirs
+            .find(|d| d.ino() == ino)
+            .map(|d| Arc::clone(&d.dir))
+    }
+
+    /// Entry `name`, node `id`, left directory `parent`: its open handles keep its number for
+    /// the listings they still show it in.
+    pub(super) fn note_gone(&self, parent: u64, name: &OsStr, id: u64) {
+        for dir in self.dirs.all(|d| d.ino() == parent) {
+            dir.note_gone(name, id);
+        }
+    }
 }
 
 impl ChironFs {
@@ -252,6 +308,31 @@ impl ChironFs {
             let _ = file.writer.set(self.set.writer_opened(weak));
         }
         file
+    }
+
+    /// A handle of directory `ino` at `path`, opened as `fd` on replica `index` (which serves
+    /// its fstat first).
+    pub(super) fn new_open_dir(
+        &self,
+        ino: u64,
+        path: PathBuf,
+        index: usize,
+        fd: OwnedFd,
+    ) -> OpenDir {
+        let mut order = self.set.priority_order();
+        order.retain(|&i| i != index);
+        order.insert(0, index);
+        let replicas = self.set.replicas();
+        let dir = OpenFile::new(
+            &self.nodes,
+            path,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            replicas.len(),
+            order,
+        );
+        dir.ino.store(ino, Ordering::Relaxed);
+        dir.store(&replicas[index], fd);
+        OpenDir::new(Arc::new(dir))
     }
 }
 
@@ -304,7 +385,7 @@ mod tests {
         let handles = Handles::default();
         let nodes = Arc::new(NodeTable::new());
         let a = handles.add_file(open_file_in(&nodes, "a", libc::O_RDONLY));
-        let d = handles.add_dir(OpenDir::new(Vec::new()));
+        let d = handles.add_dir(OpenDir::new(open_file_in(&nodes, "d", libc::O_RDONLY)));
         let b = handles.add_file(open_file_in(&nodes, "b", libc::O_RDONLY));
         assert_eq!((a, d, b), (FileHandle(1), FileHandle(2), FileHandle(3)));
         assert!(
@@ -339,22 +420,50 @@ mod tests {
         assert!(handles.file_of(43).is_none());
     }
 
+    fn open_dir(ino: u64) -> OpenDir {
+        let nodes = Arc::new(NodeTable::new());
+        let dir = open_file_in(&nodes, "d", libc::O_RDONLY | libc::O_DIRECTORY);
+        dir.ino.store(ino, Ordering::Relaxed);
+        OpenDir::new(dir)
+    }
+
     #[test]
-    fn a_directory_is_listed_again_only_at_a_rewind() {
-        let dir = OpenDir::new(vec![entry("a")]);
-        assert!(!dir.rewound(0), "the first pass uses the opendir listing");
-        assert!(!dir.rewound(3), "reading on is no rewind");
-        assert!(dir.rewound(0), "offset 0 again is a rewind");
-        assert!(dir.rewound(0));
+    fn a_directory_is_listed_at_every_pass_from_the_start() {
+        let dir = open_dir(5);
+        assert!(dir.must_list(0), "the first pass lists");
+        assert!(dir.must_list(3), "nothing listed yet: reading on lists too");
+        dir.relisted(vec![entry("a")]);
+        assert!(!dir.must_list(3), "reading on uses the listing");
+        assert!(dir.must_list(0), "a rewind right after opendir lists again");
         dir.relisted(vec![entry("a"), entry("b")]);
         let names: Vec<_> = dir.entries().iter().map(|e| e.name.clone()).collect();
         assert_eq!(names, ["a", "b"]);
     }
 
     #[test]
-    fn reading_on_does_not_spend_the_first_pass() {
-        let dir = OpenDir::new(Vec::new());
-        assert!(!dir.rewound(5));
-        assert!(!dir.rewound(0), "still the opendir listing");
+    fn a_directory_keeps_the_numbers_of_entries_gone_since_its_listing() {
+        let handles = Handles::default();
+        let (d5, d6) = (Arc::new(open_dir(5)), Arc::new(open_dir(6)));
+        handles.add(&handles.dirs, Arc::clone(&d5));
+        handles.add(&handles.dirs, Arc::clone(&d6));
+        d5.relisted(vec![entry("a")]);
+        handles.note_gone(5, OsStr::new("a"), 13);
+        assert_eq!(d5.gone_id(OsStr::new("a")), Some(13));
+        assert_eq!(d6.gone_id(OsStr::new("a")), None, "another directory");
+        d5.relisted(Vec::new());
+        assert_eq!(d5.gone_id(OsStr::new("a")), None, "a new pass forgets");
+    }
+
+    #[test]
+    fn a_directory_without_a_name_is_found_by_its_node() {
+        let handles = Handles::default();
+        let d = Arc::new(open_dir(9));
+        handles.add(&handles.dirs, Arc::clone(&d));
+        assert!(Arc::ptr_eq(&handles.dir_of(9).unwrap(), &d.dir));
+        assert!(handles.dir_of(8).is_none());
+        assert!(
+            handles.file_of(9).is_none(),
+            "never changed through a file's path"
+        );
     }
 }

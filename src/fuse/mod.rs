@@ -426,7 +426,7 @@ impl Filesystem for ChironFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -434,7 +434,7 @@ impl Filesystem for ChironFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.do_setxattr(ino, name, value, flags, reply);
+        self.do_setxattr(self.caller(req), ino, name, value, flags, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

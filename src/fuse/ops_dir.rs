@@ -1,8 +1,8 @@
 //! The ops on an open directory: opendir, readdir, releasedir, fsyncdir.
 //!
-//! Touches the handle table (a directory handle keeps its listing), the node table (the
-//! entries' node ids) and the replicas through `reach.rs`: listings come from the metadata
-//! replica, an fsyncdir reaches every replica.
+//! Touches the handle table (a directory handle keeps the directory open, and its listing),
+//! the node table (the entries' node ids) and the replicas through `reach.rs`: listings come
+//! from the metadata replica, an fsyncdir reaches every replica.
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -14,28 +14,33 @@ use fuser::{
 
 use super::ChironFs;
 use super::attr::kind_of_dirent;
-use super::handles::OpenDir;
 use super::reach::{open_file, reply_empty};
 use crate::sys::{self, Credentials};
 
 impl ChironFs {
-    /// OPENDIR: the listing is read now, answered from by the readdirs that follow.
+    /// OPENDIR: the directory is opened on the metadata replica (and held, for an fstat
+    /// once it has no name left); it is listed at the first readdir.
     pub(super) fn do_opendir(&self, ino: INodeNo, reply: ReplyOpen) {
         let _tree = self.tree_shared();
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.list_dir(&path) {
-            Ok(entries) => {
-                let fh = self.handles.add_dir(OpenDir::new(entries));
+        let rel = path.clone();
+        let opened = self.read_meta("opendir", &path, move |r| {
+            open_file(r, &rel, libc::O_RDONLY | libc::O_DIRECTORY)
+        });
+        match opened {
+            Ok((index, fd)) => {
+                let dir = self.new_open_dir(ino.0, path, index, fd);
+                let fh = self.handles.add_dir(dir);
                 reply.opened(fh, FopenFlags::empty())
             }
             Err(e) => reply.error(e),
         }
     }
 
-    /// READDIR from `offset`: "." and "..", then the listing (read again at a rewind).
+    /// READDIR from `offset`: "." and "..", then the listing (read at each pass from 0).
     pub(super) fn do_readdir(
         &self,
         ino: INodeNo,
@@ -47,7 +52,7 @@ impl ChironFs {
         let Some(dir) = self.handles.dirs.get(fh) else {
             return reply.error(Errno::EBADF);
         };
-        if dir.rewound(offset) {
+        if dir.must_list(offset) {
             match self.path(ino).and_then(|p| self.list_dir(&p)) {
                 Ok(e) => dir.relisted(e),
                 Err(e) => return reply.error(e),
@@ -64,9 +69,11 @@ impl ChironFs {
             ),
         ];
         let listed = dots.into_iter().chain(entries.iter().map(|e| {
+            // An entry gone since the listing keeps the number stat gave it.
             let id = self
                 .nodes
                 .known_child(ino.0, &e.name)
+                .or_else(|| dir.gone_id(&e.name))
                 .unwrap_or_else(|| unknown_ino(ino.0, &e.name));
             (id, kind_of_dirent(e.kind), e.name.as_os_str())
         }));

@@ -251,6 +251,9 @@ impl ChironFs {
         match result {
             Ok(()) => {
                 self.nodes.unlink(parent.0, name);
+                if let Some(id) = known {
+                    self.handles.note_gone(parent.0, name, id);
+                }
                 if let (true, Some(id)) = (dir, known) {
                     self.set
                         .replicas()
@@ -293,10 +296,8 @@ impl ChironFs {
             (None, Some(self.tree_shared()))
         };
         // Kept apart from concurrent opens of the moved and the replaced file (see `open`).
-        let locks = self.order_locks(&[
-            self.nodes.known_child(parent.0, name),
-            self.nodes.known_child(newparent.0, newname),
-        ]);
+        let moving = self.nodes.known_child(parent.0, name);
+        let locks = self.order_locks(&[moving, self.nodes.known_child(newparent.0, newname)]);
         let in_order: Vec<_> = locks.iter().map(|l| l.lock()).collect();
         let (from, to) = match (
             self.child_place(parent, name),
@@ -319,6 +320,9 @@ impl ChironFs {
             Ok(()) => {
                 self.nodes
                     .rename(parent.0, name, newparent.0, newname, exchange);
+                if let (false, Some(id)) = (exchange, moving) {
+                    self.handles.note_gone(parent.0, name, id);
+                }
                 reply.ok()
             }
             Err(e) => reply.error(e),

@@ -176,10 +176,14 @@ impl ChironFs {
     pub(super) fn do_getattr(&self, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _tree = self.tree_shared();
         let path = self.place(ino);
-        // fstat of a file unlinked while open: no name left, but its handles still reach it.
-        let file = fh
-            .and_then(|fh| self.handles.file(fh).ok())
-            .or_else(|| path.is_err().then(|| self.handles.file_of(ino.0)).flatten());
+        // fstat of a file unlinked (or a directory removed or replaced) while open: no name
+        // left, but its handles still reach it.
+        let file = fh.and_then(|fh| self.handles.file(fh).ok()).or_else(|| {
+            let handles = &self.handles;
+            path.is_err()
+                .then(|| handles.file_of(ino.0).or_else(|| handles.dir_of(ino.0)))
+                .flatten()
+        });
         if let Some(file) = file {
             return match self.read_handle("getattr", file, sys::fstat) {
                 Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),

@@ -1,7 +1,8 @@
 //! The extended-attribute ops: setxattr and removexattr reach every replica, getxattr and
 //! listxattr the metadata replica (failing over).
 //!
-//! Touches the node table (the node's place) and the replicas through `reach.rs`.
+//! Touches the node table (the node's place) and the replicas through `reach.rs`; an access
+//! ACL's effect on the setgid bit is `stamp.rs`'s rule.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -11,6 +12,7 @@ use fuser::{Errno, INodeNo, ReplyEmpty, ReplyXattr};
 
 use super::ChironFs;
 use super::reach::{at, reply_empty};
+use super::stamp::acl_clears_setgid;
 use crate::engine::replica::Replica;
 use crate::sys::{self, Credentials, XattrOp, XattrReply};
 
@@ -24,9 +26,12 @@ enum Reach {
 }
 
 impl ChironFs {
-    /// SETXATTR `name` = `value` on every replica, `flags` as setxattr(2) takes them.
+    /// SETXATTR `name` = `value` on every replica, `flags` as setxattr(2) takes them; an
+    /// access ACL set by `caller` outside the file's group clears its setgid bit (see
+    /// [`acl_clears_setgid`]).
     pub(super) fn do_setxattr(
         &self,
+        caller: Credentials,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -35,12 +40,27 @@ impl ChironFs {
     ) {
         let _tree = self.tree_shared();
         let value = value.to_vec();
+        let access_acl = name == OsStr::new("system.posix_acl_access");
         let result = self.xattr(
             "setxattr",
             Reach::Every,
             ino,
             Some(name),
-            move |dir, n, attr| sys::xattr(dir, n, XattrOp::Set(attr, &value, flags)),
+            move |dir, n, attr| {
+                let done = sys::xattr(dir, n, XattrOp::Set(attr, &value, flags))?;
+                if access_acl {
+                    let st = sys::lstat_at(dir, n)?;
+                    let Credentials {
+                        uid, gid, groups, ..
+                    } = &caller;
+                    if st.st_mode & libc::S_ISGID != 0
+                        && acl_clears_setgid(*uid, *gid, groups, st.st_gid)
+                    {
+                        sys::chmod_at(dir, n, st.st_mode & 0o7777 & !libc::S_ISGID)?;
+                    }
+                }
+                Ok(done)
+            },
         );
         reply_empty(result, reply);
     }

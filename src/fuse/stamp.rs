@@ -1,6 +1,7 @@
 //! What a change of a file's data does to its metadata, done alike on every replica: the one
 //! exact "now" of a mutation, the mtime stamp shared by a file's concurrent writes, and the
-//! setuid/setgid bits a non-root writer loses.
+//! setuid/setgid bits a non-root writer loses (and the setgid bit an access ACL set from
+//! outside the file's group costs).
 //!
 //! Touches the clock, one replica's descriptor at a time (given by the caller) and a file's
 //! order lock; no table, no fan-out.
@@ -8,7 +9,6 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::rules::order::OrderLock;
 use crate::sys::{self, TimeSpec};
@@ -19,14 +19,21 @@ const NANOS: i64 = 1_000_000_000;
 /// "Now" as one exact time, taken once per mutation: every replica records the same
 /// timestamp, where letting each replica's clock tick on its own would leave the replicas'
 /// mtimes a few microseconds apart (and rsync, make or a verify would see them differ).
+///
+/// Read from the kernel's coarse clock, the one it stamps inode times from (a multigrain
+/// filesystem takes the newer of that clock and the last fine-grained time it gave out): the
+/// replica sets the object's ctime itself when the stamp is applied (utimensat cannot set a
+/// ctime), from that clock or later, so ctime is never older than the mtime set from this
+/// stamp. It is seldom equal to it: usually a few milliseconds later, as a utimensat made
+/// natively a moment after a creation would leave it. The precise clock ran up to a tick ahead
+/// of the one the replica used for ctime, which left a new file's ctime before its mtime.
+/// Making the two equal would take the replica's own creation time as the stamp, which
+/// differs from one replica to the next (their mtimes would differ, and a verify would see
+/// it) unless one replica created the object first and the others then copied its time:
+/// every creation serialised over the replicas, for a difference of milliseconds.
 pub(super) fn now() -> TimeSpec {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    TimeSpec::At {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos() as i64,
-    }
+    let (sec, nsec) = sys::coarse_realtime();
+    TimeSpec::At { sec, nsec }
 }
 
 /// Sets the mtime of an open file to `stamp` after a change of its data (as the change itself
@@ -76,6 +83,14 @@ fn setid_cleared(mode: u32) -> u32 {
         kept &= !libc::S_ISGID;
     }
     kept
+}
+
+/// Whether setting a file's access ACL costs it its setgid bit, as posix_acl_update_mode
+/// does natively: for a caller (`uid`, `gid`, `groups`) other than root, outside the file's
+/// group `file_gid`. The replicas are written as root, who keeps the bit, and the kernel only
+/// tells a FUSE filesystem so with FUSE_SETXATTR_EXT, which chironfs does not negotiate.
+pub(super) fn acl_clears_setgid(uid: u32, gid: u32, groups: &[u32], file_gid: u32) -> bool {
+    uid != 0 && gid != file_gid && !groups.contains(&file_gid)
 }
 
 /// The mtime a change of a file's data gives it on every replica: the newest stamp of the
@@ -131,6 +146,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stamped_file_never_shows_a_ctime_before_its_mtime() {
+        let f = tempfile::tempfile().unwrap();
+        for _ in 0..200 {
+            let stamp = now();
+            stamp_mtime(f.as_fd(), stamp);
+            let st = sys::fstat(f.as_fd()).unwrap();
+            assert_eq!(
+                TimeSpec::At {
+                    sec: st.st_mtime,
+                    nsec: st.st_mtime_nsec
+                },
+                stamp
+            );
+            assert!(
+                (st.st_ctime, st.st_ctime_nsec) >= (st.st_mtime, st.st_mtime_nsec),
+                "ctime {}.{:09} before mtime {}.{:09}",
+                st.st_ctime,
+                st.st_ctime_nsec,
+                st.st_mtime,
+                st.st_mtime_nsec
+            );
+        }
+    }
+
+    #[test]
     fn an_unprivileged_write_clears_setuid_and_executable_setgid() {
         assert_eq!(setid_cleared(0o4755), 0o755);
         assert_eq!(setid_cleared(0o2755), 0o755);
@@ -140,6 +180,18 @@ mod tests {
         assert_eq!(setid_cleared(0o6745), 0o2745);
         assert_eq!(setid_cleared(0o1777), 0o1777);
         assert_eq!(setid_cleared(0o644), 0o644);
+    }
+
+    #[test]
+    fn an_acl_set_outside_the_files_group_costs_setgid() {
+        assert!(acl_clears_setgid(1001, 1001, &[], 2000));
+        assert!(acl_clears_setgid(1001, 1001, &[3000], 2000));
+        assert!(!acl_clears_setgid(1001, 2000, &[], 2000), "its group");
+        assert!(
+            !acl_clears_setgid(1001, 1001, &[2000], 2000),
+            "a group it is in"
+        );
+        assert!(!acl_clears_setgid(0, 0, &[], 2000), "root keeps it");
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! POSIX corners through a real mount, where chironfs must behave as a local filesystem
+//! does: open directories that lost their name, the times of a new entry, a rewound
+//! directory stream and the inode numbers of a listing.
+mod common;
+use common::*;
+
+use std::ffi::{CStr, CString};
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// An open directory stream, closed when dropped (also when a test fails).
+struct Dir(*mut libc::DIR);
+
+impl Dir {
+    fn open(p: &Path) -> Dir {
+        let path = c(p);
+        // SAFETY: a valid NUL-terminated path.
+        let dirp = unsafe { libc::opendir(path.as_ptr()) };
+        assert!(
+            !dirp.is_null(),
+            "opendir {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
+        Dir(dirp)
+    }
+
+    /// The next (name, d_ino), None at the end.
+    fn next(&mut self) -> Option<(String, u64)> {
+        // SAFETY: self.0 is a valid open DIR*.
+        let ent = unsafe { libc::readdir64(self.0) };
+        if ent.is_null() {
+            return None;
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let (name, ino) = unsafe {
+            (
+                CStr::from_ptr((*ent).d_name.as_ptr())
+                    .to_string_lossy()
+                    .into_owned(),
+                (*ent).d_ino,
+            )
+        };
+        Some((name, ino))
+    }
+
+    fn rest(&mut self) -> Vec<(String, u64)> {
+        std::iter::from_fn(|| self.next()).collect()
+    }
+
+    fn rewind(&mut self) {
+        // SAFETY: self.0 is a valid open DIR*.
+        unsafe { libc::rewinddir(self.0) };
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: the DIR* opened in `open`, closed once.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+/// fstat through a descriptor, with its errno on failure.
+fn fstat(f: &File) -> Result<libc::stat, std::io::Error> {
+    // SAFETY: all-zero is a valid libc::stat, filled by fstat on an open descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid open descriptor and a stat to fill.
+    match unsafe { libc::fstat(f.as_raw_fd(), &mut st) } {
+        0 => Ok(st),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn open_dir_fd(p: &Path) -> File {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+}
+
+#[test]
+fn fstat_of_an_open_directory_that_lost_its_name_shows_no_links() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    for d in ["a", "b", "c"] {
+        fs::create_dir(m.path(d)).unwrap();
+    }
+    let a = open_dir_fd(&m.path("a"));
+    let c_fd = open_dir_fd(&m.path("c"));
+    let a_ino = fstat(&a).unwrap().st_ino;
+    fs::rename(m.path("b"), m.path("a")).unwrap();
+    fs::remove_dir(m.path("c")).unwrap();
+    for (what, f) in [("replaced by a rename", &a), ("removed", &c_fd)] {
+        let st = fstat(f).unwrap_or_else(|e| panic!("fstat of a directory {what}: {e}"));
+        assert_eq!(st.st_nlink, 0, "a directory {what}");
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFDIR);
+    }
+    assert_eq!(fstat(&a).unwrap().st_ino, a_ino, "still the same directory");
+    assert_ne!(fs::metadata(m.path("a")).unwrap().ino(), a_ino);
+    // A change through it has nowhere to go on the replicas (ENOENT), and never makes them
+    // disagree: the directory is held open on one replica only.
+    // SAFETY: a valid open descriptor.
+    let chmod = unsafe { libc::fchmod(c_fd.as_raw_fd(), 0o700) };
+    assert_eq!(
+        (chmod, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::ENOENT))
+    );
+    drop((a, c_fd));
+    assert_all_in_service(&m);
+    assert_replicas_identical(&m);
+}
+
+/// (sec, nsec) of a time of `md`.
+fn mtime(md: &fs::Metadata) -> (i64, i64) {
+    (md.mtime(), md.mtime_nsec())
+}
+
+fn ctime(md: &fs::Metadata) -> (i64, i64) {
+    (md.ctime(), md.ctime_nsec())
+}
+
+#[test]
+fn a_new_entry_never_shows_a_ctime_before_its_mtime() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    for i in 0..25 {
+        let names = [
+            format!("f{i}"),
+            format!("d{i}"),
+            format!("l{i}"),
+            format!("s{i}"),
+        ];
+        File::create(m.path(&names[0])).unwrap();
+        fs::create_dir(m.path(&names[1])).unwrap();
+        std::os::unix::fs::symlink("target", m.path(&names[2])).unwrap();
+        let _socket = UnixListener::bind(m.path(&names[3])).unwrap();
+        for name in &names {
+            let through_mount = fs::symlink_metadata(m.path(name)).unwrap();
+            let on_replicas = (0..2).map(|r| fs::symlink_metadata(m.on(r, name)).unwrap());
+            for (where_, md) in std::iter::once(("mount".to_string(), through_mount)).chain(
+                on_replicas
+                    .enumerate()
+                    .map(|(r, md)| (format!("replica {r}"), md)),
+            ) {
+                assert!(
+                    ctime(&md) >= mtime(&md),
+                    "{name} ({where_}): ctime {:?} before mtime {:?}",
+                    ctime(&md),
+                    mtime(&md)
+                );
+                assert_eq!(
+                    (md.atime(), md.atime_nsec()),
+                    mtime(&md),
+                    "{name} ({where_})"
+                );
+            }
+        }
+    }
+    assert_replicas_identical(&m);
+}
+
+#[test]
+fn rewinddir_right_after_opendir_shows_entries_made_since() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::create_dir(m.path("d")).unwrap();
+    File::create(m.path("d/early")).unwrap();
+    let mut dir = Dir::open(&m.path("d"));
+    File::create(m.path("d/late")).unwrap();
+    fs::remove_file(m.path("d/early")).unwrap();
+    dir.rewind();
+    let mut names: Vec<String> = dir.rest().into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    assert_eq!(names, [".", "..", "late"]);
+    // And after a whole pass too.
+    File::create(m.path("d/later")).unwrap();
+    dir.rewind();
+    let names: Vec<String> = dir.rest().into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().any(|n| n == "later"), "{names:?}");
+}
+
+#[test]
+fn an_entry_removed_while_listed_keeps_the_inode_number_stat_gave() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::create_dir(m.path("d")).unwrap();
+    let names: Vec<String> = (0..1500)
+        .map(|i| format!("d/a-rather-long-file-name-to-fill-pages-{i:05}"))
+        .collect();
+    for n in &names {
+        File::create(m.path(n)).unwrap();
+    }
+    let mut dir = Dir::open(&m.path("d"));
+    // One page of the listing read: the rest is still to come from the open handle.
+    let first = dir.next().unwrap();
+    let inos: std::collections::HashMap<String, u64> = names
+        .iter()
+        .map(|n| {
+            let short = n.trim_start_matches("d/").to_string();
+            (short, fs::symlink_metadata(m.path(n)).unwrap().ino())
+        })
+        .collect();
+    for n in &names {
+        fs::remove_file(m.path(n)).unwrap();
+    }
+    let later: Vec<(String, u64)> = dir
+        .rest()
+        .into_iter()
+        .filter(|(n, _)| inos.contains_key(n))
+        .collect();
+    drop(dir);
+    assert!(
+        later.len() > 100,
+        "only {} removed entries listed after {first:?}: the test needs more",
+        later.len()
+    );
+    for (name, d_ino) in &later {
+        assert_eq!(*d_ino, inos[name], "d_ino of {name}");
+    }
+    fs::remove_dir(m.path("d")).unwrap();
+}
+
+/// The permission bits of `name` through the mount and on both replicas.
+fn modes(m: &Mount, name: &str) -> [u32; 3] {
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    [
+        mode(&m.path(name)),
+        mode(&m.on(0, name)),
+        mode(&m.on(1, name)),
+    ]
+}
+
+/// Runs `step` on a new 6755 file `name` (4 KiB of zeros) as uid/gid 1001, in the mount.
+fn as_owner(m: &Mount, name: &str, step: &str) {
+    let cmd = format!(
+        "cd {} && head -c 4096 /dev/zero > {name} && chmod 6755 {name} && {step}",
+        m.path("").display()
+    );
+    let out = run_as(1001, 1001, &[], &cmd);
+    assert!(
+        out.status.success(),
+        "{step}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unprivileged_fallocate_or_direct_write_clears_setid() {
+    if !can_mount() {
+        return;
+    }
+    for direct_writes in ["on", "off"] {
+        let m = MountBuilder::new(2)
+            .arg("--direct-writes")
+            .arg(direct_writes)
+            .start();
+        std::os::unix::fs::chown(m.path(""), Some(1001), Some(1001)).unwrap();
+        for (name, step) in [
+            ("grow", "fallocate -l 8192 grow"),
+            ("keep", "fallocate -n -o 8192 -l 4096 keep"),
+            ("punch", "fallocate -p -o 0 -l 4096 punch"),
+            ("zero", "fallocate -z -o 0 -l 4096 zero"),
+            (
+                "direct",
+                "dd if=/dev/zero of=direct bs=4096 count=1 oflag=direct conv=notrunc status=none",
+            ),
+        ] {
+            as_owner(&m, name, step);
+            assert_eq!(
+                modes(&m, name),
+                [0o755; 3],
+                "{step} (--direct-writes {direct_writes}): mount, replica 0, replica 1"
+            );
+        }
+        assert_replicas_identical(&m);
+    }
+}
+
+#[test]
+fn setgid_goes_when_its_owner_outside_the_group_changes_the_mode_or_acl() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    std::os::unix::fs::chown(m.path(""), Some(1001), Some(1001)).unwrap();
+    for (name, step) in [
+        ("chmod", "chmod 2755 chmod"),
+        ("acl", "setfacl -m u:1002:rwx acl"),
+        ("kept", "chmod 2755 kept"),
+    ] {
+        File::create(m.path(name)).unwrap();
+        // In a group its owner is not in, but for "kept".
+        let group = if name == "kept" { 1001 } else { 2000 };
+        std::os::unix::fs::chown(m.path(name), Some(1001), Some(group)).unwrap();
+        fs::set_permissions(m.path(name), fs::Permissions::from_mode(0o2755)).unwrap();
+        let cmd = format!("cd {} && {step}", m.path("").display());
+        let out = run_as(1001, 1001, &[], &cmd);
+        assert!(
+            out.status.success(),
+            "{step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The ACL's mask (rwx) shows as the group bits.
+        let want = match name {
+            "kept" => 0o2755,
+            "acl" => 0o775,
+            _ => 0o755,
+        };
+        assert_eq!(
+            modes(&m, name),
+            [want; 3],
+            "{step}: mount, replica 0, replica 1"
+        );
+    }
+    assert_replicas_identical(&m);
+}
