@@ -330,3 +330,61 @@ fn a_replaced_replica_directory_receives_nothing_from_the_running_daemon() {
         .collect();
     assert!(left.is_empty(), "the new directory received {left:?}");
 }
+
+#[test]
+fn a_read_only_observer_runs_beside_the_owner_and_writes_nothing() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::write(m.path("a"), "first").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = meta_files(&m.replicas);
+    let dir = m.tmp.path();
+    let (out, mnt) = second_daemon(dir, "observer", &m.replicas, &["-o", "ro"]);
+    let status = dir.join("status-observer");
+    let result = std::panic::catch_unwind(|| {
+        assert!(
+            out.status.success(),
+            "a read-only observer was refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read(mnt.join("a")).unwrap(), b"first");
+        let err = fs::write(mnt.join("c"), "no").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        let text = fs::read_to_string(&status).unwrap();
+        assert!(text.contains("lease_state=observer"), "{text}");
+        let ctl = Command::new(chironctl_bin())
+            .arg("-s")
+            .arg(dir.join("ctl-observer.sock"))
+            .args(["resync", "1"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&ctl.stderr);
+        assert!(
+            !ctl.status.success() && said.contains("read-only observer"),
+            "{said}"
+        );
+    });
+    stop_second(&mnt, &status);
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    // Neither its start, its reads nor its stop wrote to the replicas (the owner's lease
+    // renewals aside), and the owner still holds the set and serves writes.
+    let after = meta_files(&m.replicas);
+    for (path, (data, mtime)) in &before {
+        if path.file_name() == Some("lease".as_ref()) {
+            continue;
+        }
+        let now = after.get(path).expect("file kept");
+        assert_eq!(&now.0, data, "{} was rewritten", path.display());
+        assert_eq!(&now.1, mtime, "{} was touched", path.display());
+    }
+    let log = fs::read_to_string(dir.join("log-observer")).unwrap_or_default();
+    assert!(log.contains("read-only observer"), "{log}");
+    assert!(!log.contains("crash recovery:"), "{log}");
+    fs::write(m.path("b"), "owner").unwrap();
+    assert_eq!(fs::read(m.on(1, "b")).unwrap(), b"owner");
+    assert_eq!(m.snapshot().lease.as_deref(), Some("held"));
+}

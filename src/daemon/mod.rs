@@ -158,11 +158,17 @@ fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     start_logging(config)?;
     let members = members::open(config)?;
     let set = open_set(config, &members)?;
-    let lease = take_lease(config, &set, &members)?;
-    let served = serve_set(config, &set, &members, &lease, parent);
+    // A read-only observer takes no lease: it writes nothing to the replicas.
+    let lease = match set.is_observer() {
+        true => None,
+        false => Some(take_lease(config, &set, &members)?),
+    };
+    let served = serve_set(config, &set, &members, lease.as_deref(), parent);
     // At a clean end the lease is released after the clean-shutdown records; after a failed
     // start, at once: nothing of ours is being written any more.
-    lease.release();
+    if let Some(lease) = lease {
+        lease.release();
+    }
     served
 }
 
@@ -173,7 +179,7 @@ fn serve_set(
     config: &Config,
     set: &Arc<ReplicaSet>,
     members: &members::Members,
-    lease: &LeaseKeeper,
+    lease: Option<&LeaseKeeper>,
     parent: Option<ParentPipe>,
 ) -> Result<(), String> {
     for (index, why) in members.unreachable.iter().enumerate() {
@@ -224,7 +230,9 @@ fn serve_set(
         ended,
     } = mounted;
     signals.wait_for_end(config, &ended, &mut unmounter);
-    lease.stopping();
+    if let Some(lease) = lease {
+        lease.stopping();
+    }
     stop.store(true, Ordering::SeqCst);
     control.shutdown();
     let _ = status_writer.join();
@@ -276,12 +284,18 @@ fn open_set(config: &Config, members: &members::Members) -> Result<Arc<ReplicaSe
         replicas.len(),
         mountpoint.clone(),
     );
-    let set = ReplicaSet::new(replicas, config.timeout, mountpoint)
-        .with_quorum(quorum)
-        .shared();
+    let mut set = ReplicaSet::new(replicas, config.timeout, mountpoint).with_quorum(quorum);
+    // `-o ro`: a read-only observer, which may run beside the owner (no lease, no writes).
+    let observer = config.mount_options.contains(&MountOption::RO);
+    if observer {
+        set = set.read_only_observer();
+    }
+    let set = set.shared();
     set.set_resync_rate(config.resync_rate);
-    if config.auto_resync {
+    if config.auto_resync && !observer {
         set.enable_auto_resync();
+    } else if config.auto_resync {
+        log::warn!("--auto-resync is ignored on a read-only observer (-o ro)");
     }
     Ok(set)
 }

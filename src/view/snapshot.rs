@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The lease state of a read-only observer (`-o ro`): it takes no lease and writes nothing.
+pub const OBSERVER: &str = "observer";
+
 /// Overall health of the mount, as monitors (OCF agent, Nagios) need it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -156,9 +159,12 @@ impl Snapshot {
         self.quorum.is_some_and(|q| self.in_service() < q)
     }
 
-    /// True when the lease is not held: fenced or taken over, mutations fail (EROFS).
+    /// True when the lease is not held: fenced or taken over, mutations fail (EROFS). A
+    /// read-only observer holds none and needs none.
     pub fn lease_lost(&self) -> bool {
-        self.lease.as_deref().is_some_and(|l| l != "held")
+        self.lease
+            .as_deref()
+            .is_some_and(|l| l != "held" && l != OBSERVER)
     }
 
     /// Overall health derived from per-replica states: the one rule every consumer shares.

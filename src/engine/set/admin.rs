@@ -30,11 +30,15 @@ impl ControlHandler for ReplicaSet {
             state: Snapshot::overall_of(&replicas),
             replicas,
             quorum: self.quorum.required(),
-            lease: self.lease.get().map(|l| match l.state() {
-                LeaseState::Held { .. } => "held".to_string(),
-                LeaseState::Fenced { why } => format!("fenced: {why}"),
-                LeaseState::Lost { why } => format!("lost: {why}"),
-            }),
+            lease: match self.lease.get() {
+                _ if self.observer => Some(crate::view::snapshot::OBSERVER.to_string()),
+                None => None,
+                Some(l) => Some(match l.state() {
+                    LeaseState::Held { .. } => "held".to_string(),
+                    LeaseState::Fenced { why } => format!("fenced: {why}"),
+                    LeaseState::Lost { why } => format!("lost: {why}"),
+                }),
+            },
             lease_epoch: self.lease.get().map(|l| l.epoch()).unwrap_or_default(),
         }
     }
@@ -186,6 +190,9 @@ impl ReplicaSet {
     /// out-of-service one needs a resync (it also missed what verify cannot see, such as
     /// deletions).
     fn heal(&self, targets: &[usize], report: &mut Report) -> Result<(), String> {
+        if let Some(why) = self.observer_refusal() {
+            return Err(format!("refusing to heal: {why}"));
+        }
         if let Some(run) = self.current_resync().filter(|r| !r.ended()) {
             return Err(format!(
                 "refusing to heal: a resync of {} is running; verify again once it is over",

@@ -66,6 +66,9 @@ pub struct ReplicaSet {
     lease: OnceLock<Arc<LeaseKeeper>>,
     /// Files open for writing, by token id: a compaction keeps their paths in the journal.
     open_writers: Mutex<OpenWriters>,
+    /// A read-only observer (`-o ro`): holds no lease and writes nothing to the replicas
+    /// (no mutation, no state, no journal, no resync), so it may run beside the owner.
+    observer: bool,
 }
 
 /// The health check's memory for resync operations: the automatic-resync policy of each
@@ -119,6 +122,7 @@ impl ReplicaSet {
             journal: OnceLock::new(),
             lease: OnceLock::new(),
             open_writers: Mutex::default(),
+            observer: false,
         }
     }
 
@@ -146,6 +150,30 @@ impl ReplicaSet {
         ReplicaSet { quorum, ..self }
     }
 
+    /// The set as a read-only observer (`-o ro`): see the `observer` field.
+    pub fn read_only_observer(self) -> Self {
+        ReplicaSet {
+            observer: true,
+            ..self
+        }
+    }
+
+    /// Whether this set is a read-only observer (`-o ro`), which writes nothing anywhere.
+    pub fn is_observer(&self) -> bool {
+        self.observer
+    }
+
+    /// Why an observer refuses what would write to the replicas, in words for `chironctl`.
+    fn observer_refusal(&self) -> Option<String> {
+        self.observer.then(|| {
+            format!(
+                "{} is a read-only observer (-o ro): it writes nothing to the replicas; ask the \
+                 mount that owns the replica set",
+                self.mountpoint
+            )
+        })
+    }
+
     /// The set behind an `Arc`, able to run resyncs on a thread of their own.
     pub fn shared(self) -> Arc<Self> {
         Arc::new_cyclic(move |this| ReplicaSet {
@@ -162,7 +190,7 @@ impl ReplicaSet {
     /// Whether this daemon may write to the replicas: it holds the lease (or has none: a set
     /// without on-disk state). Checked before every mutation and every record written.
     fn may_write(&self) -> bool {
-        self.lease.get().is_none_or(|l| l.may_write())
+        !self.observer && self.lease.get().is_none_or(|l| l.may_write())
     }
 
     /// Holds the write barrier alone: returns once no mutation is in flight, and none starts

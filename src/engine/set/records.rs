@@ -95,6 +95,9 @@ impl ReplicaSet {
 
     /// At a clean unmount: records the clean shutdown in the in-service replicas' state.
     pub fn write_clean_shutdown(&self) {
+        if self.observer {
+            return;
+        }
         if !self.may_write() {
             log::warn!(
                 "not marking the replicas' state clean on {}: this daemon no longer holds the \

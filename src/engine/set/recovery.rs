@@ -39,6 +39,14 @@ impl ReplicaSet {
             &mut state::random_id,
             now(),
         )?;
+        if self.observer {
+            log::info!(
+                "{} is a read-only observer (-o ro): no lease, no journal, no crash recovery; it \
+                 reads what the owner of the replica set writes (a last shutdown \"not clean\" \
+                 below is the owner running)",
+                self.mountpoint
+            );
+        }
         for (level, note) in &plan.notes {
             log::log!(*level, "{note}");
         }
@@ -61,6 +69,9 @@ impl ReplicaSet {
             );
         }
         self.install_membership(plan.membership);
+        if self.observer {
+            return Ok(());
+        }
         self.start_journal(
             plan.unclean,
             &plan.in_flight_unknown,

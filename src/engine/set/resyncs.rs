@@ -187,6 +187,9 @@ impl ReplicaSet {
     pub fn start_resync(&self, replica: &str, rate: Option<u64>) -> Result<String, String> {
         let r = self.find(replica)?;
         let refusing = |why: String| format!("refusing to resync {}: {why}", r.path.display());
+        if let Some(why) = self.observer_refusal() {
+            return Err(refusing(why));
+        }
         if r.is_in_service() {
             return Err(refusing(
                 "it is in service and already up to date (only a replica out of service is \
