@@ -925,3 +925,47 @@ pub fn rel_cstr(rel: &Path) -> io::Result<CString> {
         cstr(rel.as_os_str())
     }
 }
+
+/// Waits up to `timeout` for a change in the mount table `mounts` (an open
+/// /proc/self/mountinfo) describes. True if one came, or if the wait failed (the caller then
+/// looks at the table anyway).
+pub fn wait_mount_change(mounts: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: mounts.as_raw_fd(),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd and the count 1; the fd stays open (borrowed) for the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    r != 0
+}
+
+/// fusectl's mount point: one directory per FUSE connection, named by its device number.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// fusectl's `statfs` magic (FUSE_CTL_SUPER_MAGIC).
+const FUSECTL_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6573_5543);
+
+/// Ends the FUSE connection of device number `dev` (the kernel's encoding) through fusectl's
+/// `abort` file, mounting fusectl first if it is not (as systemd does at boot): every request
+/// thread then hears the end. Ok(false) if the connection is already gone.
+pub fn abort_fuse_connection(dev: u64) -> io::Result<bool> {
+    let is_fusectl =
+        |p: &str| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == FUSECTL_MAGIC);
+    if !is_fusectl(FUSECTL) {
+        nix::mount::mount(
+            Some("fusectl"),
+            FUSECTL,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(io::Error::from)?;
+    }
+    match std::fs::write(Path::new(FUSECTL).join(dev.to_string()).join("abort"), "1") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
