@@ -969,3 +969,30 @@ pub fn abort_fuse_connection(dev: u64) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+/// Gives the memory malloc holds free back to the system (glibc's `malloc_trim(0)`: every
+/// arena, free pages inside the heaps too, not only their tops). A no-op with another libc.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks malloc's own arenas under their locks and returns pages
+    // of free chunks; it may be called from any thread at any time and frees nothing in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Allocations from this size up get their own mapping, given back to the system when freed.
+const MMAP_FROM: i32 = 4 << 20;
+
+/// Makes malloc give large blocks their own mapping (from [`MMAP_FROM`] up), for good: glibc
+/// otherwise raises that threshold to the size of the largest block freed, and then keeps
+/// the request threads' 16 MB read buffers and the node table's grown indexes inside its
+/// arenas, where memory once used stays with the process. Smaller blocks (a 1 MB read's
+/// reply) are not concerned. Called once at start-up. A no-op with another libc.
+pub fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a parameter of malloc's own; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
+    }
+}

@@ -34,6 +34,7 @@ pub const MAX_WRITE: u32 = 1024 * 1024;
 pub fn run(config: Config) -> i32 {
     sys::clear_umask();
     sys::raise_nofile_limit();
+    sys::tune_malloc();
     if config.foreground {
         return match serve(&config, None) {
             Ok(()) => 0,
@@ -381,16 +382,22 @@ fn mount(config: &Config, set: &Arc<ReplicaSet>) -> Result<Mounted, String> {
     })
 }
 
-/// The health thread: once a second, the set's health check and journal compaction.
+/// The health thread: once a second, the set's health check and journal compaction, and
+/// freed memory given back after the kernel forgot many nodes (`rules::trim`).
 fn spawn_health(set: &Arc<ReplicaSet>, stop: &Arc<AtomicBool>) -> Result<(), String> {
     let set = Arc::clone(set);
     let stop = Arc::clone(stop);
+    let nodes = set.node_gauge();
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
+            let mut trim = crate::rules::trim::Trim::default();
             while !stop.load(Ordering::SeqCst) {
                 set.check_health();
                 set.maybe_compact();
+                if trim.look(nodes.load(Ordering::Relaxed)) {
+                    sys::release_free_memory();
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
         })

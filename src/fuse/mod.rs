@@ -128,8 +128,8 @@ impl ChironFs {
     pub fn new(set: Arc<ReplicaSet>, max_write: u32, io: KernelIo) -> Self {
         ChironFs {
             flush_reports: !set.replicas().iter().all(|r| r.is_local()),
+            nodes: Arc::new(NodeTable::with_gauge(set.node_gauge())),
             set,
-            nodes: Arc::new(NodeTable::new()),
             handles: Arc::default(),
             tree: RwLock::new(()),
             open_ticket: AtomicUsize::new(0),

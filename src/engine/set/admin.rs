@@ -36,6 +36,7 @@ impl ControlHandler for ReplicaSet {
                 LeaseState::Lost { why } => format!("lost: {why}"),
             }),
             lease_epoch: self.lease.get().map(|l| l.epoch()).unwrap_or_default(),
+            nodes: Some(self.nodes.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 
