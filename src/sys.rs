@@ -988,11 +988,15 @@ const MMAP_FROM: i32 = 4 << 20;
 /// otherwise raises that threshold to the size of the largest block freed, and then keeps
 /// the request threads' 16 MB read buffers and the node table's grown indexes inside its
 /// arenas, where memory once used stays with the process. Smaller blocks (a 1 MB read's
-/// reply) are not concerned. Called once at start-up. A no-op with another libc.
+/// reply) are not concerned; free memory at the top of a heap is kept up to twice that size,
+/// as glibc's own rule would (a heap shrunk after every 1 MB reply would fault its pages in
+/// again at the next), until [`release_free_memory`]. Called once at start-up. A no-op with
+/// another libc.
 pub fn tune_malloc() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets a parameter of malloc's own; called before any thread starts.
+    // SAFETY: mallopt only sets parameters of malloc's own; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * MMAP_FROM);
     }
 }

@@ -9,30 +9,35 @@
 /// trim: about 2 MB of node memory (crate::fuse::nodes: about 200 bytes a node).
 pub const TRIM_AFTER: u64 = 10_000;
 
-/// The node counts seen: the highest since the last trim, the last one, and whether a trim
-/// happened during a drop that may still go on.
+/// How many looks after a large drop trim again: the memory freed with the last nodes (a
+/// directory listing, the reaper's closes, the kernel's late forgets) comes in the seconds
+/// after it.
+pub const TRIMS_AFTER_DROP: u8 = 3;
+
+/// The node counts seen: the highest since the last trim, the last one, and how many looks
+/// still trim after a large drop.
 #[derive(Debug, Default)]
 pub struct Trim {
     high: u64,
     last: u64,
-    in_drop: bool,
+    after_drop: u8,
 }
 
 impl Trim {
-    /// One look at the number of nodes held: whether to give freed memory back now. Every
-    /// [`TRIM_AFTER`] nodes gone, and once more when the drop is over (what went after the
-    /// last trim, and the memory freed with it: a directory listing, the kernel's last forgets).
+    /// One look at the number of nodes held (once a second): whether to give freed memory
+    /// back now. Every [`TRIM_AFTER`] nodes gone, and at the [`TRIMS_AFTER_DROP`] looks that
+    /// follow the end of such a drop.
     pub fn look(&mut self, nodes: u64) -> bool {
         let falling = nodes < self.last;
         self.last = nodes;
         self.high = self.high.max(nodes);
         if self.high - nodes >= TRIM_AFTER {
             self.high = nodes;
-            self.in_drop = true;
+            self.after_drop = TRIMS_AFTER_DROP;
             true
-        } else if self.in_drop && !falling {
+        } else if self.after_drop > 0 && !falling {
             self.high = nodes;
-            self.in_drop = false;
+            self.after_drop -= 1;
             true
         } else {
             false
@@ -56,7 +61,9 @@ mod tests {
             "counted from the last trim"
         );
         assert!(t.look(1), "the rest of the drop");
-        assert!(t.look(1), "the drop is over");
+        for _ in 0..TRIMS_AFTER_DROP {
+            assert!(t.look(1), "the drop is over");
+        }
         assert!(!t.look(1));
         assert!(!t.look(3), "small changes");
     }
