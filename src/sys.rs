@@ -959,3 +959,78 @@ pub fn rel_cstr(rel: &Path) -> io::Result<CString> {
         cstr(rel.as_os_str())
     }
 }
+
+/// Waits up to `timeout` for a change in the mount table `mounts` (an open
+/// /proc/self/mountinfo) describes. True if one came, or if the wait failed (the caller then
+/// looks at the table anyway).
+pub fn wait_mount_change(mounts: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: mounts.as_raw_fd(),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd and the count 1; the fd stays open (borrowed) for the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    r != 0
+}
+
+/// fusectl's mount point: one directory per FUSE connection, named by its device number.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// fusectl's `statfs` magic (FUSE_CTL_SUPER_MAGIC).
+const FUSECTL_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6573_5543);
+
+/// Ends the FUSE connection of device number `dev` (the kernel's encoding) through fusectl's
+/// `abort` file, mounting fusectl first if it is not (as systemd does at boot): every request
+/// thread then hears the end. Ok(false) if the connection is already gone.
+pub fn abort_fuse_connection(dev: u64) -> io::Result<bool> {
+    let is_fusectl =
+        |p: &str| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == FUSECTL_MAGIC);
+    if !is_fusectl(FUSECTL) {
+        nix::mount::mount(
+            Some("fusectl"),
+            FUSECTL,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(io::Error::from)?;
+    }
+    match std::fs::write(Path::new(FUSECTL).join(dev.to_string()).join("abort"), "1") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the memory malloc holds free back to the system (glibc's `malloc_trim(0)`: every
+/// arena, free pages inside the heaps too, not only their tops). A no-op with another libc.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks malloc's own arenas under their locks and returns pages
+    // of free chunks; it may be called from any thread at any time and frees nothing in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Allocations from this size up get their own mapping, given back to the system when freed.
+const MMAP_FROM: i32 = 4 << 20;
+
+/// Makes malloc give large blocks their own mapping (from [`MMAP_FROM`] up), for good: glibc
+/// otherwise raises that threshold to the size of the largest block freed, and then keeps
+/// the request threads' 16 MB read buffers and the node table's grown indexes inside its
+/// arenas, where memory once used stays with the process. Smaller blocks (a 1 MB read's
+/// reply) are not concerned; free memory at the top of a heap is kept up to twice that size,
+/// as glibc's own rule would (a heap shrunk after every 1 MB reply would fault its pages in
+/// again at the next), until [`release_free_memory`]. Called once at start-up. A no-op with
+/// another libc.
+pub fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets parameters of malloc's own; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * MMAP_FROM);
+    }
+}

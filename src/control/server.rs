@@ -587,6 +587,7 @@ mod tests {
                 quorum: None,
                 lease: None,
                 lease_epoch: 0,
+                nodes: None,
             }
         }
         fn enable(&self, which: &str, force: bool) -> Result<String, String> {

@@ -4,12 +4,15 @@
 
 pub mod logging;
 pub mod members;
+pub mod mount_watch;
 pub mod status_writer;
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{MountOption, SessionACL};
 
@@ -17,11 +20,12 @@ use crate::config::{Config, Unchecked};
 use crate::control::server::{ControlServer, spawn_server};
 use crate::engine::lease::LeaseKeeper;
 use crate::engine::set::ReplicaSet;
-use crate::fuse::{ChironFs, KernelIo};
+use crate::fuse::{ChironFs, Gauges, KernelIo};
 use crate::rules::lease::Timing;
 use crate::sys;
 use crate::view::snapshot::ControlHandler;
 use logging::LogTargets;
+use mount_watch::{ConnDev, MountWatch, Next};
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1024 * 1024;
@@ -33,6 +37,7 @@ pub const MAX_WRITE: u32 = 1024 * 1024;
 pub fn run(unchecked: Unchecked) -> i32 {
     sys::clear_umask();
     sys::raise_nofile_limit();
+    sys::tune_malloc();
     let quiet = unchecked.quiet();
     if unchecked.foreground() {
         let config = match unchecked.check() {
@@ -228,8 +233,9 @@ fn serve_set(
         session_thread,
         mut unmounter,
         ended,
+        conn,
     } = mounted;
-    signals.wait_for_end(config, &ended, &mut unmounter);
+    signals.wait_for_end(config, &ended, &mut unmounter, &conn);
     if let Some(lease) = lease {
         lease.stopping();
     }
@@ -372,11 +378,27 @@ fn start_control(
     }
 }
 
-/// A running FUSE session: its thread, how to unmount it, and whether it ended.
+/// A running FUSE session: its thread, how to unmount it, whether it ended, and its
+/// connection.
 struct Mounted {
     session_thread: std::thread::JoinHandle<std::io::Result<()>>,
     unmounter: fuser::SessionUnmounter,
     ended: Arc<AtomicBool>,
+    conn: Connection,
+}
+
+/// What the daemon watches of its FUSE connection: its device and its open handles.
+struct Connection {
+    dev: ConnDev,
+    gauges: Gauges,
+}
+
+impl Connection {
+    /// Whether this mount namespace still holds a mount of the connection.
+    fn mounted_here(&self) -> bool {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map_or(true, |info| mount_watch::lists_device(&info, self.dev))
+    }
 }
 
 /// Mounts the set and serves it on a session thread; returns once the mount answers.
@@ -388,6 +410,7 @@ fn mount(config: &Config, set: &Arc<ReplicaSet>) -> Result<Mounted, String> {
         io_uring: config.io_uring,
     };
     let fs = ChironFs::new(Arc::clone(set), MAX_WRITE, io);
+    let gauges = fs.gauges();
     let mut session =
         fuser::Session::new(fs, &config.mountpoint, &fuse_config(config)).map_err(|e| {
             let _ = std::fs::remove_file(&config.status_file);
@@ -406,25 +429,36 @@ fn mount(config: &Config, set: &Arc<ReplicaSet>) -> Result<Mounted, String> {
             })
             .map_err(|e| format!("cannot start the FUSE threads: {e}"))?
     };
-    std::fs::metadata(&config.mountpoint)
+    let root = std::fs::metadata(&config.mountpoint)
         .map_err(|e| format!("the mount at {mountpoint} does not answer: {e}"))?;
+    let dev = ConnDev {
+        major: nix::sys::stat::major(root.dev()) as u32,
+        minor: nix::sys::stat::minor(root.dev()) as u32,
+    };
     Ok(Mounted {
         session_thread,
         unmounter,
         ended,
+        conn: Connection { dev, gauges },
     })
 }
 
-/// The health thread: once a second, the set's health check and journal compaction.
+/// The health thread: once a second, the set's health check and journal compaction, and
+/// freed memory given back after the kernel forgot many nodes (`rules::trim`).
 fn spawn_health(set: &Arc<ReplicaSet>, stop: &Arc<AtomicBool>) -> Result<(), String> {
     let set = Arc::clone(set);
     let stop = Arc::clone(stop);
+    let nodes = set.node_gauge();
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
+            let mut trim = crate::rules::trim::Trim::default();
             while !stop.load(Ordering::SeqCst) {
                 set.check_health();
                 set.maybe_compact();
+                if trim.look(nodes.load(Ordering::Relaxed)) {
+                    sys::release_free_memory();
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
         })
@@ -453,28 +487,86 @@ impl Signals {
         Ok(signals)
     }
 
-    /// Acts on the signals until the session has `ended` (an unmount, by us or by anyone).
+    /// Acts on the signals until the session has `ended` (an unmount, by us or by anyone),
+    /// and ends the connection itself once its mount is gone from this namespace while the
+    /// kernel keeps it (`mount_watch`).
     fn wait_for_end(
         &self,
         config: &Config,
         ended: &AtomicBool,
         unmounter: &mut fuser::SessionUnmounter,
+        conn: &Connection,
     ) {
         let mountpoint = config.mountpoint.display();
+        // Polled for mount table changes; without it the table is read every tick.
+        let mounts = std::fs::File::open("/proc/self/mountinfo").ok();
+        let mut watch = MountWatch::default();
+        let (mut present, mut stopping, mut ending) = (true, false, false);
         while !ended.load(Ordering::SeqCst) {
             if self.term.swap(false, Ordering::SeqCst) {
-                log::info!("signal received: unmounting {mountpoint}");
-                if let Err(e) = unmounter.unmount() {
-                    log::warn!("unmount of {mountpoint} failed ({e}); detaching it lazily");
-                    let _ =
-                        nix::mount::umount2(&config.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                stopping = true;
+                present = conn.mounted_here();
+                if present {
+                    log::info!("signal received: unmounting {mountpoint}");
+                    unmount(config, unmounter, conn);
+                    present = conn.mounted_here();
+                } else {
+                    log::info!("signal received: {mountpoint} is already unmounted here");
                 }
             }
             if self.hup.swap(false, Ordering::SeqCst) {
                 logging::reopen();
                 log::info!("log file reopened");
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let tick = Duration::from_millis(100);
+            let changed = match &mounts {
+                Some(f) => sys::wait_mount_change(f.as_fd(), tick),
+                None => {
+                    std::thread::sleep(tick);
+                    true
+                }
+            };
+            if present && changed {
+                present = conn.mounted_here();
+            }
+            let open = conn.gauges.open_handles();
+            if !ending && watch.look(present, open, stopping, Instant::now()) == Next::End {
+                ending = true;
+                end_connection(config, conn);
+            }
         }
+    }
+}
+
+/// Unmounts on SIGTERM; a busy mount is detached lazily (its open files keep working, and the
+/// connection ends after the last one is closed).
+fn unmount(config: &Config, unmounter: &mut fuser::SessionUnmounter, conn: &Connection) {
+    if let Err(e) = unmounter.unmount() {
+        if !conn.mounted_here() {
+            return; // unmounted by someone else meanwhile
+        }
+        let mountpoint = config.mountpoint.display();
+        log::warn!("unmount of {mountpoint} failed ({e}); detaching it lazily");
+        if let Err(e) = nix::mount::umount2(&config.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            log::error!("the lazy unmount of {mountpoint} failed too: {e}");
+        }
+    }
+}
+
+/// Ends a connection whose mount is gone from this namespace but which the kernel keeps (a
+/// copy of the mount in another mount namespace): its request threads then end as at an
+/// ordinary unmount.
+fn end_connection(config: &Config, conn: &Connection) {
+    let mountpoint = config.mountpoint.display();
+    match sys::abort_fuse_connection(conn.dev.kernel_number()) {
+        Ok(true) => log::info!(
+            "{mountpoint} is no longer mounted here but its FUSE connection lives on (a copy of \
+             the mount in another mount namespace?): ended it"
+        ),
+        Ok(false) => {}
+        Err(e) => log::error!(
+            "cannot end the FUSE connection of {mountpoint}, which is no longer mounted here \
+             ({e}): the daemon ends when the last mount of it elsewhere goes"
+        ),
     }
 }

@@ -201,6 +201,11 @@ impl<T> Table<T> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many handles of this kind are open.
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The handle numbered `fh`, if open.
     pub(super) fn get(&self, fh: FileHandle) -> Option<Arc<T>> {
         self.lock().get(&fh.0).cloned()

@@ -69,7 +69,7 @@ pub struct ChironFs {
     /// Node ids <-> paths (shared with the open files, which follow their renames).
     nodes: Arc<NodeTable>,
     /// Open files and directories, by the numbers the kernel holds.
-    handles: Handles,
+    handles: Arc<Handles>,
     /// Orders directory renames against every other path-based operation: a rename moves a
     /// whole subtree, and an operation on a path inside it that the kernel does not order
     /// against the rename must reach every replica on the same side of it (else it succeeds
@@ -128,9 +128,9 @@ impl ChironFs {
     pub fn new(set: Arc<ReplicaSet>, max_write: u32, io: KernelIo) -> Self {
         ChironFs {
             flush_reports: !set.replicas().iter().all(|r| r.is_local()),
+            nodes: Arc::new(NodeTable::with_gauge(set.node_gauge())),
             set,
-            nodes: Arc::new(NodeTable::new()),
-            handles: Handles::default(),
+            handles: Arc::default(),
             tree: RwLock::new(()),
             open_ticket: AtomicUsize::new(0),
             max_write,
@@ -141,6 +141,36 @@ impl ChironFs {
             callers: GroupsCache::default(),
             passthrough_failed: AtomicBool::new(false),
             reaper: held::start_reaper(),
+        }
+    }
+}
+
+/// What the daemon may read of a filesystem once the FUSE session owns it: how many files
+/// and directories the kernel holds open, and how many nodes it holds.
+#[derive(Clone, Debug)]
+pub struct Gauges {
+    handles: Arc<Handles>,
+    nodes: Arc<NodeTable>,
+}
+
+impl Gauges {
+    /// Files and directories open through the mount.
+    pub fn open_handles(&self) -> usize {
+        self.handles.files.len() + self.handles.dirs.len()
+    }
+
+    /// Nodes in the node table, the root included.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+impl ChironFs {
+    /// Its gauges, to read after the session took it.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            handles: Arc::clone(&self.handles),
+            nodes: Arc::clone(&self.nodes),
         }
     }
 }

@@ -6,12 +6,16 @@
 //!
 //! Every file the kernel has looked up costs a node here, so the layout is kept small (about
 //! 200 bytes a node): a name is stored once and shared by the node and its directory's index,
-//! and only multi-link files are indexed by their backing inode.
+//! and only multi-link files are indexed by their backing inode. A node goes when the kernel
+//! forgets it (FORGET, BATCH_FORGET: after an unlink, or when its inode leaves the kernel's
+//! cache), and the indexes shrink once they are mostly empty ([`sparse`]), so the table's
+//! memory follows the nodes in use, not the most ever held.
 
 use crate::rules::order::OrderLock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// FUSE's root inode.
@@ -83,6 +87,22 @@ struct Inner {
 #[derive(Debug)]
 pub struct NodeTable {
     inner: Mutex<Inner>,
+    /// The number of nodes, for the snapshot (kept up to date under the lock).
+    gauge: Arc<AtomicU64>,
+}
+
+/// Whether a map of `len` entries with room for `capacity` holds on to memory it does not
+/// use: over four times what it needs (so shrinking it to twice its size is paid for by the
+/// removals since it last grew or shrank), and large enough to matter.
+pub fn sparse(len: usize, capacity: usize) -> bool {
+    capacity > 1024 && capacity / 4 > len
+}
+
+/// Shrinks `map` to twice its size if it is [`sparse`].
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if sparse(map.len(), map.capacity()) {
+        map.shrink_to(map.len() * 2);
+    }
 }
 
 impl Default for NodeTable {
@@ -94,6 +114,11 @@ impl Default for NodeTable {
 impl NodeTable {
     /// A table holding only the root.
     pub fn new() -> Self {
+        Self::with_gauge(Arc::default())
+    }
+
+    /// A table holding only the root, keeping `gauge` at its number of nodes.
+    pub fn with_gauge(gauge: Arc<AtomicU64>) -> Self {
         let mut inner = Inner {
             next: ROOT + 1,
             ..Default::default()
@@ -108,8 +133,10 @@ impl NodeTable {
                 order: None,
             },
         );
+        gauge.store(1, Ordering::Relaxed);
         NodeTable {
             inner: Mutex::new(inner),
+            gauge,
         }
     }
 
@@ -211,6 +238,8 @@ impl NodeTable {
                         order: None,
                     };
                     inner.nodes.insert(id, node);
+                    self.gauge
+                        .store(inner.nodes.len() as u64, Ordering::Relaxed);
                     id
                 }
             };
@@ -256,6 +285,10 @@ impl NodeTable {
             if let Some(b) = node.backing {
                 inner.by_backing.remove_if_for(&b, ino);
             }
+            shrink_if_sparse(&mut inner.nodes);
+            shrink_if_sparse(&mut inner.by_backing);
+            self.gauge
+                .store(inner.nodes.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -366,6 +399,9 @@ impl Inner {
         let id = entries.remove(name);
         if entries.is_empty() {
             self.children.remove(&parent);
+            shrink_if_sparse(&mut self.children);
+        } else {
+            shrink_if_sparse(entries);
         }
         id
     }
@@ -562,5 +598,41 @@ mod tests {
         assert_eq!((moved.dir(), moved.path()), (ROOT, Path::new("f2")));
         t.unlink(ROOT, os("f2"));
         assert_eq!(t.place(f), None);
+    }
+
+    #[test]
+    fn sparse_only_past_four_times_and_a_minimum() {
+        assert!(!sparse(0, 1024), "small maps stay");
+        assert!(sparse(0, 2048));
+        assert!(sparse(511, 2048));
+        assert!(!sparse(512, 2048));
+    }
+
+    #[test]
+    fn the_gauge_and_the_memory_follow_the_nodes_in_use() {
+        let gauge = Arc::new(AtomicU64::new(0));
+        let t = NodeTable::with_gauge(Arc::clone(&gauge));
+        assert_eq!(gauge.load(Ordering::Relaxed), 1, "the root");
+        let d = t.remember(ROOT, os("d"), 0, &dir(1, 10));
+        let ids: Vec<u64> = (0..20_000)
+            .map(|i| t.remember(d, os(&format!("f{i}")), 0, &st(1, 100 + i, false)))
+            .collect();
+        assert_eq!(gauge.load(Ordering::Relaxed), 20_002);
+        let grown = t.lock().nodes.capacity();
+        for (i, id) in ids.iter().enumerate() {
+            if i % 100 != 0 {
+                t.unlink(d, os(&format!("f{i}")));
+                t.forget(*id, 1);
+            }
+        }
+        assert_eq!(gauge.load(Ordering::Relaxed), 202);
+        let inner = t.lock();
+        assert!(
+            inner.nodes.capacity() <= 2048,
+            "{} of {grown}",
+            inner.nodes.capacity()
+        );
+        assert!(inner.children[&d].capacity() <= 2048);
+        assert!(!sparse(inner.nodes.len(), inner.nodes.capacity()));
     }
 }

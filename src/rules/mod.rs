@@ -11,3 +11,4 @@ pub mod quorum;
 pub mod select;
 pub mod state;
 pub mod throttle;
+pub mod trim;

@@ -37,6 +37,7 @@ pub fn snap(states: &[(ReplicaState, bool)]) -> Snapshot {
         quorum: None,
         lease: None,
         lease_epoch: 0,
+        nodes: None,
     }
 }
 
@@ -80,5 +81,6 @@ pub fn sample() -> Snapshot {
         quorum: None,
         lease: None,
         lease_epoch: 0,
+        nodes: None,
     }
 }

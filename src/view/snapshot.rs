@@ -143,6 +143,10 @@ pub struct Snapshot {
     /// The lease's epoch (raised at every change of owner).
     #[serde(default)]
     pub lease_epoch: u64,
+    /// Nodes the kernel holds (files and directories it has looked up and not yet forgotten,
+    /// the root included): what the daemon's memory grows with. Absent from the status file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u64>,
 }
 
 impl Snapshot {

@@ -285,6 +285,7 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
         quorum,
         lease,
         lease_epoch,
+        nodes: None,
     })
 }
 

@@ -107,7 +107,8 @@ pub fn force_unmount(mnt: &Path) {
     }
 }
 
-fn pid_alive(pid: i32) -> bool {
+/// Whether process `pid` runs (a zombie, exited but not yet reaped, does not).
+pub fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| s.contains(") Z "))

@@ -40,6 +40,7 @@ impl ControlHandler for ReplicaSet {
                 }),
             },
             lease_epoch: self.lease.get().map(|l| l.epoch()).unwrap_or_default(),
+            nodes: Some(self.nodes.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 

@@ -64,6 +64,9 @@ pub struct ReplicaSet {
     /// The ownership lease (`engine/lease.rs`), installed at mount once taken: while it is
     /// not held, no mutation runs and the daemon writes none of its own records.
     lease: OnceLock<Arc<LeaseKeeper>>,
+    /// Nodes the kernel holds in the FUSE layer's node table, which keeps it up to date
+    /// (`crate::fuse::nodes`); shown in the snapshot.
+    nodes: Arc<std::sync::atomic::AtomicU64>,
     /// Files open for writing, by token id: a compaction keeps their paths in the journal.
     open_writers: Mutex<OpenWriters>,
     /// A read-only observer (`-o ro`): holds no lease and writes nothing to the replicas
@@ -121,6 +124,7 @@ impl ReplicaSet {
             quorum: Default::default(),
             journal: OnceLock::new(),
             lease: OnceLock::new(),
+            nodes: Arc::default(),
             open_writers: Mutex::default(),
             observer: false,
         }
@@ -180,6 +184,11 @@ impl ReplicaSet {
             this: this.clone(),
             ..self
         })
+    }
+
+    /// The gauge of the nodes the kernel holds, for the node table to keep up to date.
+    pub fn node_gauge(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.nodes)
     }
 
     /// From now on, mutations and the daemon's own records need `lease` held.
