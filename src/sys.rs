@@ -55,7 +55,31 @@ const VALID_OPEN_FLAGS: libc::c_int = libc::O_ACCMODE
 
 /// Opens `rel` beneath `root`. `no_symlinks` refuses every symlink on the way, which is what
 /// walking to a parent directory needs (our tree never routes a path through a symlink).
+///
+/// Every open but an `O_PATH` one carries `O_NOATIME`: a read is served by one replica, and
+/// an access time moved on that one alone would make the replicas differ (chironfs mounts
+/// behave as `noatime`, see `docs/replica-state.md`). Where the kernel refuses it (EPERM: a
+/// caller's credentials that do not own the file), the open is made without it.
 pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    no_symlinks: bool,
+) -> io::Result<OwnedFd> {
+    if flags & (libc::O_PATH | libc::O_NOATIME) != 0 {
+        return open_beneath_as_given(root, rel, flags, mode, no_symlinks);
+    }
+    match open_beneath_as_given(root, rel, flags | libc::O_NOATIME, mode, no_symlinks) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            open_beneath_as_given(root, rel, flags, mode, no_symlinks)
+        }
+        r => r,
+    }
+}
+
+/// [`open_beneath`] with exactly `flags` (openat2 with RESOLVE_BENEATH).
+fn open_beneath_as_given(
     root: BorrowedFd<'_>,
     rel: &CStr,
     flags: libc::c_int,

@@ -331,3 +331,60 @@ fn setgid_goes_when_its_owner_outside_the_group_changes_the_mode_or_acl() {
     }
     assert_replicas_identical(&m);
 }
+
+/// (atime, atime_nsec) of `p` itself.
+fn atime(p: &Path) -> (i64, i64) {
+    let md = fs::symlink_metadata(p).unwrap();
+    (md.atime(), md.atime_nsec())
+}
+
+#[test]
+fn reads_never_move_one_replicas_access_time() {
+    if !can_mount() {
+        return;
+    }
+    // A read is served by one replica: an access time moved there alone would make the
+    // replicas differ. chironfs mounts behave as noatime, and say so. (With passthrough the
+    // kernel reads the replica's file itself, under the replica filesystem's atime option,
+    // which chironfs cannot change: docs/replica-state.md.)
+    let m = MountBuilder::new(2).arg("--passthrough").arg("off").start();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"read me").unwrap();
+    // The release of the written file reaches the daemon after close(2) returned.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before: Vec<_> = (0..2)
+        .flat_map(|i| [atime(&m.on(i, "d/f")), atime(&m.on(i, "d"))])
+        .collect();
+    // After the write, atime <= mtime: a relatime replica would move it at the next read.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for _ in 0..8 {
+        assert_eq!(fs::read(m.path("d/f")).unwrap(), b"read me");
+        assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 1);
+    }
+    let after: Vec<_> = (0..2)
+        .flat_map(|i| [atime(&m.on(i, "d/f")), atime(&m.on(i, "d"))])
+        .collect();
+    assert_eq!(before, after, "reads moved access times on the replicas");
+    let line = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = line
+        .lines()
+        .find(|l| l.split(' ').nth(4) == m.mnt.to_str())
+        .unwrap();
+    assert!(line.contains("noatime"), "{line}");
+    // An explicit access time is still set on every replica.
+    let t = libc::timespec {
+        tv_sec: 1_000_000,
+        tv_nsec: 0,
+    };
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let path = c(&m.path("d/f"));
+    // SAFETY: a valid path and two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [t, omit].as_ptr(), 0) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    for i in 0..2 {
+        assert_eq!(atime(&m.on(i, "d/f")), (1_000_000, 0), "replica {i}");
+    }
+}

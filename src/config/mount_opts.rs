@@ -38,7 +38,6 @@ pub(super) const KERNEL: &[(&str, Kernel)] = &[
     ("nodev", Kernel::Flag(MountOption::NoDev)),
     ("exec", Kernel::Flag(MountOption::Exec)),
     ("noexec", Kernel::Flag(MountOption::NoExec)),
-    ("atime", Kernel::Flag(MountOption::Atime)),
     ("noatime", Kernel::Flag(MountOption::NoAtime)),
     ("sync", Kernel::Flag(MountOption::Sync)),
     ("async", Kernel::Flag(MountOption::Async)),
@@ -52,7 +51,6 @@ pub(super) const IGNORED: &[&str] = &[
     "defaults",
     "relatime",
     "norelatime",
-    "strictatime",
     "nostrictatime",
     "lazytime",
     "nolazytime",
@@ -118,6 +116,13 @@ pub(super) fn rewrite(given: &ArgMatches, cmd: &mut Command) -> Result<MountOpts
         if let Some(opt) = options::by_mount_key(key) {
             o.args.push(as_argument(opt, item, key, value, cmd)?);
             continue;
+        }
+        if matches!(key, "atime" | "strictatime") {
+            return Err(ConfigError::usage(format!(
+                "-o {key} cannot be honoured: chironfs does not move access times on reads (a \
+                 read would have to write every replica, and an access time set from user space \
+                 moves the change time too); its mounts behave as noatime"
+            )));
         }
         let Some((_, kernel)) = KERNEL.iter().find(|(k, _)| *k == key) else {
             if IGNORED.contains(&key)

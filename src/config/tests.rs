@@ -193,13 +193,13 @@ fn all_kernel_flags() {
         &spec,
         &mnt,
         "-o",
-        "rw,ro,suid,nosuid,dev,nodev,exec,noexec,atime,noatime,sync,async,dirsync",
+        "rw,ro,suid,nosuid,dev,nodev,exec,noexec,noatime,sync,async,dirsync",
     ]);
     use MountOption::*;
     assert_eq!(
         c.mount_options,
         vec![
-            RW, RO, Suid, NoSuid, Dev, NoDev, Exec, NoExec, Atime, NoAtime, Sync, Async, DirSync
+            RW, RO, Suid, NoSuid, Dev, NoDev, Exec, NoExec, NoAtime, Sync, Async, DirSync
         ]
     );
 }
@@ -212,11 +212,23 @@ fn ignored_o_keys() {
         &spec,
         &mnt,
         "-o",
-        "defaults,default_permissions,relatime,norelatime,strictatime,lazytime,user,\
+        "defaults,default_permissions,relatime,norelatime,lazytime,user,\
          nofail,_netdev,auto,noauto,subtype=chironfs,nonempty,x-systemd.automount",
     ]);
     assert!(c.mount_options.is_empty());
     assert!(!c.allow_other);
+}
+
+#[test]
+fn access_times_on_reads_are_refused_in_one_sentence() {
+    // chironfs mounts behave as noatime: asking for more is refused, not silently ignored.
+    for key in ["strictatime", "atime"] {
+        let msg = fail(&["/a=/b", "/m", "-o", key]);
+        assert!(
+            msg.contains(&format!("-o {key} cannot be honoured")) && msg.contains("noatime"),
+            "{msg}"
+        );
+    }
 }
 
 #[test]

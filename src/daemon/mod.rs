@@ -142,6 +142,10 @@ fn fuse_config(config: &Config) -> fuser::Config {
     ];
     fc.mount_options
         .extend(config.mount_options.iter().cloned());
+    // Reads never move access times (sys::open_beneath): the mount says so.
+    if !fc.mount_options.contains(&MountOption::NoAtime) {
+        fc.mount_options.push(MountOption::NoAtime);
+    }
     fc.acl = if config.allow_other {
         SessionACL::All
     } else {

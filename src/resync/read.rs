@@ -96,9 +96,6 @@ fn sized<'a>(
 /// moving its atime where allowed (`O_NOATIME` needs the owner's or root's rights: dropped on
 /// EPERM); shared with `verify`'s content comparison.
 pub fn open_to_read(root: BorrowedFd<'_>, rel: &CStr) -> io::Result<OwnedFd> {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
-    match sys::open_beneath(root, rel, flags | libc::O_NOATIME, 0, true) {
-        Err(e) if errno(&e) == libc::EPERM => sys::open_beneath(root, rel, flags, 0, true),
-        r => r,
-    }
+    // O_NOATIME where allowed: see sys::open_beneath.
+    sys::open_beneath(root, rel, libc::O_RDONLY | libc::O_NOFOLLOW, 0, true)
 }
