@@ -395,9 +395,19 @@ struct Mounted {
 struct Connection {
     dev: ConnDev,
     gauges: Gauges,
+    /// The session's /dev/fuse descriptor (a duplicate): tells whether the connection that
+    /// `dev` names is still this daemon's before it is ended by number (a number freed by
+    /// an ordinary unmount may already belong to another mount).
+    device: std::os::fd::OwnedFd,
 }
 
 impl Connection {
+    /// Whether this daemon's connection is still up (the device reports no error yet).
+    fn alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        !sys::poll_one(self.device.as_raw_fd(), 0, Duration::ZERO).unwrap_or(true)
+    }
+
     /// Whether this mount namespace still holds a mount of the connection.
     fn mounted_here(&self) -> bool {
         std::fs::read_to_string("/proc/self/mountinfo")
@@ -421,6 +431,9 @@ fn mount(config: &Config, set: &Arc<ReplicaSet>) -> Result<Mounted, String> {
             format!("cannot mount {mountpoint}: {e}")
         })?;
     let unmounter = session.unmount_callable();
+    let device = std::os::fd::AsFd::as_fd(&session)
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot keep a handle on the FUSE device: {e}"))?;
     let ended = Arc::new(AtomicBool::new(false));
     let session_thread = {
         let ended = Arc::clone(&ended);
@@ -443,7 +456,11 @@ fn mount(config: &Config, set: &Arc<ReplicaSet>) -> Result<Mounted, String> {
         session_thread,
         unmounter,
         ended,
-        conn: Connection { dev, gauges },
+        conn: Connection {
+            dev,
+            gauges,
+            device,
+        },
     })
 }
 
@@ -561,6 +578,9 @@ fn unmount(config: &Config, unmounter: &mut fuser::SessionUnmounter, conn: &Conn
 /// copy of the mount in another mount namespace): its request threads then end as at an
 /// ordinary unmount.
 fn end_connection(config: &Config, conn: &Connection) {
+    if !conn.alive() {
+        return; // ended by the unmount itself: its number may be another mount's by now
+    }
     let mountpoint = config.mountpoint.display();
     match sys::abort_fuse_connection(conn.dev.kernel_number()) {
         Ok(true) => log::info!(
