@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
+use crate::engine::counters::IoTotals;
 use crate::engine::journal::Recorder;
 use crate::engine::lease::LeaseKeeper;
 use crate::engine::replica::Replica;
@@ -66,6 +67,11 @@ pub struct ReplicaSet {
     lease: OnceLock<Arc<LeaseKeeper>>,
     /// Files open for writing, by token id: a compaction keeps their paths in the journal.
     open_writers: Mutex<OpenWriters>,
+    /// Bytes of file content read and written through the mount (the metrics).
+    pub io: IoTotals,
+    /// The membership generation number, mirrored for the metrics (the membership lock is
+    /// held while state records are written, which may take up to the timeout).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// The health check's memory for resync operations: the automatic-resync policy of each
@@ -119,6 +125,8 @@ impl ReplicaSet {
             journal: OnceLock::new(),
             lease: OnceLock::new(),
             open_writers: Mutex::default(),
+            io: IoTotals::default(),
+            generation: Default::default(),
         }
     }
 

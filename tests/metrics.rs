@@ -1,0 +1,130 @@
+//! The Prometheus metrics of a mounted set: `chironctl metrics`, the node_exporter textfile
+//! next to the status file and the `--metrics-listen` listener all pass `promtool check
+//! metrics`, and count what was done through the mount.
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// GET `path` from the listener at `port` on 127.0.0.1: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// A TCP port nobody listens on now (bound and released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn replica(i: usize) -> (&'static str, &'static str) {
+    ("replica", ["0", "1"][i])
+}
+
+#[test]
+fn metrics_of_a_mounted_set_pass_promtool_and_count_what_was_done() {
+    if !can_mount() {
+        return;
+    }
+    let port = free_port();
+    let m = MountBuilder::new(2)
+        .arg("--passthrough")
+        .arg("off")
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .start();
+    let before = m.metrics();
+    let write_class = ("class", "data_write");
+    let ops = |text: &str, i: usize| {
+        metric(
+            text,
+            "chironfs_replica_operations_total",
+            &[replica(i), write_class],
+        )
+        .unwrap()
+    };
+    let data = vec![7u8; 4096];
+    for n in 0..20 {
+        std::fs::write(m.path(&format!("f{n}")), &data).unwrap();
+        assert_eq!(std::fs::read(m.path(&format!("f{n}"))).unwrap(), data);
+    }
+    // One health check later the capacity is known too.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = m.metrics();
+    assert_promtool_clean(&after, "chironctl metrics");
+    for i in 0..2 {
+        assert!(
+            ops(&after, i) >= ops(&before, i) + 20.0,
+            "replica {i}:\n{after}"
+        );
+        let count = "chironfs_replica_operation_duration_seconds_count";
+        let done = |t: &str| metric(t, count, &[replica(i), write_class]).unwrap();
+        assert!(
+            done(&after) >= done(&before) + 20.0,
+            "replica {i}:\n{after}"
+        );
+        let free = metric(&after, "chironfs_replica_available_bytes", &[replica(i)]);
+        assert!(free.is_some_and(|f| f > 0.0), "replica {i}:\n{after}");
+        let state = [replica(i), ("state", "in_service")];
+        assert_eq!(metric(&after, "chironfs_replica_state", &state), Some(1.0));
+    }
+    let bytes = |name: &str| metric(&after, name, &[]).unwrap();
+    assert!(
+        bytes("chironfs_written_bytes_total") >= 20.0 * 4096.0,
+        "{after}"
+    );
+    assert!(
+        bytes("chironfs_read_bytes_total") >= 20.0 * 4096.0,
+        "{after}"
+    );
+
+    // The textfile for node_exporter, next to the status file.
+    let prom = m.status_file.with_extension("prom");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&prom)
+            .is_ok_and(|t| t.contains("chironfs_replica_available_bytes"))),
+        "no metrics file {}",
+        prom.display()
+    );
+    assert_promtool_clean(&std::fs::read_to_string(&prom).unwrap(), "the textfile");
+
+    // The listener.
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_promtool_clean(&body, "the listener's answer");
+    assert!(body.contains("chironfs_replica_operation_duration_seconds_bucket"));
+    assert!(http_get(port, "/").0.starts_with("HTTP/1.1 404"));
+
+    // A replica taken out and missing a write: stale, with a heal backlog.
+    ctl_ok(&m, &["disable", "1"]);
+    std::fs::write(m.path("missed"), b"x").unwrap();
+    let out = m.metrics();
+    assert_promtool_clean(&out, "the metrics of a degraded set");
+    let stale = [replica(1), ("state", "stale")];
+    assert_eq!(
+        metric(&out, "chironfs_replica_state", &stale),
+        Some(1.0),
+        "{out}"
+    );
+    let pending = metric(&out, "chironfs_replica_heal_pending_paths", &[replica(1)]);
+    assert!(pending.is_some_and(|p| p >= 1.0), "{out}");
+    let degraded = [("state", "degraded")];
+    assert_eq!(
+        metric(&out, "chironfs_state", &degraded),
+        Some(1.0),
+        "{out}"
+    );
+
+    assert!(m.stop(), "SIGTERM must unmount and end the daemon");
+    assert!(!prom.exists(), "the metrics file outlived the daemon");
+}
