@@ -128,3 +128,60 @@ fn metrics_of_a_mounted_set_pass_promtool_and_count_what_was_done() {
     assert!(m.stop(), "SIGTERM must unmount and end the daemon");
     assert!(!prom.exists(), "the metrics file outlived the daemon");
 }
+
+#[test]
+fn the_grafana_dashboard_queries_parse_and_name_only_metrics_the_daemon_has() {
+    let text = include_str!("../examples/grafana-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(text).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    // Every metric named is one the daemon writes.
+    let families = chironfs::view::metrics::FAMILIES;
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("chironfs_") {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .filter(|b| b.ends_with("_seconds"))
+                    .unwrap_or(word);
+                assert!(
+                    families.contains(&base),
+                    "{word} in {e} is no chironfs metric"
+                );
+            }
+        }
+    }
+    // Every query parses: promtool checks them as recording rules (Grafana's variables
+    // replaced by what they stand for).
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*")
+            .replace("$mountpoint", ".*");
+        rules += &format!(
+            "  - record: dashboard:q{i}\n    expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool not found: run scripts/setup.sh (Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
