@@ -6,7 +6,8 @@
 #   3. the cases ocf-tester does not cover: bad parameters, missing binary, probes, depth 10
 #      and 20 monitors, a degraded replica set (0, or 190 with report_degraded), a killed
 #      daemon, a busy mount, a hung daemon (SIGSTOP), force_unmount=false, reload, a foreign
-#      mount on the mount point; every failure must come with an ocf-exit-reason line and
+#      mount on the mount point, the resource-agents-deps.target drop-in for replicas on
+#      network filesystems; every failure must come with an ocf-exit-reason line and
 #      no action may outlive its timeout;
 #   4. crm ra info and pcs resource describe show the agent cleanly;
 #      crmsh with CIB_file (no cluster): the primitive is accepted, an unknown parameter is
@@ -316,6 +317,26 @@ if [ "${1:-}" = --inside ]; then
     umount "$W/mnt/sub"
     rmdir "$W/mnt/sub"
 
+    log "--- ordering after network filesystems (resource-agents-deps.target drop-in)"
+    deps=$W/deps
+    conf=$deps/99-chironfs-$(printf '%s' "${W#/}/mnt" | tr / -).conf
+    expect "start with local replicas" 0 CHIRONFS_OCF_DEPS_DIR="$deps" start
+    check "  ... no drop-in for local replicas" test ! -e "$conf"
+    expect "stop" 0 stop
+    # Replicas on a FUSE mount, which the agent counts as a network filesystem: a chironfs of
+    # its own (its daemon is killed with the others at the end if the test fails).
+    mkdir -p "$W/n1/r1" "$W/n2/r1" "$W/n1/r2" "$W/n2/r2" "$W/net"
+    "$B/chironfs" --status-file "$W/run/net.status" -c "$W/run/net.sock" "$W/n1=$W/n2" "$W/net"
+    net_replicas="$W/net/r1=$W/net/r2"
+    expect "start with replicas on a FUSE mount" 0 CHIRONFS_OCF_DEPS_DIR="$deps" OCF_RESKEY_replicas="$net_replicas" start
+    check "  ... the drop-in orders Pacemaker after remote-fs.target" grep -qx 'After=remote-fs.target' "$conf"
+    unit=$(systemd-escape --path --suffix=mount -- "$W/net")
+    check "  ... and after the replicas' mount unit ($unit)" grep -qxF "After=$unit" "$conf"
+    check "  ... a [Unit] section" grep -qx '\[Unit\]' "$conf"
+    expect "stop" 0 OCF_RESKEY_replicas="$net_replicas" stop
+    check "  ... the drop-in stays for the shutdown" test -s "$conf"
+    timeout 10 umount "$W/net" || umount -l "$W/net"
+
     log "--- crmsh, crm_resource (CIB_file, no cluster)"
     cmp -s "$INSTALLED" "$AGENT" || install -m 0755 "$AGENT" "$INSTALLED"
     export CIB_file=$W/cib.xml
@@ -437,7 +458,7 @@ fi
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 cl_init ocf-tester
-cl_need ocf-tester crm cibadmin crm_resource crm_verify xmllint fuser unshare timeout
+cl_need ocf-tester crm cibadmin crm_resource crm_verify xmllint fuser unshare timeout systemd-escape
 cl_binaries
 cl_install_agent
 rc=0
