@@ -185,3 +185,48 @@ fn the_grafana_dashboard_queries_parse_and_name_only_metrics_the_daemon_has() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_resync_shows_in_the_metrics_and_they_still_pass_promtool() {
+    if !can_mount() {
+        return;
+    }
+    let m = MountBuilder::new(2).start();
+    ctl_ok(&m, &["disable", "1"]);
+    let data = vec![3u8; 64 * 1024];
+    for n in 0..10 {
+        std::fs::write(m.path(&format!("missed{n}")), &data).unwrap();
+    }
+    let before = m.metrics();
+    let stale = [replica(1), ("state", "stale")];
+    assert_eq!(
+        metric(&before, "chironfs_replica_state", &stale),
+        Some(1.0),
+        "{before}"
+    );
+    assert!(!before.contains("chironfs_resync_state"), "{before}");
+    ctl_ok(&m, &["resync", "1", "--wait"]);
+    let after = m.metrics();
+    assert_promtool_clean(&after, "the metrics after a resync");
+    let done = [replica(1), ("state", "done")];
+    assert_eq!(
+        metric(&after, "chironfs_resync_state", &done),
+        Some(1.0),
+        "{after}"
+    );
+    let copied = metric(&after, "chironfs_resync_copied_bytes", &[replica(1)]);
+    assert!(copied.is_some_and(|b| b >= 10.0 * 64.0 * 1024.0), "{after}");
+    let source = metric(&after, "chironfs_resync_source_replica", &[replica(1)]);
+    assert_eq!(source, Some(0.0), "{after}");
+    let back = [replica(1), ("state", "in_service")];
+    assert_eq!(
+        metric(&after, "chironfs_replica_state", &back),
+        Some(1.0),
+        "{after}"
+    );
+    assert!(
+        metric(&after, "chironfs_membership_generation", &[]).unwrap()
+            > metric(&before, "chironfs_membership_generation", &[]).unwrap(),
+        "{after}"
+    );
+}
