@@ -391,7 +391,7 @@ else
     check "rpm: LICENSE and README as %license/%doc" bash -c \
         "grep -q '/LICENSE\$' <<<'$list' && grep -q '/README.md\$' <<<'$list'"
     check "rpm: the Grafana dashboard among the examples" bash -c \
-        "grep -q '/doc/chironfs/examples/grafana-dashboard.json\$' <<<'$list'"
+        "grep -q '/doc/chironfs[^/]*/examples/grafana-dashboard.json\$' <<<'$list'"
     check "rpm: binaries executable, conffiles marked" sh -c \
         "[ -x '$root/usr/bin/chironfs' ] && rpm --root '$root' -qc chironfs | grep -qx /etc/logrotate.d/chironfs"
     check "rpm: the installed chironfs runs" "$root/usr/bin/chironfs" --version
