@@ -102,7 +102,7 @@ impl OpClass {
 /// One replica's counters for one operation class, read at one instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClassCounts {
-    /// Jobs started.
+    /// Jobs ended (the histogram's count; a job past the deadline counts when it ends).
     pub ops: u64,
     /// Jobs that answered a fault errno (EIO, ENOTCONN, ESTALE, ... or a vanished root); an
     /// ordinary answer such as ENOENT is not an error.
@@ -529,7 +529,7 @@ fn render_operations(out: &mut Out, s: &Sample) {
     let counters: [(&str, &str, Value); 3] = [
         (
             "chironfs_replica_operations_total",
-            "Jobs run on this replica, by operation class.",
+            "Jobs this replica ended, by operation class (one past --timeout when it ends).",
             |c| c.ops,
         ),
         (
