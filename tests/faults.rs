@@ -1753,3 +1753,56 @@ fn a_file_removed_behind_the_daemons_back_is_served_from_another_replica() {
     assert_eq!(fs::read(rig.on(1, "kept.txt")).unwrap(), b"acknowledged");
     assert_replicas_identical(&rig);
 }
+
+/// Writes slower than 250 ms on replica `i`, from its data-write latency histogram.
+fn slow_writes(metrics: &str, i: &str) -> f64 {
+    let bucket = |le: &str| {
+        let labels = [("replica", i), ("class", "data_write"), ("le", le)];
+        metric(
+            metrics,
+            "chironfs_replica_operation_duration_seconds_bucket",
+            &labels,
+        )
+        .unwrap_or_else(|| panic!("no data_write bucket {le} of replica {i} in\n{metrics}"))
+    };
+    bucket("+Inf") - bucket("0.25")
+}
+
+#[test]
+fn a_slow_replica_shows_in_its_latency_histogram_before_it_is_taken_out() {
+    if !can_mount() {
+        return;
+    }
+    // Replica 1's server answers writes after about 600 ms: slow, but within the 2 s deadline,
+    // so it stays in service, and only its histogram tells.
+    let b = MountBuilder::new(2).timeout(2.0);
+    let tmp = b.tmp().to_owned();
+    let ff = FaultFs::start(&tmp.join("r1-src"), &tmp.join("r1"));
+    let mut m = b.start();
+    m.unmount_at_end(ff.mnt.clone());
+    let mut f = File::create(m.path("slow")).unwrap();
+    f.write_all(b"fast").unwrap();
+    let before = m.metrics();
+    assert_eq!(slow_writes(&before, "1"), 0.0, "{before}");
+    ff.set("write hang\n");
+    let writer = std::thread::spawn(move || {
+        let t = Instant::now();
+        f.write_all(b"slow").map(|()| t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    ff.set("");
+    let took = writer.join().unwrap().expect("the slow write succeeds");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    let after = m.metrics();
+    assert_eq!(slow_writes(&after, "1"), 1.0, "{after}");
+    assert_eq!(slow_writes(&after, "0"), 0.0, "{after}");
+    let s = m.snapshot();
+    assert!(
+        s.replicas
+            .iter()
+            .all(|r| r.state == ReplicaState::InService),
+        "{s:?}"
+    );
+    drop(m);
+    drop(ff);
+}

@@ -105,6 +105,9 @@ fn run(cli: &Cli) -> Result<String, String> {
                 table::format_stats(&s)
             })
         }
+        Cmd::Metrics => ask(cli, &Request::Metrics)?
+            .metrics
+            .ok_or_else(|| "the daemon answered without metrics".to_string()),
         Cmd::Enable { replica, force } => {
             let r = ask(
                 cli,

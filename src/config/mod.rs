@@ -122,6 +122,9 @@ pub struct Config {
     pub witness: Option<PathBuf>,
     /// Two members take and keep the lease only while both answer (`--strict-majority`).
     pub strict_majority: bool,
+    /// Serve the metrics over HTTP on this address (`--metrics-listen`, `-o metrics_listen=`);
+    /// None: no listener (the default).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Replica and witness directories (as in `replicas` and `witness`) that could not be
     /// looked at while the command line was checked: no answer within [`FIRST_LOOK`], or an
     /// error of unreachable storage (`rules::arbitrate::is_replica_fault`). The daemon waits for the
@@ -393,6 +396,19 @@ pub fn runtime_name(mountpoint: &Path) -> String {
 /// Default status file of the mount at `mountpoint` (canonical): `/run/chironfs/<name>.status`.
 pub fn default_status_file(mountpoint: &Path) -> PathBuf {
     Path::new(RUNTIME_DIR).join(format!("{}.status", runtime_name(mountpoint)))
+}
+
+/// The node_exporter textfile of the metrics, next to `status_file`: the same name with
+/// `.prom` for its extension (`/run/chironfs/<name>.prom`), or `.prom` added to a status file
+/// that already ends in it.
+pub fn metrics_file_of(status_file: &Path) -> PathBuf {
+    let swapped = status_file.with_extension("prom");
+    if swapped == status_file {
+        let mut name = status_file.as_os_str().to_owned();
+        name.push(".prom");
+        return PathBuf::from(name);
+    }
+    swapped
 }
 
 /// Default control socket of the mount at `mountpoint` (canonical): `/run/chironfs/<name>.sock`.

@@ -347,6 +347,21 @@ pub(super) static OPTIONS: &[Opt] = &[
         },
         set: |d, v| v.store(&mut d.config.strict_majority),
     },
+    Opt {
+        long: "metrics-listen",
+        mount_opt: true,
+        arg: |a| {
+            a.value_name("ADDR:PORT")
+                .value_parser(value_parser!(std::net::SocketAddr))
+                .help(
+                    "Serve the Prometheus metrics over HTTP on ADDR:PORT (e.g. 127.0.0.1:9580): \
+                     unauthenticated and read-only, so bind it to an address only the monitoring \
+                     can reach [default: no listener; chironctl metrics and the NAME.prom file \
+                     next to the status file serve them]",
+                )
+        },
+        set: |d, v| v.store_opt(&mut d.config.metrics_listen),
+    },
 ];
 
 /// Stores every option's value (given, else its default) in the draft, in table order.

@@ -808,7 +808,7 @@ fn every_mount_key_agrees_with_its_option() {
         }
         assert!(help_text().contains(&key), "-o {key} missing from --help");
     }
-    assert_eq!(keys, 20);
+    assert_eq!(keys, 21);
     // Command-line-only options have no -o key.
     for key in ["foreground", "fuseoptions", "help", "version"] {
         let m = fail(&[&spec, &mnt, "-o", key]);
@@ -886,4 +886,28 @@ fn remount_changes_the_flags_and_checks_no_directory() {
     // The kernel's own options are no options of a new mount.
     let msg = fail(&["/a=/b", "/m", "-o", "user_id=0"]);
     assert!(msg.contains("unknown mount option 'user_id=0'"), "{msg}");
+}
+
+#[test]
+fn metrics_listen_is_off_by_default_and_takes_an_address_and_port() {
+    let t = Tree::new();
+    let (spec, mnt) = (t.spec(), t.p("mnt"));
+    assert_eq!(mount(&[&spec, &mnt]).metrics_listen, None);
+    let c = mount(&[&spec, &mnt, "--metrics-listen", "127.0.0.1:9580"]);
+    assert_eq!(c.metrics_listen, Some("127.0.0.1:9580".parse().unwrap()));
+    let c = mount(&[&spec, &mnt, "-o", "metrics_listen=[::1]:9580"]);
+    assert_eq!(c.metrics_listen, Some("[::1]:9580".parse().unwrap()));
+    let m = fail(&[&spec, &mnt, "--metrics-listen", "9580"]);
+    assert!(m.contains("metrics-listen"), "{m}");
+}
+
+#[test]
+fn the_metrics_file_sits_next_to_the_status_file() {
+    let f = |s: &str| metrics_file_of(Path::new(s));
+    assert_eq!(
+        f("/run/chironfs/mnt-a.status"),
+        Path::new("/run/chironfs/mnt-a.prom")
+    );
+    assert_eq!(f("/var/tmp/status"), Path::new("/var/tmp/status.prom"));
+    assert_eq!(f("/var/tmp/x.prom"), Path::new("/var/tmp/x.prom.prom"));
 }

@@ -40,6 +40,11 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the daemon's counters in the Prometheus text exposition format: replica states,
+    /// operations, errors, timeouts and latency histograms per replica and operation class,
+    /// bytes, journal, resync, quorum, lease and capacity (also written to NAME.prom next to
+    /// the status file, for node_exporter's textfile collector).
+    Metrics,
     /// Put a replica back in service.
     Enable {
         /// Replica index (0-based, as in `status`) or path.
@@ -127,6 +132,8 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(c.cmd, Cmd::Check { max_age: 30, .. }));
+        let c = Cli::try_parse_from(["chironctl", "metrics"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Metrics));
         let c = Cli::try_parse_from(["chironctl", "resync", "1", "--wait"]).unwrap();
         assert!(
             matches!(c.cmd, Cmd::Resync { ref replica, wait: true, rate: None } if replica == "1")

@@ -26,6 +26,9 @@ pub enum Request {
     Status,
     /// Same snapshot; `chironctl stats` shows only the counters.
     Stats,
+    /// The daemon's counters in the Prometheus text exposition format (`chironctl metrics`),
+    /// answered in `metrics`.
+    Metrics,
     /// Put a replica (index or path) back in service; `force` accepts a stale one.
     Enable {
         /// Replica index (as a string or a JSON number) or path.
@@ -96,7 +99,8 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
     Ok(StringOrNumber::deserialize(d)?.into())
 }
 
-/// One response line: `ok` plus exactly one of `snapshot`, `message` or `error`.
+/// One response line: `ok` plus `snapshot`, `message` or `error` (and a `verify` report or
+/// the `metrics` text with their message).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     /// Whether the request was carried out.
@@ -115,6 +119,9 @@ pub struct Response {
     /// Answer to `verify`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Report>,
+    /// Answer to `metrics`: the Prometheus text exposition, many lines in one string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl Response {
@@ -127,6 +134,7 @@ impl Response {
             message: None,
             error: None,
             verify: None,
+            metrics: None,
         }
     }
 
@@ -139,6 +147,7 @@ impl Response {
             message: Some(m.into()),
             error: None,
             verify: None,
+            metrics: None,
         }
     }
 
@@ -151,6 +160,7 @@ impl Response {
             message: None,
             error: Some(e.into()),
             verify: None,
+            metrics: None,
         }
     }
 
@@ -159,6 +169,14 @@ impl Response {
         Response {
             verify: Some(r),
             ..Response::with_message("verify done")
+        }
+    }
+
+    /// A successful answer carrying the metrics text.
+    pub fn with_metrics(text: String) -> Self {
+        Response {
+            metrics: Some(text),
+            ..Response::with_message("metrics")
         }
     }
 
@@ -258,6 +276,13 @@ mod tests {
             r#"{"cmd":"stats"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"metrics"}"#).unwrap(),
+            Request::Metrics
+        );
+        let r = Response::with_metrics("a 1\nb 2\n".into());
+        let back: Response = serde_json::from_slice(&encode_line(&r).unwrap()).unwrap();
+        assert_eq!(back.metrics.as_deref(), Some("a 1\nb 2\n"));
         assert_eq!(
             serde_json::to_string(&Response::with_message("done")).unwrap(),
             r#"{"ok":true,"version":1,"message":"done"}"#

@@ -57,6 +57,10 @@ pub fn dispatch(handler: &dyn ControlHandler, req: Request) -> Response {
     };
     match req {
         Request::Status | Request::Stats => Response::with_snapshot(handler.snapshot()),
+        Request::Metrics => match handler.metrics() {
+            Ok(text) => Response::with_metrics(text),
+            Err(e) => Response::with_error(e),
+        },
         Request::Enable { replica, force } => answer(handler.enable(&replica, force)),
         Request::Disable { replica } => answer(handler.disable(&replica)),
         Request::Resync { replica, rate } => answer(handler.resync(&replica, rate)),

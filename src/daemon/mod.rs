@@ -4,6 +4,7 @@
 
 pub mod logging;
 pub mod members;
+pub mod metrics_http;
 pub mod mount_watch;
 pub mod status_writer;
 
@@ -212,13 +213,18 @@ fn serve_set(
             config.status_file.display()
         )
     })?;
+    // Bound before the mount: an address in use fails the start, not a mounted daemon.
+    let metrics_listener = config
+        .metrics_listen
+        .map(|addr| metrics_http::spawn(addr, Arc::clone(&handler), Arc::clone(&stop)))
+        .transpose()?;
     let mounted = mount(config, set)?;
-    let status_writer = status_writer::spawn_writer(
-        config.status_file.clone(),
-        handler,
-        Duration::from_secs(1),
-        Arc::clone(&stop),
-    );
+    let files = status_writer::Files {
+        status: config.status_file.clone(),
+        metrics: Some(crate::config::metrics_file_of(&config.status_file)),
+    };
+    let status_writer =
+        status_writer::spawn_writer(files, handler, Duration::from_secs(1), Arc::clone(&stop));
     spawn_health(set, &stop)?;
     let signals = Signals::install()?;
     log::info!(
@@ -246,6 +252,9 @@ fn serve_set(
     stop.store(true, Ordering::SeqCst);
     control.shutdown();
     let _ = status_writer.join();
+    if let Some(listener) = metrics_listener {
+        let _ = listener.join();
+    }
     let result = session_thread.join();
     set.write_clean_shutdown();
     log::info!("unmounted {mountpoint}");

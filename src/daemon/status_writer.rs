@@ -1,6 +1,7 @@
-//! The thread that keeps the status file fresh, and the atomic replace it writes with: the
-//! daemon side of `view::status_file`, whose format it renders. Imports only `view/`
-//! (snapshot, status_file).
+//! The thread that keeps the status file fresh, and the node_exporter textfile of the metrics
+//! next to it, and the atomic replace it writes both with: the daemon side of
+//! `view::status_file`, whose format it renders. Imports only `view/` (snapshot,
+//! status_file).
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -71,42 +72,97 @@ pub fn write_now(path: &Path, source: &dyn ControlHandler) -> io::Result<()> {
     write_atomic(path, &render(&source.snapshot()))
 }
 
-/// Starts the thread that keeps the status file fresh: it writes at once, then every
-/// `period`, until `stop` is set, and then removes the file (a missing file tells monitors the
-/// daemon is gone). A failing write is logged once per distinct error, not every period, so a
-/// full disk does not flood the log.
+/// Writes the metrics textfile once (`ControlHandler::metrics`, the Prometheus text format).
+pub fn write_metrics(path: &Path, source: &dyn ControlHandler) -> io::Result<()> {
+    let text = source.metrics().map_err(io::Error::other)?;
+    write_atomic(path, &text)
+}
+
+/// The files the writer thread keeps fresh.
+pub struct Files {
+    /// The status file.
+    pub status: PathBuf,
+    /// The metrics textfile for node_exporter (None: not written).
+    pub metrics: Option<PathBuf>,
+}
+
+/// Starts the thread that keeps the status file (and the metrics textfile) fresh: it writes
+/// at once, then every `period`, until `stop` is set, and then removes the files (a missing
+/// file tells monitors the daemon is gone). A failing write is logged once per distinct
+/// error, not every period, so a full disk does not flood the log.
 pub fn spawn_writer(
-    path: PathBuf,
+    files: Files,
     source: Arc<dyn ControlHandler>,
     period: Duration,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     thread::Builder::new()
         .name("chironfs-status".into())
-        .spawn(move || writer_loop(&path, source.as_ref(), period, &stop))
+        .spawn(move || writer_loop(&files, source.as_ref(), period, &stop))
         .expect("cannot start the status-file thread")
 }
 
-/// The body of [`spawn_writer`]'s thread.
-fn writer_loop(path: &Path, source: &dyn ControlHandler, period: Duration, stop: &AtomicBool) {
-    let slice = period
-        .min(Duration::from_millis(100))
-        .max(Duration::from_millis(1));
-    let mut last_error: Option<String> = None;
-    while !stop.load(Ordering::SeqCst) {
-        match write_now(path, source) {
+/// One file the writer keeps, with the last error logged for it.
+struct Kept<'a> {
+    path: &'a Path,
+    what: &'static str,
+    write: fn(&Path, &dyn ControlHandler) -> io::Result<()>,
+    last_error: Option<String>,
+}
+
+impl Kept<'_> {
+    fn refresh(&mut self, source: &dyn ControlHandler) {
+        match (self.write)(self.path, source) {
             Ok(()) => {
-                if last_error.take().is_some() {
-                    log::info!("status file {} is being written again", path.display());
+                if self.last_error.take().is_some() {
+                    log::info!(
+                        "{} {} is being written again",
+                        self.what,
+                        self.path.display()
+                    );
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    log::error!("cannot write status file {}: {msg}", path.display());
-                    last_error = Some(msg);
+                if self.last_error.as_deref() != Some(msg.as_str()) {
+                    log::error!("cannot write {} {}: {msg}", self.what, self.path.display());
+                    self.last_error = Some(msg);
                 }
             }
+        }
+    }
+
+    fn remove(&self) {
+        match fs::remove_file(self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {} {}: {e}", self.what, self.path.display()),
+        }
+    }
+}
+
+/// The body of [`spawn_writer`]'s thread.
+fn writer_loop(files: &Files, source: &dyn ControlHandler, period: Duration, stop: &AtomicBool) {
+    let slice = period
+        .min(Duration::from_millis(100))
+        .max(Duration::from_millis(1));
+    let mut kept = vec![Kept {
+        path: &files.status,
+        what: "status file",
+        write: write_now,
+        last_error: None,
+    }];
+    if let Some(path) = &files.metrics {
+        kept.push(Kept {
+            path,
+            what: "metrics file",
+            write: write_metrics,
+            last_error: None,
+        });
+    }
+    while !stop.load(Ordering::SeqCst) {
+        for k in &mut kept {
+            k.refresh(source);
         }
         let mut waited = Duration::ZERO;
         while waited < period && !stop.load(Ordering::SeqCst) {
@@ -114,10 +170,8 @@ fn writer_loop(path: &Path, source: &dyn ControlHandler, period: Duration, stop:
             waited += slice;
         }
     }
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("cannot remove status file {}: {e}", path.display()),
+    for k in &kept {
+        k.remove();
     }
 }
 
@@ -207,20 +261,23 @@ mod tests {
         fn disable(&self, _: &str) -> Result<String, String> {
             Err("no".into())
         }
+        fn metrics(&self) -> Result<String, String> {
+            Ok(format!("t {}\n", self.0.lock().unwrap().time))
+        }
     }
 
     #[test]
     fn writer_refreshes_and_removes_file_on_stop() {
         let d = tempdir("writer");
         let p = d.join("run/status");
+        let prom = d.join("run/status.prom");
         let src = Arc::new(Fixed(Mutex::new(sample())));
         let stop = Arc::new(AtomicBool::new(false));
-        let h = spawn_writer(
-            p.clone(),
-            src.clone(),
-            Duration::from_millis(20),
-            stop.clone(),
-        );
+        let files = Files {
+            status: p.clone(),
+            metrics: Some(prom.clone()),
+        };
+        let h = spawn_writer(files, src.clone(), Duration::from_millis(20), stop.clone());
         let wait_for = |pred: &dyn Fn() -> bool| {
             for _ in 0..500 {
                 if pred() {
@@ -243,9 +300,14 @@ mod tests {
         ) == Ok(
             want.clone()
         ))));
+        let t = sample().time + 5;
+        assert!(wait_for(
+            &|| fs::read_to_string(&prom).is_ok_and(|m| m == format!("t {t}\n"))
+        ));
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
         assert!(!p.exists());
+        assert!(!prom.exists());
         assert!(dir_entries(&d.join("run")).is_empty());
         fs::remove_dir_all(&d).unwrap();
     }

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::rules::state::Gen;
+use crate::view::metrics::JournalSize;
 
 /// The journal file inside [`META_DIR`].
 pub const JOURNAL_FILE: &str = "journal";
@@ -541,6 +542,16 @@ impl Recorder {
         {
             Some(f) => f.sync_data(),
             None => Ok(()),
+        }
+    }
+
+    /// The journal's size now (for the metrics), without copying it.
+    pub fn size(&self) -> JournalSize {
+        let live = self.lock();
+        JournalSize {
+            bytes: live.journal.bytes(),
+            paths: live.journal.len() as u64,
+            overflowed: live.journal.overflowed,
         }
     }
 

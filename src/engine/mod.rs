@@ -2,6 +2,7 @@
 //! replica set that fans mutations out and takes failing replicas out of service, the
 //! journal of changed paths and the records kept in each replica's `.chironfs` directory.
 
+pub mod counters;
 pub mod dirfds;
 pub mod journal;
 pub mod lease;

@@ -8,6 +8,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::engine::counters::{OpStats, SpaceStats};
 use crate::engine::dirfds::DirFds;
 use crate::sys;
 use crate::view::snapshot::{ReplicaSnapshot, ReplicaState};
@@ -101,6 +102,10 @@ pub struct Replica {
     pub writes: AtomicU64,
     /// Failures and timeouts.
     pub errors: AtomicU64,
+    /// Jobs, fault answers, timeouts and latencies by operation class (the metrics).
+    pub stats: OpStats,
+    /// Capacity as the last health check found it (the metrics).
+    pub space: SpaceStats,
     /// The last health check failed but the replica was kept (nothing else could serve):
     /// logged once, not every second.
     pub health_failing: AtomicBool,
@@ -168,6 +173,8 @@ impl Replica {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            stats: OpStats::default(),
+            space: SpaceStats::default(),
             health_failing: AtomicBool::new(false),
             local: AtomicBool::new(false),
             dirs: DirFds::default(),

@@ -108,7 +108,10 @@ impl ChironFs {
         match self.read_handle("read", file, move |fd| {
             sys::pread_full(fd, size as usize, offset)
         }) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                self.set.io.read(data.len());
+                reply.data(&data)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -137,7 +140,10 @@ impl ChironFs {
             }
             Ok(())
         }) {
-            Ok(()) => reply.written(len),
+            Ok(()) => {
+                self.set.io.written(len as usize);
+                reply.written(len)
+            }
             Err(e) => reply.error(e),
         }
     }

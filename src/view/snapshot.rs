@@ -203,6 +203,11 @@ pub trait ControlHandler: Send + Sync {
         let _ = rate;
         Err(format!("cannot resync {replica}: not supported here"))
     }
+    /// The daemon's counters in the Prometheus text exposition format (`view::metrics`), for
+    /// `chironctl metrics`, the textfile next to the status file and `--metrics-listen`.
+    fn metrics(&self) -> Result<String, String> {
+        Err("cannot collect metrics: not supported here".into())
+    }
     /// Compares replicas path by path (`chironctl verify`): every in-service replica, or only
     /// `replica` against the first in-service one; `content` compares file bytes too;
     /// `heal` then copies each differing path from the first in-service replica onto the

@@ -1,13 +1,16 @@
 #!/bin/bash
 # The OCF resource agent ocf/chironfs without a cluster, in a private mount namespace:
-#   1. meta-data as `nobody` with an empty environment, valid against ra-api-1.dtd;
+#   1. meta-data as `nobody` with an empty environment, OCF 1.1 (tests/cluster/ocf-meta.sh:
+#      the OCF 1.1 grammar, reload-agent, reloadable and unique-group parameters);
 #   2. ocf-tester (resource-agents) on a 2-replica mount;
 #   3. the cases ocf-tester does not cover: bad parameters, missing binary, probes, depth 10
 #      and 20 monitors, a degraded replica set (0, or 190 with report_degraded), a killed
 #      daemon, a busy mount, a hung daemon (SIGSTOP), force_unmount=false, reload, a foreign
-#      mount on the mount point; every failure must come with an ocf-exit-reason line and
+#      mount on the mount point, the resource-agents-deps.target drop-in for replicas on
+#      network filesystems; every failure must come with an ocf-exit-reason line and
 #      no action may outlive its timeout;
-#   4. crmsh with CIB_file (no cluster): the primitive is accepted, an unknown parameter is
+#   4. crm ra info and pcs resource describe show the agent cleanly;
+#      crmsh with CIB_file (no cluster): the primitive is accepted, an unknown parameter is
 #      refused, crm_verify is clean, crm_resource --force-start/--force-check/--force-stop
 #      drive the agent; pcs -f, if pcs is installed;
 #   5. the Heartbeat wrapper heartbeat/chironfs (start, status, stop);
@@ -132,15 +135,15 @@ if [ "${1:-}" = --inside ]; then
 
     log "--- meta-data"
     out=$(env -i /bin/su nobody -s /bin/sh -c "cd / && $AGENT meta-data" 2>&1) && rc=0 || rc=$?
-    if [ "$rc" = 0 ] && grep -q '<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">' <<<"$out"; then
+    if [ "$rc" = 0 ] && grep -q '^<resource-agent name="chironfs" ' <<<"$out"; then
         ok "meta-data as nobody with an empty environment"
     else
         bad "meta-data as nobody with an empty environment (rc $rc)" "$out"
     fi
-    if out=$("$AGENT" meta-data | (cd /usr/share/resource-agents && xmllint --noout --valid - 2>&1)); then
-        ok "meta-data valid against ra-api-1.dtd"
+    if out=$("$REPO/tests/cluster/ocf-meta.sh" "$AGENT" 2>&1); then
+        ok "OCF 1.1 meta-data (tests/cluster/ocf-meta.sh)"
     else
-        bad "meta-data valid against ra-api-1.dtd" "$out"
+        bad "OCF 1.1 meta-data (tests/cluster/ocf-meta.sh)" "$out"
     fi
     params=$("$AGENT" meta-data | sed -n 's/.*<parameter name="\([a-z_]*\)".*/\1/p' | sort | tr '\n' ' ')
     want="binary chironctl control_socket force_unmount log max_status_age mountpoint options replicas report_degraded status_file timeout "
@@ -204,6 +207,10 @@ if [ "${1:-}" = --inside ]; then
     expect "monitor with the new options" 0 OCF_RESKEY_options=allow_other,fsname=chironfs-reloaded monitor
     expect "reload back" 0 reload
     check "  ... old options back" not grep -q ' chironfs-reloaded ' /proc/self/mountinfo
+    pid0=$(daemon_pid)
+    expect "reload-agent with new agent parameters" 0 OCF_RESKEY_max_status_age=20 OCF_RESKEY_force_unmount=safe reload-agent
+    check "  ... the daemon left alone" test "$(daemon_pid)" = "$pid0"
+    expect "reload-agent with a bad one" 6 OCF_RESKEY_max_status_age=x reload-agent
 
     log "--- degraded replica set"
     "$B/chironctl" -s "$W/run/fs.sock" disable 1 >/dev/null
@@ -310,6 +317,26 @@ if [ "${1:-}" = --inside ]; then
     umount "$W/mnt/sub"
     rmdir "$W/mnt/sub"
 
+    log "--- ordering after network filesystems (resource-agents-deps.target drop-in)"
+    deps=$W/deps
+    conf=$deps/99-chironfs-$(printf '%s' "${W#/}/mnt" | tr / -).conf
+    expect "start with local replicas" 0 CHIRONFS_OCF_DEPS_DIR="$deps" start
+    check "  ... no drop-in for local replicas" test ! -e "$conf"
+    expect "stop" 0 stop
+    # Replicas on a FUSE mount, which the agent counts as a network filesystem: a chironfs of
+    # its own (its daemon is killed with the others at the end if the test fails).
+    mkdir -p "$W/n1/r1" "$W/n2/r1" "$W/n1/r2" "$W/n2/r2" "$W/net"
+    "$B/chironfs" --status-file "$W/run/net.status" -c "$W/run/net.sock" "$W/n1=$W/n2" "$W/net"
+    net_replicas="$W/net/r1=$W/net/r2"
+    expect "start with replicas on a FUSE mount" 0 CHIRONFS_OCF_DEPS_DIR="$deps" OCF_RESKEY_replicas="$net_replicas" start
+    check "  ... the drop-in orders Pacemaker after remote-fs.target" grep -qx 'After=remote-fs.target' "$conf"
+    unit=$(systemd-escape --path --suffix=mount -- "$W/net")
+    check "  ... and after the replicas' mount unit ($unit)" grep -qxF "After=$unit" "$conf"
+    check "  ... a [Unit] section" grep -qx '\[Unit\]' "$conf"
+    expect "stop" 0 OCF_RESKEY_replicas="$net_replicas" stop
+    check "  ... the drop-in stays for the shutdown" test -s "$conf"
+    timeout 10 umount "$W/net" || umount -l "$W/net"
+
     log "--- crmsh, crm_resource (CIB_file, no cluster)"
     cmp -s "$INSTALLED" "$AGENT" || install -m 0755 "$AGENT" "$INSTALLED"
     export CIB_file=$W/cib.xml
@@ -334,6 +361,13 @@ if [ "${1:-}" = --inside ]; then
     else
         bad "crm refuses an undeclared parameter (rc $rc)" "$out"
     fi
+    crm_out crm ra info ocf:chiron:chironfs
+    if [ "$rc" = 0 ] && grep -q 'reload-agent' <<<"$out" && grep -q 'mountpoint' <<<"$out" &&
+        ! grep -qiE '^(error|warning|info):' <<<"$out"; then
+        ok "crm ra info ocf:chiron:chironfs"
+    else
+        bad "crm ra info ocf:chiron:chironfs (rc $rc)" "$out"
+    fi
     crm_out crm_verify -L -V
     check "crm_verify -L is clean" test "$rc" = 0
     [ "$rc" = 0 ] || printf '%s\n' "$out" | sed 's/^/        | /'
@@ -350,6 +384,13 @@ if [ "${1:-}" = --inside ]; then
     crm_out crm_resource -r fs --force-check
     check "crm_resource --force-check after stop: not running (7)" test "$rc" = 7
     if command -v pcs >/dev/null 2>&1; then
+        crm_out pcs resource describe ocf:chiron:chironfs
+        if [ "$rc" = 0 ] && grep -q 'reload-agent' <<<"$out" && grep -q 'unique group: mountpoint' <<<"$out" &&
+            ! grep -qiE '^(error|warning|deprecation warning):' <<<"$out"; then
+            ok "pcs resource describe ocf:chiron:chironfs"
+        else
+            bad "pcs resource describe ocf:chiron:chironfs (rc $rc)" "$out"
+        fi
         cibadmin --empty >"$W/cib-pcs.xml"
         crm_out pcs -f "$W/cib-pcs.xml" resource create fs ocf:chiron:chironfs \
             replicas="$W/r1=$W/r2" mountpoint="$W/mnt" op monitor interval=10s
@@ -417,7 +458,7 @@ fi
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 cl_init ocf-tester
-cl_need ocf-tester crm cibadmin crm_resource crm_verify xmllint fuser unshare timeout
+cl_need ocf-tester crm cibadmin crm_resource crm_verify xmllint fuser unshare timeout systemd-escape
 cl_binaries
 cl_install_agent
 rc=0

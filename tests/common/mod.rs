@@ -583,3 +583,53 @@ impl Mount {
         Ok(())
     }
 }
+
+impl Mount {
+    /// The daemon's Prometheus metrics through `chironctl metrics`.
+    pub fn metrics(&self) -> String {
+        ctl_ok(self, &["metrics"])
+    }
+}
+
+/// The value of the series `name` whose labels include every `key="value"` of `labels` (the
+/// first such line), from Prometheus text; None when there is none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            series.strip_prefix(name).is_some_and(|rest| {
+                rest.starts_with('{')
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+        })
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+/// Runs `promtool check metrics` on `text` and fails the test with its complaints (promtool
+/// comes with Debian's `prometheus` package, which scripts/setup.sh installs).
+pub fn assert_promtool_clean(text: &str, what: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: run scripts/setup.sh (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics refuses {what}: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -152,7 +152,8 @@ files=(/usr/bin/chironfs /usr/bin/chironctl /usr/lib/chironfs/pkg-maint
     /usr/share/zsh/vendor-completions/_chironfs /usr/share/zsh/vendor-completions/_chironctl
     /usr/share/fish/vendor_completions.d/chironfs.fish
     /usr/share/fish/vendor_completions.d/chironctl.fish
-    /usr/share/doc/chironfs/README.md.gz /usr/share/doc/chironfs/copyright)
+    /usr/share/doc/chironfs/README.md.gz /usr/share/doc/chironfs/copyright
+    /usr/share/doc/chironfs/examples/grafana-dashboard.json)
 executables=(/usr/bin/chironfs /usr/bin/chironctl /usr/lib/nagios/plugins/check_chironfs)
 opt_files=()
 if have ocf/chironfs; then
@@ -389,6 +390,8 @@ else
     if [ ${#missing[@]} = 0 ]; then ok "rpm file list: all ${#rfiles[@]} expected files"; else bad "rpm lacks: ${missing[*]}"; fi
     check "rpm: LICENSE and README as %license/%doc" bash -c \
         "grep -q '/LICENSE\$' <<<'$list' && grep -q '/README.md\$' <<<'$list'"
+    check "rpm: the Grafana dashboard among the examples" bash -c \
+        "grep -q '/doc/chironfs[^/]*/examples/grafana-dashboard.json\$' <<<'$list'"
     check "rpm: binaries executable, conffiles marked" sh -c \
         "[ -x '$root/usr/bin/chironfs' ] && rpm --root '$root' -qc chironfs | grep -qx /etc/logrotate.d/chironfs"
     check "rpm: the installed chironfs runs" "$root/usr/bin/chironfs" --version

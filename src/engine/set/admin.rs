@@ -7,8 +7,30 @@ use super::ReplicaSet;
 use crate::engine::lease::LeaseState;
 use crate::engine::replica::{Replica, now};
 use crate::resync::Run;
+use crate::view::metrics::{self, ReplicaMetrics, Sample};
 use crate::view::report::Report;
 use crate::view::snapshot::{ControlHandler, ReplicaState, Snapshot};
+
+impl ReplicaSet {
+    /// Everything the metrics show, read now: the snapshot, then each replica's counters and
+    /// capacity, the journal's size and the bytes through the mount (lock-free but for the
+    /// snapshot's and the journal's short bookkeeping locks).
+    pub fn metrics_sample(&self) -> Sample {
+        let mut sample = Sample::of_snapshot(self.snapshot());
+        sample.replicas = self
+            .replicas
+            .iter()
+            .map(|r| ReplicaMetrics {
+                classes: r.stats.sample(),
+                space: r.space.sample(),
+            })
+            .collect();
+        sample.generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        sample.journal = self.journal.get().map(|j| j.size());
+        (sample.read_bytes, sample.written_bytes) = self.io.sample();
+        sample
+    }
+}
 
 impl ControlHandler for ReplicaSet {
     fn snapshot(&self) -> Snapshot {
@@ -42,6 +64,10 @@ impl ControlHandler for ReplicaSet {
             lease_epoch: self.lease.get().map(|l| l.epoch()).unwrap_or_default(),
             nodes: Some(self.nodes.load(std::sync::atomic::Ordering::Relaxed)),
         }
+    }
+
+    fn metrics(&self) -> Result<String, String> {
+        Ok(metrics::render(&self.metrics_sample()))
     }
 
     fn enable(&self, replica: &str, force: bool) -> Result<String, String> {

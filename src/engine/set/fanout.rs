@@ -13,6 +13,7 @@ use super::{ReplicaJob, ReplicaSet};
 use crate::engine::replica::Replica;
 use crate::rules::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
 use crate::sys::{self, Credentials};
+use crate::view::metrics::OpClass;
 
 impl ReplicaSet {
     /// Runs `job` on each of `targets` in parallel, under `creds`, and collects the outcomes
@@ -24,7 +25,7 @@ impl ReplicaSet {
         creds: &Credentials,
         job: &ReplicaJob<T>,
     ) -> Vec<(usize, Outcome<T>)> {
-        self.run_checked(targets, creds, job, false)
+        self.run_checked(targets, creds, job, false, OpClass::Internal)
             .into_iter()
             .map(|(i, o, _)| (i, o))
             .collect()
@@ -43,9 +44,18 @@ impl ReplicaSet {
         creds: &Credentials,
         job: &ReplicaJob<T>,
         spread: bool,
+        class: OpClass,
     ) -> Vec<(usize, Outcome<T>, Option<String>)> {
         type Answer<T> = (usize, io::Result<T>, Option<String>);
-        fn answer<T>(replica: &Replica, creds: &Credentials, job: &ReplicaJob<T>) -> Answer<T> {
+        /// Runs the job, timed from `start` and counted in the replica's metrics (two relaxed
+        /// adds, one cache line); returns the end, the start of the next job run here.
+        fn answer<T>(
+            replica: &Replica,
+            creds: &Credentials,
+            job: &ReplicaJob<T>,
+            class: OpClass,
+            start: Instant,
+        ) -> (Answer<T>, Instant) {
             let result = sys::set_thread_credentials(creds).and_then(|()| job(replica));
             let root_problem = match &result {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
@@ -53,7 +63,11 @@ impl ReplicaSet {
                 }
                 _ => None,
             };
-            (replica.index, result, root_problem)
+            let fault = root_problem.is_some()
+                || matches!(&result, Err(e) if is_replica_fault(e.raw_os_error().unwrap_or(libc::EIO)));
+            let end = Instant::now();
+            replica.stats.finished(class, end - start, fault);
+            ((replica.index, result, root_problem), end)
         }
         fn outcome<T>(result: io::Result<T>) -> Outcome<T> {
             match result {
@@ -71,10 +85,14 @@ impl ReplicaSet {
             .collect();
         if inline.len() == targets.len() {
             // Nothing to wait for (the common case on local disks): no channel.
+            // One clock read per job: each one's end is the next one's start.
+            let mut clock = Instant::now();
             return inline
                 .into_iter()
                 .map(|i| {
-                    let (_, result, problem) = answer(&self.replicas[i], creds, job);
+                    let ((_, result, problem), end) =
+                        answer(&self.replicas[i], creds, job, class, clock);
+                    clock = end;
                     (i, outcome(result), problem)
                 })
                 .collect();
@@ -86,11 +104,14 @@ impl ReplicaSet {
             let tx = tx.clone();
             let creds = creds.clone();
             self.replicas[index].submit(Box::new(move || {
-                let _ = tx.send(answer(&replica, &creds, &job));
+                let _ = tx.send(answer(&replica, &creds, &job, class, Instant::now()).0);
             }));
         }
+        let mut clock = Instant::now();
         for index in inline {
-            let _ = tx.send(answer(&self.replicas[index], creds, job));
+            let (answered, end) = answer(&self.replicas[index], creds, job, class, clock);
+            clock = end;
+            let _ = tx.send(answered);
         }
         drop(tx);
         let deadline = Instant::now() + self.timeout;
@@ -114,7 +135,10 @@ impl ReplicaSet {
             .zip(got)
             .map(|(&i, o)| match o {
                 Some((outcome, problem)) => (i, outcome, problem),
-                None => (i, Outcome::TimedOut, None),
+                None => {
+                    self.replicas[i].stats.timed_out(class);
+                    (i, Outcome::TimedOut, None)
+                }
             })
             .collect()
     }
@@ -177,7 +201,7 @@ impl ReplicaSet {
         if targets.is_empty() {
             return Err(libc::EIO);
         }
-        let checked = self.run_checked(&targets, creds, &job, spread);
+        let checked = self.run_checked(&targets, creds, &job, spread, OpClass::of(op, true));
         let mut root_problems: Vec<(usize, String)> = Vec::new();
         let results: Vec<(usize, Outcome<T>)> = checked
             .into_iter()
@@ -270,11 +294,12 @@ impl ReplicaSet {
                 }
             }
         };
+        let class = OpClass::of(op, false);
         for &index in order {
             if !self.replicas[index].is_in_service() {
                 continue;
             }
-            match self.run_checked(&[index], creds, &job, false).pop() {
+            match self.run_checked(&[index], creds, &job, false, class).pop() {
                 Some((_, Outcome::Done(v), _)) => {
                     self.replicas[index].reads.fetch_add(1, Ordering::Relaxed);
                     blame(skipped, true);

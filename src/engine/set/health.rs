@@ -10,6 +10,7 @@ use crate::engine::replica::Replica;
 use crate::rules::arbitrate::Outcome;
 use crate::rules::state::{self};
 use crate::sys::{self, Credentials};
+use crate::view::metrics::Space;
 use crate::view::words::{describe_errno, no_answer_within};
 
 impl ReplicaSet {
@@ -101,7 +102,16 @@ impl ReplicaSet {
                     r.path.display()
                 );
             }
-            sys::statvfs(r.root()?)?;
+            let st = sys::statvfs(r.root()?)?;
+            // The capacity the metrics show, from the round trip made anyway.
+            r.space.store(Space::of_statvfs(
+                st.f_frsize,
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+            ));
             if let Err(problem) = r.check_root() {
                 return Ok(Err(problem));
             }

@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
+use crate::engine::counters::IoTotals;
 use crate::engine::journal::Recorder;
 use crate::engine::lease::LeaseKeeper;
 use crate::engine::replica::Replica;
@@ -72,6 +73,11 @@ pub struct ReplicaSet {
     /// A read-only observer (`-o ro`): holds no lease and writes nothing to the replicas
     /// (no mutation, no state, no journal, no resync), so it may run beside the owner.
     observer: bool,
+    /// Bytes of file content read and written through the mount (the metrics).
+    pub io: IoTotals,
+    /// The membership generation number, mirrored for the metrics (the membership lock is
+    /// held while state records are written, which may take up to the timeout).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// The health check's memory for resync operations: the automatic-resync policy of each
@@ -127,6 +133,8 @@ impl ReplicaSet {
             nodes: Arc::default(),
             open_writers: Mutex::default(),
             observer: false,
+            io: IoTotals::default(),
+            generation: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! changes, the clean-shutdown mark, and the records the mount-time plan asks for.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::takeout::TakeOut;
 use super::{ReplicaJob, ReplicaSet};
@@ -15,6 +16,8 @@ impl ReplicaSet {
     /// From now on, every membership change is written to the in-service replicas' state
     /// files before it takes effect for callers.
     pub fn install_membership(&self, membership: Membership) {
+        self.generation
+            .store(membership.generation.number, Ordering::Relaxed);
         *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = Some(membership);
     }
 
@@ -36,6 +39,8 @@ impl ReplicaSet {
             if !m.change(&targets, state::random_id()) {
                 return;
             }
+            self.generation
+                .store(m.generation.number, Ordering::Relaxed);
             log::warn!(
                 "replica set membership of {}: generation {}, {} of {} replicas in service",
                 self.mountpoint,

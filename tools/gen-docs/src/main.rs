@@ -554,7 +554,9 @@ fn ocf_page(meta: &Meta, xml: &str) -> Result<Vec<u8>, String> {
         return Err("the root element is not <resource-agent>".into());
     }
     let name = ra.attribute("name").unwrap_or("chironfs");
-    let agent_version = child_text(ra, "version");
+    // OCF 1.1: <version> is the OCF API version, the agent's own is an attribute.
+    let agent_version = ra.attribute("version").unwrap_or("unknown");
+    let api_version = child_text(ra, "version");
     let page = format!("ocf_chiron_{name}");
     let params: Vec<roxmltree::Node> = ra
         .children()
@@ -603,7 +605,8 @@ fn ocf_page(meta: &Meta, xml: &str) -> Result<Vec<u8>, String> {
     paragraphs(&mut r, &child_text(ra, "longdesc"));
     r.control("PP", []).text([roman(format!(
         "The agent is installed as /usr/lib/ocf/resource.d/chiron/{name} and is named \
-         ocf:chiron:{name} in the cluster configuration. Agent version: {agent_version}."
+         ocf:chiron:{name} in the cluster configuration. Agent version: {agent_version} (OCF \
+         resource agent API {api_version})."
     ))]);
 
     r.control("SH", ["SUPPORTED PARAMETERS"]);
@@ -617,8 +620,13 @@ fn ocf_page(meta: &Meta, xml: &str) -> Result<Vec<u8>, String> {
         let required = p.attribute("required") == Some("1");
         let unique = p.attribute("unique") == Some("1");
         let mut attrs = vec![if required { "required" } else { "optional" }.to_string()];
-        if unique {
+        if let Some(group) = p.attribute("unique-group") {
+            attrs.push(format!("unique group {group}"));
+        } else if unique {
             attrs.push("unique".into());
+        }
+        if p.attribute("reloadable") == Some("1") {
+            attrs.push("reloadable".into());
         }
         attrs.push(ty.to_string());
         if default.is_empty() {
@@ -755,15 +763,18 @@ mod tests {
     #[test]
     fn ocf_page_lists_parameters_and_actions() {
         let xml = r#"<?xml version="1.0"?>
-<resource-agent name="chironfs" version="1.0"><version>1.0</version>
+<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd" [
+<!ATTLIST parameter unique-group CDATA #IMPLIED reloadable (1|0) #IMPLIED>
+]>
+<resource-agent name="chironfs" version="0.1.0"><version>1.1</version>
 <longdesc lang="en">Long
 text.
 
 Second.</longdesc><shortdesc lang="en">Manages X</shortdesc>
 <parameters>
-<parameter name="replicas" unique="1" required="1"><longdesc lang="en">R</longdesc>
+<parameter name="replicas" unique-group="replicas" unique="1" required="1"><longdesc lang="en">R</longdesc>
 <shortdesc lang="en">replicas</shortdesc><content type="string" default="" /></parameter>
-<parameter name="force_unmount"><longdesc lang="en">F</longdesc>
+<parameter name="force_unmount" reloadable="1"><longdesc lang="en">F</longdesc>
 <shortdesc lang="en">f</shortdesc><content type="string" default="true" /></parameter>
 </parameters>
 <actions><action name="start" timeout="60s" />
@@ -778,6 +789,9 @@ Second.</longdesc><shortdesc lang="en">Manages X</shortdesc>
         assert!(page.contains("replicas"));
         assert!(page.contains("default \\(dqtrue\\(dq") || page.contains("default \"true\""));
         assert!(page.contains("interval=10s"));
+        assert!(page.contains("unique group replicas"), "{page}");
+        assert!(page.contains("Agent version: 0.1.0 (OCF"), "{page}");
+        assert!(page.contains("reloadable"), "{page}");
         assert!(page.contains("Second."));
     }
 }
