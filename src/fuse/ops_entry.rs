@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use fuser::{Errno, Generation, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
 
 use super::ChironFs;
-use super::attr::{TTL, attr};
+use super::attr::attr;
 use super::handles::OpenFile;
 use super::held::HeldInodes;
 use super::nodes::Place;
@@ -222,9 +222,9 @@ impl ChironFs {
         let attr = attr(id, &st);
         match open_reply(decision.mode, backing, true, self.direct_writes) {
             (flags, Some(b)) => {
-                reply.created_passthrough(&TTL, &attr, Generation(0), fh, flags, &b)
+                reply.created_passthrough(&self.ttl, &attr, Generation(0), fh, flags, &b)
             }
-            (flags, None) => reply.created(&TTL, &attr, Generation(0), fh, flags),
+            (flags, None) => reply.created(&self.ttl, &attr, Generation(0), fh, flags),
         }
     }
 
@@ -371,7 +371,7 @@ impl ChironFs {
         match result {
             Ok(st) => {
                 self.nodes.link(ino.0, newparent.0, newname);
-                reply.entry(&TTL, &attr(ino.0, &st), Generation(0));
+                reply.entry(&self.ttl, &attr(ino.0, &st), Generation(0));
             }
             Err(e) => reply.error(e),
         }
