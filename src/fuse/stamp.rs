@@ -9,6 +9,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::engine::replica::Replica;
 use crate::rules::order::{OrderLock, Owed};
@@ -99,6 +100,8 @@ pub(super) fn acl_clears_setgid(uid: u32, gid: u32, groups: &[u32], file_gid: u3
 /// different orders still end with the same mtime.
 pub(super) struct Stamp {
     order: Arc<OrderLock>,
+    /// This write sets the mtime on network replicas too (see [`OrderLock::write_pays`]).
+    pays: bool,
     /// What a flush, fsync or release pays the network replicas (see [`Stamp::settling`]).
     owed: Option<Owed>,
 }
@@ -111,6 +114,7 @@ impl Stamp {
         }
         Stamp {
             order: Arc::clone(order),
+            pays: order.write_pays(Instant::now()),
             owed: None,
         }
     }
@@ -120,15 +124,17 @@ impl Stamp {
     pub(super) fn settling(order: &Arc<OrderLock>) -> Self {
         Stamp {
             order: Arc::clone(order),
+            pays: false,
             owed: order.take_debt(),
         }
     }
 
     /// After `fd`'s data changed on replica `r`: sets its mtime to the newest stamp on a local
     /// replica (a system call); on a network replica, where it is a round trip of its own
-    /// after every write, owes it until the file is flushed (see [`crate::rules::order`]).
+    /// after every write, owes it until the file is flushed, or for at most
+    /// [`crate::rules::order::OWED_AT_MOST`] of writes (see [`crate::rules::order`]).
     pub(super) fn apply(&self, r: &Replica, fd: BorrowedFd<'_>) {
-        if r.is_local() {
+        if r.is_local() || self.pays {
             self.order.stamp(|nanos| stamp_mtime(fd, from_nanos(nanos)));
         } else {
             self.order.owe_mtime();

@@ -12,10 +12,19 @@
 //! SETSTAT, and an LSTAT first to learn the atime it must resend), so there the times are
 //! owed instead ([`OrderLock::owe_mtime`], [`OrderLock::owe_creation`]) and set once, when
 //! the file is flushed, synced or released ([`OrderLock::take_debt`]); a setattr that sets a
-//! time itself cancels what is owed of it ([`OrderLock::forgive`]).
+//! time itself cancels what is owed of it ([`OrderLock::forgive`]). A write owes for at most
+//! [`OWED_AT_MOST`]: past it, the next write sets the time itself ([`OrderLock::write_pays`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a file's writes may leave its mtime owed to the network replicas before a write
+/// sets it itself. That call waits for the writes queued before it (SSHFS answers writes
+/// before its server does), so a writer cannot pile up more than about this much of them:
+/// the lease renewal and every other request queued behind them on that link wait at most
+/// that long, where an unbounded backlog took seconds and fenced the daemon.
+pub const OWED_AT_MOST: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Default)]
 struct State {
@@ -55,6 +64,8 @@ struct Debt {
     mtime: bool,
     /// A creation's stamp (nanoseconds) is owed as the atime.
     atime: Option<i64>,
+    /// When the writes since the time was last set began (see [`OrderLock::write_pays`]).
+    since: Option<Instant>,
 }
 
 /// The times to set on a network replica's copy to pay what was owed: (atime, mtime) in
@@ -176,7 +187,26 @@ impl OrderLock {
 
     /// Something is owed.
     pub fn owes(&self) -> bool {
-        *self.debt() != Debt::default()
+        let debt = self.debt();
+        debt.mtime || debt.atime.is_some()
+    }
+
+    /// Before a write fans out, at `now`: whether it sets the mtime on the network replicas
+    /// itself, because the writes since the time was last set began [`OWED_AT_MOST`] ago or
+    /// more (then their age starts again from `now`).
+    pub fn write_pays(&self, now: Instant) -> bool {
+        let mut debt = self.debt();
+        match debt.since {
+            Some(t) if now.saturating_duration_since(t) >= OWED_AT_MOST => {
+                debt.since = Some(now);
+                true
+            }
+            Some(_) => false,
+            None => {
+                debt.since = Some(now);
+                false
+            }
+        }
     }
 
     /// Takes what is owed, to be set on every network replica now (None: nothing owed).
@@ -256,6 +286,26 @@ mod tests {
         assert_eq!(lock.take_debt(), None, "paid");
         lock.owe_mtime();
         assert_eq!(lock.take_debt(), Some((None, Some(300))));
+    }
+
+    #[test]
+    fn a_write_past_the_owing_limit_pays_and_the_age_starts_again() {
+        let lock = OrderLock::default();
+        let t0 = Instant::now();
+        assert!(!lock.write_pays(t0), "the first write owes");
+        assert!(!lock.write_pays(t0 + OWED_AT_MOST / 2));
+        assert!(
+            lock.write_pays(t0 + OWED_AT_MOST),
+            "old enough: this one pays"
+        );
+        assert!(!lock.write_pays(t0 + OWED_AT_MOST + OWED_AT_MOST / 2));
+        assert!(lock.write_pays(t0 + OWED_AT_MOST * 2));
+        lock.owe_mtime();
+        assert!(lock.take_debt().is_some());
+        assert!(
+            !lock.write_pays(t0 + OWED_AT_MOST * 5),
+            "paid by the flush: owes afresh"
+        );
     }
 
     #[test]
