@@ -23,6 +23,7 @@
 #   --parts LIST        among table,slow,count (default all)
 #   --tarball FILE      gzip tarball for the tree workload (default: the largest .crate)
 #   --no-build          use the built binaries as they are
+#   --chironfs BIN      measure this chironfs binary instead (e.g. an older build to compare)
 # Binaries: $CARGO_TARGET_DIR (default target/)/release/{chironfs,netdelay}.
 set -euo pipefail
 
@@ -33,6 +34,7 @@ orig_args=("$@")
 py_args=()
 tarball=""
 build=1
+chironfs_bin=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) py_args+=(--quick) ;;
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
             [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }
             py_args+=("$1" "$2"); shift ;;
         --tarball) tarball=$2; shift ;;
+        --chironfs) chironfs_bin=$2; shift ;;
         --no-build) build=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -62,6 +65,8 @@ fi
 for b in chironfs netdelay; do
     [ -x "$target/release/$b" ] || { echo "$target/release/$b missing" >&2; exit 1; }
 done
+[ -n "$chironfs_bin" ] || chironfs_bin=$target/release/chironfs
+[ -x "$chironfs_bin" ] || { echo "$chironfs_bin missing" >&2; exit 1; }
 if [ -z "$tarball" ]; then
     tarball=$(ls -S "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/*.crate 2>/dev/null | head -1 || true)
     [ -n "$tarball" ] || { echo "no .crate in ~/.cargo/registry/cache: pass --tarball" >&2; exit 1; }
@@ -78,7 +83,9 @@ cleanup() {
         p=$(cat "$f")
         [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = /usr/sbin/sshd ] && kill "$p" 2>/dev/null
     done
-    umount "$tmp" 2>/dev/null
+    # The sshd sessions may take a moment to go, holding their log files open.
+    for _ in $(seq 25); do umount "$tmp" 2>/dev/null && break; sleep 0.2; done
+    mountpoint -q "$tmp" && umount -l "$tmp"
     rm -rf --one-file-system "$tmp"
 }
 trap cleanup EXIT
@@ -86,7 +93,7 @@ trap 'exit 130' INT TERM
 # The servers' data on a tmpfs: the network, not a disk, is what is measured.
 mount -t tmpfs -o size=4g,mode=0700 chironfs-netbench "$tmp"
 (trap - EXIT INT TERM; exec python3 "$here/net.py" --tmp "$tmp" \
-    --chironfs "$target/release/chironfs" --netdelay "$target/release/netdelay" \
+    --chironfs "$chironfs_bin" --netdelay "$target/release/netdelay" \
     --tarball "$tarball" "${py_args[@]}") &
 py=$!
 trap 'kill -TERM "$py" 2>/dev/null; wait "$py" || true; exit 130' INT TERM
