@@ -82,6 +82,9 @@ pub struct Config {
     pub syslog_socket: PathBuf,
     /// FUSE request threads (`--threads`, `-o threads=`).
     pub threads: usize,
+    /// How long the kernel may keep the attributes and names it was given (`--cache-time`,
+    /// `-o cache_time=`); see [`DEFAULT_CACHE_TIME`].
+    pub cache_time: Duration,
     /// Kernel passthrough for read-only opens of local replicas (`--passthrough`,
     /// `-o passthrough=`): the kernel reads the replica's file itself, at native speed.
     pub passthrough: bool,
@@ -149,6 +152,15 @@ pub const FIRST_LOOK: Duration = Duration::from_secs(1);
 /// Default per-replica deadline (`--timeout`; its entry in `options.rs` gives it as text, and
 /// a unit test keeps the two equal, like `DEFAULT_THREADS`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `--cache-time`: how long the kernel may keep an attribute or a name it was given
+/// before asking again. Every change made through this mount updates or drops the kernel's
+/// copy at once, so a longer time is safe while this daemon is the only writer of the
+/// replicas (the set's lease makes it the only read-write daemon); what it costs is how late
+/// this mount notices a change made on a replica behind its back, and an `ro` observer mount
+/// of the same replicas sees this daemon's changes that late (1 s: as soon as before).
+pub const DEFAULT_CACHE_TIME: Duration = Duration::from_secs(1);
+/// Largest accepted `--cache-time` in seconds.
+pub const MAX_CACHE_TIME_SECS: f64 = 3_600.0;
 /// Default number of FUSE request threads (`--threads`).
 pub const DEFAULT_THREADS: usize = 8;
 /// Largest accepted `--threads` value; more only adds contention on the replicas.

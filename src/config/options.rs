@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, value_parser};
 
-use super::{ConfigError, Draft, MAX_THREADS, MAX_TIMEOUT_SECS, os_reason};
+use super::{ConfigError, Draft, MAX_CACHE_TIME_SECS, MAX_THREADS, MAX_TIMEOUT_SECS, os_reason};
 
 /// One option of the command line.
 pub(super) struct Opt {
@@ -171,6 +171,24 @@ pub(super) static OPTIONS: &[Opt] = &[
                 .help("Per-replica deadline in seconds, e.g. 2.5")
         },
         set: |d, v| v.store(&mut d.config.timeout),
+    },
+    Opt {
+        long: "cache-time",
+        mount_opt: true,
+        arg: |a| {
+            a.value_name("SECS")
+                .value_parser(parse_cache_time)
+                .default_value("1")
+                .help(
+                    "How long the kernel keeps attributes and names before asking again, \
+                     0 to 3600 seconds, e.g. 0.5. Changes through this mount are seen at \
+                     once whatever it is; longer saves a request per file on `ls -l` and \
+                     stat-heavy work, and is safe while this daemon is the replicas' only \
+                     writer; a change made on a replica behind its back (and, for an `ro` \
+                     observer mount, this daemon's changes) shows that late",
+                )
+        },
+        set: |d, v| v.store(&mut d.config.cache_time),
     },
     Opt {
         long: "threads",
@@ -473,6 +491,18 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err("must be a number of seconds greater than 0".to_string()),
     }
+}
+
+/// Seconds in `0..=MAX_CACHE_TIME_SECS` (0: the kernel keeps nothing).
+fn parse_cache_time(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    if !secs.is_finite() || !(0.0..=MAX_CACHE_TIME_SECS).contains(&secs) {
+        return Err(format!("must be 0 to {MAX_CACHE_TIME_SECS} seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 /// A byte count with an optional K, M or G suffix (powers of 1024), from 4K to 4G - 1.

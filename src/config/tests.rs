@@ -755,6 +755,18 @@ fn error_trait() {
 }
 
 #[test]
+fn cache_time_takes_zero_to_an_hour() {
+    let t = Tree::new();
+    let c = mount(&[&t.spec(), &t.p("mnt"), "--cache-time", "0.5"]);
+    assert_eq!(c.cache_time, std::time::Duration::from_millis(500));
+    let c = mount(&[&t.spec(), &t.p("mnt"), "-o", "cache_time=0"]);
+    assert!(c.cache_time.is_zero());
+    for bad in ["-1", "3601", "x", "nan"] {
+        fail(&[&t.spec(), &t.p("mnt"), "--cache-time", bad]);
+    }
+}
+
+#[test]
 fn command_definition_is_consistent() {
     command().debug_assert();
 }
@@ -765,6 +777,7 @@ fn defaults_in_the_table_match_the_constants() {
     let c = mount(&[&t.spec(), &t.p("mnt")]);
     assert_eq!(c.timeout, DEFAULT_TIMEOUT);
     assert_eq!(c.threads, DEFAULT_THREADS);
+    assert_eq!(c.cache_time, DEFAULT_CACHE_TIME);
     assert_eq!(c.syslog_socket, PathBuf::from(DEFAULT_SYSLOG_SOCKET));
     assert_eq!(
         u64::from(c.journal_max),

@@ -431,6 +431,7 @@ fn mount(config: &Config, set: &Arc<ReplicaSet>) -> Result<Mounted, String> {
         passthrough: config.passthrough,
         direct_writes: config.direct_writes,
         io_uring: config.io_uring,
+        cache_time: config.cache_time,
     };
     let fs = ChironFs::new(Arc::clone(set), MAX_WRITE, io);
     let gauges = fs.gauges();

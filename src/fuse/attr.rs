@@ -9,9 +9,6 @@ use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 
 use crate::sys::TimeSpec;
 
-/// How long the kernel may cache attributes and names.
-pub(super) const TTL: Duration = Duration::from_secs(1);
-
 /// The attributes of node `ino` as a replica's `stat` shows them: the number shown as
 /// `st_ino` is the node id, so that it stays the same whichever replica answers.
 pub(super) fn attr(ino: u64, st: &libc::stat) -> FileAttr {

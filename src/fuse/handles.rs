@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use fuser::{BackingId, Errno, FileHandle};
@@ -46,6 +46,9 @@ pub(super) struct OpenFile {
     /// Set for a handle open for writing: compactions keep its path in the journal while it
     /// is open.
     writer: OnceLock<WriterToken>,
+    /// A create made the file on a network replica without setting its times there: they
+    /// are owed (see [`crate::rules::order`]), noted on the node once `create` knows it.
+    pub(super) creation_owed: AtomicBool,
 }
 
 impl OpenWriter for OpenFile {
@@ -73,6 +76,7 @@ impl OpenFile {
             read_order,
             io: Mutex::new(None),
             writer: OnceLock::new(),
+            creation_owed: AtomicBool::new(false),
         }
     }
 

@@ -45,13 +45,13 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, RwLock, mpsc};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileHandle, Filesystem, INodeNo, InitFlags,
     IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::engine::set::ReplicaSet;
@@ -94,6 +94,8 @@ pub struct ChironFs {
     /// filesystem reports nothing (its errors come from write and fsync), so a set of local
     /// replicas has nothing to pass on. Fixed at mount, as the replicas' kinds are.
     flush_reports: bool,
+    /// How long the kernel may keep the attributes and names it is given (`--cache-time`).
+    ttl: Duration,
     /// Non-root callers' supplementary groups, read from /proc once per moment.
     callers: GroupsCache,
     /// The live opens of each inode by I/O mode (see `io_mode.rs`).
@@ -120,6 +122,8 @@ pub struct KernelIo {
     /// Ask the kernel for FUSE over io_uring (crate::daemon; fuser's `uring` transport):
     /// per-CPU request queues, no cross-CPU wake-up per request.
     pub io_uring: bool,
+    /// How long the kernel may keep attributes and names (`--cache-time`).
+    pub cache_time: Duration,
 }
 
 impl ChironFs {
@@ -137,6 +141,7 @@ impl ChironFs {
             passthrough: io.passthrough,
             direct_writes: io.direct_writes,
             io_uring: io.io_uring,
+            ttl: io.cache_time,
             io_modes: Arc::new(IoModes::default()),
             callers: GroupsCache::default(),
             passthrough_failed: AtomicBool::new(false),
@@ -191,6 +196,11 @@ impl Filesystem for ChironFs {
             // The kernel leaves the umask to us: the replica applies the caller's (set per
             // request) unless the parent directory has a default ACL, which then wins.
             InitFlags::FUSE_DONT_MASK,
+            // Listings carry their entries' attributes (no LOOKUP per entry for `ls -l`); the
+            // kernel decides per listing whether they are worth it (AUTO: it asks for them
+            // when the entries get looked up after a listing).
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -425,6 +435,17 @@ impl Filesystem for ChironFs {
         reply: ReplyDirectory,
     ) {
         self.do_readdir(ino, fh, offset, reply);
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.do_readdirplus(ino, fh, offset, reply);
     }
 
     fn releasedir(

@@ -130,13 +130,13 @@ impl ChironFs {
         let len = data.len() as u32;
         let range = Some((offset, data.len() as u64));
         let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.mutate_handle_with("write", ino, fh, range, move |_, fd, stamp| {
+        match self.mutate_handle_with("write", ino, fh, range, move |r, fd, stamp| {
             if kill_setid {
                 clear_setid(fd)?;
             }
             sys::pwrite_full(fd, &data, offset)?;
             if !data.is_empty() {
-                stamp.apply(fd);
+                stamp.apply(r, fd);
             }
             Ok(())
         }) {
@@ -161,7 +161,10 @@ impl ChironFs {
             _ => {}
         }
         reply_empty(
-            self.mutate_handle("flush", ino, fh, |_, fd, _| sys::flush(fd)),
+            self.mutate_handle("flush", ino, fh, |r, fd, stamp| {
+                stamp.pay(r, fd);
+                sys::flush(fd)
+            }),
             reply,
         );
     }
@@ -170,6 +173,14 @@ impl ChironFs {
     pub(super) fn do_release(&self, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
         // Dropping the handle closes every replica's descriptor, including those of replicas
         // taken out of service meanwhile (ChironFS 1.1 leaked them).
+        // Times still owed to the network replicas (a write after the last flush, through a
+        // shared mapping): paid while the handle still reaches every replica.
+        if self.nodes.order_lock(ino.0).owes() {
+            let _ = self.mutate_handle("release", ino, fh, |r, fd, stamp| {
+                stamp.pay(r, fd);
+                Ok(())
+            });
+        }
         let file = self.handles.files.remove(fh);
         if let Some(file) = file {
             self.heal_shared_mapping(ino, &file);
@@ -180,7 +191,10 @@ impl ChironFs {
     /// FSYNC (or fdatasync) on every replica.
     pub(super) fn do_fsync(&self, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         reply_empty(
-            self.mutate_handle("fsync", ino, fh, move |_, fd, _| sys::fsync(fd, datasync)),
+            self.mutate_handle("fsync", ino, fh, move |r, fd, stamp| {
+                stamp.pay(r, fd);
+                sys::fsync(fd, datasync)
+            }),
             reply,
         );
     }
@@ -194,11 +208,11 @@ impl ChironFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let result = self.mutate_handle("fallocate", ino, fh, move |_, fd, stamp| {
+        let result = self.mutate_handle("fallocate", ino, fh, move |r, fd, stamp| {
             sys::fallocate(fd, mode, offset, length)?;
             // Filesystems differ on which modes move the mtime (ext4: all of them); moving
             // it always, to the same value, keeps the replicas equal whatever they are.
-            stamp.apply(fd);
+            stamp.apply(r, fd);
             Ok(())
         });
         reply_empty(result, reply);
@@ -233,7 +247,7 @@ impl ChironFs {
             let input = source.fd(r)?;
             let n = sys::copy_range(input.as_fd(), offset_in, out, offset_out, len)?;
             if n > 0 {
-                stamp.apply(out);
+                stamp.apply(r, out);
             }
             Ok(n)
         }) {

@@ -1,21 +1,26 @@
-//! The ops on an open directory: opendir, readdir, releasedir, fsyncdir.
+//! The ops on an open directory: opendir, readdir, readdirplus, releasedir, fsyncdir.
 //!
 //! Touches the handle table (a directory handle keeps the directory open, and its listing),
-//! the node table (the entries' node ids) and the replicas through `reach.rs`: listings come
-//! from the metadata replica, an fsyncdir reaches every replica.
+//! the node table (the entries' node ids; a readdirplus entry counts as a lookup) and the
+//! replicas through `reach.rs`: listings and their attributes come from the metadata replica,
+//! an fsyncdir reaches every replica.
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::path::Path;
 
 use fuser::{
-    Errno, FileHandle, FileType, FopenFlags, INodeNo, ReplyDirectory, ReplyEmpty, ReplyOpen,
+    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyOpen,
 };
 
 use super::ChironFs;
-use super::attr::kind_of_dirent;
-use super::reach::{open_file, reply_empty};
+use super::attr::{attr, kind_of_dirent};
+use super::reach::{at, lstat, open_file, reply_empty};
 use crate::sys::{self, Credentials};
+
+/// Entries a READDIRPLUS stats in one job on the metadata replica (a reply holds a few dozen).
+const PLUS_BATCH: usize = 32;
 
 impl ChironFs {
     /// OPENDIR: the directory is opened on the metadata replica (and held, for an fstat
@@ -80,6 +85,95 @@ impl ChironFs {
         for (i, (id, kind, name)) in listed.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(id), i as u64 + 1, kind, name) {
                 break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// READDIRPLUS from `offset`: READDIR with each entry's attributes, so that `ls -l` does
+    /// not send a LOOKUP per entry. Each entry sent counts as a lookup of its node (the
+    /// kernel forgets it later); one the reply has no room for is not counted. An entry gone
+    /// since the listing (its lstat fails) is left out.
+    pub(super) fn do_readdirplus(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _tree = self.tree_shared();
+        let Some(dir) = self.handles.dirs.get(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        if dir.must_list(offset) {
+            match self.path(ino).and_then(|p| self.list_dir(&p)) {
+                Ok(e) => dir.relisted(e),
+                Err(e) => return reply.error(e),
+            }
+        }
+        let entries = dir.entries();
+        let mut next = offset as usize;
+        if next < 2 {
+            // "." and "..": the kernel takes no lookup of them, and uses no attribute.
+            let st = match self.place(ino).and_then(|place| {
+                let path = place.path().to_path_buf();
+                self.read_meta("readdirplus", &path, move |r| lstat(r, &place))
+            }) {
+                Ok((_, st)) => st,
+                Err(e) => return reply.error(e),
+            };
+            let dots = [(ino.0, "."), (self.nodes.parent(ino.0), "..")];
+            for (i, (id, name)) in dots.into_iter().enumerate().skip(next) {
+                if reply.add(
+                    INodeNo(id),
+                    i as u64 + 1,
+                    name,
+                    &self.ttl,
+                    &attr(id, &st),
+                    Generation(0),
+                ) {
+                    return reply.ok();
+                }
+            }
+            next = 2;
+        }
+        while next - 2 < entries.len() {
+            let batch = &entries[next - 2..entries.len().min(next - 2 + PLUS_BATCH)];
+            let names: Vec<_> = batch.iter().map(|e| e.name.clone()).collect();
+            let Ok(place) = self.child_place(ino, &names[0]) else {
+                break;
+            };
+            let path = place.path().to_path_buf();
+            let stats = self.read_meta("readdirplus", &path, move |r| {
+                at(r, &place, |dir, _| {
+                    Ok(names
+                        .iter()
+                        .map(|n| sys::cstr(n).and_then(|n| sys::lstat_at(dir, &n)).ok())
+                        .collect::<Vec<_>>())
+                })
+            });
+            let (index, stats) = match stats {
+                Ok(s) => s,
+                Err(e) if next == offset as usize => return reply.error(e),
+                Err(_) => break,
+            };
+            for (e, st) in batch.iter().zip(stats) {
+                next += 1;
+                let Some(st) = st else { continue };
+                let id = self.nodes.remember(ino.0, &e.name, index, &st);
+                let full = reply.add(
+                    INodeNo(id),
+                    next as u64,
+                    &e.name,
+                    &self.ttl,
+                    &attr(id, &st),
+                    Generation(0),
+                );
+                if full {
+                    // Not sent: not a lookup the kernel will forget.
+                    self.nodes.forget(id, 1);
+                    return reply.ok();
+                }
             }
         }
         reply.ok();

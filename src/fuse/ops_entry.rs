@@ -15,14 +15,14 @@ use std::sync::atomic::Ordering;
 use fuser::{Errno, Generation, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
 
 use super::ChironFs;
-use super::attr::{TTL, attr};
+use super::attr::attr;
 use super::handles::OpenFile;
 use super::held::HeldInodes;
 use super::nodes::Place;
 use super::open_flags::{open_reply, replica_flags};
 use super::ops_meta::Stat;
 use super::reach::at;
-use super::stamp::{now, truncated};
+use super::stamp::{nanos_of, now, truncated};
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaJob;
 use crate::rules::iomode::Wish;
@@ -56,9 +56,13 @@ impl Creation {
                 made => made.map(|fd| (fd, true)),
             }
         })?;
-        if made {
+        if made && r.is_local() {
             // A new file: its times, the same on every replica (the caller owns it).
             let _ = sys::utimens_at(fd.as_fd(), c"", self.stamp, self.stamp);
+        } else if made {
+            // On a network replica a round trip of its own: owed until the file's first flush
+            // (see crate::rules::order), where one call sets them with the writes' mtime.
+            file.creation_owed.store(true, Ordering::Relaxed);
         } else {
             // The kernel asked to create a name it believed absent; without O_EXCL an
             // existing file was opened as open(2) would.
@@ -181,19 +185,20 @@ impl ChironFs {
         let f = Arc::clone(&file);
         let result = self.mutate("create", &path, &creds, move |r| how.run(r, &place, &f));
         match result {
-            Ok(stat) => self.answer_created(parent, name, file, stat, reply),
+            Ok(stat) => self.answer_created(parent, name, file, (stat, how.stamp), reply),
             Err(e) => reply.error(e),
         }
     }
 
-    /// Registers the created file's node and answers with its entry and a handle in the I/O
-    /// mode the inode allows.
+    /// Registers the created file's node (with the times its creation left owed to network
+    /// replicas, made at `stamp`) and answers with its entry and a handle in the I/O mode the
+    /// inode allows.
     fn answer_created(
         &self,
         parent: INodeNo,
         name: &OsStr,
         file: Arc<OpenFile>,
-        (index, st): Stat,
+        ((index, st), stamp): (Stat, TimeSpec),
         reply: ReplyCreate,
     ) {
         let id = self.nodes.remember(parent.0, name, index, &st);
@@ -202,6 +207,11 @@ impl ChironFs {
         // passthrough mode, and then this open must join it.
         let order = self.nodes.order_lock(id);
         let _in_order = order.lock();
+        if file.creation_owed.swap(false, Ordering::Relaxed)
+            && let Some(nanos) = nanos_of(stamp)
+        {
+            order.owe_creation(nanos);
+        }
         let wish = Wish {
             writable: true,
             eligible: false,
@@ -212,9 +222,9 @@ impl ChironFs {
         let attr = attr(id, &st);
         match open_reply(decision.mode, backing, true, self.direct_writes) {
             (flags, Some(b)) => {
-                reply.created_passthrough(&TTL, &attr, Generation(0), fh, flags, &b)
+                reply.created_passthrough(&self.ttl, &attr, Generation(0), fh, flags, &b)
             }
-            (flags, None) => reply.created(&TTL, &attr, Generation(0), fh, flags),
+            (flags, None) => reply.created(&self.ttl, &attr, Generation(0), fh, flags),
         }
     }
 
@@ -361,7 +371,7 @@ impl ChironFs {
         match result {
             Ok(st) => {
                 self.nodes.link(ino.0, newparent.0, newname);
-                reply.entry(&TTL, &attr(ino.0, &st), Generation(0));
+                reply.entry(&self.ttl, &attr(ino.0, &st), Generation(0));
             }
             Err(e) => reply.error(e),
         }

@@ -4,13 +4,15 @@
 //! outside the file's group costs).
 //!
 //! Touches the clock, one replica's descriptor at a time (given by the caller) and a file's
-//! order lock; no table, no fan-out.
+//! order lock (with what a network replica is owed); no table, no fan-out.
 
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::rules::order::OrderLock;
+use crate::engine::replica::Replica;
+use crate::rules::order::{OrderLock, Owed};
 use crate::sys::{self, TimeSpec};
 
 /// Nanoseconds in a second (an order lock keeps stamps as nanoseconds since the epoch).
@@ -96,7 +98,13 @@ pub(super) fn acl_clears_setgid(uid: u32, gid: u32, groups: &[u32], file_gid: u3
 /// The mtime a change of a file's data gives it on every replica: the newest stamp of the
 /// file's writes (see [`crate::rules::order`]), so replicas finishing concurrent writes in
 /// different orders still end with the same mtime.
-pub(super) struct Stamp(Arc<OrderLock>);
+pub(super) struct Stamp {
+    order: Arc<OrderLock>,
+    /// This write sets the mtime on network replicas too (see [`OrderLock::write_pays`]).
+    pays: bool,
+    /// What a flush, fsync or release pays the network replicas (see [`Stamp::settling`]).
+    owed: Option<Owed>,
+}
 
 impl Stamp {
     /// Notes `stamp` as the file's newest change.
@@ -104,12 +112,50 @@ impl Stamp {
         if let TimeSpec::At { sec, nsec } = stamp {
             order.note_stamp(to_nanos(sec, nsec));
         }
-        Stamp(Arc::clone(order))
+        Stamp {
+            order: Arc::clone(order),
+            pays: order.write_pays(Instant::now()),
+            owed: None,
+        }
     }
 
-    /// Sets the mtime of `fd` (one replica's copy) after its data changed.
-    pub(super) fn apply(&self, fd: BorrowedFd<'_>) {
-        self.0.stamp(|nanos| stamp_mtime(fd, from_nanos(nanos)));
+    /// For a flush, fsync or release (under the file's order lock, alone): takes the times
+    /// the file's writes and creation left owed to its network replicas, for [`Stamp::pay`].
+    pub(super) fn settling(order: &Arc<OrderLock>) -> Self {
+        Stamp {
+            order: Arc::clone(order),
+            pays: false,
+            owed: order.take_debt(),
+        }
+    }
+
+    /// After `fd`'s data changed on replica `r`: sets its mtime to the newest stamp on a local
+    /// replica (a system call); on a network replica, where it is a round trip of its own
+    /// after every write, owes it until the file is flushed, or for at most
+    /// [`crate::rules::order::OWED_AT_MOST`] of writes (see [`crate::rules::order`]).
+    pub(super) fn apply(&self, r: &Replica, fd: BorrowedFd<'_>) {
+        if r.is_local() || self.pays {
+            self.order.stamp(|nanos| stamp_mtime(fd, from_nanos(nanos)));
+        } else {
+            self.order.owe_mtime();
+        }
+    }
+
+    /// Sets on a network replica's copy `fd` the times it was owed (one call for both), when
+    /// this is a settling stamp. Best effort, as [`stamp_mtime`].
+    pub(super) fn pay(&self, r: &Replica, fd: BorrowedFd<'_>) {
+        if let (Some((atime, mtime)), false) = (self.owed, r.is_local()) {
+            let time = |t: Option<i64>| t.map_or(TimeSpec::Omit, from_nanos);
+            let _ = sys::utimens_at(fd, c"", time(atime), time(mtime));
+        }
+    }
+}
+
+/// The nanoseconds since the epoch of a pinned time (None for Omit or Now).
+pub(super) fn nanos_of(t: TimeSpec) -> Option<i64> {
+    match t {
+        TimeSpec::At { sec, nsec } => Some(to_nanos(sec, nsec)),
+        _ => None,
     }
 }
 
@@ -220,16 +266,66 @@ mod tests {
         assert_eq!(mode, 0o755, "another caller loses it");
     }
 
+    /// A replica over a fresh temp dir: local, or handled as a network one.
+    fn replica(network: bool) -> (tempfile::TempDir, Arc<Replica>) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(0, dir.path().to_path_buf(), false, 1).unwrap();
+        if network {
+            r.always_use_workers();
+        }
+        (dir, r)
+    }
+
+    fn atime(fd: BorrowedFd<'_>) -> (i64, i64) {
+        let st = sys::fstat(fd).unwrap();
+        (st.st_atime, st.st_atime_nsec)
+    }
+
     #[test]
     fn every_write_sets_the_newest_stamp_of_the_file() {
+        let (_d, local) = replica(false);
         let order = Arc::new(OrderLock::default());
         let f = tempfile::tempfile().unwrap();
         let newer = Stamp::new(TimeSpec::At { sec: 20, nsec: 7 }, &order);
         let older = Stamp::new(TimeSpec::At { sec: 10, nsec: 0 }, &order);
         // The older write finishing last still leaves the newest stamp.
-        newer.apply(f.as_fd());
-        older.apply(f.as_fd());
+        newer.apply(&local, f.as_fd());
+        older.apply(&local, f.as_fd());
         assert_eq!(mtime(f.as_fd()), (20, 7));
+        assert!(!order.owes(), "a local replica is stamped at once");
+    }
+
+    #[test]
+    fn a_network_replica_is_owed_its_times_until_the_flush_pays_them_in_one_call() {
+        let (_d, net) = replica(true);
+        let order = Arc::new(OrderLock::default());
+        let f = tempfile::tempfile().unwrap();
+        sys::utimens_at(
+            f.as_fd(),
+            c"",
+            TimeSpec::At { sec: 1, nsec: 0 },
+            TimeSpec::At { sec: 1, nsec: 0 },
+        )
+        .unwrap();
+        order.owe_creation(to_nanos(5, 0));
+        for sec in [20, 10] {
+            Stamp::new(TimeSpec::At { sec, nsec: 3 }, &order).apply(&net, f.as_fd());
+        }
+        assert_eq!(mtime(f.as_fd()), (1, 0), "nothing set per write");
+        let settle = Stamp::settling(&order);
+        assert!(!order.owes());
+        settle.pay(&net, f.as_fd());
+        assert_eq!((atime(f.as_fd()), mtime(f.as_fd())), ((5, 0), (20, 3)));
+        // Nothing owed: a second flush sets nothing.
+        sys::utimens_at(
+            f.as_fd(),
+            c"",
+            TimeSpec::Omit,
+            TimeSpec::At { sec: 7, nsec: 0 },
+        )
+        .unwrap();
+        Stamp::settling(&order).pay(&net, f.as_fd());
+        assert_eq!(mtime(f.as_fd()), (7, 0));
     }
 
     #[test]

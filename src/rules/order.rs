@@ -7,9 +7,24 @@
 //! Concurrent writes also finish on the replicas in different orders, so each sets the file's
 //! mtime to the newest write stamp taken so far, under a small lock ([`OrderLock::stamp`]): the
 //! last write to finish on a replica then sets the same newest stamp on every replica.
+//!
+//! On a network replica that stamp is a round trip of its own after every write (SSHFS: a
+//! SETSTAT, and an LSTAT first to learn the atime it must resend), so there the times are
+//! owed instead ([`OrderLock::owe_mtime`], [`OrderLock::owe_creation`]) and set once, when
+//! the file is flushed, synced or released ([`OrderLock::take_debt`]); a setattr that sets a
+//! time itself cancels what is owed of it ([`OrderLock::forgive`]). A write owes for at most
+//! [`OWED_AT_MOST`]: past it, the next write sets the time itself ([`OrderLock::write_pays`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a file's writes may leave its mtime owed to the network replicas before a write
+/// sets it itself. That call waits for the writes queued before it (SSHFS answers writes
+/// before its server does), so a writer cannot pile up more than about this much of them:
+/// the lease renewal and every other request queued behind them on that link wait at most
+/// that long, where an unbounded backlog took seconds and fenced the daemon.
+pub const OWED_AT_MOST: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Default)]
 struct State {
@@ -38,7 +53,24 @@ pub struct OrderLock {
     newest: AtomicI64,
     /// Held while one replica's mtime is set (see [`OrderLock::stamp`]).
     stamping: Mutex<()>,
+    /// The times network replicas have not been given yet (see the module documentation).
+    debt: Mutex<Debt>,
 }
+
+/// What is owed to the network replicas' copies of one file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Debt {
+    /// The newest stamp is owed as the mtime.
+    mtime: bool,
+    /// A creation's stamp (nanoseconds) is owed as the atime.
+    atime: Option<i64>,
+    /// When the writes since the time was last set began (see [`OrderLock::write_pays`]).
+    since: Option<Instant>,
+}
+
+/// The times to set on a network replica's copy to pay what was owed: (atime, mtime) in
+/// nanoseconds since the epoch, None = leave as it is (at least one is Some).
+pub type Owed = (Option<i64>, Option<i64>);
 
 /// Held while a change of the file fans out; lets the next one in when dropped.
 #[derive(Debug)]
@@ -122,6 +154,67 @@ impl OrderLock {
         let _one_at_a_time = self.stamping.lock().unwrap_or_else(|e| e.into_inner());
         set(self.newest.load(Ordering::Acquire));
     }
+
+    fn debt(&self) -> MutexGuard<'_, Debt> {
+        self.debt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write (noted with [`OrderLock::note_stamp`]) left the newest stamp owed as the mtime
+    /// of the network replicas' copies.
+    pub fn owe_mtime(&self) {
+        self.debt().mtime = true;
+    }
+
+    /// A file created at `nanos` owes it as its atime and mtime on the network replicas.
+    pub fn owe_creation(&self, nanos: i64) {
+        self.note_stamp(nanos);
+        let mut debt = self.debt();
+        debt.mtime = true;
+        debt.atime = Some(nanos);
+    }
+
+    /// A setattr set the atime and/or the mtime itself: what was owed of them is void (a
+    /// later flush must not put the write's stamp over a time set after it, as `cp -p` does).
+    pub fn forgive(&self, atime: bool, mtime: bool) {
+        let mut debt = self.debt();
+        if atime {
+            debt.atime = None;
+        }
+        if mtime {
+            debt.mtime = false;
+        }
+    }
+
+    /// Something is owed.
+    pub fn owes(&self) -> bool {
+        let debt = self.debt();
+        debt.mtime || debt.atime.is_some()
+    }
+
+    /// Before a write fans out, at `now`: whether it sets the mtime on the network replicas
+    /// itself, because the writes since the time was last set began [`OWED_AT_MOST`] ago or
+    /// more (then their age starts again from `now`).
+    pub fn write_pays(&self, now: Instant) -> bool {
+        let mut debt = self.debt();
+        match debt.since {
+            Some(t) if now.saturating_duration_since(t) >= OWED_AT_MOST => {
+                debt.since = Some(now);
+                true
+            }
+            Some(_) => false,
+            None => {
+                debt.since = Some(now);
+                false
+            }
+        }
+    }
+
+    /// Takes what is owed, to be set on every network replica now (None: nothing owed).
+    pub fn take_debt(&self) -> Option<Owed> {
+        let debt = std::mem::take(&mut *self.debt());
+        let mtime = debt.mtime.then(|| self.newest.load(Ordering::Acquire));
+        (debt.atime.is_some() || mtime.is_some()).then_some((debt.atime, mtime))
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +272,55 @@ mod tests {
         let held = lock.lock_range(5, 0);
         assert!(!gets_in(&lock, |l| drop(l.lock_range(5, 0))));
         drop(held);
+    }
+
+    #[test]
+    fn a_debt_is_paid_once_with_the_newest_stamp() {
+        let lock = OrderLock::default();
+        assert_eq!(lock.take_debt(), None);
+        lock.owe_creation(100);
+        lock.note_stamp(300);
+        lock.owe_mtime();
+        lock.note_stamp(200);
+        assert_eq!(lock.take_debt(), Some((Some(100), Some(300))));
+        assert_eq!(lock.take_debt(), None, "paid");
+        lock.owe_mtime();
+        assert_eq!(lock.take_debt(), Some((None, Some(300))));
+    }
+
+    #[test]
+    fn a_write_past_the_owing_limit_pays_and_the_age_starts_again() {
+        let lock = OrderLock::default();
+        let t0 = Instant::now();
+        assert!(!lock.write_pays(t0), "the first write owes");
+        assert!(!lock.write_pays(t0 + OWED_AT_MOST / 2));
+        assert!(
+            lock.write_pays(t0 + OWED_AT_MOST),
+            "old enough: this one pays"
+        );
+        assert!(!lock.write_pays(t0 + OWED_AT_MOST + OWED_AT_MOST / 2));
+        assert!(lock.write_pays(t0 + OWED_AT_MOST * 2));
+        lock.owe_mtime();
+        assert!(lock.take_debt().is_some());
+        assert!(
+            !lock.write_pays(t0 + OWED_AT_MOST * 5),
+            "paid by the flush: owes afresh"
+        );
+    }
+
+    #[test]
+    fn a_time_set_after_the_writes_is_not_overwritten_by_their_debt() {
+        let lock = OrderLock::default();
+        lock.owe_creation(100);
+        lock.forgive(false, true);
+        assert_eq!(
+            lock.take_debt(),
+            Some((Some(100), None)),
+            "the atime is still owed"
+        );
+        lock.owe_creation(100);
+        lock.forgive(true, true);
+        assert_eq!(lock.take_debt(), None);
     }
 
     #[test]
