@@ -821,7 +821,7 @@ fn every_mount_key_agrees_with_its_option() {
         }
         assert!(help_text().contains(&key), "-o {key} missing from --help");
     }
-    assert_eq!(keys, 21);
+    assert_eq!(keys, 22);
     // Command-line-only options have no -o key.
     for key in ["foreground", "fuseoptions", "help", "version"] {
         let m = fail(&[&spec, &mnt, "-o", key]);
