@@ -31,6 +31,22 @@ fn meta_files(replicas: &[PathBuf]) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> 
     out
 }
 
+/// Every file of `before` is in `after` with the same bytes and mtime, but the lease (the
+/// owner's renewals rewrite it).
+fn assert_untouched_but_the_lease(
+    before: &BTreeMap<PathBuf, (Vec<u8>, SystemTime)>,
+    after: &BTreeMap<PathBuf, (Vec<u8>, SystemTime)>,
+) {
+    for (path, (data, mtime)) in before {
+        if path.file_name() == Some("lease".as_ref()) {
+            continue;
+        }
+        let now = after.get(path).expect("file kept");
+        assert_eq!(&now.0, data, "{} was rewritten", path.display());
+        assert_eq!(&now.1, mtime, "{} was touched", path.display());
+    }
+}
+
 /// Runs a second chironfs on `replicas` at a mount point of its own (in `dir`), daemonized;
 /// returns its output and mount point.
 fn second_daemon(dir: &Path, tag: &str, replicas: &[PathBuf], extra: &[&str]) -> (Output, PathBuf) {
@@ -102,15 +118,7 @@ fn a_second_daemon_on_the_same_replicas_is_refused_naming_the_owner_and_writing_
     );
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
     // Nothing written but the first daemon's own lease renewals.
-    let after = meta_files(&m.replicas);
-    for (path, (data, mtime)) in &before {
-        if path.file_name() == Some("lease".as_ref()) {
-            continue;
-        }
-        let now = after.get(path).expect("file kept");
-        assert_eq!(&now.0, data, "{} was rewritten", path.display());
-        assert_eq!(&now.1, mtime, "{} was touched", path.display());
-    }
+    assert_untouched_but_the_lease(&before, &meta_files(&m.replicas));
     assert!(
         !m.log_text().contains("crash recovery"),
         "the first daemon was disturbed"
@@ -372,15 +380,7 @@ fn a_read_only_observer_runs_beside_the_owner_and_writes_nothing() {
     }
     // Neither its start, its reads nor its stop wrote to the replicas (the owner's lease
     // renewals aside), and the owner still holds the set and serves writes.
-    let after = meta_files(&m.replicas);
-    for (path, (data, mtime)) in &before {
-        if path.file_name() == Some("lease".as_ref()) {
-            continue;
-        }
-        let now = after.get(path).expect("file kept");
-        assert_eq!(&now.0, data, "{} was rewritten", path.display());
-        assert_eq!(&now.1, mtime, "{} was touched", path.display());
-    }
+    assert_untouched_but_the_lease(&before, &meta_files(&m.replicas));
     let log = fs::read_to_string(dir.join("log-observer")).unwrap_or_default();
     assert!(log.contains("read-only observer"), "{log}");
     assert!(!log.contains("crash recovery:"), "{log}");
