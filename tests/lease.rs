@@ -31,6 +31,16 @@ fn meta_files(replicas: &[PathBuf]) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> 
     out
 }
 
+/// A mounted owner that wrote "first" to `a`, once its journal and state settled
+/// (compaction runs once a second), with its replicas' `.chironfs` files then.
+fn owner_with_settled_records() -> (Mount, BTreeMap<PathBuf, (Vec<u8>, SystemTime)>) {
+    let m = Mount::two();
+    fs::write(m.path("a"), "first").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = meta_files(&m.replicas);
+    (m, before)
+}
+
 /// Every file of `before` is in `after` with the same bytes and mtime, but the lease (the
 /// owner's renewals rewrite it).
 fn assert_untouched_but_the_lease(
@@ -101,11 +111,7 @@ fn a_second_daemon_on_the_same_replicas_is_refused_naming_the_owner_and_writing_
     if !can_mount() {
         return;
     }
-    let m = Mount::two();
-    fs::write(m.path("a"), "first").unwrap();
-    // Let the first daemon's journal and state settle (compaction once a second).
-    std::thread::sleep(Duration::from_millis(1500));
-    let before = meta_files(&m.replicas);
+    let (m, before) = owner_with_settled_records();
     let (out, mnt) = second_daemon(m.tmp.path(), "second", &m.replicas, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second daemon was accepted");
@@ -344,10 +350,7 @@ fn a_read_only_observer_runs_beside_the_owner_and_writes_nothing() {
     if !can_mount() {
         return;
     }
-    let m = Mount::two();
-    fs::write(m.path("a"), "first").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let before = meta_files(&m.replicas);
+    let (m, before) = owner_with_settled_records();
     let dir = m.tmp.path();
     let (out, mnt) = second_daemon(dir, "observer", &m.replicas, &["-o", "ro"]);
     let status = dir.join("status-observer");
