@@ -350,24 +350,31 @@ fn foreground_mode_and_sigterm_unmount_cleanly_even_when_busy() {
     );
 }
 
+/// The mount.fuse3 helper (fuse3), which runs `chironfs` from PATH as mount(8) would.
+fn mount_fuse3() -> &'static str {
+    ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mount.fuse3 missing: install fuse3 (scripts/setup.sh)")
+}
+
+/// PATH with the built chironfs first, for mount.fuse3 to find it.
+fn path_with_chironfs() -> String {
+    format!(
+        "{}:{}",
+        chironfs_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 #[test]
 fn mount_fuse3_helper_runs_chironfs_from_path() {
     if !can_mount() {
         return;
     }
-    let Some(helper) = ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
-        panic!("mount.fuse3 missing: install fuse3 (scripts/setup.sh)");
-    };
+    let helper = mount_fuse3();
     let s = Scratch::new();
-    let bin_dir = chironfs_bin().parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_chironfs();
     // Exactly what `mount -t fuse.chironfs A=B MNT -o ...` runs once mount(8) found the helper.
     let opts = format!(
         "allow_other,status_file={},ctl={},log={}",
@@ -567,20 +574,11 @@ fn remount_switches_the_mount_read_only_and_back() {
     if !can_mount() {
         return;
     }
-    let Some(helper) = ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
-        panic!("mount.fuse3 missing: install fuse3 (scripts/setup.sh)");
-    };
+    let helper = mount_fuse3();
     let m = Mount::two();
     write_and_check(&m, "before");
     let spec = format!("{}={}", m.replicas[0].display(), m.replicas[1].display());
-    let path = format!(
-        "{}:{}",
-        chironfs_bin().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_chironfs();
     // What `mount -o remount,ro MNT` runs: mount(8) passes the mount table's options along.
     let remount = |flags: &str| {
         let out = Command::new(helper)

@@ -31,6 +31,32 @@ fn meta_files(replicas: &[PathBuf]) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> 
     out
 }
 
+/// A mounted owner that wrote "first" to `a`, once its journal and state settled
+/// (compaction runs once a second), with its replicas' `.chironfs` files then.
+fn owner_with_settled_records() -> (Mount, BTreeMap<PathBuf, (Vec<u8>, SystemTime)>) {
+    let m = Mount::two();
+    fs::write(m.path("a"), "first").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = meta_files(&m.replicas);
+    (m, before)
+}
+
+/// Every file of `before` is in `after` with the same bytes and mtime, but the lease (the
+/// owner's renewals rewrite it).
+fn assert_untouched_but_the_lease(
+    before: &BTreeMap<PathBuf, (Vec<u8>, SystemTime)>,
+    after: &BTreeMap<PathBuf, (Vec<u8>, SystemTime)>,
+) {
+    for (path, (data, mtime)) in before {
+        if path.file_name() == Some("lease".as_ref()) {
+            continue;
+        }
+        let now = after.get(path).expect("file kept");
+        assert_eq!(&now.0, data, "{} was rewritten", path.display());
+        assert_eq!(&now.1, mtime, "{} was touched", path.display());
+    }
+}
+
 /// Runs a second chironfs on `replicas` at a mount point of its own (in `dir`), daemonized;
 /// returns its output and mount point.
 fn second_daemon(dir: &Path, tag: &str, replicas: &[PathBuf], extra: &[&str]) -> (Output, PathBuf) {
@@ -85,11 +111,7 @@ fn a_second_daemon_on_the_same_replicas_is_refused_naming_the_owner_and_writing_
     if !can_mount() {
         return;
     }
-    let m = Mount::two();
-    fs::write(m.path("a"), "first").unwrap();
-    // Let the first daemon's journal and state settle (compaction once a second).
-    std::thread::sleep(Duration::from_millis(1500));
-    let before = meta_files(&m.replicas);
+    let (m, before) = owner_with_settled_records();
     let (out, mnt) = second_daemon(m.tmp.path(), "second", &m.replicas, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second daemon was accepted");
@@ -102,15 +124,7 @@ fn a_second_daemon_on_the_same_replicas_is_refused_naming_the_owner_and_writing_
     );
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
     // Nothing written but the first daemon's own lease renewals.
-    let after = meta_files(&m.replicas);
-    for (path, (data, mtime)) in &before {
-        if path.file_name() == Some("lease".as_ref()) {
-            continue;
-        }
-        let now = after.get(path).expect("file kept");
-        assert_eq!(&now.0, data, "{} was rewritten", path.display());
-        assert_eq!(&now.1, mtime, "{} was touched", path.display());
-    }
+    assert_untouched_but_the_lease(&before, &meta_files(&m.replicas));
     assert!(
         !m.log_text().contains("crash recovery"),
         "the first daemon was disturbed"
@@ -336,10 +350,7 @@ fn a_read_only_observer_runs_beside_the_owner_and_writes_nothing() {
     if !can_mount() {
         return;
     }
-    let m = Mount::two();
-    fs::write(m.path("a"), "first").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let before = meta_files(&m.replicas);
+    let (m, before) = owner_with_settled_records();
     let dir = m.tmp.path();
     let (out, mnt) = second_daemon(dir, "observer", &m.replicas, &["-o", "ro"]);
     let status = dir.join("status-observer");
@@ -372,15 +383,7 @@ fn a_read_only_observer_runs_beside_the_owner_and_writes_nothing() {
     }
     // Neither its start, its reads nor its stop wrote to the replicas (the owner's lease
     // renewals aside), and the owner still holds the set and serves writes.
-    let after = meta_files(&m.replicas);
-    for (path, (data, mtime)) in &before {
-        if path.file_name() == Some("lease".as_ref()) {
-            continue;
-        }
-        let now = after.get(path).expect("file kept");
-        assert_eq!(&now.0, data, "{} was rewritten", path.display());
-        assert_eq!(&now.1, mtime, "{} was touched", path.display());
-    }
+    assert_untouched_but_the_lease(&before, &meta_files(&m.replicas));
     let log = fs::read_to_string(dir.join("log-observer")).unwrap_or_default();
     assert!(log.contains("read-only observer"), "{log}");
     assert!(!log.contains("crash recovery:"), "{log}");

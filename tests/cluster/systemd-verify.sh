@@ -91,6 +91,16 @@ if [ "${1:-}" = --inside ]; then
         while alive "$MAINPID" && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
         ! alive "$MAINPID"
     }
+    # After a kill: a daemon still there 10 s later is a failure that says where its threads
+    # wait (a silent exit of this script under set -e said nothing once).
+    killed_wait() {
+        stop_wait && return 0
+        local where
+        where=$(for t in /proc/"$MAINPID"/task/*; do
+            echo "$(cat "$t/comm" 2>/dev/null):$(cat "$t/wchan" 2>/dev/null)"
+        done | sort | uniq -c | tr -s ' \n' ' ')
+        fail "the daemon (pid $MAINPID) still runs 10 s after $1; its threads wait in:$where"
+    }
 
     echo "--- the unit's commands (private mount namespace; bounding set $caps)"
     if start_unit && mounted; then ok "start: ExecStartPre, ExecStart (foreground), ExecStartPost: mounted"; else fail "start"; fi
@@ -112,7 +122,7 @@ if [ "${1:-}" = --inside ]; then
     if run_exec ExecStopPost && ! mounted; then ok "ExecStopPost after a clean stop: nothing to do"; else fail "ExecStopPost after a clean stop"; fi
     if start_unit && mounted; then ok "start again"; else fail "start again"; fi
     kill -KILL "$MAINPID"
-    stop_wait
+    killed_wait SIGKILL
     if mounted && run_exec ExecStopPost && ! mounted; then
         ok "crash (SIGKILL): ExecStopPost detached the dead mount"
     else
@@ -120,14 +130,14 @@ if [ "${1:-}" = --inside ]; then
     fi
     if start_unit && mounted; then ok "restart after the crash"; else fail "restart after the crash"; fi
     kill -KILL "$MAINPID"
-    stop_wait
+    killed_wait SIGKILL
     if start_unit && mounted && [ "$(cat "$W/mnt/file")" = data ]; then
         ok "start over a dead mount: ExecStartPre detached it, mounted again"
     else
         fail "start over a dead mount"
     fi
     kill -TERM "$MAINPID"
-    stop_wait
+    killed_wait SIGTERM
     if ! mounted; then ok "stop"; else fail "stop"; umount -l "$W/mnt"; fi
     if [ "$failed" != 0 ]; then
         echo "--- daemon output"
