@@ -1028,8 +1028,9 @@ pub fn abort_fuse_connection(dev: u64) -> io::Result<bool> {
     }
 }
 
-/// Gives the memory malloc holds free back to the system (glibc's `malloc_trim(0)`: every
-/// arena, free pages inside the heaps too, not only their tops). A no-op with another libc.
+/// Gives the memory malloc holds free back to the system (glibc's `malloc_trim(0)`: the free
+/// pages inside every arena, and the main arena's top; the only arena, see [`tune_malloc`]).
+/// A no-op with another libc.
 pub fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks malloc's own arenas under their locks and returns pages
@@ -1048,13 +1049,23 @@ const MMAP_FROM: i32 = 4 << 20;
 /// arenas, where memory once used stays with the process. Smaller blocks (a 1 MB read's
 /// reply) are not concerned; free memory at the top of a heap is kept up to twice that size,
 /// as glibc's own rule would (a heap shrunk after every 1 MB reply would fault its pages in
-/// again at the next), until [`release_free_memory`]. Called once at start-up. A no-op with
-/// another libc.
+/// again at the next), until [`release_free_memory`].
+///
+/// And one arena for every thread: glibc gives each thread that allocates an arena of its
+/// own (up to 8 per CPU), and `malloc_trim` gives back the top of the main arena only, so
+/// the free memory at the top of every other arena stayed, up to that 8 MB each: after the
+/// kernel forgot 30,000 nodes, 7-15 MB over the RSS before them, most of it at the tops of
+/// the request and replica threads' arenas, with 1-2 MB still in use (now 2-3 MB over).
+/// Small blocks still come from each thread's own cache (tcache) without the arena's lock;
+/// measured on 2 CPUs, the daemon's CPU time per write, create, stat and delete did not
+/// change, and its peak RSS fell by a quarter (fewer half-used heaps). Called once at
+/// start-up, before any thread. A no-op with another libc.
 pub fn tune_malloc() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets parameters of malloc's own; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * MMAP_FROM);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

@@ -1,9 +1,9 @@
 //! When the daemon gives freed memory back to the system. glibc's malloc keeps what is freed
-//! in its arenas (one per thread that allocates, each given back only from its top), so after
-//! the kernel forgot 100,000 nodes the daemon still held most of their memory
-//! (`crate::sys::release_free_memory` gives it back). Giving it back walks every arena, so it
-//! is done only after a large drop in the nodes held, from the health thread, never in a
-//! request.
+//! in its arena (one for every thread: `crate::sys::tune_malloc`), given back by itself only
+//! from the top of the heap and only past 8 MB there, so after the kernel forgot 100,000
+//! nodes the daemon still held most of their memory (`crate::sys::release_free_memory` gives
+//! it back). Giving it back walks the whole heap under the arena's lock, so it is done only
+//! after a large drop in the nodes held, from the health thread, never in a request.
 
 /// How many nodes must have gone since the highest count seen (since the last trim) for a
 /// trim: about 2 MB of node memory (crate::fuse::nodes: about 200 bytes a node).
