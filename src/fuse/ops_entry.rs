@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::{Errno, Generation, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
 
@@ -67,6 +67,45 @@ impl Creation {
         let st = sys::fstat(fd.as_fd())?;
         file.store(r, fd);
         Ok((r.index, st))
+    }
+}
+
+/// How a tmpfile (open(2) with `O_TMPFILE`) is made on each replica: the replica's own
+/// unnamed file in the same directory, so that a later link names it on every replica, and
+/// a close without a link leaves nothing behind (not even after a crash).
+#[derive(Clone, Debug)]
+struct Unnamed {
+    /// The replica's open flags: the kernel's, `O_TMPFILE` kept, `O_EXCL` dropped (the
+    /// kernel itself refuses a link of an `O_EXCL` tmpfile; the replicas' must stay linkable).
+    flags: i32,
+    /// The new file's mode (the caller's umask is applied by the replica).
+    mode: u32,
+    /// The new file's times, the same on every replica.
+    stamp: TimeSpec,
+    /// Set by a replica whose filesystem has no `O_TMPFILE` (SSHFS, NFS): then no replica
+    /// keeps one and the caller gets EOPNOTSUPP, as from such a filesystem itself.
+    unsupported: Arc<AtomicBool>,
+}
+
+impl Unnamed {
+    /// Makes the unnamed file in directory `dir` on one replica and keeps its descriptor in
+    /// `file`; None where the filesystem cannot (not a fault of the replica).
+    fn run(&self, r: &Replica, dir: &Place, file: &OpenFile) -> io::Result<Option<Stat>> {
+        let made = at(r, dir, |parent, name| {
+            sys::open_beneath(parent, name, self.flags, self.mode & 0o7777, true)
+        });
+        let fd = match made {
+            // EISDIR: a kernel that predates O_TMPFILE takes it for O_DIRECTORY alone.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                self.unsupported.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            made => made?,
+        };
+        let _ = sys::utimens_at(fd.as_fd(), c"", self.stamp, self.stamp);
+        let st = sys::fstat(fd.as_fd())?;
+        file.store(r, fd);
+        Ok(Some((r.index, st)))
     }
 }
 
@@ -186,8 +225,47 @@ impl ChironFs {
         }
     }
 
-    /// Registers the created file's node and answers with its entry and a handle in the I/O
-    /// mode the inode allows.
+    /// TMPFILE: an unnamed regular file in `parent` (open(2) with `O_TMPFILE`), made on every
+    /// replica as the caller (`creds`) and opened with `flags`. It has a node but no name, so
+    /// it is reached through its handle (as a file unlinked while open is) until a LINK names
+    /// it; closed unnamed, it is gone from every replica.
+    pub(super) fn do_tmpfile(
+        &self,
+        creds: Credentials,
+        parent: INodeNo,
+        mode: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _tree = self.tree_shared();
+        let dir = match self.place(parent) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        // The directory is what the journal and the logs name until the file has a name.
+        let path = dir.path().to_path_buf();
+        let file = self.new_open_file(path.clone(), flags);
+        let how = Unnamed {
+            flags: (replica_flags(flags) & !(libc::O_EXCL | libc::O_TRUNC)) | libc::O_TMPFILE,
+            mode,
+            stamp: now(),
+            unsupported: Arc::default(),
+        };
+        let unsupported = Arc::clone(&how.unsupported);
+        let f = Arc::clone(&file);
+        let result = self.mutate("tmpfile", &path, &creds, move |r| how.run(r, &dir, &f));
+        match result {
+            Ok(Some(stat)) if !unsupported.load(Ordering::Relaxed) => {
+                let id = self.nodes.remember_unnamed();
+                self.answer_new_file(id, file, stat, reply)
+            }
+            // Dropping `file` closes what the other replicas made: nothing is left of it.
+            Ok(_) => reply.error(Errno::EOPNOTSUPP),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Registers the created file's node and answers with its entry and a handle.
     fn answer_created(
         &self,
         parent: INodeNo,
@@ -197,6 +275,12 @@ impl ChironFs {
         reply: ReplyCreate,
     ) {
         let id = self.nodes.remember(parent.0, name, index, &st);
+        self.answer_new_file(id, file, (index, st), reply)
+    }
+
+    /// Answers a create or tmpfile of node `id` with its entry and a handle in the I/O mode
+    /// the inode allows.
+    fn answer_new_file(&self, id: u64, file: Arc<OpenFile>, (_, st): Stat, reply: ReplyCreate) {
         file.ino.store(id, Ordering::Relaxed);
         // Usually a new inode; an existing file opened without O_EXCL may be in
         // passthrough mode, and then this open must join it.
@@ -331,7 +415,8 @@ impl ChironFs {
         held.release(&self.reaper);
     }
 
-    /// LINK: a new name `newname` in `newparent` for node `ino`.
+    /// LINK: a new name `newname` in `newparent` for node `ino`. A node without a name (a
+    /// tmpfile) is linked through its open handle, on every replica from its descriptor there.
     pub(super) fn do_link(
         &self,
         ino: INodeNo,
@@ -340,23 +425,21 @@ impl ChironFs {
         reply: ReplyEntry,
     ) {
         let _tree = self.tree_shared();
-        let (from, to) = match (self.place(ino), self.child_place(newparent, newname)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        let to = match self.child_place(newparent, newname) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
         };
-        let (a, b) = (from.clone(), to.clone());
-        let job: ReplicaJob<libc::stat> = Arc::new(move |r: &Replica| {
-            at(r, &a, |old_dir, old_name| {
-                at(r, &b, |new_dir, new_name| {
-                    sys::link_at(old_dir, old_name, new_dir, new_name)?;
-                    sys::lstat_at(new_dir, new_name)
-                })
-            })
-        });
+        let (job, from): (ReplicaJob<libc::stat>, Option<Place>) = match self.place(ino) {
+            Ok(from) => (link_job(&from, &to), Some(from)),
+            Err(e) => match self.handles.file_of(ino.0) {
+                Some(handle) => (link_open_job(handle, &to), None),
+                None => return reply.error(e),
+            },
+        };
         // A running resync records both names: they must end up one inode on its target.
         let result = self
             .set
-            .mutate_paths("link", &to, Some(&from), &Credentials::root(), job)
+            .mutate_paths("link", &to, from.as_deref(), &Credentials::root(), job)
             .map_err(Errno::from_i32);
         match result {
             Ok(st) => {
@@ -366,6 +449,32 @@ impl ChironFs {
             Err(e) => reply.error(e),
         }
     }
+}
+
+/// The replicas' link of the entry at `from` to `to`, answering the new entry's lstat.
+fn link_job(from: &Place, to: &Place) -> ReplicaJob<libc::stat> {
+    let (a, b) = (from.clone(), to.clone());
+    Arc::new(move |r: &Replica| {
+        at(r, &a, |old_dir, old_name| {
+            at(r, &b, |new_dir, new_name| {
+                sys::link_at(old_dir, old_name, new_dir, new_name)?;
+                sys::lstat_at(new_dir, new_name)
+            })
+        })
+    })
+}
+
+/// The replicas' link of the file open as `handle` (a tmpfile) to `to`, each from its own
+/// descriptor, answering the new entry's lstat.
+fn link_open_job(handle: Arc<OpenFile>, to: &Place) -> ReplicaJob<libc::stat> {
+    let to = to.clone();
+    Arc::new(move |r: &Replica| {
+        let fd = handle.fd(r)?;
+        at(r, &to, |new_dir, new_name| {
+            sys::link_fd(fd.as_fd(), new_dir, new_name)?;
+            sys::lstat_at(new_dir, new_name)
+        })
+    })
 }
 
 /// The replicas' rename of `from` to `to` with `bits`; `holder` (for a rename over a file)
