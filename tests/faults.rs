@@ -800,6 +800,37 @@ impl Drop for Sshfs {
     }
 }
 
+#[test]
+fn o_tmpfile_on_a_set_with_an_sshfs_replica_is_eopnotsupp_and_blames_no_replica() {
+    if !can_mount() {
+        return;
+    }
+    let ssh = Sshfs::up(|_| {});
+    let m = MountBuilder::new(2).replica_path(1, ssh.mnt()).start();
+    let dir = std::ffi::CString::new(m.mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; a descriptor returned is closed below.
+    let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
+    let err = std::io::Error::last_os_error();
+    if fd >= 0 {
+        // SAFETY: ours, opened just above.
+        unsafe { libc::close(fd) };
+    }
+    assert_eq!(
+        (fd, err.raw_os_error()),
+        (-1, Some(libc::EOPNOTSUPP)),
+        "SSHFS has no O_TMPFILE, so the set has none"
+    );
+    // A program falls back to a named file: that works, on both replicas.
+    fs::write(m.path("named"), "fallback").unwrap();
+    assert_eq!(
+        fs::read_to_string(ssh.export().join("named")).unwrap(),
+        "fallback"
+    );
+    // (SFTP keeps whole seconds of mtime: the trees are compared by content above.)
+    assert_all_in_service(&m);
+    drop(m);
+}
+
 /// Opens `rel` read-only on a handle whose data replica is `want` (the open's job is counted
 /// in that replica's reads; metadata is counted on replica 0 only).
 fn open_served_by(m: &Mount, rel: &str, want: usize) -> File {
