@@ -212,9 +212,16 @@ impl Membership {
 
     /// The record of replica `index` as an in-service member.
     pub fn record(&self, index: usize, clean: bool, now: u64) -> StateRecord {
+        self.record_as(self.ids[index], clean, now)
+    }
+
+    /// The record of the member with id `id`: a replica's, or a witness's (which holds no
+    /// data, so it is never in service itself, but keeps the set's generation and who was in
+    /// service, see [`check_witness`]).
+    pub fn record_as(&self, id: u64, clean: bool, now: u64) -> StateRecord {
         StateRecord {
             set_id: self.set_id,
-            replica_id: self.ids[index],
+            replica_id: id,
             generation: self.generation,
             history: self.history.clone(),
             in_service: self.in_service.clone(),
@@ -222,6 +229,50 @@ impl Membership {
             updated: now,
         }
     }
+}
+
+/// Whether the replicas reachable at mount, whose membership is now `m`, may serve, given
+/// what witness `name` holds (`found`). The witness is written after the replicas at every
+/// change of membership, so it has seen every generation the replicas went through: one it
+/// saw that `m` never reached means the replicas reachable now missed writes that others, not
+/// reachable now, acknowledged. Err: the reason to refuse the mount (one sentence).
+pub fn check_witness(found: &Found, name: &str, m: &Membership) -> Result<(), String> {
+    let Found::Record(w) = found else {
+        // A new witness, or one whose record cannot be read: it vouches for nothing.
+        return Ok(());
+    };
+    if w.set_id != m.set_id {
+        return Err(format!(
+            "the witness {name} belongs to another replica set ({} is not this set's {}): empty \
+             its {META_DIR} directory to make it this set's witness",
+            hex(w.set_id),
+            hex(m.set_id)
+        ));
+    }
+    if w.generation == Gen::NONE
+        || w.generation == m.generation
+        || m.history.contains(&w.generation)
+    {
+        return Ok(());
+    }
+    let named = |ids: &[u64]| {
+        let known: Vec<String> = ids
+            .iter()
+            .map(|id| match m.ids.iter().position(|i| i == id) {
+                Some(i) => format!("replica {i}"),
+                None => format!("replica id {}", hex(*id)),
+            })
+            .collect();
+        known.join(", ")
+    };
+    Err(format!(
+        "the witness {name} has seen generation {} of the replica set (in service then: {}), \
+         which none of the replicas reachable now reached: they missed writes that are only on \
+         replicas not reachable now; bring those back, or give --force-source REPLICA to serve \
+         without their writes",
+        w.generation.number,
+        named(&w.in_service)
+    ))
 }
 
 fn sorted(ids: impl Iterator<Item = u64>) -> Vec<u64> {
@@ -946,5 +997,40 @@ mod tests {
             m.change(if n % 2 == 0 { &[0, 1] } else { &[0] }, 100 + n);
         }
         assert_eq!(m.history.len(), HISTORY_LEN);
+    }
+
+    #[test]
+    fn a_witness_refuses_replicas_that_missed_a_generation_it_saw() {
+        let mut m = Membership {
+            set_id: 7,
+            ids: vec![10, 11],
+            generation: Gen { number: 3, id: 33 },
+            history: vec![Gen { number: 2, id: 22 }],
+            in_service: vec![10, 11],
+        };
+        let seen = |m: &Membership| Found::Record(m.record_as(99, false, 0));
+        // The same generation, an older one, or none: the replicas are as new as it knows.
+        assert_eq!(check_witness(&seen(&m), "/w", &m), Ok(()));
+        let older = m.clone();
+        assert!(m.change(&[0], 44));
+        assert_eq!(check_witness(&seen(&older), "/w", &m), Ok(()));
+        assert_eq!(
+            check_witness(&Found::Missing { empty: true }, "/w", &m),
+            Ok(())
+        );
+        // Replica 0 went on alone (generation 4, with the witness); replica 1 alone at
+        // generation 3 must not serve.
+        let why = check_witness(&seen(&m), "/w", &older).unwrap_err();
+        assert!(
+            why.starts_with("the witness /w has seen generation 4 of the replica set (in service then: replica 0)"),
+            "{why}"
+        );
+        assert!(why.contains("--force-source"), "{why}");
+        let other_set = Membership {
+            set_id: 8,
+            ..m.clone()
+        };
+        let why = check_witness(&seen(&other_set), "/w", &m).unwrap_err();
+        assert!(why.contains("belongs to another replica set"), "{why}");
     }
 }
