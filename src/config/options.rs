@@ -329,7 +329,10 @@ pub(super) static OPTIONS: &[Opt] = &[
             a.value_name("DIR")
                 .value_parser(value_parser!(PathBuf))
                 .help(
-                    "A directory on a third machine that holds only the set's ownership lease,                      no data: two replicas and a witness keep a majority when any one of the                      three is lost, so a partition between the front servers cannot split                      the set",
+                    "A directory on a third machine that holds no data, only the set's ownership \
+                     lease and state: two replicas and a witness keep a majority when any one of \
+                     the three is lost, so a partition between the front servers cannot split \
+                     the set, and the witness refuses a replica that missed writes",
                 )
         },
         set: |d, v| {
