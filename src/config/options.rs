@@ -314,7 +314,11 @@ pub(super) static OPTIONS: &[Opt] = &[
                 .value_parser(parse_lease_time)
                 .default_value("auto")
                 .help(
-                    "How long the replica set's ownership lease must go unrenewed before                      another daemon may take it over (after its owner died): auto = twice                      --timeout, at least 4 s; at least --timeout + 2 s. The owner stops                      acknowledging writes (EROFS) well before, when it cannot renew on a                      majority of the members",
+                    "How long the replica set's ownership lease must go unrenewed before \
+                     another daemon may take it over (after its owner died): auto = twice \
+                     --timeout, at least 4 s; at least --timeout + 2 s. The owner stops \
+                     acknowledging writes (EROFS) well before, when it cannot renew on a \
+                     majority of the members",
                 )
         },
         set: |d, v| {
@@ -345,7 +349,9 @@ pub(super) static OPTIONS: &[Opt] = &[
         mount_opt: true,
         arg: |a| {
             a.action(ArgAction::SetTrue).help(
-                "With two members (two replicas, no witness), take and keep the lease only                  while both answer: an outage when one is lost, rather than a possible split                  (without it, two members run on the one that answers)",
+                "With two members (two replicas, no witness), take and keep the lease only \
+                 while both answer: an outage when one is lost, rather than a possible split \
+                 (without it, two members run on the one that answers)",
             )
         },
         set: |d, v| v.store(&mut d.config.strict_majority),
