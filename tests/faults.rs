@@ -753,8 +753,11 @@ impl Sshfs {
             .prefix("chiron-sshfs-")
             .tempdir()
             .unwrap();
+        // One name per server: tests of this binary run in parallel.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let s = Sshfs {
-            name: format!("faults{}", std::process::id()),
+            name: format!("faults{}-{n}", std::process::id()),
             dir,
             up: true,
         };

@@ -331,6 +331,9 @@ pub fn plan(
     check_one_set(&seen, &known)?;
     let source = choose_source(&seen, &known, force_source)?;
     let reference = seen.record(source).expect("the source holds a record");
+    if force_source.is_none() {
+        check_recorded_majority(&seen, &known, reference)?;
+    }
     let verdict = judge(&seen, source);
     let ids: Vec<u64> = found
         .iter()
@@ -380,6 +383,45 @@ pub fn plan(
         unclean,
         in_flight_unknown,
     })
+}
+
+/// The replicas that answer with their state must include a majority of those the newest
+/// record (`reference`) names in service (of two, one: as the lease runs on one of two
+/// members). Otherwise the missing ones may hold writes the reachable ones never saw: a
+/// replica whose filesystem is not mounted shows as an empty directory, which would else join
+/// as a new replica while the stale one serves. Err: why, in one sentence.
+fn check_recorded_majority(
+    seen: &Seen,
+    known: &[usize],
+    reference: &StateRecord,
+) -> Result<(), String> {
+    let recorded = &reference.in_service;
+    let present: Vec<usize> = known
+        .iter()
+        .copied()
+        .filter(|&i| {
+            seen.record(i)
+                .is_some_and(|r| recorded.contains(&r.replica_id))
+        })
+        .collect();
+    let needed = match recorded.len() {
+        n if n <= 2 => n.min(1),
+        n => n / 2 + 1,
+    };
+    if present.len() >= needed {
+        return Ok(());
+    }
+    let names: Vec<&str> = present.iter().map(|&i| seen.names[i].as_str()).collect();
+    Err(format!(
+        "only {} of the {} replicas in service at generation {} answer with their {META_DIR} \
+         state ({}): the others may hold writes these never saw (an empty directory may be a \
+         replica whose filesystem is not mounted); bring them back, or give --force-source \
+         REPLICA to serve from what is here",
+        present.len(),
+        recorded.len(),
+        reference.generation.number,
+        names.join(", ")
+    ))
 }
 
 /// What was found at the replica roots, with their names for messages.
@@ -1032,5 +1074,44 @@ mod tests {
         };
         let why = check_witness(&seen(&other_set), "/w", &m).unwrap_err();
         assert!(why.contains("belongs to another replica set"), "{why}");
+    }
+
+    #[test]
+    fn a_minority_of_the_recorded_replicas_never_serves_alone() {
+        let names: Vec<String> = ["/a", "/b", "/c"].iter().map(|s| s.to_string()).collect();
+        let m = Membership {
+            set_id: 7,
+            ids: vec![10, 11, 12],
+            generation: Gen { number: 3, id: 33 },
+            history: vec![],
+            in_service: vec![10, 11, 12],
+        };
+        let rec = |i: usize| Found::Record(m.record(i, true, 0));
+        let empty = Found::Missing { empty: true };
+        let dead = Found::Unreadable("ENOTCONN".into());
+        // Two of three answer: they serve (the third starts out of service).
+        let plan2 = plan(&[rec(0), rec(1), dead.clone()], &names, None, &mut || 99, 0);
+        assert!(plan2.is_ok(), "{plan2:?}");
+        // One of three, the others empty (not mounted?) or dead: refused, unless forced.
+        for others in [
+            [empty.clone(), empty.clone()],
+            [dead.clone(), empty.clone()],
+        ] {
+            let found = [rec(2), others[0].clone(), others[1].clone()];
+            let why = plan(&found, &names, None, &mut || 99, 0).unwrap_err();
+            assert!(
+                why.starts_with("only 1 of the 3 replicas in service at generation 3 answer"),
+                "{why}"
+            );
+            assert!(why.contains("(/a)"), "{why}");
+            assert!(plan(&found, &names, Some(0), &mut || 99, 0).is_ok());
+        }
+        // Of two recorded, one is enough (the two-member rule of the lease).
+        let two = Membership {
+            in_service: vec![10, 11],
+            ..m.clone()
+        };
+        let found = [Found::Record(two.record(0, true, 0)), empty, dead];
+        assert!(plan(&found, &names, None, &mut || 99, 0).is_ok());
     }
 }
