@@ -19,7 +19,10 @@
 #      takes the mount over;
 #   5. (run before 4) the link between the two nodes cut while both reach the servers: the
 #      peer's start of fs is refused with the lease's owner named, the active node's writer
-#      goes on, and after the link is back fs runs on one node with every file there.
+#      goes on, and after the link is back fs runs on one node with every file there;
+#   6. (run before 4) the active node cut from mars and venus (a majority of the members), the
+#      peer still reaching them: the active daemon fences itself, the peer takes the set over
+#      after the lease time, every acknowledged file is there, verify --content is clean.
 # Part 1 runs FAILOVERS times (default 5) and prints the failover times in order.
 # Every failover time is printed. Needs root and the packages of scripts/setup.sh (plus
 # heartbeat for part 4, which is skipped with a note when it is not installed).
@@ -520,6 +523,48 @@ if [ "$(where "$ACTIVE")" = "$ACTIVE" ]; then ok "after the split: fs on $ACTIVE
 touch "$LAB/stop-writer"
 sleep 1
 verify_acked "$ACTIVE"
+
+# --- 6: the active node cut from a majority of the replica servers ---------------------------
+# The peer still reaches them. The active daemon cannot renew its lease on mars and venus (2 of
+# the 3 members): it fences itself (EROFS) before its lease time runs out, its monitor fails,
+# its restart there is refused (only mercury, stale, answers with its state), and the peer takes
+# the set over once the old lease went unrenewed for the lease time.
+say "--- 6. cutting $ACTIVE's links to mars and venus (the peer still reaches them)"
+start_writer "$ACTIVE" 95000
+wait_for 60 acked_n $(($(wc -l <"$LAB/acked.txt") + 20)) || fail "the writer is not writing before the cut"
+T0=$(now)
+ip -n "$NS-$ACTIVE" route add blackhole "$NET.${IP[mars]}/32"
+ip -n "$NS-$ACTIVE" route add blackhole "$NET.${IP[venus]}/32"
+fenced_alert() { grep -q "cannot renew the replica set's lease on a majority" "$LAB/syslog/messages"; }
+if wait_for 30 fenced_alert; then
+    result "cut from a majority: $ACTIVE's daemon fenced itself (ALERT in syslog) $(since "$T0") s after the cut"
+else
+    fail "no ALERT of a fenced daemon in syslog"
+fi
+if wait_for 90 located "$PEER" "$PEER" && wait_for 30 mount_answers "$PEER"; then
+    result "cut from a majority: /chironfs answering on $PEER $(since "$T0") s after the cut (lease time 6 s)"
+else
+    fail "$PEER did not take /chironfs over"
+    diag "$PEER"
+    diag "$ACTIVE"
+fi
+if on "$PEER" crm_mon -1 2>/dev/null | grep -q "only 1 of the 3 replicas"; then
+    ok "crm_mon: $ACTIVE's restart was refused: $(on "$PEER" crm_mon -1 | grep -o "only 1 of the 3 replicas[^(]*" | head -n 1)"
+else
+    say "note: crm_mon shows no refused restart on $ACTIVE (it may have moved the resource at once)"
+fi
+ip -n "$NS-$ACTIVE" route del blackhole "$NET.${IP[mars]}/32"
+ip -n "$NS-$ACTIVE" route del blackhole "$NET.${IP[venus]}/32"
+touch "$LAB/stop-writer"
+verify_acked "$PEER"
+out=$(on "$PEER" "$LAB/bin/chironctl" -s /run/chironfs/chironfs.sock verify --content 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ]; then
+    ok "chironctl verify --content on $PEER: $(printf '%s\n' "$out" | tail -n 1)"
+else
+    fail "chironctl verify --content on $PEER (exit $rc): $out"
+fi
+ACTIVE=$PEER
+PEER=$(other "$ACTIVE")
 
 # --- 4: Heartbeat v1 ------------------------------------------------------------------------------
 say "--- stopping Pacemaker"
