@@ -345,6 +345,18 @@ pub(super) static OPTIONS: &[Opt] = &[
         },
     },
     Opt {
+        long: "no-new-set",
+        mount_opt: true,
+        arg: |a| {
+            a.action(ArgAction::SetTrue).help(
+                "Never make a new replica set: refuse to start when no replica holds chironfs \
+                 state, rather than turn directories whose filesystems are not mounted into a \
+                 new, empty set (the OCF agent passes it unless new_set=true)",
+            )
+        },
+        set: |d, v| v.store(&mut d.config.no_new_set),
+    },
+    Opt {
         long: "strict-majority",
         mount_opt: true,
         arg: |a| {

@@ -200,7 +200,11 @@ fn serve_set(
             _ => {}
         }
     }
-    set.recover_at_mount(config.force_source.map(usize::from), config.journal_max)?;
+    set.recover_at_mount(
+        config.force_source.map(usize::from),
+        !config.no_new_set,
+        config.journal_max,
+    )?;
     let mountpoint = config.mountpoint.display().to_string();
     // The control socket first: a second daemon on the same socket is refused before it
     // mounts anything or writes a status file.

@@ -302,9 +302,18 @@ pub struct Plan {
     pub in_flight_unknown: Vec<usize>,
 }
 
+/// What the admin chose for the decision at mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Choices {
+    /// The replica to trust after a split-brain, or when too few answer (`--force-source`).
+    pub force_source: Option<usize>,
+    /// Whether replicas without any state may become a new set (false: `--no-new-set`).
+    pub new_set: bool,
+}
+
 /// Decides, from what was found at each replica (`names` for messages), who serves and who is
-/// stale. `force_source` names the replica to trust after a split-brain. `fresh` gives new
-/// random ids. An Err is the reason to refuse the mount.
+/// stale, as the admin chose (`choices`). `fresh` gives new random ids. An Err is the reason to
+/// refuse the mount.
 ///
 /// The phases: nothing readable refuses; no state anywhere makes a new set ([`new_set`]);
 /// else the records must form one set ([`check_one_set`]), the source is the replica no other
@@ -313,10 +322,11 @@ pub struct Plan {
 pub fn plan(
     found: &[Found],
     names: &[String],
-    force_source: Option<usize>,
+    choices: Choices,
     fresh: &mut dyn FnMut() -> u64,
     now: u64,
 ) -> Result<Plan, String> {
+    let force_source = choices.force_source;
     let seen = Seen { found, names };
     if (0..found.len()).all(|i| seen.unreadable(i).is_some()) {
         return Err(format!(
@@ -326,6 +336,17 @@ pub fn plan(
     }
     let known = seen.known();
     if known.is_empty() {
+        if !choices.new_set {
+            return Err(format!(
+                "no replica holds chironfs state (none of the {} that answer): with \
+                 --no-new-set no new replica set is made; are the replicas' filesystems \
+                 mounted? (mount once without --no-new-set, or start the OCF resource once \
+                 with new_set=true, to make one)",
+                (0..found.len())
+                    .filter(|&i| seen.unreadable(i).is_none())
+                    .count()
+            ));
+        }
         return new_set(&seen, force_source, fresh, now);
     }
     check_one_set(&seen, &known)?;
@@ -737,6 +758,14 @@ pub fn random_id() -> u64 {
 mod tests {
     use super::*;
 
+    /// The admin's choices with a new set allowed and `force_source`.
+    fn ok(force_source: Option<usize>) -> Choices {
+        Choices {
+            force_source,
+            new_set: true,
+        }
+    }
+
     fn counter() -> impl FnMut() -> u64 {
         let mut n = 100;
         move || {
@@ -800,7 +829,7 @@ mod tests {
                 Found::Missing { empty: true },
             ],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -819,7 +848,7 @@ mod tests {
         let e = plan(
             &[rec(1, 1, G1, &[], &[1, 2]), rec(2, 2, G1, &[], &[1, 2])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -832,7 +861,7 @@ mod tests {
         let e = plan(
             &[rec(1, 1, G1, &[], &[1]), rec(1, 1, G1, &[], &[1])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -845,7 +874,7 @@ mod tests {
         for order in [[0, 1], [1, 0]] {
             let f = [rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G1, &[], &[1, 2])];
             let found: Vec<Found> = order.iter().map(|&i| f[i].clone()).collect();
-            let p = plan(&found, &names(2), None, &mut counter(), 5).unwrap();
+            let p = plan(&found, &names(2), ok(None), &mut counter(), 5).unwrap();
             let behind = order.iter().position(|&i| i == 1).unwrap();
             assert!(
                 p.stale[behind]
@@ -870,7 +899,7 @@ mod tests {
         let p = plan(
             &[dirty.clone(), rec(1, 2, G2, &[G1], &[1, 2])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -881,7 +910,7 @@ mod tests {
         let p = plan(
             &[rec(1, 2, Gen { number: 3, id: 33 }, &[G1, G2], &[2]), dirty],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -901,7 +930,7 @@ mod tests {
         };
         let unreadable = || Found::Unreadable("EIO".into());
         let flagged = |found: &[Found]| {
-            plan(found, &names(found.len()), None, &mut counter(), 5)
+            plan(found, &names(found.len()), ok(None), &mut counter(), 5)
                 .unwrap()
                 .in_flight_unknown
         };
@@ -920,7 +949,7 @@ mod tests {
         let p = plan(
             &[rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G2, &[G1], &[1])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -932,13 +961,13 @@ mod tests {
     #[test]
     fn diverged_replicas_are_a_split_brain_until_one_is_forced() {
         let found = [rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G2X, &[G1], &[2])];
-        let e = plan(&found, &names(2), None, &mut counter(), 5).unwrap_err();
+        let e = plan(&found, &names(2), ok(None), &mut counter(), 5).unwrap_err();
         assert!(
             e.contains("split-brain") && e.contains("/r0") && e.contains("/r1"),
             "{e}"
         );
         assert!(e.contains("--force-source"), "{e}");
-        let p = plan(&found, &names(2), Some(1), &mut counter(), 5).unwrap();
+        let p = plan(&found, &names(2), ok(Some(1)), &mut counter(), 5).unwrap();
         assert!(p.stale[1].is_none());
         assert!(p.stale[0].as_deref().unwrap().contains("split-brain loser"));
         // The loser is reset to "never in sync": the next mount needs no --force-source.
@@ -949,7 +978,7 @@ mod tests {
         let again = plan(
             &[Found::Record(loser.1.clone()), Found::Record(winner)],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -962,7 +991,7 @@ mod tests {
         let p = plan(
             &[rec(1, 1, G1, &[], &[1, 2]), Found::Missing { empty: true }],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -985,7 +1014,7 @@ mod tests {
                 rec(1, 2, G1, &[], &[1, 2]),
             ],
             &names(3),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -999,7 +1028,7 @@ mod tests {
                 Found::Missing { empty: true },
             ],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -1012,7 +1041,7 @@ mod tests {
                 Found::Unreadable("EIO".into()),
             ],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -1090,7 +1119,13 @@ mod tests {
         let empty = Found::Missing { empty: true };
         let dead = Found::Unreadable("ENOTCONN".into());
         // Two of three answer: they serve (the third starts out of service).
-        let plan2 = plan(&[rec(0), rec(1), dead.clone()], &names, None, &mut || 99, 0);
+        let plan2 = plan(
+            &[rec(0), rec(1), dead.clone()],
+            &names,
+            ok(None),
+            &mut || 99,
+            0,
+        );
         assert!(plan2.is_ok(), "{plan2:?}");
         // One of three, the others empty (not mounted?) or dead: refused, unless forced.
         for others in [
@@ -1098,13 +1133,13 @@ mod tests {
             [dead.clone(), empty.clone()],
         ] {
             let found = [rec(2), others[0].clone(), others[1].clone()];
-            let why = plan(&found, &names, None, &mut || 99, 0).unwrap_err();
+            let why = plan(&found, &names, ok(None), &mut || 99, 0).unwrap_err();
             assert!(
                 why.starts_with("only 1 of the 3 replicas in service at generation 3 answer"),
                 "{why}"
             );
             assert!(why.contains("(/a)"), "{why}");
-            assert!(plan(&found, &names, Some(0), &mut || 99, 0).is_ok());
+            assert!(plan(&found, &names, ok(Some(0)), &mut || 99, 0).is_ok());
         }
         // Of two recorded, one is enough (the two-member rule of the lease).
         let two = Membership {
@@ -1112,6 +1147,23 @@ mod tests {
             ..m.clone()
         };
         let found = [Found::Record(two.record(0, true, 0)), empty, dead];
-        assert!(plan(&found, &names, None, &mut || 99, 0).is_ok());
+        assert!(plan(&found, &names, ok(None), &mut || 99, 0).is_ok());
+    }
+
+    #[test]
+    fn with_no_new_set_replicas_without_state_are_refused() {
+        let empty = || Found::Missing { empty: true };
+        let choices = Choices {
+            force_source: None,
+            new_set: false,
+        };
+        let why = plan(&[empty(), empty()], &names(2), choices, &mut counter(), 5).unwrap_err();
+        assert!(
+            why.starts_with("no replica holds chironfs state (none of the 2 that answer)"),
+            "{why}"
+        );
+        // A set that exists is mounted as ever.
+        let found = [rec(1, 1, G1, &[], &[1, 2]), rec(1, 2, G1, &[], &[1, 2])];
+        assert!(plan(&found, &names(2), choices, &mut counter(), 5).is_ok());
     }
 }

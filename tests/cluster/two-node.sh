@@ -360,6 +360,11 @@ for n in $NODES; do
 done
 ok "both nodes mount mars, venus and mercury over SSHFS"
 
+# The replica set is made once, by hand, before the cluster manages it: the agent never makes
+# a new set (new_set=false), so an SSHFS mount that gave up never becomes a new, empty set.
+on diamond sh -c "mkdir -p /run/chironfs-init && '$LAB/bin/chironfs' /srv/mars=/srv/venus=/srv/mercury /run/chironfs-init && umount /run/chironfs-init" ||
+    cl_die "could not make the replica set"
+ok "replica set made on diamond (chironfs REPLICAS DIR && umount DIR)"
 out=$(on diamond crm configure primitive fs ocf:chiron:chironfs \
     params replicas=/srv/mars=/srv/venus=/srv/mercury mountpoint=/chironfs \
     binary="$LAB/bin/chironfs" chironctl="$LAB/bin/chironctl" report_degraded=true \

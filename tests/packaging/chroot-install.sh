@@ -227,7 +227,7 @@ cluster_tools() {
     ok "$suite: the suggested cluster tools install ($(since "$t")): $v"
     mkdir -p "$root/srv/ocf-a" "$root/srv/ocf-b"
     check "$suite: ocf-tester against the installed agent" in_root timeout 300 ocf-tester -n chroottest \
-        -o replicas=/srv/ocf-a=/srv/ocf-b -o mountpoint=/mnt/ocf "$agent"
+        -o replicas=/srv/ocf-a=/srv/ocf-b -o mountpoint=/mnt/ocf -o new_set=true "$agent"
     check "$suite: crm_resource --validate --class ocf --provider chiron --agent chironfs" \
         in_root crm_resource --validate --class ocf --provider chiron --agent chironfs \
         --option replicas=/srv/ocf-a=/srv/ocf-b --option mountpoint=/mnt/ocf

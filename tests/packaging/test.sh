@@ -256,7 +256,7 @@ if [ ! -x "$agent" ]; then
     skip "ocf-tester and crm: the OCF agent is not packaged (ocf/chironfs not in the tree)"
 else
     if command -v ocf-tester >/dev/null 2>&1; then
-        if timeout 300 ocf-tester -n pkgtest -o replicas="$a=$b" -o mountpoint="$mnt" "$agent" \
+        if timeout 300 ocf-tester -n pkgtest -o replicas="$a=$b" -o mountpoint="$mnt" -o new_set=true "$agent" \
             >"$tmp/ocf-tester.log" 2>&1; then
             ok "ocf-tester against the installed agent"
         else

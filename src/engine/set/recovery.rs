@@ -25,6 +25,7 @@ impl ReplicaSet {
     pub fn recover_at_mount(
         &self,
         force_source: Option<usize>,
+        new_set: bool,
         journal_max: u32,
     ) -> Result<(), String> {
         let names: Vec<String> = self
@@ -35,7 +36,10 @@ impl ReplicaSet {
         let plan = state::plan(
             &self.read_states(),
             &names,
-            force_source,
+            state::Choices {
+                force_source,
+                new_set,
+            },
             &mut state::random_id,
             now(),
         )?;
