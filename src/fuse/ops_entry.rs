@@ -22,14 +22,14 @@ use super::nodes::Place;
 use super::open_flags::{open_reply, replica_flags};
 use super::ops_meta::Stat;
 use super::reach::at;
-use super::stamp::{now, truncated};
+use super::stamp::{NewTimes, truncated};
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaJob;
 use crate::rules::iomode::Wish;
-use crate::sys::{self, Credentials, TimeSpec};
+use crate::sys::{self, Credentials};
 
 /// How a create makes its file on each replica.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Creation {
     /// The replica's open flags (see [`replica_flags`]), O_TRUNC kept.
     flags: i32,
@@ -39,8 +39,8 @@ struct Creation {
     mode: u32,
     /// The caller, who loses the setid bits of an existing file it truncates unless root.
     uid: u32,
-    /// The new file's times, or an existing truncated file's mtime.
-    stamp: TimeSpec,
+    /// The new file's times (its stamp also an existing truncated file's mtime).
+    times: NewTimes,
 }
 
 impl Creation {
@@ -58,11 +58,11 @@ impl Creation {
         })?;
         if made {
             // A new file: its times, the same on every replica (the caller owns it).
-            let _ = sys::utimens_at(fd.as_fd(), c"", self.stamp, self.stamp);
+            self.times.apply(fd.as_fd(), c"");
         } else {
             // The kernel asked to create a name it believed absent; without O_EXCL an
             // existing file was opened as open(2) would.
-            truncated(fd.as_fd(), self.flags, self.stamp, self.uid)?;
+            truncated(fd.as_fd(), self.flags, self.times.stamp(), self.uid)?;
         }
         let st = sys::fstat(fd.as_fd())?;
         file.store(r, fd);
@@ -81,7 +81,7 @@ struct Unnamed {
     /// The new file's mode (the caller's umask is applied by the replica).
     mode: u32,
     /// The new file's times, the same on every replica.
-    stamp: TimeSpec,
+    times: NewTimes,
     /// Set by a replica whose filesystem has no `O_TMPFILE` (SSHFS, NFS): then no replica
     /// keeps one and the caller gets EOPNOTSUPP, as from such a filesystem itself.
     unsupported: Arc<AtomicBool>,
@@ -102,7 +102,7 @@ impl Unnamed {
             }
             made => made?,
         };
-        let _ = sys::utimens_at(fd.as_fd(), c"", self.stamp, self.stamp);
+        self.times.apply(fd.as_fd(), c"");
         let st = sys::fstat(fd.as_fd())?;
         file.store(r, fd);
         Ok(Some((r.index, st)))
@@ -110,6 +110,12 @@ impl Unnamed {
 }
 
 impl ChironFs {
+    /// The times of an entry made now (see [`NewTimes`]): one replica's clock where every
+    /// replica is local.
+    fn new_times(&self) -> NewTimes {
+        NewTimes::new(self.set.replicas().iter().all(|r| r.is_local()))
+    }
+
     /// MKNOD, as the caller (`creds`).
     pub(super) fn do_mknod(
         &self,
@@ -178,12 +184,12 @@ impl ChironFs {
             Err(e) => return reply.error(e),
         };
         let rel = path.clone();
-        let stamp = now();
+        let times = self.new_times();
         let result = self.mutate(op, &path, &creds, move |r| {
             at(r, &rel, |dir, name| {
                 make(dir, name)?;
                 // The new object's times, the same on every replica (the caller owns it).
-                let _ = sys::utimens_at(dir, name, stamp, stamp);
+                times.apply(dir, name);
                 Ok((r.index, sys::lstat_at(dir, name)?))
             })
         });
@@ -215,7 +221,7 @@ impl ChironFs {
             exclusive: flags & libc::O_EXCL != 0,
             mode,
             uid: creds.uid,
-            stamp: now(),
+            times: self.new_times(),
         };
         let f = Arc::clone(&file);
         let result = self.mutate("create", &path, &creds, move |r| how.run(r, &place, &f));
@@ -248,7 +254,7 @@ impl ChironFs {
         let how = Unnamed {
             flags: (replica_flags(flags) & !(libc::O_EXCL | libc::O_TRUNC)) | libc::O_TMPFILE,
             mode,
-            stamp: now(),
+            times: self.new_times(),
             unsupported: Arc::default(),
         };
         let unsupported = Arc::clone(&how.unsupported);
