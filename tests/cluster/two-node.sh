@@ -553,8 +553,9 @@ else
     diag "$PEER"
     diag "$ACTIVE"
 fi
-if on "$PEER" crm_mon -1 2>/dev/null | grep -q "only 1 of the 3 replicas"; then
-    ok "crm_mon: $ACTIVE's restart was refused: $(on "$PEER" crm_mon -1 | grep -o "only 1 of the 3 replicas[^(]*" | head -n 1)"
+refusal='only 1 of the 3 replicas|no replica holds chironfs state'
+if on "$PEER" crm_mon -1 2>/dev/null | grep -qE "$refusal"; then
+    ok "crm_mon: $ACTIVE's restart was refused: $(on "$PEER" crm_mon -1 | grep -oE "($refusal)[^(]*" | head -n 1)"
 else
     say "note: crm_mon shows no refused restart on $ACTIVE (it may have moved the resource at once)"
 fi
