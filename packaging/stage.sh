@@ -4,6 +4,7 @@
 #
 # Usage: packaging/stage.sh DESTDIR [VAR=VALUE...]
 #   BINDIR_SRC=target/release          where chironfs, chironctl and gen-docs were built
+#                                      ($CARGO_TARGET_DIR/release when that is set)
 #   DOCS_SRC=target/gen-docs           where gen-docs writes man pages and completions
 #   UNITDIR=/lib/systemd/system        systemd system unit directory
 #   NAGIOSDIR=/usr/lib/nagios/plugins  Nagios plugin directory
@@ -17,7 +18,7 @@ set -eu
 [ $# -ge 1 ] || { echo "usage: $0 DESTDIR [VAR=VALUE...]" >&2; exit 2; }
 DESTDIR=$1
 shift
-BINDIR_SRC=target/release
+BINDIR_SRC=${CARGO_TARGET_DIR:-target}/release
 DOCS_SRC=target/gen-docs
 UNITDIR=/lib/systemd/system
 NAGIOSDIR=/usr/lib/nagios/plugins

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Idempotent installer for a fresh Debian 12 machine (run as root): the system packages that
-# chironfs, its tests and its demo need (prometheus for promtool, which checks the metrics),
+# chironfs, its tests and its demo need (prometheus for promtool, which checks the metrics;
+# mmdebstrap for the Debian 12 and 13 roots of tests/packaging/chroot-install.sh),
 # plus the peer test suites fsx and pjdfstest.
 # Quiet when everything is already there; says what failed otherwise.
 # Usage: scripts/setup.sh
@@ -9,7 +10,7 @@ set -eu
 APT_PACKAGES="fuse3 rsyslog sshfs openssh-server openssh-client iproute2 attr acl psmisc
 procps util-linux e2fsprogs
 pacemaker pacemaker-cli-utils corosync crmsh pcs resource-agents heartbeat kmod libxml2-utils
-systemd prometheus"
+systemd prometheus mmdebstrap"
 FSX_VERSION=0.3.2
 PJDFSTEST_VERSION=0.2.2
 

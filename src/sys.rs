@@ -34,8 +34,8 @@ pub fn cstr(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// The open(2) flags openat2 accepts (the kernel's VALID_OPEN_FLAGS, less O_TMPFILE which
-/// chironfs never asks for and FASYNC which open(2) ignores anyway).
+/// The open(2) flags openat2 accepts (the kernel's VALID_OPEN_FLAGS, less FASYNC which
+/// open(2) ignores anyway).
 const VALID_OPEN_FLAGS: libc::c_int = libc::O_ACCMODE
     | libc::O_CREAT
     | libc::O_EXCL
@@ -51,7 +51,8 @@ const VALID_OPEN_FLAGS: libc::c_int = libc::O_ACCMODE
     | libc::O_NOFOLLOW
     | libc::O_NOATIME
     | libc::O_CLOEXEC
-    | libc::O_PATH;
+    | libc::O_PATH
+    | libc::O_TMPFILE;
 
 /// Opens `rel` beneath `root`. `no_symlinks` refuses every symlink on the way, which is what
 /// walking to a parent directory needs (our tree never routes a path through a symlink).
@@ -95,7 +96,7 @@ fn open_beneath_as_given(
     // openat2 refuses unknown bits with EINVAL, unlike open(2) which ignores them; the kernel
     // hands FUSE internal ones (__FMODE_EXEC when a file is executed, FMODE_NONOTIFY...).
     how.flags = ((flags & VALID_OPEN_FLAGS) | libc::O_CLOEXEC) as u64;
-    if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+    if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE {
         how.mode = mode as u64;
     }
     how.resolve = resolve;
@@ -187,6 +188,44 @@ pub fn link_at(
         )
     })
     .map(drop)
+}
+
+/// A new name `new_name` in `new_dir` for the open file `fd` (an `O_TMPFILE` one, or any
+/// other with a name): `linkat` with `AT_EMPTY_PATH`, which needs CAP_DAC_READ_SEARCH, else
+/// through its /proc/self/fd link, which needs none.
+pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new_name: &CStr) -> io::Result<()> {
+    let link = |old_dir: RawFd, old_name: &CStr, flags: libc::c_int| {
+        // SAFETY: valid fds and NUL-terminated names.
+        check(unsafe {
+            libc::linkat(
+                old_dir,
+                old_name.as_ptr(),
+                new_dir.as_raw_fd(),
+                new_name.as_ptr(),
+                flags,
+            )
+        })
+        .map(drop)
+    };
+    match link(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+            let proc_path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .expect("no NUL in a number");
+            link(libc::AT_FDCWD, &proc_path, libc::AT_SYMLINK_FOLLOW)
+        }
+        r => r,
+    }
+}
+
+/// A new open of the file `fd` is open on, with `flags`, through its /proc/self/fd link
+/// (which works for a file with no name left, as open(2) of that link does).
+pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let proc_path =
+        CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number");
+    // SAFETY: a valid NUL-terminated path; no mode is read without O_CREAT.
+    let fd = check(unsafe { libc::open(proc_path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `unlinkat`; `dir_flag` removes a directory (rmdir).

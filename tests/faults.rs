@@ -753,8 +753,11 @@ impl Sshfs {
             .prefix("chiron-sshfs-")
             .tempdir()
             .unwrap();
+        // One name per server: tests of this binary run in parallel.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let s = Sshfs {
-            name: format!("faults{}", std::process::id()),
+            name: format!("faults{}-{n}", std::process::id()),
             dir,
             up: true,
         };
@@ -798,6 +801,37 @@ impl Drop for Sshfs {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+#[test]
+fn o_tmpfile_on_a_set_with_an_sshfs_replica_is_eopnotsupp_and_blames_no_replica() {
+    if !can_mount() {
+        return;
+    }
+    let ssh = Sshfs::up(|_| {});
+    let m = MountBuilder::new(2).replica_path(1, ssh.mnt()).start();
+    let dir = std::ffi::CString::new(m.mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; a descriptor returned is closed below.
+    let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
+    let err = std::io::Error::last_os_error();
+    if fd >= 0 {
+        // SAFETY: ours, opened just above.
+        unsafe { libc::close(fd) };
+    }
+    assert_eq!(
+        (fd, err.raw_os_error()),
+        (-1, Some(libc::EOPNOTSUPP)),
+        "SSHFS has no O_TMPFILE, so the set has none"
+    );
+    // A program falls back to a named file: that works, on both replicas.
+    fs::write(m.path("named"), "fallback").unwrap();
+    assert_eq!(
+        fs::read_to_string(ssh.export().join("named")).unwrap(),
+        "fallback"
+    );
+    // (SFTP keeps whole seconds of mtime: the trees are compared by content above.)
+    assert_all_in_service(&m);
+    drop(m);
 }
 
 /// Opens `rel` read-only on a handle whose data replica is `want` (the open's job is counted
@@ -1805,4 +1839,82 @@ fn a_slow_replica_shows_in_its_latency_histogram_before_it_is_taken_out() {
     );
     drop(m);
     drop(ff);
+}
+
+#[test]
+fn an_owner_cut_from_a_majority_of_its_members_fences_itself_then_serves_again() {
+    if !can_mount() {
+        return;
+    }
+    // Lease time 4 s with a 1 s timeout: the owner fences itself F = (4 - 1) / 2 = 1.5 s after
+    // its last renewal that reached a majority, well before another daemon could take over.
+    let b = MountBuilder::new(3)
+        .timeout(1.0)
+        .arg("--lease-time")
+        .arg("4");
+    let tmp = b.tmp().to_owned();
+    let f1 = FaultFs::start(&tmp.join("r1-src"), &tmp.join("r1"));
+    let f2 = FaultFs::start(&tmp.join("r2-src"), &tmp.join("r2"));
+    let mut m = b.start();
+    m.unmount_at_end(f1.mnt.clone());
+    m.unmount_at_end(f2.mnt.clone());
+    fs::write(m.path("before"), b"acknowledged before the cut").unwrap();
+
+    // Two of the three members hang: the owner is cut from its majority.
+    f1.set("all hang\n");
+    f2.set("all hang\n");
+    let cut = Instant::now();
+    let fenced = wait_until(Duration::from_secs(15), || {
+        m.snapshot()
+            .lease
+            .as_deref()
+            .is_some_and(|l| l.starts_with("fenced"))
+    });
+    let took = cut.elapsed();
+    assert!(fenced, "not fenced: {:?}", m.snapshot().lease);
+    assert!(
+        took < Duration::from_secs(4),
+        "fenced {took:?} after the cut: not before its lease time (4 s) ran out"
+    );
+    let mnt = m.mnt.clone();
+    let write = in_thread("a write while fenced", Duration::from_secs(10), move || {
+        fs::write(mnt.join("during"), b"x")
+            .err()
+            .and_then(|e| e.raw_os_error())
+    });
+    assert_eq!(
+        write,
+        Some(libc::EROFS),
+        "mutations are refused while fenced"
+    );
+    assert_eq!(
+        fs::read(m.path("before")).unwrap(),
+        b"acknowledged before the cut",
+        "reads go on"
+    );
+    let (code, line) = check(&m, &[]);
+    assert_eq!(code, 2, "chironctl check is CRITICAL while fenced: {line}");
+    assert!(
+        m.log_text()
+            .lines()
+            .any(|l| l.contains("cannot renew the replica set's lease") && l.contains("fenced")),
+        "the ALERT line"
+    );
+
+    // The members answer again: renewed with its epoch still current, it serves again.
+    f1.set("");
+    f2.set("");
+    let mnt = m.mnt.clone();
+    let back = in_thread(
+        "writes after the cut healed",
+        Duration::from_secs(20),
+        move || {
+            wait_until(Duration::from_secs(15), || {
+                fs::write(mnt.join("after"), b"acknowledged after").is_ok()
+            })
+        },
+    );
+    assert!(back, "writes did not come back: {:?}", m.snapshot().lease);
+    assert!(m.log_text().contains("renewed again"), "the log says so");
+    assert!(!m.path("during").exists(), "nothing of the refused write");
 }

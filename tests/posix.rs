@@ -1,6 +1,6 @@
 //! POSIX corners through a real mount, where chironfs must behave as a local filesystem
 //! does: open directories that lost their name, the times of a new entry, a rewound
-//! directory stream and the inode numbers of a listing.
+//! directory stream, the inode numbers of a listing, and O_TMPFILE.
 mod common;
 use common::*;
 
@@ -130,8 +130,10 @@ fn ctime(md: &fs::Metadata) -> (i64, i64) {
     (md.ctime(), md.ctime_nsec())
 }
 
+/// On local replicas a new entry's ctime equals its mtime (one replica's clock sets both, the
+/// others copy it); on every replica the ctime is never before the mtime.
 #[test]
-fn a_new_entry_never_shows_a_ctime_before_its_mtime() {
+fn a_new_entry_shows_its_ctime_equal_to_its_mtime_and_never_before() {
     if !can_mount() {
         return;
     }
@@ -161,6 +163,9 @@ fn a_new_entry_never_shows_a_ctime_before_its_mtime() {
                     ctime(&md),
                     mtime(&md)
                 );
+                if where_ != "replica 1" {
+                    assert_eq!(ctime(&md), mtime(&md), "{name} ({where_}): ctime != mtime");
+                }
                 assert_eq!(
                     (md.atime(), md.atime_nsec()),
                     mtime(&md),
@@ -387,4 +392,113 @@ fn reads_never_move_one_replicas_access_time() {
     for i in 0..2 {
         assert_eq!(atime(&m.on(i, "d/f")), (1_000_000, 0), "replica {i}");
     }
+}
+
+/// open(2) of directory `dir` with `O_TMPFILE` and `extra` flags.
+fn open_tmpfile(dir: &Path, extra: i32) -> std::io::Result<File> {
+    // SAFETY: a valid NUL-terminated path; the descriptor returned is ours alone.
+    let fd = unsafe {
+        libc::open(
+            c(dir).as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | extra,
+            0o640,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Gives the open file `f` the name `to`, as the man page of open(2) shows for O_TMPFILE:
+/// linkat of its /proc/self/fd link, followed.
+fn link_open_file(f: &File, to: &Path) -> std::io::Result<()> {
+    let from = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+    // SAFETY: valid NUL-terminated paths.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            c(to).as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn o_tmpfile_is_unnamed_until_linked_then_the_same_file_on_every_replica() {
+    use std::io::Write;
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::create_dir(m.path("d")).unwrap();
+    let mut f = open_tmpfile(&m.path("d"), 0).expect("O_TMPFILE through the mount");
+    f.write_all(b"written before it had a name\n").unwrap();
+    let st = fstat(&f).unwrap();
+    assert_eq!(
+        (st.st_nlink, st.st_mode & 0o7777, st.st_size),
+        (0, 0o640, 29)
+    );
+    let listed = |i: usize| fs::read_dir(m.on(i, "d")).unwrap().count();
+    assert_eq!((listed(0), listed(1)), (0, 0), "nothing named on a replica");
+    assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 0);
+    // Reopened through /proc/self/fd, as an unnamed file can be.
+    let again = format!("/proc/self/fd/{}", f.as_raw_fd());
+    assert_eq!(
+        fs::read_to_string(&again).expect("reopen of the unnamed file"),
+        "written before it had a name\n"
+    );
+
+    link_open_file(&f, &m.path("d/named")).expect("linkat of the tmpfile");
+    assert_eq!(fstat(&f).unwrap().st_nlink, 1);
+    f.write_all(b"and after\n").unwrap();
+    drop(f);
+    let want = "written before it had a name\nand after\n";
+    assert_eq!(fs::read_to_string(m.path("d/named")).unwrap(), want);
+    for i in 0..2 {
+        assert_eq!(fs::read_to_string(m.on(i, "d/named")).unwrap(), want);
+        assert_eq!(fs::metadata(m.on(i, "d/named")).unwrap().nlink(), 1);
+    }
+
+    // O_EXCL: never linkable (the kernel says ENOENT); closed unnamed, nothing is left.
+    let f = open_tmpfile(&m.path("d"), libc::O_EXCL).unwrap();
+    let err = link_open_file(&f, &m.path("d/excl")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    drop(f);
+    let mut f = open_tmpfile(&m.path("d"), 0).unwrap();
+    f.write_all(b"dropped").unwrap();
+    drop(f);
+    assert_eq!((listed(0), listed(1)), (1, 1), "only the linked file");
+    assert_all_in_service(&m);
+    assert_replicas_identical(&m);
+}
+
+#[test]
+fn a_tmpfile_linked_while_a_replica_is_out_reaches_it_at_resync() {
+    use std::io::Write;
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    ctl_ok(&m, &["disable", "1"]);
+    let mut f = open_tmpfile(&m.path(""), 0).unwrap();
+    f.write_all(b"made while b was out\n").unwrap();
+    link_open_file(&f, &m.path("late")).unwrap();
+    drop(f);
+    assert!(!m.on(1, "late").exists(), "b is out of service");
+    ctl_ok(&m, &["resync", "1", "--wait"]);
+    assert_eq!(
+        fs::read_to_string(m.on(1, "late")).unwrap(),
+        "made while b was out\n"
+    );
+    assert_all_in_service(&m);
+    assert_replicas_identical(&m);
 }

@@ -189,3 +189,77 @@ fn a_quorum_the_replicas_cannot_meet_is_refused_at_mount() {
         text(&help.stdout)
     );
 }
+
+#[test]
+fn a_witness_keeps_one_replica_writing_and_refuses_the_other_alone() {
+    if !can_mount() {
+        return;
+    }
+    let b = MountBuilder::new(2);
+    let witness = b.tmp().join("witness");
+    fs::create_dir(&witness).unwrap();
+    let mut m = b
+        .arg("--quorum")
+        .arg("auto")
+        .arg("--witness")
+        .arg(&witness)
+        .start();
+    let status = ctl_ok(&m, &["status"]);
+    assert!(
+        status
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("2/2 replicas in service, 1 witness answering, quorum 2 met"),
+        "{status}"
+    );
+    fs::write(m.path("both.txt"), b"on both").unwrap();
+    // One replica and the witness are 2 of 3 members: writes go on (two replicas alone
+    // would need both).
+    ctl_ok(&m, &["disable", "1"]);
+    fs::write(
+        m.path("one.txt"),
+        b"acknowledged with replica 0 and the witness",
+    )
+    .unwrap();
+    assert!(m.stop());
+    assert!(
+        witness.join(".chironfs/state").is_file(),
+        "the witness records the set's state"
+    );
+
+    // The other side of a partition: replica 1 with the witness (and a new empty replica in
+    // place of replica 0, which it cannot reach) never serves its older data.
+    let (r0, r1) = (m.replicas[0].clone(), m.replicas[1].clone());
+    let empty = m.tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let err = m
+        .restart_with(
+            &[r1.clone(), empty.clone()],
+            &["--quorum", "auto", "--witness", witness.to_str().unwrap()],
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("the witness")
+            && err.contains("has seen generation")
+            && err.contains("--force-source"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one sentence: {err}");
+    assert!(!is_mounted(&m.mnt));
+
+    // Both replicas again: replica 1 is stale, resynced, and nothing acknowledged is lost.
+    m.restart_with(
+        &[r0, r1],
+        &["--quorum", "auto", "--witness", witness.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(m.snapshot().replicas[1].stale);
+    ctl_ok(&m, &["resync", "1", "--wait"]);
+    assert_eq!(
+        fs::read(m.path("one.txt")).unwrap(),
+        b"acknowledged with replica 0 and the witness"
+    );
+    assert_all_in_service(&m);
+    assert_replicas_identical(&m);
+}

@@ -228,3 +228,94 @@ fn a_split_brain_is_refused_until_the_survivor_is_named() {
         .unwrap();
     assert_eq!(m.snapshot().replicas[0].state, ReplicaState::InService);
 }
+
+/// Starts `m` again on its replicas in a thread and gives it `secs` to come up: a start that
+/// hangs fails the test instead of hanging it.
+fn restart_within(m: &mut Mount, secs: u64) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let replicas = m.replicas.clone();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(m.restart_with(&replicas, &[]));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(secs))
+            .unwrap_or_else(|_| panic!("the start did not end within {secs} s"))
+    })
+}
+
+#[test]
+fn hostile_files_in_a_replicas_state_directory_cannot_hang_or_flood_the_start() {
+    use std::os::unix::fs::FileTypeExt;
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mount::two();
+    fs::write(m.path("f"), b"kept").unwrap();
+    assert!(m.stop());
+    let meta = m.replicas[1].join(META_DIR);
+    for (what, make) in [
+        ("a FIFO as the state file", 0),
+        ("a 100 MB one-line state file", 1),
+        ("a FIFO as the journal", 2),
+    ] {
+        let state = meta.join(STATE_FILE);
+        // The journal read at the start is the one of the replica the others follow.
+        let journal = m.replicas[0].join(META_DIR).join("journal");
+        let saved = fs::read(&state).unwrap();
+        match make {
+            0 => {
+                fs::remove_file(&state).unwrap();
+                nix::unistd::mkfifo(&state, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .unwrap();
+            }
+            1 => fs::write(&state, "x".repeat(100 << 20)).unwrap(),
+            _ => {
+                let _ = fs::remove_file(&journal);
+                nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .unwrap();
+            }
+        }
+        restart_within(&mut m, 20).unwrap_or_else(|e| panic!("{what}: the mount failed: {e}"));
+        assert_eq!(fs::read(m.path("f")).unwrap(), b"kept", "{what}");
+        let status = fs::metadata(&m.status_file).unwrap().len();
+        assert!(status < 64 << 10, "{what}: a status file of {status} bytes");
+        let longest = m.log_text().lines().map(str::len).max().unwrap_or(0);
+        assert!(longest < 4096, "{what}: a log line of {longest} bytes");
+        let out = m.chironctl(&["status"]);
+        assert!(out.status.success(), "{what}: chironctl status failed");
+        if make != 1 {
+            // The log has been appended to since the first case: the file is named too.
+            let file = if make == 0 { STATE_FILE } else { "journal" };
+            assert!(
+                m.log_text()
+                    .lines()
+                    .any(|l| l.contains("is a FIFO, not a regular file") && l.contains(file)),
+                "{what}: the log names it"
+            );
+        }
+        let s = m.snapshot();
+        if make < 2 {
+            // The state cannot be read: the replica starts out of service, the file named.
+            assert_eq!(s.replicas[1].state, ReplicaState::OutOfService, "{what}");
+            assert!(
+                s.replicas[1].reason.contains(STATE_FILE),
+                "{what}: {}",
+                s.replicas[1].reason
+            );
+            assert!(s.replicas[1].reason.len() < 400, "{what}: a short reason");
+        } else {
+            // A journal that cannot be read is no fault of its replica (replica 1 is stale
+            // since it was out in the case before).
+            assert_eq!(s.replicas[0].state, ReplicaState::InService, "{what}");
+        }
+        assert!(m.stop(), "{what}: the daemon did not stop");
+        // Put back what the admin would (the state from before), for the next case.
+        if fs::symlink_metadata(&state).is_ok_and(|md| !md.file_type().is_file()) || make == 1 {
+            fs::remove_file(&state).unwrap();
+            fs::write(&state, &saved).unwrap();
+        }
+        if fs::symlink_metadata(&journal).is_ok_and(|md| md.file_type().is_fifo()) {
+            fs::remove_file(&journal).unwrap();
+        }
+    }
+}

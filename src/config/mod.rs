@@ -125,6 +125,10 @@ pub struct Config {
     pub witness: Option<PathBuf>,
     /// Two members take and keep the lease only while both answer (`--strict-majority`).
     pub strict_majority: bool,
+    /// Never make a new replica set: refuse to start when no replica holds chironfs state
+    /// (`--no-new-set`, `-o no_new_set`): what a cluster wants, where replicas whose
+    /// filesystems are not mounted would else become a new, empty set.
+    pub no_new_set: bool,
     /// Serve the metrics over HTTP on this address (`--metrics-listen`, `-o metrics_listen=`);
     /// None: no listener (the default).
     pub metrics_listen: Option<std::net::SocketAddr>,

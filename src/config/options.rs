@@ -332,7 +332,11 @@ pub(super) static OPTIONS: &[Opt] = &[
                 .value_parser(parse_lease_time)
                 .default_value("auto")
                 .help(
-                    "How long the replica set's ownership lease must go unrenewed before                      another daemon may take it over (after its owner died): auto = twice                      --timeout, at least 4 s; at least --timeout + 2 s. The owner stops                      acknowledging writes (EROFS) well before, when it cannot renew on a                      majority of the members",
+                    "How long the replica set's ownership lease must go unrenewed before \
+                     another daemon may take it over (after its owner died): auto = twice \
+                     --timeout, at least 4 s; at least --timeout + 2 s. The owner stops \
+                     acknowledging writes (EROFS) well before, when it cannot renew on a \
+                     majority of the members",
                 )
         },
         set: |d, v| {
@@ -347,7 +351,10 @@ pub(super) static OPTIONS: &[Opt] = &[
             a.value_name("DIR")
                 .value_parser(value_parser!(PathBuf))
                 .help(
-                    "A directory on a third machine that holds only the set's ownership lease,                      no data: two replicas and a witness keep a majority when any one of the                      three is lost, so a partition between the front servers cannot split                      the set",
+                    "A directory on a third machine that holds no data, only the set's ownership \
+                     lease and state: two replicas and a witness keep a majority when any one of \
+                     the three is lost, so a partition between the front servers cannot split \
+                     the set, and the witness refuses a replica that missed writes",
                 )
         },
         set: |d, v| {
@@ -356,11 +363,25 @@ pub(super) static OPTIONS: &[Opt] = &[
         },
     },
     Opt {
+        long: "no-new-set",
+        mount_opt: true,
+        arg: |a| {
+            a.action(ArgAction::SetTrue).help(
+                "Never make a new replica set: refuse to start when no replica holds chironfs \
+                 state, rather than turn directories whose filesystems are not mounted into a \
+                 new, empty set (the OCF agent passes it unless new_set=true)",
+            )
+        },
+        set: |d, v| v.store(&mut d.config.no_new_set),
+    },
+    Opt {
         long: "strict-majority",
         mount_opt: true,
         arg: |a| {
             a.action(ArgAction::SetTrue).help(
-                "With two members (two replicas, no witness), take and keep the lease only                  while both answer: an outage when one is lost, rather than a possible split                  (without it, two members run on the one that answers)",
+                "With two members (two replicas, no witness), take and keep the lease only \
+                 while both answer: an outage when one is lost, rather than a possible split \
+                 (without it, two members run on the one that answers)",
             )
         },
         set: |d, v| v.store(&mut d.config.strict_majority),

@@ -601,6 +601,8 @@ fn lease_time_leaves_room_to_fence_and_the_witness_is_a_directory_of_its_own() {
     let m = fail(&[&spec, &mnt, "-o", &format!("witness={}", t.p("nowhere"))]);
     assert!(m.contains("witness"), "{m}");
     assert!(mount(&[&spec, &mnt, "--strict-majority"]).strict_majority);
+    assert!(mount(&[&spec, &mnt, "-o", "no_new_set"]).no_new_set);
+    assert!(!mount(&[&spec, &mnt]).no_new_set);
 }
 
 #[test]
@@ -821,7 +823,7 @@ fn every_mount_key_agrees_with_its_option() {
         }
         assert!(help_text().contains(&key), "-o {key} missing from --help");
     }
-    assert_eq!(keys, 22);
+    assert_eq!(keys, 23);
     // Command-line-only options have no -o key.
     for key in ["foreground", "fuseoptions", "help", "version"] {
         let m = fail(&[&spec, &mnt, "-o", key]);

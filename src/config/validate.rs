@@ -107,7 +107,9 @@ pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
         .transpose()?;
     config.quorum = quorum
         .map(|q| {
-            let n = crate::rules::quorum::required(q, replicas.len())
+            // One majority rule with the lease: the witness is a member too.
+            let members = replicas.len() + usize::from(config.witness.is_some());
+            let n = crate::rules::quorum::required(q, members)
                 .map_err(|e| ConfigError::new(format!("chironfs: invalid --quorum: {e}")))?;
             // At most the replica count, which never nears u16::MAX.
             Ok(u16::try_from(n).unwrap_or(u16::MAX))

@@ -591,6 +591,7 @@ mod tests {
                 quorum: None,
                 lease: None,
                 lease_epoch: 0,
+                witnesses: None,
                 nodes: None,
             }
         }

@@ -200,7 +200,11 @@ fn serve_set(
             _ => {}
         }
     }
-    set.recover_at_mount(config.force_source.map(usize::from), config.journal_max)?;
+    set.recover_at_mount(
+        config.force_source.map(usize::from),
+        !config.no_new_set,
+        config.journal_max,
+    )?;
     let mountpoint = config.mountpoint.display().to_string();
     // The control socket first: a second daemon on the same socket is refused before it
     // mounts anything or writes a status file.
@@ -301,6 +305,7 @@ fn open_set(config: &Config, members: &members::Members) -> Result<Arc<ReplicaSe
     let quorum = crate::rules::quorum::Quorum::new(
         config.quorum.map(usize::from),
         replicas.len(),
+        usize::from(config.witness.is_some()),
         mountpoint.clone(),
     );
     let mut set = ReplicaSet::new(replicas, config.timeout, mountpoint).with_quorum(quorum);
@@ -341,7 +346,9 @@ fn take_lease(
             .unwrap_or_else(|| Timing::default_lease(config.timeout)),
         timeout: config.timeout,
     };
-    if members.len() == 2 && !config.strict_majority {
+    // One majority rule: with --quorum, the lease too needs a majority of the members.
+    let strict = config.strict_majority || config.quorum.is_some();
+    if members.len() == 2 && !strict {
         log::warn!(
             "the replica set has two members and no witness: it keeps serving on the one that \
              answers, so a storage partition between front servers could still split it (the \
@@ -350,8 +357,9 @@ fn take_lease(
     }
     let keeper = Arc::new(LeaseKeeper::new(
         members,
+        config.replicas.len(),
         timing,
-        config.strict_majority,
+        strict,
         &config.mountpoint.display().to_string(),
     ));
     keeper.acquire()?;

@@ -7,7 +7,7 @@
 //!
 //! May touch: `engine::replica`, `engine::meta_files`, `rules::lease`, `sys`, `view::words`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::engine::meta_files;
 use crate::engine::replica::{Replica, now};
 use crate::rules::lease::{self, Found, Hold, LeaseRecord, Owner, Timing, Watched};
+use crate::rules::state::{self, Membership};
 use crate::sys;
 use crate::view::words::{ALERT_TARGET, utc_timestamp};
 
@@ -44,6 +45,13 @@ pub enum LeaseState {
 /// The lease of one mount: its members, its timing, and whether this daemon may write.
 pub struct LeaseKeeper {
     members: Vec<Arc<Replica>>,
+    /// How many of `members` are data replicas; the rest are witnesses.
+    replicas: usize,
+    /// Witnesses that answered the last renewal round: they count for the quorum
+    /// (`rules/quorum.rs`) as they do for the lease.
+    witnesses_answering: AtomicUsize,
+    /// Each witness's own id in its state record (read at mount, or new).
+    witness_ids: Mutex<Vec<u64>>,
     timing: Timing,
     strict: bool,
     me: Owner,
@@ -74,14 +82,24 @@ impl std::fmt::Debug for LeaseKeeper {
 type Read = Result<Option<LeaseRecord>, String>;
 
 impl LeaseKeeper {
-    /// A keeper over `members` (the data replicas, then the witnesses) for the daemon serving
-    /// `mountpoint`.
-    pub fn new(members: Vec<Arc<Replica>>, timing: Timing, strict: bool, mountpoint: &str) -> Self {
+    /// A keeper over `members` (the first `replicas` are the data replicas, then the
+    /// witnesses) for the daemon serving `mountpoint`.
+    pub fn new(
+        members: Vec<Arc<Replica>>,
+        replicas: usize,
+        timing: Timing,
+        strict: bool,
+        mountpoint: &str,
+    ) -> Self {
+        let witnesses = members.len().saturating_sub(replicas);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
         LeaseKeeper {
             members,
+            replicas,
+            witnesses_answering: AtomicUsize::new(witnesses),
+            witness_ids: Mutex::new((0..witnesses).map(|_| state::random_id()).collect()),
             timing,
             strict,
             me: Owner {
@@ -301,6 +319,12 @@ impl LeaseKeeper {
             return;
         }
         let ok = results.iter().filter(|r| r.is_ok()).count();
+        let witnesses_ok = results[self.replicas..]
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        self.witnesses_answering
+            .store(witnesses_ok, Ordering::SeqCst);
         if ok >= lease::needed(self.members.len(), ok, self.strict) {
             *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = round;
             if self.fenced.swap(false, Ordering::SeqCst) {
@@ -403,6 +427,73 @@ impl LeaseKeeper {
             Ok(())
         });
         log::info!("released the replica set's lease (epoch {epoch})");
+    }
+
+    /// The witnesses among the members.
+    pub fn witnesses(&self) -> usize {
+        self.members.len() - self.replicas
+    }
+
+    /// The witnesses that answered the last renewal round (all of them before the first).
+    pub fn witnesses_answering(&self) -> usize {
+        self.witnesses_answering.load(Ordering::SeqCst)
+    }
+
+    /// What each witness's `.chironfs/state` holds, with its path for messages, read within
+    /// one member deadline (a witness that does not answer reads as unreadable). A witness's
+    /// own id is kept from its record for the records written later.
+    pub fn witness_states(&self) -> Vec<(String, state::Found)> {
+        let witnesses: Vec<usize> = (self.replicas..self.members.len()).collect();
+        let reads = self.on_members(&witnesses, |r| {
+            Ok(meta_files::read_state(
+                r.root().map_err(|e| errno_words(&e))?,
+            ))
+        });
+        let mut ids = self.witness_ids.lock().unwrap_or_else(|e| e.into_inner());
+        witnesses
+            .iter()
+            .zip(reads)
+            .map(|(&i, read)| {
+                let found = read.unwrap_or_else(state::Found::Unreadable);
+                if let state::Found::Record(r) = &found {
+                    ids[i - self.replicas] = r.replica_id;
+                }
+                (self.members[i].path.display().to_string(), found)
+            })
+            .collect()
+    }
+
+    /// Writes membership `m` as each witness's state, after the replicas' own (so a witness
+    /// never knows a generation no replica recorded), within one member deadline; a witness
+    /// that cannot store it is named in the log and counts for nothing it did not store.
+    pub fn record_on_witnesses(&self, m: &Membership, clean: bool) {
+        if self.replicas == self.members.len() || !self.may_write() {
+            return;
+        }
+        let witnesses: Vec<usize> = (self.replicas..self.members.len()).collect();
+        let ids = self
+            .witness_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let first = self.replicas;
+        let records: Vec<_> = ids
+            .iter()
+            .map(|&id| m.record_as(id, clean, now()))
+            .collect();
+        let results = self.on_members(&witnesses, move |r| {
+            let root = r.root().map_err(|e| errno_words(&e))?;
+            meta_files::write_state(root, &records[r.index - first]).map_err(|e| errno_words(&e))
+        });
+        for (&i, result) in witnesses.iter().zip(results) {
+            if let Err(why) = result {
+                log::error!(
+                    "cannot write the replica set's state (generation {}) to the witness {}: {why}",
+                    m.generation.number,
+                    self.members[i].path.display()
+                );
+            }
+        }
     }
 
     fn lost_why(&self) -> Option<String> {

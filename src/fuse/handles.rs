@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -49,6 +49,10 @@ pub(super) struct OpenFile {
     /// A create made the file on a network replica without setting its times there: they
     /// are owed (see [`crate::rules::order`]), noted on the node once `create` knows it.
     pub(super) creation_owed: AtomicBool,
+    /// Set for an open of a file that has no name (an unnamed tmpfile, or a file unlinked
+    /// while open, reopened through /proc/self/fd): the handle it is reopened from, replica
+    /// by replica.
+    origin: OnceLock<Arc<OpenFile>>,
 }
 
 impl OpenWriter for OpenFile {
@@ -77,6 +81,7 @@ impl OpenFile {
             io: Mutex::new(None),
             writer: OnceLock::new(),
             creation_owed: AtomicBool::new(false),
+            origin: OnceLock::new(),
         }
     }
 
@@ -112,13 +117,28 @@ impl OpenFile {
         if let Some(fd) = slot.as_ref() {
             return Ok(Arc::clone(fd));
         }
-        // Unlinked while open: nothing left to open on a replica that had no descriptor.
-        let path = self
-            .current_path()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        let fd = Arc::new(replica.adopt(open_file(replica, &path, self.flags)?));
+        let fd = Arc::new(replica.adopt(self.open_on(replica, self.flags)?));
         *slot = Some(Arc::clone(&fd));
         Ok(fd)
+    }
+
+    /// Opens the file on `replica` with the kernel's `flags`: where it is now, or, once it
+    /// has no name, through the replica's descriptor of the handle it was reopened from.
+    pub(super) fn open_on(&self, replica: &Replica, flags: i32) -> io::Result<OwnedFd> {
+        match (self.current_path(), self.origin.get()) {
+            (Some(path), _) => open_file(replica, &path, flags),
+            (None, Some(origin)) => sys::reopen(
+                origin.fd(replica)?.as_fd(),
+                open_flags::replica_flags(flags) & !libc::O_NOFOLLOW,
+            ),
+            // Unlinked while open: nothing left to open on a replica that had no descriptor.
+            (None, None) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
+
+    /// Makes this handle an open of the file `origin` holds open, which has no name.
+    pub(super) fn reopens(&self, origin: Arc<OpenFile>) {
+        let _ = self.origin.set(origin);
     }
 }
 

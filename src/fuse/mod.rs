@@ -519,6 +519,19 @@ impl Filesystem for ChironFs {
         self.do_create(creds, parent, name, mode, flags, reply);
     }
 
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let creds = self.caller(req).with_umask(umask);
+        self.do_tmpfile(creds, parent, mode, flags, reply);
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

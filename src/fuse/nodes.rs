@@ -227,21 +227,7 @@ impl NodeTable {
                     }
                     id
                 }
-                None => {
-                    let id = inner.next;
-                    inner.next += 1;
-                    let node = Node {
-                        links: vec![(parent, Arc::clone(&name))],
-                        lookups: 0,
-                        backing: None,
-                        is_dir,
-                        order: None,
-                    };
-                    inner.nodes.insert(id, node);
-                    self.gauge
-                        .store(inner.nodes.len() as u64, Ordering::Relaxed);
-                    id
-                }
+                None => self.add(inner, vec![(parent, Arc::clone(&name))], 0, is_dir),
             };
             inner.insert_child(&(parent, name), id);
             id
@@ -260,6 +246,31 @@ impl NodeTable {
                 }
             }
         }
+        id
+    }
+
+    /// Records a regular file that has no name yet (open(2) with `O_TMPFILE`) and returns
+    /// its node id, one lookup counted as for a created file. It is reached through its
+    /// handles until [`NodeTable::link`] names it.
+    pub fn remember_unnamed(&self) -> u64 {
+        let mut inner = self.lock();
+        self.add(&mut inner, Vec::new(), 1, false)
+    }
+
+    /// A new node with these names and lookups.
+    fn add(&self, inner: &mut Inner, links: Vec<(u64, Name)>, lookups: u64, is_dir: bool) -> u64 {
+        let id = inner.next;
+        inner.next += 1;
+        let node = Node {
+            links,
+            lookups,
+            backing: None,
+            is_dir,
+            order: None,
+        };
+        inner.nodes.insert(id, node);
+        self.gauge
+            .store(inner.nodes.len() as u64, Ordering::Relaxed);
         id
     }
 

@@ -18,7 +18,7 @@ use fuser::{
 use super::ChironFs;
 use super::handles::OpenFile;
 use super::open_flags::{changes_file, writes};
-use super::reach::{open_file, reply_empty};
+use super::reach::reply_empty;
 use super::stamp::{clear_setid, now, truncated};
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaJob;
@@ -37,12 +37,20 @@ impl ChironFs {
         // decided one open at a time (see crate::rules::iomode).
         let lock = self.nodes.order_lock(ino.0);
         let _in_order = (writable || self.passthrough).then(|| lock.lock());
-        let path = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
+        // A file without a name (an unnamed tmpfile, or one unlinked while open) is reopened
+        // through /proc/self/fd: through a handle that holds it on every replica.
+        let (path, origin) = match self.path(ino) {
+            Ok(p) => (p, None),
+            Err(e) => match self.handles.file_of(ino.0) {
+                Some(origin) => (origin.path(), Some(origin)),
+                None => return reply.error(e),
+            },
         };
         let file = self.new_open_file(path.clone(), flags);
         file.ino.store(ino.0, Ordering::Relaxed);
+        if let Some(origin) = origin {
+            file.reopens(origin);
+        }
         let result = if writable {
             self.open_everywhere(&path, &file, flags, uid)
                 .map(|()| None)
@@ -78,7 +86,7 @@ impl ChironFs {
         let f = Arc::clone(file);
         let stamp = now();
         self.mutate("open", path, &Credentials::root(), move |r| {
-            let fd = open_file(r, &f.opened_as, flags)?;
+            let fd = f.open_on(r, flags)?;
             // O_TRUNC updates the mtime (and ctime) even of an empty file.
             truncated(fd.as_fd(), flags, stamp, uid)?;
             f.store(r, fd);

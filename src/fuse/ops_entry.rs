@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::{Errno, Generation, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
 
@@ -22,14 +22,14 @@ use super::nodes::Place;
 use super::open_flags::{open_reply, replica_flags};
 use super::ops_meta::Stat;
 use super::reach::at;
-use super::stamp::{nanos_of, now, truncated};
+use super::stamp::{NewTimes, nanos_of, truncated};
 use crate::engine::replica::Replica;
 use crate::engine::set::ReplicaJob;
 use crate::rules::iomode::Wish;
 use crate::sys::{self, Credentials, TimeSpec};
 
 /// How a create makes its file on each replica.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Creation {
     /// The replica's open flags (see [`replica_flags`]), O_TRUNC kept.
     flags: i32,
@@ -39,8 +39,8 @@ struct Creation {
     mode: u32,
     /// The caller, who loses the setid bits of an existing file it truncates unless root.
     uid: u32,
-    /// The new file's times, or an existing truncated file's mtime.
-    stamp: TimeSpec,
+    /// The new file's times (its stamp also an existing truncated file's mtime).
+    times: NewTimes,
 }
 
 impl Creation {
@@ -58,7 +58,7 @@ impl Creation {
         })?;
         if made && r.is_local() {
             // A new file: its times, the same on every replica (the caller owns it).
-            let _ = sys::utimens_at(fd.as_fd(), c"", self.stamp, self.stamp);
+            self.times.apply(fd.as_fd(), c"");
         } else if made {
             // On a network replica a round trip of its own: owed until the file's first flush
             // (see crate::rules::order), where one call sets them with the writes' mtime.
@@ -66,7 +66,7 @@ impl Creation {
         } else {
             // The kernel asked to create a name it believed absent; without O_EXCL an
             // existing file was opened as open(2) would.
-            truncated(fd.as_fd(), self.flags, self.stamp, self.uid)?;
+            truncated(fd.as_fd(), self.flags, self.times.stamp(), self.uid)?;
         }
         let st = sys::fstat(fd.as_fd())?;
         file.store(r, fd);
@@ -74,7 +74,52 @@ impl Creation {
     }
 }
 
+/// How a tmpfile (open(2) with `O_TMPFILE`) is made on each replica: the replica's own
+/// unnamed file in the same directory, so that a later link names it on every replica, and
+/// a close without a link leaves nothing behind (not even after a crash).
+#[derive(Clone, Debug)]
+struct Unnamed {
+    /// The replica's open flags: the kernel's, `O_TMPFILE` kept, `O_EXCL` dropped (the
+    /// kernel itself refuses a link of an `O_EXCL` tmpfile; the replicas' must stay linkable).
+    flags: i32,
+    /// The new file's mode (the caller's umask is applied by the replica).
+    mode: u32,
+    /// The new file's times, the same on every replica.
+    times: NewTimes,
+    /// Set by a replica whose filesystem has no `O_TMPFILE` (SSHFS, NFS): then no replica
+    /// keeps one and the caller gets EOPNOTSUPP, as from such a filesystem itself.
+    unsupported: Arc<AtomicBool>,
+}
+
+impl Unnamed {
+    /// Makes the unnamed file in directory `dir` on one replica and keeps its descriptor in
+    /// `file`; None where the filesystem cannot (not a fault of the replica).
+    fn run(&self, r: &Replica, dir: &Place, file: &OpenFile) -> io::Result<Option<Stat>> {
+        let made = at(r, dir, |parent, name| {
+            sys::open_beneath(parent, name, self.flags, self.mode & 0o7777, true)
+        });
+        let fd = match made {
+            // EISDIR: a kernel that predates O_TMPFILE takes it for O_DIRECTORY alone.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                self.unsupported.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            made => made?,
+        };
+        self.times.apply(fd.as_fd(), c"");
+        let st = sys::fstat(fd.as_fd())?;
+        file.store(r, fd);
+        Ok(Some((r.index, st)))
+    }
+}
+
 impl ChironFs {
+    /// The times of an entry made now (see [`NewTimes`]): one replica's clock where every
+    /// replica is local.
+    fn new_times(&self) -> NewTimes {
+        NewTimes::new(self.set.replicas().iter().all(|r| r.is_local()))
+    }
+
     /// MKNOD, as the caller (`creds`).
     pub(super) fn do_mknod(
         &self,
@@ -143,12 +188,12 @@ impl ChironFs {
             Err(e) => return reply.error(e),
         };
         let rel = path.clone();
-        let stamp = now();
+        let times = self.new_times();
         let result = self.mutate(op, &path, &creds, move |r| {
             at(r, &rel, |dir, name| {
                 make(dir, name)?;
                 // The new object's times, the same on every replica (the caller owns it).
-                let _ = sys::utimens_at(dir, name, stamp, stamp);
+                times.apply(dir, name);
                 Ok((r.index, sys::lstat_at(dir, name)?))
             })
         });
@@ -180,19 +225,60 @@ impl ChironFs {
             exclusive: flags & libc::O_EXCL != 0,
             mode,
             uid: creds.uid,
-            stamp: now(),
+            times: self.new_times(),
         };
+        let stamp = how.times.stamp();
         let f = Arc::clone(&file);
         let result = self.mutate("create", &path, &creds, move |r| how.run(r, &place, &f));
         match result {
-            Ok(stat) => self.answer_created(parent, name, file, (stat, how.stamp), reply),
+            Ok(stat) => self.answer_created(parent, name, file, (stat, stamp), reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// TMPFILE: an unnamed regular file in `parent` (open(2) with `O_TMPFILE`), made on every
+    /// replica as the caller (`creds`) and opened with `flags`. It has a node but no name, so
+    /// it is reached through its handle (as a file unlinked while open is) until a LINK names
+    /// it; closed unnamed, it is gone from every replica.
+    pub(super) fn do_tmpfile(
+        &self,
+        creds: Credentials,
+        parent: INodeNo,
+        mode: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _tree = self.tree_shared();
+        let dir = match self.place(parent) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        // The directory is what the journal and the logs name until the file has a name.
+        let path = dir.path().to_path_buf();
+        let file = self.new_open_file(path.clone(), flags);
+        let how = Unnamed {
+            flags: (replica_flags(flags) & !(libc::O_EXCL | libc::O_TRUNC)) | libc::O_TMPFILE,
+            mode,
+            times: self.new_times(),
+            unsupported: Arc::default(),
+        };
+        let unsupported = Arc::clone(&how.unsupported);
+        let stamp = how.times.stamp();
+        let f = Arc::clone(&file);
+        let result = self.mutate("tmpfile", &path, &creds, move |r| how.run(r, &dir, &f));
+        match result {
+            Ok(Some(stat)) if !unsupported.load(Ordering::Relaxed) => {
+                let id = self.nodes.remember_unnamed();
+                self.answer_new_file(id, file, (stat, stamp), reply)
+            }
+            // Dropping `file` closes what the other replicas made: nothing is left of it.
+            Ok(_) => reply.error(Errno::EOPNOTSUPP),
             Err(e) => reply.error(e),
         }
     }
 
     /// Registers the created file's node (with the times its creation left owed to network
-    /// replicas, made at `stamp`) and answers with its entry and a handle in the I/O mode the
-    /// inode allows.
+    /// replicas, made at `stamp`) and answers with its entry and a handle.
     fn answer_created(
         &self,
         parent: INodeNo,
@@ -202,6 +288,19 @@ impl ChironFs {
         reply: ReplyCreate,
     ) {
         let id = self.nodes.remember(parent.0, name, index, &st);
+        self.answer_new_file(id, file, ((index, st), stamp), reply)
+    }
+
+    /// Answers a create or tmpfile of node `id` with its entry and a handle in the I/O mode
+    /// the inode allows (the times its creation left owed to network replicas made at `stamp`:
+    /// never for a tmpfile, which network replicas cannot make).
+    fn answer_new_file(
+        &self,
+        id: u64,
+        file: Arc<OpenFile>,
+        ((_, st), stamp): (Stat, TimeSpec),
+        reply: ReplyCreate,
+    ) {
         file.ino.store(id, Ordering::Relaxed);
         // Usually a new inode; an existing file opened without O_EXCL may be in
         // passthrough mode, and then this open must join it.
@@ -341,7 +440,8 @@ impl ChironFs {
         held.release(&self.reaper);
     }
 
-    /// LINK: a new name `newname` in `newparent` for node `ino`.
+    /// LINK: a new name `newname` in `newparent` for node `ino`. A node without a name (a
+    /// tmpfile) is linked through its open handle, on every replica from its descriptor there.
     pub(super) fn do_link(
         &self,
         ino: INodeNo,
@@ -350,23 +450,21 @@ impl ChironFs {
         reply: ReplyEntry,
     ) {
         let _tree = self.tree_shared();
-        let (from, to) = match (self.place(ino), self.child_place(newparent, newname)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        let to = match self.child_place(newparent, newname) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
         };
-        let (a, b) = (from.clone(), to.clone());
-        let job: ReplicaJob<libc::stat> = Arc::new(move |r: &Replica| {
-            at(r, &a, |old_dir, old_name| {
-                at(r, &b, |new_dir, new_name| {
-                    sys::link_at(old_dir, old_name, new_dir, new_name)?;
-                    sys::lstat_at(new_dir, new_name)
-                })
-            })
-        });
+        let (job, from): (ReplicaJob<libc::stat>, Option<Place>) = match self.place(ino) {
+            Ok(from) => (link_job(&from, &to), Some(from)),
+            Err(e) => match self.handles.file_of(ino.0) {
+                Some(handle) => (link_open_job(handle, &to), None),
+                None => return reply.error(e),
+            },
+        };
         // A running resync records both names: they must end up one inode on its target.
         let result = self
             .set
-            .mutate_paths("link", &to, Some(&from), &Credentials::root(), job)
+            .mutate_paths("link", &to, from.as_deref(), &Credentials::root(), job)
             .map_err(Errno::from_i32);
         match result {
             Ok(st) => {
@@ -376,6 +474,32 @@ impl ChironFs {
             Err(e) => reply.error(e),
         }
     }
+}
+
+/// The replicas' link of the entry at `from` to `to`, answering the new entry's lstat.
+fn link_job(from: &Place, to: &Place) -> ReplicaJob<libc::stat> {
+    let (a, b) = (from.clone(), to.clone());
+    Arc::new(move |r: &Replica| {
+        at(r, &a, |old_dir, old_name| {
+            at(r, &b, |new_dir, new_name| {
+                sys::link_at(old_dir, old_name, new_dir, new_name)?;
+                sys::lstat_at(new_dir, new_name)
+            })
+        })
+    })
+}
+
+/// The replicas' link of the file open as `handle` (a tmpfile) to `to`, each from its own
+/// descriptor, answering the new entry's lstat.
+fn link_open_job(handle: Arc<OpenFile>, to: &Place) -> ReplicaJob<libc::stat> {
+    let to = to.clone();
+    Arc::new(move |r: &Replica| {
+        let fd = handle.fd(r)?;
+        at(r, &to, |new_dir, new_name| {
+            sys::link_fd(fd.as_fd(), new_dir, new_name)?;
+            sys::lstat_at(new_dir, new_name)
+        })
+    })
 }
 
 /// The replicas' rename of `from` to `to` with `bits`; `holder` (for a rename over a file)

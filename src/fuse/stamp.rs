@@ -29,13 +29,67 @@ const NANOS: i64 = 1_000_000_000;
 /// stamp. It is seldom equal to it: usually a few milliseconds later, as a utimensat made
 /// natively a moment after a creation would leave it. The precise clock ran up to a tick ahead
 /// of the one the replica used for ctime, which left a new file's ctime before its mtime.
-/// Making the two equal would take the replica's own creation time as the stamp, which
-/// differs from one replica to the next (their mtimes would differ, and a verify would see
-/// it) unless one replica created the object first and the others then copied its time:
-/// every creation serialised over the replicas, for a difference of milliseconds.
+/// Making the two equal takes one replica's own clock for the stamp, the others copying its
+/// time: [`NewTimes`] does it where the replicas' jobs already run one after the other (a set
+/// of local replicas), never where it would serialise network replicas.
 pub(super) fn now() -> TimeSpec {
     let (sec, nsec) = sys::coarse_realtime();
     TimeSpec::At { sec, nsec }
+}
+
+/// The times of a new entry (create, mkdir, mknod, symlink, tmpfile), the same on every
+/// replica. Where every replica is local, their jobs run one after the other in priority
+/// order, so the first one sets its times from its own clock (UTIME_NOW: its mtime and ctime
+/// are then one instant, as on a local filesystem) and the others copy them (their ctime is
+/// later); the first is also the one whose attributes the kernel gets. With a network
+/// replica the jobs run in parallel: every replica gets `stamp`, taken before, so the ctime is
+/// never older than the mtime, but usually one clock tick younger.
+#[derive(Clone, Debug)]
+pub(super) struct NewTimes {
+    stamp: TimeSpec,
+    /// The first replica's times, once it set them; None with a network replica.
+    first: Option<Arc<std::sync::Mutex<Option<TimeSpec>>>>,
+}
+
+impl NewTimes {
+    /// The times of an entry made now on a set whose replicas are `all_local` or not.
+    pub(super) fn new(all_local: bool) -> Self {
+        NewTimes {
+            stamp: now(),
+            first: all_local.then(Arc::default),
+        }
+    }
+
+    /// The stamp taken when the entry was made (an existing file's mtime when a create
+    /// truncates it instead).
+    pub(super) fn stamp(&self) -> TimeSpec {
+        self.stamp
+    }
+
+    /// Sets the times of the new entry `name` in `dir` (`name` empty: `dir` itself, an open
+    /// file). Best effort, as before: a replica that refuses keeps its own times.
+    pub(super) fn apply(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) {
+        let Some(first) = &self.first else {
+            let _ = sys::utimens_at(dir, name, self.stamp, self.stamp);
+            return;
+        };
+        let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = *first {
+            let _ = sys::utimens_at(dir, name, t, t);
+            return;
+        }
+        if sys::utimens_at(dir, name, TimeSpec::Now, TimeSpec::Now).is_ok()
+            && let Ok(st) = sys::lstat_at(dir, name)
+        {
+            *first = Some(TimeSpec::At {
+                sec: st.st_mtime,
+                nsec: st.st_mtime_nsec,
+            });
+        } else {
+            let _ = sys::utimens_at(dir, name, self.stamp, self.stamp);
+            *first = Some(self.stamp);
+        }
+    }
 }
 
 /// Sets the mtime of an open file to `stamp` after a change of its data (as the change itself

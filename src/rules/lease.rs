@@ -210,7 +210,9 @@ pub fn assess(record: Option<&LeaseRecord>, me: &Owner, pid_alive: &dyn Fn(u32) 
     if r.hold == Hold::Released {
         return Found::Free;
     }
-    if r.owner.boot != me.boot {
+    // Another host: another boot, or another host name on this kernel (a container or a
+    // network namespace with its own UTS name, whose pids are not ours to look at).
+    if r.owner.boot != me.boot || r.owner.host != me.host {
         return Found::Remote(r.owner.clone());
     }
     if r.owner.pid == me.pid || !pid_alive(r.owner.pid) {
@@ -275,7 +277,7 @@ mod tests {
     fn rec(boot: &str, pid: u32, hold: Hold, renewal: u64) -> LeaseRecord {
         LeaseRecord {
             owner: Owner {
-                host: "h".into(),
+                host: "a".into(),
                 boot: boot.into(),
                 pid,
                 mountpoint: "/m".into(),
@@ -325,6 +327,14 @@ mod tests {
         let remote = rec("boot-b", 10, Hold::Held, 1);
         assert!(matches!(
             assess(Some(&remote), &me(), &dead),
+            Found::Remote(_)
+        ));
+        // Same kernel, another host name (a container, a namespace): its pid says nothing
+        // here, so it is remote, never taken over because a pid of ours is free.
+        let mut neighbour = rec("boot-a", 7, Hold::Held, 1);
+        neighbour.owner.host = "b".into();
+        assert!(matches!(
+            assess(Some(&neighbour), &me(), &dead),
             Found::Remote(_)
         ));
     }

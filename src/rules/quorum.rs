@@ -1,8 +1,15 @@
 //! Quorum (`--quorum auto|N`): with it, a mutation is refused with EROFS while fewer than the
-//! quorum of replicas are in service, so that two halves of a split replica set (say a
+//! quorum of the set's members answer, so that two halves of a split replica set (say a
 //! cluster whose nodes lost sight of each other, each mounting the replicas it still reaches)
 //! can never both accept writes and diverge. Reads keep working: the mount behaves like a
-//! read-only filesystem until enough replicas are back (`chironctl enable`, `resync`).
+//! read-only filesystem until enough members are back (`chironctl enable`, `resync`).
+//!
+//! One majority rule with the lease (`rules/lease.rs`): the members are the data replicas and
+//! the witness (`--witness`); a replica counts while it is in service, a witness while it
+//! answers the lease's renewals. So with two replicas and a witness, `auto` (2 of 3) keeps
+//! writing on one replica and the witness, as GlusterFS's arbiter does, and the witness
+//! records the generation, so that the other replica, alone or with the witness, can never
+//! serve the older data (`rules::state::check_witness`).
 //!
 //! EROFS because it is what applications and admins already know from a read-only mount:
 //! `open(O_WRONLY)`, `mkdir`, `rename`... fail at once with "Read-only file system", and
@@ -21,9 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The `--quorum` value as given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setting {
-    /// A majority of the configured replicas: floor(N/2)+1.
+    /// A majority of the members (replicas and witness): floor(N/2)+1.
     Auto,
-    /// Exactly this many replicas.
+    /// Exactly this many members.
     Count(usize),
 }
 
@@ -40,16 +47,18 @@ pub fn parse_setting(s: &str) -> Result<Option<Setting>, String> {
     }
 }
 
-/// The number of in-service replicas mutations need, for `replicas` configured ones; an error
-/// (one sentence) when a count is not between 1 and `replicas`.
-pub fn required(setting: Setting, replicas: usize) -> Result<usize, String> {
+/// The number of members (replicas in service, witnesses answering) mutations need, for a
+/// set of `members` (replicas and witnesses); an error (one sentence) when a count is not
+/// between 1 and `members`.
+pub fn required(setting: Setting, members: usize) -> Result<usize, String> {
     match setting {
-        Setting::Auto => Ok(replicas / 2 + 1),
+        Setting::Auto => Ok(members / 2 + 1),
         Setting::Count(0) => {
-            Err("a quorum of 0 replicas means nothing; give 1 or more, or auto".into())
+            Err("a quorum of 0 members means nothing; give 1 or more, or auto".into())
         }
-        Setting::Count(n) if n > replicas => Err(format!(
-            "a quorum of {n} replicas cannot be met with {replicas} replicas; give 1 to {replicas}, or auto"
+        Setting::Count(n) if n > members => Err(format!(
+            "a quorum of {n} cannot be met by {members} members (replicas and witness); give 1 \
+             to {members}, or auto"
         )),
         Setting::Count(n) => Ok(n),
     }
@@ -59,19 +68,20 @@ pub fn required(setting: Setting, replicas: usize) -> Result<usize, String> {
 /// it is still well defined), or None.
 ///
 /// Below a majority, two halves can each hold a quorum: no protection against split-brain.
-/// With fewer than 3 replicas a majority is all of them: any replica out of service stops
+/// With fewer than 3 members a majority is all of them: any replica out of service stops
 /// writes, which some want (never diverge) but should know.
-pub fn warning(required: usize, replicas: usize) -> Option<String> {
-    if required * 2 <= replicas {
+pub fn warning(required: usize, members: usize) -> Option<String> {
+    if required * 2 <= members {
         Some(format!(
-            "quorum {required} of {replicas} replicas is not a majority: two halves of the set \
+            "quorum {required} of {members} members is not a majority: two halves of the set \
              could both accept writes (use auto = {})",
-            replicas / 2 + 1
+            members / 2 + 1
         ))
-    } else if replicas < 3 {
+    } else if members < 3 {
         Some(format!(
-            "quorum {required} of {replicas} replicas: any replica out of service makes the \
-             mount refuse writes (EROFS); a quorum is meant for 3 or more replicas"
+            "quorum {required} of {members} members: any replica out of service makes the \
+             mount refuse writes (EROFS); a quorum is meant for 3 or more members (a witness \
+             counts: --witness)"
         ))
     } else {
         None
@@ -90,18 +100,33 @@ pub fn allows(required: Option<usize>, in_service: usize) -> bool {
 pub struct Quorum {
     required: Option<usize>,
     total: usize,
+    /// What is counted, in words: the replicas in service, and the witnesses answering when
+    /// the set has any (one rule with the lease: both count the set's members).
+    counted: &'static str,
     mountpoint: String,
     lost: AtomicBool,
 }
 
 impl Quorum {
-    /// The quorum `required` (None: off) of a set of `total` replicas mounted on
-    /// `mountpoint`; logs what it means at mount, and a [`warning`] if any.
-    pub fn new(required: Option<usize>, total: usize, mountpoint: String) -> Self {
+    /// The quorum `required` (None: off) of a set of `replicas` and `witnesses` mounted on
+    /// `mountpoint`; logs what it means at mount, and a [`warning`] if any. A witness counts
+    /// while it answers the lease's renewals, as it does for the lease.
+    pub fn new(
+        required: Option<usize>,
+        replicas: usize,
+        witnesses: usize,
+        mountpoint: String,
+    ) -> Self {
+        let total = replicas + witnesses;
+        let counted = if witnesses == 0 {
+            "replicas in service"
+        } else {
+            "members answering (replicas in service, witnesses)"
+        };
         if let Some(q) = required {
             log::info!(
-                "quorum on {mountpoint}: mutations need {q} of {total} replicas in service \
-                 (EROFS otherwise)"
+                "quorum on {mountpoint}: mutations need {q} of {total} {counted} (EROFS \
+                 otherwise)"
             );
             if let Some(w) = warning(q, total) {
                 log::warn!("{w}");
@@ -110,6 +135,7 @@ impl Quorum {
         Quorum {
             required,
             total,
+            counted,
             mountpoint,
             lost: AtomicBool::new(false),
         }
@@ -136,17 +162,19 @@ impl Quorum {
         if !met && !was_lost {
             log::error!(
                 target: crate::view::words::ALERT_TARGET,
-                "quorum lost on {}: {in_service} of {} replicas in service, {q} needed; \
-                 mutations fail with EROFS (read-only) until replicas come back",
+                "quorum lost on {}: {in_service} of {} {}, {q} needed; mutations fail with \
+                 EROFS (read-only) until members come back",
                 self.mountpoint,
-                self.total
+                self.total,
+                self.counted
             );
         } else if met && was_lost {
             log::warn!(
-                "quorum regained on {}: {in_service} of {} replicas in service ({q} needed); \
-                 mutations accepted again",
+                "quorum regained on {}: {in_service} of {} {} ({q} needed); mutations \
+                 accepted again",
                 self.mountpoint,
-                self.total
+                self.total,
+                self.counted
             );
         }
         met
@@ -188,13 +216,13 @@ mod tests {
         assert_eq!(required(Setting::Count(1), 3), Ok(1));
         let e = required(Setting::Count(4), 3).unwrap_err();
         assert!(
-            e.contains("cannot be met with 3 replicas; give 1 to 3"),
+            e.contains("cannot be met by 3 members (replicas and witness); give 1 to 3"),
             "{e}"
         );
         assert!(
             required(Setting::Count(0), 3)
                 .unwrap_err()
-                .contains("0 replicas")
+                .contains("0 members")
         );
     }
 
@@ -225,7 +253,7 @@ mod tests {
 
     #[test]
     fn transitions_are_tracked_and_refusals_are_erofs() {
-        let q = Quorum::new(Some(2), 3, "/mnt".into());
+        let q = Quorum::new(Some(2), 2, 1, "/mnt".into());
         assert!(q.observe(3));
         assert_eq!(q.admit("write", 2), Ok(()));
         assert_eq!(q.admit("write", 1), Err(libc::EROFS));

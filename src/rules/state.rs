@@ -212,9 +212,16 @@ impl Membership {
 
     /// The record of replica `index` as an in-service member.
     pub fn record(&self, index: usize, clean: bool, now: u64) -> StateRecord {
+        self.record_as(self.ids[index], clean, now)
+    }
+
+    /// The record of the member with id `id`: a replica's, or a witness's (which holds no
+    /// data, so it is never in service itself, but keeps the set's generation and who was in
+    /// service, see [`check_witness`]).
+    pub fn record_as(&self, id: u64, clean: bool, now: u64) -> StateRecord {
         StateRecord {
             set_id: self.set_id,
-            replica_id: self.ids[index],
+            replica_id: id,
             generation: self.generation,
             history: self.history.clone(),
             in_service: self.in_service.clone(),
@@ -222,6 +229,50 @@ impl Membership {
             updated: now,
         }
     }
+}
+
+/// Whether the replicas reachable at mount, whose membership is now `m`, may serve, given
+/// what witness `name` holds (`found`). The witness is written after the replicas at every
+/// change of membership, so it has seen every generation the replicas went through: one it
+/// saw that `m` never reached means the replicas reachable now missed writes that others, not
+/// reachable now, acknowledged. Err: the reason to refuse the mount (one sentence).
+pub fn check_witness(found: &Found, name: &str, m: &Membership) -> Result<(), String> {
+    let Found::Record(w) = found else {
+        // A new witness, or one whose record cannot be read: it vouches for nothing.
+        return Ok(());
+    };
+    if w.set_id != m.set_id {
+        return Err(format!(
+            "the witness {name} belongs to another replica set ({} is not this set's {}): empty \
+             its {META_DIR} directory to make it this set's witness",
+            hex(w.set_id),
+            hex(m.set_id)
+        ));
+    }
+    if w.generation == Gen::NONE
+        || w.generation == m.generation
+        || m.history.contains(&w.generation)
+    {
+        return Ok(());
+    }
+    let named = |ids: &[u64]| {
+        let known: Vec<String> = ids
+            .iter()
+            .map(|id| match m.ids.iter().position(|i| i == id) {
+                Some(i) => format!("replica {i}"),
+                None => format!("replica id {}", hex(*id)),
+            })
+            .collect();
+        known.join(", ")
+    };
+    Err(format!(
+        "the witness {name} has seen generation {} of the replica set (in service then: {}), \
+         which none of the replicas reachable now reached: they missed writes that are only on \
+         replicas not reachable now; bring those back, or give --force-source REPLICA to serve \
+         without their writes",
+        w.generation.number,
+        named(&w.in_service)
+    ))
 }
 
 fn sorted(ids: impl Iterator<Item = u64>) -> Vec<u64> {
@@ -251,9 +302,18 @@ pub struct Plan {
     pub in_flight_unknown: Vec<usize>,
 }
 
+/// What the admin chose for the decision at mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Choices {
+    /// The replica to trust after a split-brain, or when too few answer (`--force-source`).
+    pub force_source: Option<usize>,
+    /// Whether replicas without any state may become a new set (false: `--no-new-set`).
+    pub new_set: bool,
+}
+
 /// Decides, from what was found at each replica (`names` for messages), who serves and who is
-/// stale. `force_source` names the replica to trust after a split-brain. `fresh` gives new
-/// random ids. An Err is the reason to refuse the mount.
+/// stale, as the admin chose (`choices`). `fresh` gives new random ids. An Err is the reason to
+/// refuse the mount.
 ///
 /// The phases: nothing readable refuses; no state anywhere makes a new set ([`new_set`]);
 /// else the records must form one set ([`check_one_set`]), the source is the replica no other
@@ -262,10 +322,11 @@ pub struct Plan {
 pub fn plan(
     found: &[Found],
     names: &[String],
-    force_source: Option<usize>,
+    choices: Choices,
     fresh: &mut dyn FnMut() -> u64,
     now: u64,
 ) -> Result<Plan, String> {
+    let force_source = choices.force_source;
     let seen = Seen { found, names };
     if (0..found.len()).all(|i| seen.unreadable(i).is_some()) {
         return Err(format!(
@@ -275,11 +336,25 @@ pub fn plan(
     }
     let known = seen.known();
     if known.is_empty() {
+        if !choices.new_set {
+            return Err(format!(
+                "no replica holds chironfs state (none of the {} that answer): with \
+                 --no-new-set no new replica set is made; are the replicas' filesystems \
+                 mounted? (mount once without --no-new-set, or start the OCF resource once \
+                 with new_set=true, to make one)",
+                (0..found.len())
+                    .filter(|&i| seen.unreadable(i).is_none())
+                    .count()
+            ));
+        }
         return new_set(&seen, force_source, fresh, now);
     }
     check_one_set(&seen, &known)?;
     let source = choose_source(&seen, &known, force_source)?;
     let reference = seen.record(source).expect("the source holds a record");
+    if force_source.is_none() {
+        check_recorded_majority(&seen, &known, reference)?;
+    }
     let verdict = judge(&seen, source);
     let ids: Vec<u64> = found
         .iter()
@@ -329,6 +404,45 @@ pub fn plan(
         unclean,
         in_flight_unknown,
     })
+}
+
+/// The replicas that answer with their state must include a majority of those the newest
+/// record (`reference`) names in service (of two, one: as the lease runs on one of two
+/// members). Otherwise the missing ones may hold writes the reachable ones never saw: a
+/// replica whose filesystem is not mounted shows as an empty directory, which would else join
+/// as a new replica while the stale one serves. Err: why, in one sentence.
+fn check_recorded_majority(
+    seen: &Seen,
+    known: &[usize],
+    reference: &StateRecord,
+) -> Result<(), String> {
+    let recorded = &reference.in_service;
+    let present: Vec<usize> = known
+        .iter()
+        .copied()
+        .filter(|&i| {
+            seen.record(i)
+                .is_some_and(|r| recorded.contains(&r.replica_id))
+        })
+        .collect();
+    let needed = match recorded.len() {
+        n if n <= 2 => n.min(1),
+        n => n / 2 + 1,
+    };
+    if present.len() >= needed {
+        return Ok(());
+    }
+    let names: Vec<&str> = present.iter().map(|&i| seen.names[i].as_str()).collect();
+    Err(format!(
+        "only {} of the {} replicas in service at generation {} answer with their {META_DIR} \
+         state ({}): the others may hold writes these never saw (an empty directory may be a \
+         replica whose filesystem is not mounted); bring them back, or give --force-source \
+         REPLICA to serve from what is here",
+        present.len(),
+        recorded.len(),
+        reference.generation.number,
+        names.join(", ")
+    ))
 }
 
 /// What was found at the replica roots, with their names for messages.
@@ -644,6 +758,14 @@ pub fn random_id() -> u64 {
 mod tests {
     use super::*;
 
+    /// The admin's choices with a new set allowed and `force_source`.
+    fn ok(force_source: Option<usize>) -> Choices {
+        Choices {
+            force_source,
+            new_set: true,
+        }
+    }
+
     fn counter() -> impl FnMut() -> u64 {
         let mut n = 100;
         move || {
@@ -707,7 +829,7 @@ mod tests {
                 Found::Missing { empty: true },
             ],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -726,7 +848,7 @@ mod tests {
         let e = plan(
             &[rec(1, 1, G1, &[], &[1, 2]), rec(2, 2, G1, &[], &[1, 2])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -739,7 +861,7 @@ mod tests {
         let e = plan(
             &[rec(1, 1, G1, &[], &[1]), rec(1, 1, G1, &[], &[1])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -752,7 +874,7 @@ mod tests {
         for order in [[0, 1], [1, 0]] {
             let f = [rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G1, &[], &[1, 2])];
             let found: Vec<Found> = order.iter().map(|&i| f[i].clone()).collect();
-            let p = plan(&found, &names(2), None, &mut counter(), 5).unwrap();
+            let p = plan(&found, &names(2), ok(None), &mut counter(), 5).unwrap();
             let behind = order.iter().position(|&i| i == 1).unwrap();
             assert!(
                 p.stale[behind]
@@ -777,7 +899,7 @@ mod tests {
         let p = plan(
             &[dirty.clone(), rec(1, 2, G2, &[G1], &[1, 2])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -788,7 +910,7 @@ mod tests {
         let p = plan(
             &[rec(1, 2, Gen { number: 3, id: 33 }, &[G1, G2], &[2]), dirty],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -808,7 +930,7 @@ mod tests {
         };
         let unreadable = || Found::Unreadable("EIO".into());
         let flagged = |found: &[Found]| {
-            plan(found, &names(found.len()), None, &mut counter(), 5)
+            plan(found, &names(found.len()), ok(None), &mut counter(), 5)
                 .unwrap()
                 .in_flight_unknown
         };
@@ -827,7 +949,7 @@ mod tests {
         let p = plan(
             &[rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G2, &[G1], &[1])],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -839,13 +961,13 @@ mod tests {
     #[test]
     fn diverged_replicas_are_a_split_brain_until_one_is_forced() {
         let found = [rec(1, 1, G2, &[G1], &[1]), rec(1, 2, G2X, &[G1], &[2])];
-        let e = plan(&found, &names(2), None, &mut counter(), 5).unwrap_err();
+        let e = plan(&found, &names(2), ok(None), &mut counter(), 5).unwrap_err();
         assert!(
             e.contains("split-brain") && e.contains("/r0") && e.contains("/r1"),
             "{e}"
         );
         assert!(e.contains("--force-source"), "{e}");
-        let p = plan(&found, &names(2), Some(1), &mut counter(), 5).unwrap();
+        let p = plan(&found, &names(2), ok(Some(1)), &mut counter(), 5).unwrap();
         assert!(p.stale[1].is_none());
         assert!(p.stale[0].as_deref().unwrap().contains("split-brain loser"));
         // The loser is reset to "never in sync": the next mount needs no --force-source.
@@ -856,7 +978,7 @@ mod tests {
         let again = plan(
             &[Found::Record(loser.1.clone()), Found::Record(winner)],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -869,7 +991,7 @@ mod tests {
         let p = plan(
             &[rec(1, 1, G1, &[], &[1, 2]), Found::Missing { empty: true }],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -892,7 +1014,7 @@ mod tests {
                 rec(1, 2, G1, &[], &[1, 2]),
             ],
             &names(3),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -906,7 +1028,7 @@ mod tests {
                 Found::Missing { empty: true },
             ],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -919,7 +1041,7 @@ mod tests {
                 Found::Unreadable("EIO".into()),
             ],
             &names(2),
-            None,
+            ok(None),
             &mut counter(),
             5,
         )
@@ -946,5 +1068,102 @@ mod tests {
             m.change(if n % 2 == 0 { &[0, 1] } else { &[0] }, 100 + n);
         }
         assert_eq!(m.history.len(), HISTORY_LEN);
+    }
+
+    #[test]
+    fn a_witness_refuses_replicas_that_missed_a_generation_it_saw() {
+        let mut m = Membership {
+            set_id: 7,
+            ids: vec![10, 11],
+            generation: Gen { number: 3, id: 33 },
+            history: vec![Gen { number: 2, id: 22 }],
+            in_service: vec![10, 11],
+        };
+        let seen = |m: &Membership| Found::Record(m.record_as(99, false, 0));
+        // The same generation, an older one, or none: the replicas are as new as it knows.
+        assert_eq!(check_witness(&seen(&m), "/w", &m), Ok(()));
+        let older = m.clone();
+        assert!(m.change(&[0], 44));
+        assert_eq!(check_witness(&seen(&older), "/w", &m), Ok(()));
+        assert_eq!(
+            check_witness(&Found::Missing { empty: true }, "/w", &m),
+            Ok(())
+        );
+        // Replica 0 went on alone (generation 4, with the witness); replica 1 alone at
+        // generation 3 must not serve.
+        let why = check_witness(&seen(&m), "/w", &older).unwrap_err();
+        assert!(
+            why.starts_with("the witness /w has seen generation 4 of the replica set (in service then: replica 0)"),
+            "{why}"
+        );
+        assert!(why.contains("--force-source"), "{why}");
+        let other_set = Membership {
+            set_id: 8,
+            ..m.clone()
+        };
+        let why = check_witness(&seen(&other_set), "/w", &m).unwrap_err();
+        assert!(why.contains("belongs to another replica set"), "{why}");
+    }
+
+    #[test]
+    fn a_minority_of_the_recorded_replicas_never_serves_alone() {
+        let names: Vec<String> = ["/a", "/b", "/c"].iter().map(|s| s.to_string()).collect();
+        let m = Membership {
+            set_id: 7,
+            ids: vec![10, 11, 12],
+            generation: Gen { number: 3, id: 33 },
+            history: vec![],
+            in_service: vec![10, 11, 12],
+        };
+        let rec = |i: usize| Found::Record(m.record(i, true, 0));
+        let empty = Found::Missing { empty: true };
+        let dead = Found::Unreadable("ENOTCONN".into());
+        // Two of three answer: they serve (the third starts out of service).
+        let plan2 = plan(
+            &[rec(0), rec(1), dead.clone()],
+            &names,
+            ok(None),
+            &mut || 99,
+            0,
+        );
+        assert!(plan2.is_ok(), "{plan2:?}");
+        // One of three, the others empty (not mounted?) or dead: refused, unless forced.
+        for others in [
+            [empty.clone(), empty.clone()],
+            [dead.clone(), empty.clone()],
+        ] {
+            let found = [rec(2), others[0].clone(), others[1].clone()];
+            let why = plan(&found, &names, ok(None), &mut || 99, 0).unwrap_err();
+            assert!(
+                why.starts_with("only 1 of the 3 replicas in service at generation 3 answer"),
+                "{why}"
+            );
+            assert!(why.contains("(/a)"), "{why}");
+            assert!(plan(&found, &names, ok(Some(0)), &mut || 99, 0).is_ok());
+        }
+        // Of two recorded, one is enough (the two-member rule of the lease).
+        let two = Membership {
+            in_service: vec![10, 11],
+            ..m.clone()
+        };
+        let found = [Found::Record(two.record(0, true, 0)), empty, dead];
+        assert!(plan(&found, &names, ok(None), &mut || 99, 0).is_ok());
+    }
+
+    #[test]
+    fn with_no_new_set_replicas_without_state_are_refused() {
+        let empty = || Found::Missing { empty: true };
+        let choices = Choices {
+            force_source: None,
+            new_set: false,
+        };
+        let why = plan(&[empty(), empty()], &names(2), choices, &mut counter(), 5).unwrap_err();
+        assert!(
+            why.starts_with("no replica holds chironfs state (none of the 2 that answer)"),
+            "{why}"
+        );
+        // A set that exists is mounted as ever.
+        let found = [rec(1, 1, G1, &[], &[1, 2]), rec(1, 2, G1, &[], &[1, 2])];
+        assert!(plan(&found, &names(2), choices, &mut counter(), 5).is_ok());
     }
 }

@@ -37,6 +37,7 @@ pub fn snap(states: &[(ReplicaState, bool)]) -> Snapshot {
         quorum: None,
         lease: None,
         lease_epoch: 0,
+        witnesses: None,
         nodes: None,
     }
 }
@@ -81,6 +82,7 @@ pub fn sample() -> Snapshot {
         quorum: None,
         lease: None,
         lease_epoch: 0,
+        witnesses: None,
         nodes: None,
     }
 }

@@ -143,6 +143,10 @@ pub struct Snapshot {
     /// The lease's epoch (raised at every change of owner).
     #[serde(default)]
     pub lease_epoch: u64,
+    /// Witnesses that answered the lease's last renewal; absent without `--witness`. They
+    /// count for the quorum as replicas in service do (one majority rule with the lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witnesses: Option<usize>,
     /// Nodes the kernel holds (files and directories it has looked up and not yet forgotten,
     /// the root included): what the daemon's memory grows with. Absent from the status file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,9 +162,11 @@ impl Snapshot {
             .count()
     }
 
-    /// True when a quorum is set and fewer replicas are in service: mutations fail (EROFS).
+    /// True when a quorum is set and fewer members count (replicas in service, witnesses
+    /// answering): mutations fail (EROFS).
     pub fn quorum_lost(&self) -> bool {
-        self.quorum.is_some_and(|q| self.in_service() < q)
+        self.quorum
+            .is_some_and(|q| self.in_service() + self.witnesses.unwrap_or(0) < q)
     }
 
     /// True when the lease is not held: fenced or taken over, mutations fail (EROFS). A

@@ -39,6 +39,9 @@ pub fn render(s: &Snapshot) -> String {
         let state = if s.quorum_lost() { "lost" } else { "met" };
         let _ = writeln!(out, "quorum_state={state}");
     }
+    if let Some(w) = s.witnesses {
+        let _ = writeln!(out, "witnesses_answering={w}");
+    }
     if let Some(lease) = &s.lease {
         let (state, reason) = lease.split_once(": ").unwrap_or((lease, ""));
         let _ = writeln!(out, "lease_state={}", sanitize_value(state));
@@ -272,6 +275,10 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
             Some(reason) => format!("{state}: {reason}"),
             None => state.clone(),
         });
+    let witnesses = match top.get("witnesses_answering") {
+        None => None,
+        Some(v) => Some(num(v, "witnesses_answering")?),
+    };
     let lease_epoch = match top.get("lease_epoch") {
         None => 0,
         Some(v) => num(v, "lease_epoch")?,
@@ -285,6 +292,7 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
         quorum,
         lease,
         lease_epoch,
+        witnesses,
         nodes: None,
     })
 }

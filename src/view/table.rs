@@ -64,15 +64,21 @@ fn reason_cell(s: &Snapshot, r: &ReplicaSnapshot) -> String {
     }
 }
 
-/// ", quorum 2 met" / ", quorum 2 LOST: mutations refused (EROFS)"; empty without quorum.
+/// ", 1 witness answering" with a witness, then ", quorum 2 met" / ", quorum 2 LOST:
+/// mutations refused (EROFS)"; empty without either.
 fn quorum_words(s: &Snapshot) -> String {
-    match s.quorum {
+    let quorum = match s.quorum {
         None => String::new(),
         Some(q) if s.quorum_lost() => {
             format!(", quorum {q} LOST: mutations refused (read-only, EROFS)")
         }
         Some(q) => format!(", quorum {q} met"),
-    }
+    };
+    let witness = match s.witnesses {
+        Some(w) => format!(", {w} witness{} answering", if w == 1 { "" } else { "es" }),
+        None => String::new(),
+    };
+    witness + &quorum
 }
 
 /// `chironctl status`: a header with mount point, pid and overall state, then one row per

@@ -146,7 +146,7 @@ if [ "${1:-}" = --inside ]; then
         bad "OCF 1.1 meta-data (tests/cluster/ocf-meta.sh)" "$out"
     fi
     params=$("$AGENT" meta-data | sed -n 's/.*<parameter name="\([a-z_]*\)".*/\1/p' | sort | tr '\n' ' ')
-    want="binary chironctl control_socket force_unmount log max_status_age mountpoint options replicas report_degraded status_file timeout "
+    want="binary chironctl control_socket force_unmount log max_status_age mountpoint new_set options quorum replicas report_degraded status_file timeout witness "
     check "meta-data declares every parameter ($params)" test "$params" = "$want"
     nolong=$("$AGENT" meta-data | awk '/<parameter /{p=$0; l=0} /<longdesc/{l=1} /<\/parameter>/{ if (!l) print p }')
     check "every parameter has a long description" test -z "$nolong"
@@ -154,7 +154,7 @@ if [ "${1:-}" = --inside ]; then
     log "--- ocf-tester"
     t0=$(date +%s)
     if out=$(timeout -k 5 300 ocf-tester -n fs \
-        -o replicas="$W/r1=$W/r2" -o mountpoint="$W/mnt" \
+        -o replicas="$W/r1=$W/r2" -o mountpoint="$W/mnt" -o new_set=true \
         -o binary="$B/chironfs" -o chironctl="$B/chironctl" \
         -o status_file="$W/run/fs.status" -o control_socket="$W/run/fs.sock" \
         "$AGENT" 2>&1) && grep -q 'passed all tests' <<<"$out"; then
@@ -178,6 +178,13 @@ if [ "${1:-}" = --inside ]; then
     expect "validate-all with timeout=0" 6 OCF_RESKEY_timeout=0 validate-all
     expect "validate-all with report_degraded=perhaps" 6 OCF_RESKEY_report_degraded=perhaps validate-all
     expect "validate-all with ctl= in options" 6 OCF_RESKEY_options=allow_other,ctl=/x validate-all
+    expect "validate-all with a relative witness" 6 OCF_RESKEY_witness=w validate-all
+    expect "validate-all with quorum=most" 6 OCF_RESKEY_quorum=most validate-all
+    expect "validate-all with new_set=maybe" 6 OCF_RESKEY_new_set=maybe validate-all
+    mkdir -p "$W/fresh1" "$W/fresh2"
+    expect "start on replicas without any state (new_set=false)" 1 OCF_RESKEY_replicas="$W/fresh1=$W/fresh2" start
+    check "  ... its exit reason says why" grep -q "ocf-exit-reason:.*no replica holds chironfs state" <<<"$OUT"
+    check "  ... and nothing is mounted" not_mounted
     expect "validate-all without the binary" 5 OCF_RESKEY_binary="$W/nowhere/chironfs" validate-all
     expect "start without the binary" 5 OCF_RESKEY_binary="$W/nowhere/chironfs" start
     expect "probe without the binary: not running" 7 OCF_RESKEY_binary="$W/nowhere/chironfs" OCF_RESKEY_CRM_meta_interval=0 monitor
@@ -187,6 +194,16 @@ if [ "${1:-}" = --inside ]; then
     check "  ... its exit reason is the daemon's" grep -q "ocf-exit-reason:.*missing" <<<"$OUT"
     check "  ... and nothing is mounted" not_mounted
     expect "unknown action" 3 frobnicate
+
+    log "--- witness and quorum"
+    mkdir -p "$W/witness"
+    expect "start with a witness and quorum=auto" 0 OCF_RESKEY_witness="$W/witness" OCF_RESKEY_quorum=auto start
+    out=$("$B/chironctl" -s "$W/run/fs.sock" status 2>&1 | head -n 1)
+    check "  ... 2 replicas and the witness: quorum 2 of 3 ($out)" grep -q '2/2 replicas in service, 1 witness answering, quorum 2 met' <<<"$out"
+    check "  ... the witness records the set's state" test -s "$W/witness/.chironfs/state"
+    expect "monitor with a witness" 0 OCF_RESKEY_witness="$W/witness" OCF_RESKEY_quorum=auto monitor
+    expect "stop with a witness" 0 OCF_RESKEY_witness="$W/witness" OCF_RESKEY_quorum=auto stop
+    check "  ... not mounted" not_mounted
 
     log "--- start, monitor depths, status"
     expect "start" 0 start
@@ -328,7 +345,7 @@ if [ "${1:-}" = --inside ]; then
     mkdir -p "$W/n1/r1" "$W/n2/r1" "$W/n1/r2" "$W/n2/r2" "$W/net"
     "$B/chironfs" --status-file "$W/run/net.status" -c "$W/run/net.sock" "$W/n1=$W/n2" "$W/net"
     net_replicas="$W/net/r1=$W/net/r2"
-    expect "start with replicas on a FUSE mount" 0 CHIRONFS_OCF_DEPS_DIR="$deps" OCF_RESKEY_replicas="$net_replicas" start
+    expect "start with replicas on a FUSE mount" 0 CHIRONFS_OCF_DEPS_DIR="$deps" OCF_RESKEY_replicas="$net_replicas" OCF_RESKEY_new_set=true start
     check "  ... the drop-in orders Pacemaker after remote-fs.target" grep -qx 'After=remote-fs.target' "$conf"
     unit=$(systemd-escape --path --suffix=mount -- "$W/net")
     check "  ... and after the replicas' mount unit ($unit)" grep -qxF "After=$unit" "$conf"

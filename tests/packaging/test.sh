@@ -21,38 +21,9 @@ cd "$(dirname "$0")/../.." || exit 1
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export LC_ALL=C.UTF-8
 
-passed=0
-failed=0
-skipped=0
-failures=()
-
-ok() {
-    passed=$((passed + 1))
-    echo "  ok    $*"
-}
-bad() {
-    failed=$((failed + 1))
-    failures+=("$*")
-    echo "  FAIL  $*"
-}
-skip() {
-    skipped=$((skipped + 1))
-    echo "  skip  $*"
-}
-# check DESCRIPTION COMMAND...: one check; the command's output is shown only on failure.
-check() {
-    local what=$1 out
-    shift
-    if out=$("$@" 2>&1); then
-        ok "$what"
-    else
-        bad "$what"
-        printf '%s\n' "$out" | tail -n 20 | sed 's/^/        /'
-    fi
-}
-section() {
-    printf '\n--- %s\n' "$*"
-}
+# ok, bad, skip, check, section, wait_gone, pid_of, summary
+# shellcheck source=tests/packaging/lib.sh
+. tests/packaging/lib.sh
 
 [ "$(id -u)" = 0 ] || { echo "test.sh: must run as root (installs packages, mounts)" >&2; exit 1; }
 
@@ -70,23 +41,6 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-# wait_gone PID: wait up to 10 s for a process to exit.
-wait_gone() {
-    local _
-    for _ in $(seq 100); do
-        kill -0 "$1" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# pid_of MOUNTPOINT: the daemon's pid from its default status file.
-pid_of() {
-    local name
-    name=$(printf '%s' "$1" | sed 's|^/||; s|/|-|g')
-    sed -n 's/^pid=//p' "/run/chironfs/$name.status" 2>/dev/null
-}
 
 # Optional parts of the tree, written by other work; their checks are skipped when absent.
 have() {
@@ -302,7 +256,7 @@ if [ ! -x "$agent" ]; then
     skip "ocf-tester and crm: the OCF agent is not packaged (ocf/chironfs not in the tree)"
 else
     if command -v ocf-tester >/dev/null 2>&1; then
-        if timeout 300 ocf-tester -n pkgtest -o replicas="$a=$b" -o mountpoint="$mnt" "$agent" \
+        if timeout 300 ocf-tester -n pkgtest -o replicas="$a=$b" -o mountpoint="$mnt" -o new_set=true "$agent" \
             >"$tmp/ocf-tester.log" 2>&1; then
             ok "ocf-tester against the installed agent"
         else
@@ -397,8 +351,4 @@ else
     check "rpm: the installed chironfs runs" "$root/usr/bin/chironfs" --version
 fi
 
-echo
-echo "packaging: $(($(date +%s) - start))s; $skipped checks skipped"
-for f in "${failures[@]}"; do echo "  FAILED: $f"; done
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary packaging "$start"

@@ -44,7 +44,7 @@ impl ControlHandler for ReplicaSet {
             .filter(|r| r.state == ReplicaState::InService)
             .count();
         // The status file asks every second: a quorum lost on an idle mount is logged too.
-        self.quorum.observe(in_service);
+        self.quorum.observe(self.quorum_members(in_service));
         Snapshot {
             pid: std::process::id(),
             mountpoint: self.mountpoint.clone(),
@@ -62,6 +62,11 @@ impl ControlHandler for ReplicaSet {
                 }),
             },
             lease_epoch: self.lease.get().map(|l| l.epoch()).unwrap_or_default(),
+            witnesses: self
+                .lease
+                .get()
+                .filter(|l| l.witnesses() > 0)
+                .map(|l| l.witnesses_answering()),
             nodes: Some(self.nodes.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
@@ -124,7 +129,7 @@ impl ControlHandler for ReplicaSet {
         self.take_out_because(r.index, "disabled by the administrator".into(), false);
         self.ops().auto[r.index].hold();
         let left = self.priority_order().len();
-        if !self.quorum.observe(left) {
+        if !self.quorum.observe(self.quorum_members(left)) {
             return Ok(format!(
                 "{} is out of service; quorum lost ({left} of {} in service): mutations fail \
                  with EROFS until a replica is back",
@@ -226,7 +231,10 @@ impl ReplicaSet {
                 self.replicas[run.target].path.display()
             ));
         }
-        if !self.quorum.observe(self.priority_order().len()) {
+        if !self
+            .quorum
+            .observe(self.quorum_members(self.priority_order().len()))
+        {
             return Err("refusing to heal: the quorum is lost (mutations are refused)".into());
         }
         if let Some(&out) = targets.iter().find(|&&i| !self.replicas[i].is_in_service()) {

@@ -194,7 +194,7 @@ impl ReplicaSet {
         self.note_dirty(op, path, also);
         let job = self.journaled(op, path, also, job);
         let targets = self.priority_order();
-        self.quorum.admit(op, targets.len())?;
+        self.quorum.admit(op, self.quorum_members(targets.len()))?;
         if !self.may_write() {
             return Err(libc::EROFS);
         }

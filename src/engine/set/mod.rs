@@ -204,6 +204,12 @@ impl ReplicaSet {
         let _ = self.lease.set(lease);
     }
 
+    /// The members the quorum counts with `in_service` replicas in service: those, and the
+    /// witnesses that answered the lease's last renewal (one rule with the lease).
+    pub(super) fn quorum_members(&self, in_service: usize) -> usize {
+        in_service + self.lease.get().map_or(0, |l| l.witnesses_answering())
+    }
+
     /// Whether this daemon may write to the replicas: it holds the lease (or has none: a set
     /// without on-disk state). Checked before every mutation and every record written.
     fn may_write(&self) -> bool {

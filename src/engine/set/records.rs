@@ -61,6 +61,10 @@ impl ReplicaSet {
             .map(|i| targets.contains(&i).then(|| m.record(i, clean, now())))
             .collect();
         let failures = self.store_records(records);
+        // The witness after the replicas: it must never know a generation no replica has.
+        if let Some(lease) = self.lease.get() {
+            lease.record_on_witnesses(m, clean);
+        }
         let ok = targets.len() - failures.len();
         let mut took_out = false;
         for (index, what) in failures {

@@ -25,6 +25,7 @@ impl ReplicaSet {
     pub fn recover_at_mount(
         &self,
         force_source: Option<usize>,
+        new_set: bool,
         journal_max: u32,
     ) -> Result<(), String> {
         let names: Vec<String> = self
@@ -35,10 +36,24 @@ impl ReplicaSet {
         let plan = state::plan(
             &self.read_states(),
             &names,
-            force_source,
+            state::Choices {
+                force_source,
+                new_set,
+            },
             &mut state::random_id,
             now(),
         )?;
+        if force_source.is_none() {
+            // A witness that saw a generation these replicas never reached refuses them.
+            for (name, found) in self
+                .lease
+                .get()
+                .map(|l| l.witness_states())
+                .unwrap_or_default()
+            {
+                state::check_witness(&found, &name, &plan.membership)?;
+            }
+        }
         if self.observer {
             log::info!(
                 "{} is a read-only observer (-o ro): no lease, no journal, no crash recovery; it \
@@ -67,6 +82,9 @@ impl ReplicaSet {
                 state::META_DIR,
                 names[i]
             );
+        }
+        if let Some(lease) = self.lease.get() {
+            lease.record_on_witnesses(&plan.membership, false);
         }
         self.install_membership(plan.membership);
         if self.observer {

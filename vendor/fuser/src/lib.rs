@@ -860,6 +860,26 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// chironfs addition: create and open an unnamed regular file in directory `parent`
+    /// (open(2) with `O_TMPFILE`, Linux 6.1+); it gets a name only through a later `link`.
+    /// Answered like `create`. ENOSYS (the default) makes the kernel answer EOPNOTSUPP
+    /// itself from then on, which programs take as "no O_TMPFILE here".
+    fn tmpfile(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        warn!(
+            "[Not Implemented] tmpfile(parent: {parent:#x?}, mode: {mode}, umask: {umask:#x?}, \
+            flags: {flags:#x?})"
+        );
+        reply.error(Errno::ENOSYS);
+    }
+
     /// Test for a POSIX file lock.
     fn getlk(
         &self,
