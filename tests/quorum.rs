@@ -15,6 +15,12 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The first line of `chironctl status`: the mount, its state and the quorum.
+fn status_line(m: &Mount) -> String {
+    let status = ctl_ok(m, &["status"]);
+    status.lines().next().unwrap_or_default().to_owned()
+}
+
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
@@ -26,13 +32,9 @@ fn writes_stop_below_the_quorum_and_come_back_with_it() {
     }
     let m = MountBuilder::new(3).arg("--quorum").arg("auto").start();
     fs::write(m.path("kept.txt"), b"written with 3 in service").unwrap();
-    let status = ctl_ok(&m, &["status"]);
+    let status = status_line(&m);
     assert!(
-        status
-            .lines()
-            .next()
-            .unwrap()
-            .ends_with("3/3 replicas in service, quorum 2 met"),
+        status.ends_with("3/3 replicas in service, quorum 2 met"),
         "{status}"
     );
     assert_eq!(m.status_file_snapshot().quorum, Some(2));
@@ -204,13 +206,9 @@ fn a_witness_keeps_one_replica_writing_and_refuses_the_other_alone() {
         .arg("--witness")
         .arg(&witness)
         .start();
-    let status = ctl_ok(&m, &["status"]);
+    let status = status_line(&m);
     assert!(
-        status
-            .lines()
-            .next()
-            .unwrap()
-            .ends_with("2/2 replicas in service, 1 witness answering, quorum 2 met"),
+        status.ends_with("2/2 replicas in service, 1 witness answering, quorum 2 met"),
         "{status}"
     );
     fs::write(m.path("both.txt"), b"on both").unwrap();

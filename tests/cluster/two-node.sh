@@ -343,6 +343,26 @@ EOW
         >"$LAB/writer.out" 2>&1 </dev/null &
 }
 
+# writing NODE START: start the writer on NODE (file names from START) and wait until it has
+# 20 more files acknowledged; false if it does not get there within 60 s.
+acked_n() { [ "$(wc -l <"$LAB/acked.txt")" -ge "$1" ]; }
+writing() {
+    start_writer "$1" "$2"
+    wait_for 60 acked_n $(($(wc -l <"$LAB/acked.txt") + 20))
+}
+# drop_to NODE HOST... / deliver_to NODE HOST...: NODE's packets to each HOST dropped (a
+# blackhole route in NODE's namespace), or delivered again.
+drop_to() {
+    local n=$1 h
+    shift
+    for h in "$@"; do ip -n "$NS-$n" route add blackhole "$NET.${IP[$h]}/32"; done
+}
+deliver_to() {
+    local n=$1 h
+    shift
+    for h in "$@"; do ip -n "$NS-$n" route del blackhole "$NET.${IP[$h]}/32"; done
+}
+
 # ===============================================================================================
 say "starting two Pacemaker nodes (corosync token $TOKEN ms)"
 touch "$LAB/acked.txt"
@@ -385,12 +405,10 @@ result "fs started on $ACTIVE: $(since "$T0") s after crm configure"
 # mount over (after the lease went unrenewed for its lease time: the nodes are two hosts to the
 # lease), every acknowledged file is there, the killed node rejoins and the mount stays.
 FAILOVERS=${FAILOVERS:-5}
-acked_n() { [ "$(wc -l <"$LAB/acked.txt")" -ge "$1" ]; }
 times=()
 for run in $(seq 1 "$FAILOVERS"); do
     say "--- 1.$run. SIGKILL of every process of the active node ($ACTIVE) while a writer writes"
-    start_writer "$ACTIVE" $((run * 10000))
-    wait_for 60 acked_n $(($(wc -l <"$LAB/acked.txt") + 30)) || { cat "$LAB/writer.out"; cl_die "the writer is not writing"; }
+    writing "$ACTIVE" $((run * 10000)) || { cat "$LAB/writer.out"; cl_die "the writer is not writing"; }
     say "$(wc -l <"$LAB/acked.txt") files acknowledged; killing $ACTIVE"
     T0=$(now)
     kill_node "$ACTIVE"
@@ -499,11 +517,10 @@ EXPECT_OUT=mercury
 # starts fs on the peer too. Only the owner of the replica set's lease may serve: the peer's
 # start must fail with the owner named, while the writer on the active node goes on.
 say "--- 5. cutting the link between diamond and sapphire (both still reach the servers)"
-start_writer "$ACTIVE" 90000
-wait_for 60 acked_n $(($(wc -l <"$LAB/acked.txt") + 20)) || fail "the writer is not writing before the cut"
+writing "$ACTIVE" 90000 || fail "the writer is not writing before the cut"
 T0=$(now)
-ip -n "$NS-diamond" route add blackhole "$NET.${IP[sapphire]}/32"
-ip -n "$NS-sapphire" route add blackhole "$NET.${IP[diamond]}/32"
+drop_to diamond sapphire
+drop_to sapphire diamond
 start_refused() { on "$PEER" crm_mon -1 2>/dev/null | grep -q "in use by another chironfs"; }
 if wait_for 90 start_refused; then
     result "split: $PEER's start of fs refused $(since "$T0") s after the cut: $(on "$PEER" crm_mon -1 | grep -o "in use by another chironfs[^;]*" | head -n 1)"
@@ -519,8 +536,8 @@ else
     fail "the writer on $ACTIVE stopped during the split"
     cat "$LAB/writer.out"
 fi
-ip -n "$NS-diamond" route del blackhole "$NET.${IP[sapphire]}/32"
-ip -n "$NS-sapphire" route del blackhole "$NET.${IP[diamond]}/32"
+deliver_to diamond sapphire
+deliver_to sapphire diamond
 wait_for 90 formed || fail "the nodes did not rejoin after the split"
 on "$ACTIVE" crm resource cleanup fs >/dev/null 2>&1 || true
 sleep 3
@@ -535,11 +552,9 @@ verify_acked "$ACTIVE"
 # its restart there is refused (only mercury, stale, answers with its state), and the peer takes
 # the set over once the old lease went unrenewed for the lease time.
 say "--- 6. cutting $ACTIVE's links to mars and venus (the peer still reaches them)"
-start_writer "$ACTIVE" 95000
-wait_for 60 acked_n $(($(wc -l <"$LAB/acked.txt") + 20)) || fail "the writer is not writing before the cut"
+writing "$ACTIVE" 95000 || fail "the writer is not writing before the cut"
 T0=$(now)
-ip -n "$NS-$ACTIVE" route add blackhole "$NET.${IP[mars]}/32"
-ip -n "$NS-$ACTIVE" route add blackhole "$NET.${IP[venus]}/32"
+drop_to "$ACTIVE" mars venus
 fenced_alert() { grep -q "cannot renew the replica set's lease on a majority" "$LAB/syslog/messages"; }
 if wait_for 30 fenced_alert; then
     result "cut from a majority: $ACTIVE's daemon fenced itself (ALERT in syslog) $(since "$T0") s after the cut"
@@ -559,8 +574,7 @@ if on "$PEER" crm_mon -1 2>/dev/null | grep -qE "$refusal"; then
 else
     say "note: crm_mon shows no refused restart on $ACTIVE (it may have moved the resource at once)"
 fi
-ip -n "$NS-$ACTIVE" route del blackhole "$NET.${IP[mars]}/32"
-ip -n "$NS-$ACTIVE" route del blackhole "$NET.${IP[venus]}/32"
+deliver_to "$ACTIVE" mars venus
 touch "$LAB/stop-writer"
 verify_acked "$PEER"
 out=$(on "$PEER" "$LAB/bin/chironctl" -s /run/chironfs/chironfs.sock verify --content 2>&1) && rc=0 || rc=$?
@@ -603,8 +617,7 @@ EOF
     start_node sapphire heartbeat
     if wait_for 60 mount_answers diamond; then
         result "Heartbeat: /chironfs mounted on diamond $(since "$T0") s after start"
-        start_writer diamond 100000
-        wait_for 60 acked_n $(($(wc -l <"$LAB/acked.txt") + 30)) || fail "the writer is not writing under Heartbeat"
+        writing diamond 100000 || fail "the writer is not writing under Heartbeat"
         say "$(wc -l <"$LAB/acked.txt") files acknowledged; killing diamond"
         T0=$(now)
         kill_node diamond
