@@ -33,6 +33,7 @@
 #   --tmpfs-size SIZE   size of the tmpfs (default 8g)
 #   --tarball FILE      gzip tarball for the tree workload (default: the largest .crate)
 #   --no-build          use target/release/chironfs as it is
+#   --chironfs BIN      measure this chironfs binary (an older build, say) instead; no build
 #   --no-install        do not apt-get anything
 #   --io-uring          switch the kernel's FUSE over io_uring on for the run (fuse.enable_uring,
 #                       put back at the end): chironfs then serves requests on per-CPU rings;
@@ -49,6 +50,7 @@ disks=()
 tmpfs_size=8g
 tarball=""
 build=1
+given_bin=""
 install=1
 io_uring=0
 while [ $# -gt 0 ]; do
@@ -62,6 +64,8 @@ while [ $# -gt 0 ]; do
         --tmpfs-size) tmpfs_size=$2; shift ;;
         --tarball) tarball=$2; shift ;;
         --no-build) build=0 ;;
+        --chironfs) [ $# -ge 2 ] || { echo "--chironfs needs a binary" >&2; exit 2; }
+            given_bin=$2; build=0; shift ;;
         --no-install) install=0 ;;
         --io-uring) io_uring=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -97,9 +101,9 @@ fi
 if [ "$build" = 1 ]; then
     (cd "$root" && cargo build --release --bin chironfs)
 fi
-chironfs="$root/target/release/chironfs"
+chironfs=${given_bin:-$root/target/release/chironfs}
 [ -x "$chironfs" ] || { echo "$chironfs missing (build failed?)" >&2; exit 1; }
-if [ "$build" = 0 ]; then
+if [ "$build" = 0 ] && [ -z "$given_bin" ]; then
     newer=$(find "$root/src" "$root/Cargo.toml" "$root/Cargo.lock" -newer "$chironfs" -print -quit)
     [ -z "$newer" ] || echo "WARNING: $newer is newer than $chironfs (--no-build): the figures are not the current source's" >&2
 fi
