@@ -502,3 +502,39 @@ fn a_tmpfile_linked_while_a_replica_is_out_reaches_it_at_resync() {
     assert_all_in_service(&m);
     assert_replicas_identical(&m);
 }
+
+#[test]
+fn a_file_unlinked_while_open_is_reopened_through_proc_only_by_a_handle_on_every_replica() {
+    use std::io::{Read, Write};
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    fs::write(m.path("w"), b"written").unwrap();
+    fs::write(m.path("r"), b"read").unwrap();
+    let mut writer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("w"))
+        .unwrap();
+    let reader = File::open(m.path("r")).unwrap();
+    fs::remove_file(m.path("w")).unwrap();
+    fs::remove_file(m.path("r")).unwrap();
+    // Held open for writing, it is open on every replica: a reopen reaches them all.
+    let mut again = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", writer.as_raw_fd()))
+        .expect("reopen of a file held open for writing");
+    again.write_all(b"W").unwrap();
+    let mut got = String::new();
+    writer.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "Written", "the same file, its first byte rewritten through the reopen");
+    // Held open read-only, it is open on one replica: a reopen is refused, as before, and
+    // no replica is blamed for not finding it.
+    let e = File::open(format!("/proc/self/fd/{}", reader.as_raw_fd())).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    drop((writer, again, reader));
+    assert_all_in_service(&m);
+    assert_replicas_identical(&m);
+}

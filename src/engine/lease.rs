@@ -5,7 +5,8 @@
 //! member's own worker threads within one member deadline, so a hung member costs at most one
 //! deadline per renewal round.
 //!
-//! May touch: `engine::replica`, `engine::meta_files`, `rules::lease`, `sys`, `view::words`.
+//! May touch: `engine::replica`, `engine::meta_files`, `rules::lease`, `rules::state` (the
+//! witness keeps the set's state record), `sys`, `view::words`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;

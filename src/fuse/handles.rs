@@ -136,6 +136,18 @@ impl OpenFile {
         }
     }
 
+    /// Whether this handle holds a descriptor on every one of `replicas` (a file with no
+    /// name can be reached there through it).
+    /// Never waits: a slot busy with an open (which may take a network round trip) counts as
+    /// not held, as the caller holds the handle table meanwhile.
+    fn holds_all(&self, replicas: &[usize]) -> bool {
+        replicas.iter().all(|&i| match self.fds[i].try_lock() {
+            Ok(slot) => slot.is_some(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().is_some(),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        })
+    }
+
     /// Makes this handle an open of the file `origin` holds open, which has no name.
     pub(super) fn reopens(&self, origin: Arc<OpenFile>) {
         let _ = self.origin.set(origin);
@@ -299,6 +311,15 @@ impl Handles {
     /// An open handle of node `ino`, if any (to reach a file that has no name left).
     pub(super) fn file_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
         self.files.find(|f| f.ino.load(Ordering::Relaxed) == ino)
+    }
+
+    /// An open handle of node `ino` that holds a descriptor on every one of `replicas`: the
+    /// only way a change (a link, a reopen) of a file with no name can reach them all. A
+    /// read-only handle, open on one replica, does not do (the others would answer ENOENT and
+    /// be blamed for it).
+    pub(super) fn file_on_all(&self, ino: u64, replicas: &[usize]) -> Option<Arc<OpenFile>> {
+        self.files
+            .find(|f| f.ino.load(Ordering::Relaxed) == ino && f.holds_all(replicas))
     }
 
     /// The directory `ino` as an open handle holds it, if one does: for an fstat once it

@@ -41,7 +41,7 @@ impl ChironFs {
         // through /proc/self/fd: through a handle that holds it on every replica.
         let (path, origin) = match self.path(ino) {
             Ok(p) => (p, None),
-            Err(e) => match self.handles.file_of(ino.0) {
+            Err(e) => match self.handles.file_on_all(ino.0, &self.set.priority_order()) {
                 Some(origin) => (origin.path(), Some(origin)),
                 None => return reply.error(e),
             },

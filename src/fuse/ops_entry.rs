@@ -456,7 +456,7 @@ impl ChironFs {
         };
         let (job, from): (ReplicaJob<libc::stat>, Option<Place>) = match self.place(ino) {
             Ok(from) => (link_job(&from, &to), Some(from)),
-            Err(e) => match self.handles.file_of(ino.0) {
+            Err(e) => match self.handles.file_on_all(ino.0, &self.set.priority_order()) {
                 Some(handle) => (link_open_job(handle, &to), None),
                 None => return reply.error(e),
             },
