@@ -529,7 +529,10 @@ fn a_file_unlinked_while_open_is_reopened_through_proc_only_by_a_handle_on_every
     again.write_all(b"W").unwrap();
     let mut got = String::new();
     writer.read_to_string(&mut got).unwrap();
-    assert_eq!(got, "Written", "the same file, its first byte rewritten through the reopen");
+    assert_eq!(
+        got, "Written",
+        "the same file, its first byte rewritten through the reopen"
+    );
     // Held open read-only, it is open on one replica: a reopen is refused, as before, and
     // no replica is blamed for not finding it.
     let e = File::open(format!("/proc/self/fd/{}", reader.as_raw_fd())).unwrap_err();

@@ -19,9 +19,6 @@ use super::attr::{attr, kind_of_dirent};
 use super::reach::{at, lstat, open_file, reply_empty};
 use crate::sys::{self, Credentials};
 
-/// Entries a READDIRPLUS stats in one job on the metadata replica (a reply holds a few dozen).
-const PLUS_BATCH: usize = 32;
-
 impl ChironFs {
     /// OPENDIR: the directory is opened on the metadata replica (and held, for an fstat
     /// once it has no name left); it is listed at the first readdir.
@@ -138,7 +135,14 @@ impl ChironFs {
             next = 2;
         }
         while next - 2 < entries.len() {
-            let batch = &entries[next - 2..entries.len().min(next - 2 + PLUS_BATCH)];
+            // Stat (one job on the metadata replica) only the entries the reply has room for:
+            // on a network replica each is a round trip.
+            let rest = &entries[next - 2..];
+            let fit = reply.fits(rest.iter().map(|e| e.name.len()));
+            if fit == 0 {
+                break;
+            }
+            let batch = &rest[..fit];
             let names: Vec<_> = batch.iter().map(|e| e.name.clone()).collect();
             let Ok(place) = self.child_place(ino, &names[0]) else {
                 break;

@@ -786,6 +786,13 @@ impl ReplyDirectoryPlus {
         ))
     }
 
+    /// chironfs addition: how many more entries, with names of these byte lengths, the
+    /// reply has room for, in order. A filesystem that must look each entry up (and count a
+    /// lookup for it) looks up no more than will be sent.
+    pub fn fits(&self, name_lens: impl Iterator<Item = usize>) -> usize {
+        self.buf.fits(name_lens)
+    }
+
     /// Reply to a request with the filled directory buffer
     pub fn ok(self) {
         let response: ll::ResponseData = self.buf.into();

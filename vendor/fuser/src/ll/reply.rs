@@ -393,6 +393,11 @@ impl EntListBuf {
     /// A transparent offset value can be provided for each entry. The kernel uses these
     /// value to request the next entries in further readdir calls
     #[must_use]
+    /// chironfs addition: the bytes still free in the reply.
+    pub(crate) fn room(&self) -> usize {
+        self.max_size.saturating_sub(self.buf.len())
+    }
+
     pub(crate) fn push(&mut self, ent: [&[u8]; 2]) -> bool {
         debug_assert!(self.buf.len() % size_of::<u64>() == 0);
 
@@ -509,6 +514,22 @@ impl From<DirEntPlusList> for ResponseData {
 impl DirEntPlusList {
     pub(crate) fn new(max_size: usize) -> Self {
         Self(EntListBuf::new(max_size))
+    }
+    /// chironfs addition: how many more entries with names of these lengths fit, in order
+    /// (each takes its `fuse_direntplus` header and name, padded to 8 bytes).
+    pub(crate) fn fits(&self, name_lens: impl Iterator<Item = usize>) -> usize {
+        let header = size_of::<abi::fuse_direntplus>();
+        let mut room = self.0.room();
+        let mut n = 0;
+        for len in name_lens {
+            let size = (header + len).next_multiple_of(size_of::<u64>());
+            if size > room {
+                break;
+            }
+            room -= size;
+            n += 1;
+        }
+        n
     }
     /// Add an entry to the directory reply buffer. Returns true if the buffer is full.
     /// A transparent offset value can be provided for each entry. The kernel uses these
@@ -917,5 +938,53 @@ mod test {
             r.with_iovec(RequestId(0xdeadbeef), ioslice_to_vec),
             expected
         );
+    }
+
+    /// chironfs addition: `fits` counts exactly the entries a READDIRPLUS reply takes.
+    #[test]
+    fn dirent_plus_fits_what_push_takes() {
+        let time = UNIX_EPOCH;
+        let attr = crate::FileAttr {
+            ino: INodeNo(2),
+            size: 0,
+            blocks: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind: FileType::RegularFile,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            flags: 0,
+            blksize: 4096,
+        };
+        let names: Vec<String> = (0..100).map(|i| format!("entry-number-{i:03}")).collect();
+        let mut list = DirEntPlusList::new(4096);
+        let fit = list.fits(names.iter().map(|n| n.len()));
+        assert!(fit > 10 && fit < 100, "{fit}");
+        let mut pushed = 0;
+        for (i, n) in names.iter().enumerate() {
+            let e = DirEntryPlus::new(
+                INodeNo(2 + i as u64),
+                Generation(0),
+                DirEntOffset(i as u64 + 1),
+                n.as_str(),
+                Duration::ZERO,
+                (&attr).into(),
+                Duration::ZERO,
+            );
+            if list.push(&e) {
+                break;
+            }
+            pushed += 1;
+            assert_eq!(
+                list.fits(names[pushed..].iter().map(|n| n.len())),
+                fit - pushed
+            );
+        }
+        assert_eq!(pushed, fit);
     }
 }
