@@ -8,6 +8,7 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use fuser::{
     Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, ReplyDirectory,
@@ -16,6 +17,7 @@ use fuser::{
 
 use super::ChironFs;
 use super::attr::{attr, kind_of_dirent};
+use super::handles::OpenDir;
 use super::reach::{at, lstat, open_file, reply_empty};
 use crate::sys::{self, Credentials};
 
@@ -42,6 +44,22 @@ impl ChironFs {
         }
     }
 
+    /// The open directory `fh` (of `ino`) and the listing a readdir from `offset` answers
+    /// from: read again at offset 0 (a first pass, or a rewind).
+    fn listing(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<(Arc<OpenDir>, Arc<Vec<sys::DirEntry>>), Errno> {
+        let dir = self.handles.dirs.get(fh).ok_or(Errno::EBADF)?;
+        if dir.must_list(offset) {
+            dir.relisted(self.path(ino).and_then(|p| self.list_dir(&p))?);
+        }
+        let entries = dir.entries();
+        Ok((dir, entries))
+    }
+
     /// READDIR from `offset`: "." and "..", then the listing (read at each pass from 0).
     pub(super) fn do_readdir(
         &self,
@@ -51,16 +69,10 @@ impl ChironFs {
         mut reply: ReplyDirectory,
     ) {
         let _tree = self.tree_shared();
-        let Some(dir) = self.handles.dirs.get(fh) else {
-            return reply.error(Errno::EBADF);
+        let (dir, entries) = match self.listing(ino, fh, offset) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
         };
-        if dir.must_list(offset) {
-            match self.path(ino).and_then(|p| self.list_dir(&p)) {
-                Ok(e) => dir.relisted(e),
-                Err(e) => return reply.error(e),
-            }
-        }
-        let entries = dir.entries();
         // Offsets: 1 = ".", 2 = "..", 3.. = entries; the offset given is the last one returned.
         let dots = [
             (ino.0, FileType::Directory, OsStr::new(".")),
@@ -99,16 +111,10 @@ impl ChironFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _tree = self.tree_shared();
-        let Some(dir) = self.handles.dirs.get(fh) else {
-            return reply.error(Errno::EBADF);
+        let (_, entries) = match self.listing(ino, fh, offset) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
         };
-        if dir.must_list(offset) {
-            match self.path(ino).and_then(|p| self.list_dir(&p)) {
-                Ok(e) => dir.relisted(e),
-                Err(e) => return reply.error(e),
-            }
-        }
-        let entries = dir.entries();
         let mut next = offset as usize;
         if next < 2 {
             // "." and "..": the kernel takes no lookup of them, and uses no attribute.
