@@ -111,6 +111,8 @@ pub struct Config {
     /// `-o quorum=`), resolved against the replica count; None: no quorum (the default). A
     /// u16 like `force_source`, for the same reason.
     pub quorum: Option<u16>,
+    /// `--quorum auto`: the quorum stays a majority when members join or leave online.
+    pub quorum_auto: bool,
     /// Limit on the content bytes per second an online resync copies (`--resync-rate`,
     /// `-o resync_rate=`), bytes per second; 0 = no limit.
     pub resync_rate: u64,

@@ -105,6 +105,7 @@ pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
     config.force_source = force_source
         .map(|given| replica_index(&given, &replicas))
         .transpose()?;
+    config.quorum_auto = quorum == Some(crate::rules::quorum::Setting::Auto);
     config.quorum = quorum
         .map(|q| {
             // One majority rule with the lease: the witness is a member too.

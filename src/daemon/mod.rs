@@ -304,6 +304,7 @@ fn open_set(config: &Config, members: &members::Members) -> Result<Arc<ReplicaSe
     let mountpoint = config.mountpoint.display().to_string();
     let quorum = crate::rules::quorum::Quorum::new(
         config.quorum.map(usize::from),
+        config.quorum_auto,
         replicas.len(),
         usize::from(config.witness.is_some()),
         mountpoint.clone(),

@@ -24,15 +24,14 @@
 //! helpers at the end (std, on the replica's path like `state.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsStr;
 use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::rules::escape;
 use crate::rules::state::Gen;
 use crate::view::metrics::JournalSize;
 
@@ -109,61 +108,22 @@ pub struct Journal {
     bytes: u64,
 }
 
-/// Whether `b` is written as `%XX` in a journal line: `%` itself, control bytes and DEL, so a
-/// name with a newline cannot split a record.
-fn needs_escape(b: u8) -> bool {
-    b == b'%' || !(0x20..0x7f).contains(&b)
-}
-
-/// Appends `path`, escaped (see [`needs_escape`]), to `out`. Byte by byte, without `format!`:
-/// every mutation of a new path renders one line.
-fn escape_into(out: &mut Vec<u8>, path: &Path) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in path.as_os_str().as_bytes() {
-        if needs_escape(b) {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        } else {
-            out.push(b);
-        }
-    }
-}
-
-fn unescape(s: &str) -> Option<PathBuf> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(PathBuf::from(OsStr::from_bytes(&out)))
-}
+/// The journal escapes no separator of its own: a record is one line.
+const NO_SEPARATOR: &[u8] = b"";
 
 /// The journal line recording `path`: `P path` (`R path` for a subtree), escaped, newline.
 pub fn line(path: &Path, recursive: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(line_len(path) as usize);
     out.extend_from_slice(if recursive { b"R " } else { b"P " });
-    escape_into(&mut out, path);
+    escape::escape_into(&mut out, path, NO_SEPARATOR);
     out.push(b'\n');
     out
 }
 
 /// The length of [`line`] for `path`, without rendering it.
 fn line_len(path: &Path) -> u64 {
-    let escaped: usize = path
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .map(|&b| if needs_escape(b) { 3 } else { 1 })
-        .sum();
     // The tag ("P"/"R"), its space and the newline.
-    escaped as u64 + 3
+    escape::escaped_len(path, NO_SEPARATOR) as u64 + 3
 }
 
 impl Journal {
@@ -266,7 +226,7 @@ impl Journal {
                 "R " => true,
                 _ => return Err(bad()),
             };
-            let path = unescape(rest).ok_or_else(bad)?;
+            let path = escape::unescape(rest).ok_or_else(bad)?;
             if !stays_inside(&path) {
                 return Err(format!(
                     "line {} names a path outside the replica ({}): the journal is not \
@@ -640,6 +600,8 @@ pub fn write(root: BorrowedFd<'_>, data: &[u8], durable: bool) -> io::Result<std
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
 
     const G1: Gen = Gen { number: 1, id: 11 };
     const G2: Gen = Gen { number: 2, id: 22 };

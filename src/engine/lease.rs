@@ -45,9 +45,8 @@ pub enum LeaseState {
 
 /// The lease of one mount: its members, its timing, and whether this daemon may write.
 pub struct LeaseKeeper {
-    members: Vec<Arc<Replica>>,
-    /// How many of `members` are data replicas; the rest are witnesses.
-    replicas: usize,
+    /// The members, changed when replicas join or leave online.
+    roster: std::sync::RwLock<Arc<Roster>>,
     /// Witnesses that answered the last renewal round: they count for the quorum
     /// (`rules/quorum.rs`) as they do for the lease.
     witnesses_answering: AtomicUsize,
@@ -79,6 +78,25 @@ impl std::fmt::Debug for LeaseKeeper {
     }
 }
 
+/// The members the lease is kept on: the data replicas first, then the witnesses. Each round
+/// works on one roster (a snapshot), so a member joining meanwhile never shifts its indexes.
+#[derive(Debug)]
+struct Roster {
+    members: Vec<Arc<Replica>>,
+    /// How many of `members` are data replicas; the rest are witnesses.
+    replicas: usize,
+}
+
+impl Roster {
+    fn all(&self) -> Vec<usize> {
+        (0..self.members.len()).collect()
+    }
+
+    fn witnesses(&self) -> Vec<usize> {
+        (self.replicas..self.members.len()).collect()
+    }
+}
+
 /// One member's answer: its record (None: no lease file), or what went wrong.
 type Read = Result<Option<LeaseRecord>, String>;
 
@@ -97,8 +115,7 @@ impl LeaseKeeper {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
         LeaseKeeper {
-            members,
-            replicas,
+            roster: std::sync::RwLock::new(Arc::new(Roster { members, replicas })),
             witnesses_answering: AtomicUsize::new(witnesses),
             witness_ids: Mutex::new((0..witnesses).map(|_| state::random_id()).collect()),
             timing,
@@ -128,16 +145,17 @@ impl LeaseKeeper {
     /// seen, and taken over once its lease went unrenewed for the lease time on this daemon's
     /// clock (a frozen or dead owner). Writes nothing but the lease itself.
     pub fn acquire(&self) -> Result<(), String> {
+        let ro = self.roster();
         let started = sys::boottime();
-        let mut watched: Vec<Option<Watched>> = vec![None; self.members.len()];
+        let mut watched: Vec<Option<Watched>> = vec![None; ro.members.len()];
         let mut said_waiting = false;
         loop {
             let now_mono = sys::boottime();
-            let reads = self.read_all();
+            let reads = self.read_all(&ro);
             let answering = reads.iter().filter(|r| r.is_ok()).count();
-            let need = lease::needed(self.members.len(), answering, self.strict);
+            let need = lease::needed(ro.members.len(), answering, self.strict);
             if answering < need {
-                return Err(self.too_few(&reads, need));
+                return Err(self.too_few(&ro, &reads, need));
             }
             let mut waiting_for: Option<(String, &'static str)> = None;
             for (i, read) in reads.iter().enumerate() {
@@ -185,7 +203,7 @@ impl LeaseKeeper {
                 std::thread::sleep(self.timing.renew_every());
                 continue;
             }
-            match self.claim(&reads) {
+            match self.claim(&ro, &reads) {
                 Ok(()) => return Ok(()),
                 Err(None) => {
                     // Another daemon claimed at the same instant: neither won; try again
@@ -201,7 +219,7 @@ impl LeaseKeeper {
     /// concurrent claim to have landed, and reads again: won with a majority of the members
     /// that could store it showing ours. Err(None) when a concurrent claim is seen (ours are
     /// withdrawn: try again); Err(Some) when too few members can store the lease.
-    fn claim(&self, reads: &[Read]) -> Result<(), Option<String>> {
+    fn claim(&self, ro: &Roster, reads: &[Read]) -> Result<(), Option<String>> {
         let epoch = reads
             .iter()
             .filter_map(|r| r.as_ref().ok().and_then(|r| r.as_ref()))
@@ -212,11 +230,11 @@ impl LeaseKeeper {
         self.epoch.store(epoch, Ordering::SeqCst);
         self.renewal.store(0, Ordering::SeqCst);
         let record = self.record(Hold::Held);
-        let targets: Vec<usize> = (0..self.members.len())
+        let targets: Vec<usize> = (0..ro.members.len())
             .filter(|&i| reads[i].is_ok())
             .collect();
         let written = Instant::now();
-        let stored_on = self.write_all(&targets, &record);
+        let stored_on = self.write_all(&ro, &targets, &record);
         // A concurrent claimer read "free" before our write landed, and its own write lands
         // about as fast as ours did: wait four times our write's round (at least 100 ms, at
         // most two member deadlines) before reading who won.
@@ -225,22 +243,22 @@ impl LeaseKeeper {
             .min(self.timing.member_deadline() * 2);
         std::thread::sleep(settle);
         let round = sys::boottime();
-        let again = self.read_all();
+        let again = self.read_all(&ro);
         let is_ours = |r: &Read| matches!(r, Ok(Some(r)) if r.is(&self.me, epoch));
         let ours = again.iter().filter(|r| is_ours(r)).count();
         // A member that cannot store the lease (full, read-only) does not count.
         let stored = stored_on.iter().filter(|r| r.is_ok()).count();
-        let need = lease::needed(self.members.len(), stored, self.strict);
+        let need = lease::needed(ro.members.len(), stored, self.strict);
         if stored > 0 && ours >= need {
             *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = round;
             log::info!(
                 "took the replica set's lease (epoch {epoch}) on {ours} of {} members",
-                self.members.len()
+                ro.members.len()
             );
             return Ok(());
         }
         let mine: Vec<usize> = (0..again.len()).filter(|&i| is_ours(&again[i])).collect();
-        self.write_all(&mine, &self.record(Hold::Released));
+        self.write_all(&ro, &mine, &self.record(Hold::Released));
         let rival = again.iter().any(|r| {
             matches!(r, Ok(Some(r)) if !r.is(&self.me, epoch) && r.hold != Hold::Released && r.epoch >= epoch)
         });
@@ -250,8 +268,8 @@ impl LeaseKeeper {
         Err(Some(format!(
             "cannot take the replica set's lease: it could be stored on {stored} of {} members, \
              {need} needed ({})",
-            self.members.len(),
-            self.failures(&targets, &stored_on)
+            ro.members.len(),
+            self.failures(&ro, &targets, &stored_on)
         )))
     }
 
@@ -274,6 +292,7 @@ impl LeaseKeeper {
 
     /// One renewal round.
     fn renew_once(&self) {
+        let ro = self.roster();
         let _round = self.round.lock().unwrap_or_else(|e| e.into_inner());
         if self.stop.load(Ordering::SeqCst) {
             return;
@@ -286,7 +305,7 @@ impl LeaseKeeper {
         record.renewal = renewal;
         let me = self.me.clone();
         let text = record.render();
-        let results = self.on_members(&(0..self.members.len()).collect::<Vec<_>>(), move |r| {
+        let results = self.on_members(&ro, &ro.all(), move |r| {
             let current = read_member(r)?;
             if let Some(c) =
                 current.filter(|c| c.epoch > epoch || (c.epoch == epoch && !c.is(&me, epoch)))
@@ -320,27 +339,24 @@ impl LeaseKeeper {
             return;
         }
         let ok = results.iter().filter(|r| r.is_ok()).count();
-        let witnesses_ok = results[self.replicas..]
-            .iter()
-            .filter(|r| r.is_ok())
-            .count();
+        let witnesses_ok = results[ro.replicas..].iter().filter(|r| r.is_ok()).count();
         self.witnesses_answering
             .store(witnesses_ok, Ordering::SeqCst);
-        if ok >= lease::needed(self.members.len(), ok, self.strict) {
+        if ok >= lease::needed(ro.members.len(), ok, self.strict) {
             *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = round;
             if self.fenced.swap(false, Ordering::SeqCst) {
                 log::warn!(
                     "the replica set's lease is renewed again on {ok} of {} members (epoch {epoch}): mutations accepted again",
-                    self.members.len()
+                    ro.members.len()
                 );
             }
         } else {
             // Logged once, by the first mutation or this round, whichever notices first.
             self.fence_check();
-            let all: Vec<usize> = (0..self.members.len()).collect();
+            let all = ro.all();
             log::debug!(
                 "lease renewal reached {ok} members ({})",
-                self.failures(&all, &results)
+                self.failures(&ro, &all, &results)
             );
         }
     }
@@ -353,6 +369,7 @@ impl LeaseKeeper {
 
     /// True when fenced (logging the transition once, at ALERT).
     fn fence_check(&self) -> bool {
+        let ro = self.roster();
         let last = *self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
         let late = sys::boottime().saturating_sub(last) > self.timing.fence_after();
         if late && !self.fenced.swap(true, Ordering::SeqCst) {
@@ -360,7 +377,7 @@ impl LeaseKeeper {
                 target: ALERT_TARGET,
                 "cannot renew the replica set's lease on a majority of its {} members for {:.1} s: \
                  fenced, mutations fail with EROFS (read-only) until it is renewed",
-                self.members.len(),
+                ro.members.len(),
                 self.timing.fence_after().as_secs_f64()
             );
         }
@@ -374,6 +391,7 @@ impl LeaseKeeper {
 
     /// The lease as admins see it.
     pub fn state(&self) -> LeaseState {
+        let ro = self.roster();
         if let Some(why) = self.lost_why() {
             return LeaseState::Lost { why };
         }
@@ -381,7 +399,7 @@ impl LeaseKeeper {
             return LeaseState::Fenced {
                 why: format!(
                     "not renewed on a majority of the {} members for {:.1} s",
-                    self.members.len(),
+                    ro.members.len(),
                     self.timing.fence_after().as_secs_f64()
                 ),
             };
@@ -394,16 +412,18 @@ impl LeaseKeeper {
     /// The owner is unmounting: a new daemon of this host waits for the release (renewals go
     /// on until then, so the clean-shutdown records are still written under the lease).
     pub fn stopping(&self) {
+        let ro = self.roster();
         *self.hold.lock().unwrap_or_else(|e| e.into_inner()) = Hold::Stopping;
         if self.may_write() {
-            let all: Vec<usize> = (0..self.members.len()).collect();
-            self.write_all(&all, &self.record(Hold::Stopping));
+            let all = ro.all();
+            self.write_all(&ro, &all, &self.record(Hold::Stopping));
         }
     }
 
     /// Releases the lease at a clean unmount (or a failed start): free at once for the next
     /// daemon. Only where the lease is still ours.
     pub fn release(&self) {
+        let ro = self.roster();
         self.stop.store(true, Ordering::SeqCst);
         let _round = self.round.lock().unwrap_or_else(|e| e.into_inner());
         if self.lost_why().is_some() {
@@ -412,8 +432,8 @@ impl LeaseKeeper {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let me = self.me.clone();
         let text = self.record(Hold::Released).render();
-        let all: Vec<usize> = (0..self.members.len()).collect();
-        self.on_members(&all, move |r| {
+        let all = ro.all();
+        self.on_members(&ro, &all, move |r| {
             match read_member(r)? {
                 Some(c) if c.is(&me, epoch) => {
                     meta_files::overwrite(
@@ -430,9 +450,66 @@ impl LeaseKeeper {
         log::info!("released the replica set's lease (epoch {epoch})");
     }
 
+    /// The members now (one snapshot for a whole round).
+    fn roster(&self) -> Arc<Roster> {
+        Arc::clone(&self.roster.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A replica joined the set online (`chironctl add`): the lease is kept on it from the
+    /// next renewal on, and the majority counts it.
+    pub fn add_replica(&self, replica: Arc<Replica>) {
+        let mut roster = self.roster.write().unwrap_or_else(|e| e.into_inner());
+        let mut members = roster.members.clone();
+        members.insert(roster.replicas, replica);
+        *roster = Arc::new(Roster {
+            members,
+            replicas: roster.replicas + 1,
+        });
+    }
+
+    /// A replica left the set online (`chironctl remove`): the lease is no longer kept on it
+    /// and its lease file says released (best effort: it may be dead), so the directory
+    /// mounted alone later is not refused as held.
+    pub fn remove_replica(&self, replica: &Replica) {
+        let gone = {
+            let mut roster = self.roster.write().unwrap_or_else(|e| e.into_inner());
+            let Some(pos) = roster.members[..roster.replicas]
+                .iter()
+                .position(|m| std::ptr::eq(m.as_ref(), replica))
+            else {
+                return;
+            };
+            let mut members = roster.members.clone();
+            let gone = members.remove(pos);
+            *roster = Arc::new(Roster {
+                members,
+                replicas: roster.replicas - 1,
+            });
+            gone
+        };
+        let _round = self.round.lock().unwrap_or_else(|e| e.into_inner());
+        let alone = Roster {
+            members: vec![gone],
+            replicas: 1,
+        };
+        self.write_all(&alone, &[0], &self.record(Hold::Released));
+    }
+
+    /// The members the lease counts: data replicas and witnesses.
+    pub fn members(&self) -> usize {
+        self.roster().members.len()
+    }
+
+    /// Whether the lease could still be held on `members` members of which `answering`
+    /// answer (the majority rule of `rules::lease`, strict or not as configured).
+    pub fn holds_with(&self, members: usize, answering: usize) -> bool {
+        answering >= lease::needed(members, answering, self.strict)
+    }
+
     /// The witnesses among the members.
     pub fn witnesses(&self) -> usize {
-        self.members.len() - self.replicas
+        let ro = self.roster();
+        ro.members.len() - ro.replicas
     }
 
     /// The witnesses that answered the last renewal round (all of them before the first).
@@ -444,8 +521,9 @@ impl LeaseKeeper {
     /// one member deadline (a witness that does not answer reads as unreadable). A witness's
     /// own id is kept from its record for the records written later.
     pub fn witness_states(&self) -> Vec<(String, state::Found)> {
-        let witnesses: Vec<usize> = (self.replicas..self.members.len()).collect();
-        let reads = self.on_members(&witnesses, |r| {
+        let ro = self.roster();
+        let witnesses = ro.witnesses();
+        let reads = self.on_members(&ro, &witnesses, |r| {
             Ok(meta_files::read_state(
                 r.root().map_err(|e| errno_words(&e))?,
             ))
@@ -457,9 +535,9 @@ impl LeaseKeeper {
             .map(|(&i, read)| {
                 let found = read.unwrap_or_else(state::Found::Unreadable);
                 if let state::Found::Record(r) = &found {
-                    ids[i - self.replicas] = r.replica_id;
+                    ids[i - ro.replicas] = r.replica_id;
                 }
-                (self.members[i].path.display().to_string(), found)
+                (ro.members[i].path.display().to_string(), found)
             })
             .collect()
     }
@@ -468,30 +546,36 @@ impl LeaseKeeper {
     /// never knows a generation no replica recorded), within one member deadline; a witness
     /// that cannot store it is named in the log and counts for nothing it did not store.
     pub fn record_on_witnesses(&self, m: &Membership, clean: bool) {
-        if self.replicas == self.members.len() || !self.may_write() {
+        let ro = self.roster();
+        if ro.replicas == ro.members.len() || !self.may_write() {
             return;
         }
-        let witnesses: Vec<usize> = (self.replicas..self.members.len()).collect();
+        let witnesses = ro.witnesses();
         let ids = self
             .witness_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let first = self.replicas;
-        let records: Vec<_> = ids
+        // By the witness's path: its position in the roster moves as replicas join.
+        let records: Vec<_> = witnesses
             .iter()
-            .map(|&id| m.record_as(id, clean, now()))
+            .zip(&ids)
+            .map(|(&i, &id)| (ro.members[i].path.clone(), m.record_as(id, clean, now())))
             .collect();
-        let results = self.on_members(&witnesses, move |r| {
+        let results = self.on_members(&ro, &witnesses, move |r| {
             let root = r.root().map_err(|e| errno_words(&e))?;
-            meta_files::write_state(root, &records[r.index - first]).map_err(|e| errno_words(&e))
+            let (_, record) = records
+                .iter()
+                .find(|(path, _)| *path == r.path)
+                .ok_or_else(|| "not a witness".to_string())?;
+            meta_files::write_state(root, record).map_err(|e| errno_words(&e))
         });
         for (&i, result) in witnesses.iter().zip(results) {
             if let Err(why) = result {
                 log::error!(
                     "cannot write the replica set's state (generation {}) to the witness {}: {why}",
                     m.generation.number,
-                    self.members[i].path.display()
+                    ro.members[i].path.display()
                 );
             }
         }
@@ -510,15 +594,20 @@ impl LeaseKeeper {
         }
     }
 
-    fn read_all(&self) -> Vec<Read> {
-        let all: Vec<usize> = (0..self.members.len()).collect();
-        self.on_members(&all, read_member)
+    fn read_all(&self, ro: &Roster) -> Vec<Read> {
+        let all = ro.all();
+        self.on_members(&ro, &all, read_member)
     }
 
     /// Writes `record` on each of `targets`; each member's outcome, in `targets` order.
-    fn write_all(&self, targets: &[usize], record: &LeaseRecord) -> Vec<Result<(), String>> {
+    fn write_all(
+        &self,
+        ro: &Roster,
+        targets: &[usize],
+        record: &LeaseRecord,
+    ) -> Vec<Result<(), String>> {
         let text = record.render();
-        self.on_members(targets, move |r| {
+        self.on_members(&ro, targets, move |r| {
             meta_files::overwrite(
                 r.root().map_err(|e| errno_words(&e))?,
                 lease::LEASE_FILE,
@@ -532,14 +621,15 @@ impl LeaseKeeper {
     /// member deadline; a member that does not answer in time reads as an error.
     fn on_members<T: Send + 'static>(
         &self,
+        ro: &Roster,
         targets: &[usize],
         job: impl Fn(&Replica) -> Result<T, String> + Send + Sync + 'static,
     ) -> Vec<Result<T, String>> {
         let job = Arc::new(job);
         let (tx, rx) = mpsc::channel();
         for &i in targets {
-            let (member, job, tx) = (Arc::clone(&self.members[i]), Arc::clone(&job), tx.clone());
-            self.members[i].submit(Box::new(move || {
+            let (member, job, tx) = (Arc::clone(&ro.members[i]), Arc::clone(&job), tx.clone());
+            ro.members[i].submit(Box::new(move || {
                 let r = sys::set_thread_credentials(&sys::Credentials::root())
                     .map_err(|e| errno_words(&e))
                     .and_then(|()| job(&member));
@@ -548,8 +638,7 @@ impl LeaseKeeper {
         }
         drop(tx);
         let deadline = Instant::now() + self.timing.member_deadline();
-        let mut got: Vec<Option<Result<T, String>>> =
-            (0..self.members.len()).map(|_| None).collect();
+        let mut got: Vec<Option<Result<T, String>>> = (0..ro.members.len()).map(|_| None).collect();
         let mut missing = targets.len();
         while missing > 0 {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -583,26 +672,26 @@ impl LeaseKeeper {
     }
 
     /// Too few members answer to take the lease.
-    fn too_few(&self, reads: &[Read], need: usize) -> String {
-        let all: Vec<usize> = (0..self.members.len()).collect();
+    fn too_few(&self, ro: &Roster, reads: &[Read], need: usize) -> String {
+        let all = ro.all();
         format!(
             "cannot take the replica set's lease: {} of {} members answer, {need} needed ({})",
             reads.iter().filter(|r| r.is_ok()).count(),
-            self.members.len(),
-            self.failures(&all, reads)
+            ro.members.len(),
+            self.failures(&ro, &all, reads)
         )
     }
 
     /// "member: why; ..." for the members of `targets` whose `results` (in `targets` order)
     /// failed.
-    fn failures<T>(&self, targets: &[usize], results: &[Result<T, String>]) -> String {
+    fn failures<T>(&self, ro: &Roster, targets: &[usize], results: &[Result<T, String>]) -> String {
         targets
             .iter()
             .zip(results)
             .filter_map(|(&i, r)| {
                 r.as_ref()
                     .err()
-                    .map(|e| format!("{}: {e}", self.members[i].path.display()))
+                    .map(|e| format!("{}: {e}", ro.members[i].path.display()))
             })
             .collect::<Vec<_>>()
             .join("; ")

@@ -8,4 +8,5 @@ pub mod journal;
 pub mod lease;
 pub mod meta_files;
 pub mod replica;
+pub mod replica_list;
 pub mod set;

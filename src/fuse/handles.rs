@@ -350,7 +350,7 @@ impl ChironFs {
             &self.nodes,
             path,
             flags,
-            self.set.replicas().len(),
+            self.set.replicas().capacity(),
             self.set.data_order(ticket),
         ));
         if open_flags::writes(file.flags) {
@@ -377,7 +377,7 @@ impl ChironFs {
             &self.nodes,
             path,
             libc::O_RDONLY | libc::O_DIRECTORY,
-            replicas.len(),
+            replicas.capacity(),
             order,
         );
         dir.ino.store(ino, Ordering::Relaxed);

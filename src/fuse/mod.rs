@@ -92,7 +92,8 @@ pub struct ChironFs {
     /// Some replica reports errors at close(2): an NFS or SSHFS replica reports failed
     /// write-backs there, so every FLUSH must reach every replica. close(2) on a local
     /// filesystem reports nothing (its errors come from write and fsync), so a set of local
-    /// replicas has nothing to pass on. Fixed at mount, as the replicas' kinds are.
+    /// replicas has nothing to pass on. Fixed at mount (the kernel stops sending FLUSH after
+    /// one ENOSYS): a network replica added online to a local set reports at fsync only.
     flush_reports: bool,
     /// How long the kernel may keep the attributes and names it is given (`--cache-time`).
     ttl: Duration,
@@ -130,8 +131,9 @@ impl ChironFs {
     /// A filesystem over `set`; `max_write` is the largest write the kernel may send;
     /// `io` says how the kernel may serve open files (both wishes, checked at init).
     pub fn new(set: Arc<ReplicaSet>, max_write: u32, io: KernelIo) -> Self {
+        let flush_reports = !set.replicas().iter().all(|r| r.is_local());
         ChironFs {
-            flush_reports: !set.replicas().iter().all(|r| r.is_local()),
+            flush_reports,
             nodes: Arc::new(NodeTable::with_gauge(set.node_gauge())),
             set,
             handles: Arc::default(),

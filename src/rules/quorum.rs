@@ -23,7 +23,7 @@
 //! unit-tested; [`Quorum`] holds the setting for the replica set and logs every transition
 //! (lost at ALERT, regained at WARNING) once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The `--quorum` value as given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,8 +98,12 @@ pub fn allows(required: Option<usize>, in_service: usize) -> bool {
 /// transition is logged once).
 #[derive(Debug, Default)]
 pub struct Quorum {
-    required: Option<usize>,
-    total: usize,
+    /// Members mutations need; 0: no quorum. Atomic: it follows the member count under `auto`
+    /// when members join or leave online ([`Quorum::members_changed`]).
+    required: AtomicUsize,
+    /// `--quorum auto`: a majority of however many members the set has.
+    auto: bool,
+    total: AtomicUsize,
     /// What is counted, in words: the replicas in service, and the witnesses answering when
     /// the set has any (one rule with the lease: both count the set's members).
     counted: &'static str,
@@ -108,11 +112,13 @@ pub struct Quorum {
 }
 
 impl Quorum {
-    /// The quorum `required` (None: off) of a set of `replicas` and `witnesses` mounted on
-    /// `mountpoint`; logs what it means at mount, and a [`warning`] if any. A witness counts
-    /// while it answers the lease's renewals, as it does for the lease.
+    /// The quorum `required` (None: off; `auto`: a majority, kept one as members change) of a
+    /// set of `replicas` and `witnesses` mounted on `mountpoint`; logs what it means at mount,
+    /// and a [`warning`] if any. A witness counts while it answers the lease's renewals, as it
+    /// does for the lease.
     pub fn new(
         required: Option<usize>,
+        auto: bool,
         replicas: usize,
         witnesses: usize,
         mountpoint: String,
@@ -133,8 +139,9 @@ impl Quorum {
             }
         }
         Quorum {
-            required,
-            total,
+            required: AtomicUsize::new(required.unwrap_or(0)),
+            auto: auto && required.is_some(),
+            total: AtomicUsize::new(total),
             counted,
             mountpoint,
             lost: AtomicBool::new(false),
@@ -143,13 +150,37 @@ impl Quorum {
 
     /// The replicas mutations need, None when there is no quorum.
     pub fn required(&self) -> Option<usize> {
-        self.required
+        Some(self.required.load(Ordering::Acquire)).filter(|&q| q > 0)
+    }
+
+    /// What the quorum becomes for a set of `members` (None: off): `auto` follows the count,
+    /// a fixed count stays.
+    pub fn required_for(&self, members: usize) -> Option<usize> {
+        match self.required() {
+            Some(_) if self.auto => Some(members / 2 + 1),
+            q => q,
+        }
+    }
+
+    /// Members joined or left online: the set now has `members`. Returns the log line when the
+    /// quorum changed with them (`auto`).
+    pub fn members_changed(&self, members: usize) -> Option<String> {
+        self.total.store(members, Ordering::Release);
+        let before = self.required()?;
+        let now = self.required_for(members)?;
+        self.required.store(now, Ordering::Release);
+        (now != before).then(|| {
+            format!(
+                "quorum on {}: mutations now need {now} of {members} {} (auto)",
+                self.mountpoint, self.counted
+            )
+        })
     }
 
     /// Notes the number of replicas in service, logging a loss (ALERT) or a recovery
     /// (WARNING) of the quorum once per transition; returns whether it is met.
     pub fn observe(&self, in_service: usize) -> bool {
-        let Some(q) = self.required else {
+        let Some(q) = self.required() else {
             return true;
         };
         let met = in_service >= q;
@@ -165,7 +196,7 @@ impl Quorum {
                 "quorum lost on {}: {in_service} of {} {}, {q} needed; mutations fail with \
                  EROFS (read-only) until members come back",
                 self.mountpoint,
-                self.total,
+                self.total.load(Ordering::Relaxed),
                 self.counted
             );
         } else if met && was_lost {
@@ -173,7 +204,7 @@ impl Quorum {
                 "quorum regained on {}: {in_service} of {} {} ({q} needed); mutations \
                  accepted again",
                 self.mountpoint,
-                self.total,
+                self.total.load(Ordering::Relaxed),
                 self.counted
             );
         }
@@ -183,7 +214,7 @@ impl Quorum {
     /// The one check of every mutation: Ok to go on, or Err(EROFS) while the quorum is lost.
     pub fn admit(&self, op: &str, in_service: usize) -> Result<(), i32> {
         self.observe(in_service);
-        if allows(self.required, in_service) {
+        if allows(self.required(), in_service) {
             Ok(())
         } else {
             log::debug!("{op} refused: no quorum on {}", self.mountpoint);
@@ -253,7 +284,7 @@ mod tests {
 
     #[test]
     fn transitions_are_tracked_and_refusals_are_erofs() {
-        let q = Quorum::new(Some(2), 2, 1, "/mnt".into());
+        let q = Quorum::new(Some(2), true, 2, 1, "/mnt".into());
         assert!(q.observe(3));
         assert_eq!(q.admit("write", 2), Ok(()));
         assert_eq!(q.admit("write", 1), Err(libc::EROFS));
@@ -264,5 +295,21 @@ mod tests {
         let off = Quorum::default();
         assert_eq!(off.admit("write", 0), Ok(()));
         assert_eq!(off.required(), None);
+    }
+
+    #[test]
+    fn auto_follows_the_member_count_and_a_fixed_count_stays() {
+        let auto = Quorum::new(Some(2), true, 3, 0, "/mnt".into());
+        let line = auto.members_changed(5).unwrap();
+        assert!(line.contains("now need 3 of 5"), "{line}");
+        assert_eq!(auto.required(), Some(3));
+        assert_eq!(auto.members_changed(5), None);
+        assert_eq!(auto.required_for(2), Some(2));
+        let fixed = Quorum::new(Some(2), false, 3, 0, "/mnt".into());
+        assert_eq!(fixed.members_changed(4), None);
+        assert_eq!(fixed.required_for(4), Some(2));
+        let off = Quorum::new(None, true, 3, 0, "/mnt".into());
+        assert_eq!(off.members_changed(4), None);
+        assert_eq!(off.required_for(4), None);
     }
 }

@@ -27,6 +27,7 @@ use crate::engine::counters::IoTotals;
 use crate::engine::journal::Recorder;
 use crate::engine::lease::LeaseKeeper;
 use crate::engine::replica::Replica;
+use crate::engine::replica_list::{ONLINE_ADDS, ReplicaList};
 use crate::resync::Run;
 use crate::rules::arbitrate::{Fault, Outcome};
 use crate::rules::auto_resync::AutoResync;
@@ -40,7 +41,7 @@ pub type ReplicaJob<T> = Arc<dyn Fn(&Replica) -> io::Result<T> + Send + Sync>;
 /// The replicas of one mount and the rules that keep them identical.
 #[derive(Debug)]
 pub struct ReplicaSet {
-    replicas: Vec<Arc<Replica>>,
+    replicas: ReplicaList,
     timeout: Duration,
     mountpoint: String,
     /// The durable membership (generation) written to the in-service replicas at every
@@ -112,7 +113,8 @@ pub(super) fn shown(path: &Path) -> String {
 impl ReplicaSet {
     /// A set over already opened replicas.
     pub fn new(replicas: Vec<Arc<Replica>>, timeout: Duration, mountpoint: String) -> Self {
-        let n = replicas.len();
+        let replicas = ReplicaList::new(replicas, ONLINE_ADDS);
+        let n = replicas.capacity();
         ReplicaSet {
             replicas,
             timeout,
@@ -238,8 +240,8 @@ impl ReplicaSet {
         }
     }
 
-    /// All replicas, in command-line order.
-    pub fn replicas(&self) -> &[Arc<Replica>] {
+    /// All replicas, in command-line order, then those added online.
+    pub fn replicas(&self) -> &ReplicaList {
         &self.replicas
     }
 

@@ -201,7 +201,7 @@ impl ReplicaSet {
             }
         };
         journal.header.boot = boot;
-        let rec = Arc::new(Recorder::new(journal, self.replicas.len(), max_bytes));
+        let rec = Arc::new(Recorder::new(journal, self.replicas.capacity(), max_bytes));
         if self.journal.set(Arc::clone(&rec)).is_err() {
             return;
         }
