@@ -234,7 +234,7 @@ impl LeaseKeeper {
             .filter(|&i| reads[i].is_ok())
             .collect();
         let written = Instant::now();
-        let stored_on = self.write_all(&ro, &targets, &record);
+        let stored_on = self.write_all(ro, &targets, &record);
         // A concurrent claimer read "free" before our write landed, and its own write lands
         // about as fast as ours did: wait four times our write's round (at least 100 ms, at
         // most two member deadlines) before reading who won.
@@ -243,7 +243,7 @@ impl LeaseKeeper {
             .min(self.timing.member_deadline() * 2);
         std::thread::sleep(settle);
         let round = sys::boottime();
-        let again = self.read_all(&ro);
+        let again = self.read_all(ro);
         let is_ours = |r: &Read| matches!(r, Ok(Some(r)) if r.is(&self.me, epoch));
         let ours = again.iter().filter(|r| is_ours(r)).count();
         // A member that cannot store the lease (full, read-only) does not count.
@@ -258,7 +258,7 @@ impl LeaseKeeper {
             return Ok(());
         }
         let mine: Vec<usize> = (0..again.len()).filter(|&i| is_ours(&again[i])).collect();
-        self.write_all(&ro, &mine, &self.record(Hold::Released));
+        self.write_all(ro, &mine, &self.record(Hold::Released));
         let rival = again.iter().any(|r| {
             matches!(r, Ok(Some(r)) if !r.is(&self.me, epoch) && r.hold != Hold::Released && r.epoch >= epoch)
         });
@@ -269,7 +269,7 @@ impl LeaseKeeper {
             "cannot take the replica set's lease: it could be stored on {stored} of {} members, \
              {need} needed ({})",
             ro.members.len(),
-            self.failures(&ro, &targets, &stored_on)
+            self.failures(ro, &targets, &stored_on)
         )))
     }
 
@@ -596,7 +596,7 @@ impl LeaseKeeper {
 
     fn read_all(&self, ro: &Roster) -> Vec<Read> {
         let all = ro.all();
-        self.on_members(&ro, &all, read_member)
+        self.on_members(ro, &all, read_member)
     }
 
     /// Writes `record` on each of `targets`; each member's outcome, in `targets` order.
@@ -607,7 +607,7 @@ impl LeaseKeeper {
         record: &LeaseRecord,
     ) -> Vec<Result<(), String>> {
         let text = record.render();
-        self.on_members(&ro, targets, move |r| {
+        self.on_members(ro, targets, move |r| {
             meta_files::overwrite(
                 r.root().map_err(|e| errno_words(&e))?,
                 lease::LEASE_FILE,
@@ -678,7 +678,7 @@ impl LeaseKeeper {
             "cannot take the replica set's lease: {} of {} members answer, {need} needed ({})",
             reads.iter().filter(|r| r.is_ok()).count(),
             ro.members.len(),
-            self.failures(&ro, &all, reads)
+            self.failures(ro, &all, reads)
         )
     }
 
