@@ -228,6 +228,7 @@ mod tests {
             in_service: vec![2],
             clean: true,
             updated: 3,
+            ..StateRecord::default()
         };
         write_state(fd, &r).unwrap();
         write_state(fd, &r).unwrap();

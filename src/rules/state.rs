@@ -4,6 +4,9 @@
 //! helpers at the end; `docs/replica-state.md` describes the format.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::rules::escape;
 
 /// Name of the metadata directory at each replica root: hidden from the mount, never
 /// replicated as user data.
@@ -18,7 +21,7 @@ pub const HISTORY_LEN: usize = 256;
 /// One generation of the replica set's membership: a number bumped at every change and a
 /// random id telling two generations with the same number apart (two halves that each went
 /// on alone).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Gen {
     /// Bumped at every membership change; 0 = never in sync.
     pub number: u64,
@@ -46,7 +49,7 @@ impl Gen {
 }
 
 /// The content of one replica's state file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateRecord {
     /// The replica set this replica belongs to.
     pub set_id: u64,
@@ -62,7 +65,16 @@ pub struct StateRecord {
     pub clean: bool,
     /// Unix time of the write.
     pub updated: u64,
+    /// The set's data replicas at `generation`, id and path, in service or not (empty in a
+    /// record written before members were recorded): a mount whose command line names other
+    /// ones follows this (docs/replica-state.md, "The members").
+    pub members: Vec<(u64, PathBuf)>,
+    /// This replica left the set (`chironctl remove`): it is never served again.
+    pub left: bool,
 }
+
+/// The separator of the `members` list, escaped in the paths.
+const MEMBER_SEPARATOR: &[u8] = b",";
 
 fn hex(v: u64) -> String {
     format!("{v:016x}")
@@ -75,7 +87,7 @@ impl StateRecord {
         format!(
             "# chironfs replica state (docs/replica-state.md); written by the daemon, do not edit\n\
              format={FORMAT}\nset={}\nreplica={}\ngeneration={}\nin_service={}\nclean={}\n\
-             updated={}\nhistory={}\n",
+             updated={}\nhistory={}\nmembers={}\n{}",
             hex(self.set_id),
             hex(self.replica_id),
             self.generation.render(),
@@ -83,6 +95,18 @@ impl StateRecord {
             if self.clean { "yes" } else { "no" },
             self.updated,
             list(&self.history.iter().map(|g| g.render()).collect::<Vec<_>>()),
+            list(
+                &self
+                    .members
+                    .iter()
+                    .map(|(id, path)| format!(
+                        "{}:{}",
+                        hex(*id),
+                        escape::escape(path, MEMBER_SEPARATOR)
+                    ))
+                    .collect::<Vec<_>>()
+            ),
+            if self.left { "left=yes\n" } else { "" },
         )
     }
 
@@ -129,7 +153,17 @@ impl StateRecord {
             .iter()
             .map(|s| Gen::parse(s).ok_or_else(|| "bad 'history' field".to_string()))
             .collect::<Result<_, _>>()?;
+        let members = items("members")
+            .iter()
+            .map(|s| {
+                let (id, path) = s.split_once(':')?;
+                Some((u64::from_str_radix(id, 16).ok()?, escape::unescape(path)?))
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| "bad 'members' field".to_string())?;
         Ok(StateRecord {
+            members,
+            left: get.get("left").is_some_and(|v| v == "yes"),
             set_id: id("set")?,
             replica_id: id("replica")?,
             generation: Gen::parse(field("generation")?)
@@ -171,7 +205,7 @@ pub enum Found {
 }
 
 /// The membership of the running set: written to the in-service replicas at every change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership {
     /// Replica-set id.
     pub set_id: u64,
@@ -183,9 +217,52 @@ pub struct Membership {
     pub history: Vec<Gen>,
     /// Ids in service at `generation`, sorted.
     pub in_service: Vec<u64>,
+    /// Path of each replica, by index.
+    pub paths: Vec<PathBuf>,
+    /// By index: the replica left the set (`chironctl remove`, or found left at mount); it
+    /// keeps its index until the next mount but is no member.
+    pub gone: Vec<bool>,
 }
 
 impl Membership {
+    /// The members (id, path): every replica by index that has not left.
+    pub fn members(&self) -> Vec<(u64, PathBuf)> {
+        (0..self.ids.len())
+            .filter(|&i| !self.gone.get(i).copied().unwrap_or(false))
+            .map(|i| (self.ids[i], self.paths.get(i).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// A replica joins with index `ids.len()` (`chironctl add`): a member from now on, not in
+    /// service yet; the generation is bumped (with `new_id`) so every member records it.
+    pub fn join(&mut self, id: u64, path: &Path, new_id: u64) -> usize {
+        self.ids.push(id);
+        self.paths.push(path.to_path_buf());
+        self.gone.push(false);
+        self.bump(new_id);
+        self.ids.len() - 1
+    }
+
+    /// Replica `index` leaves the set (`chironctl remove`); the caller has taken it out of
+    /// service. Bumps the generation (with `new_id`).
+    pub fn leave(&mut self, index: usize, new_id: u64) {
+        if let Some(g) = self.gone.get_mut(index) {
+            *g = true;
+        }
+        let id = self.ids[index];
+        self.in_service.retain(|&i| i != id);
+        self.bump(new_id);
+    }
+
+    /// The record written to replica `index` as it leaves: the membership it left (which no
+    /// longer names it), marked `left`.
+    pub fn record_left(&self, index: usize, now: u64) -> StateRecord {
+        StateRecord {
+            left: true,
+            ..self.record(index, true, now)
+        }
+    }
+
     /// Makes `in_service` (command-line indexes) the current membership; bumps the generation
     /// (with `new_id`) when it differs. Returns whether it changed.
     pub fn change(&mut self, in_service: &[usize], new_id: u64) -> bool {
@@ -198,7 +275,8 @@ impl Membership {
         true
     }
 
-    fn bump(&mut self, new_id: u64) {
+    /// A new generation (with `new_id`), the current one going to the history.
+    pub fn bump(&mut self, new_id: u64) {
         if self.generation != Gen::NONE {
             self.history.push(self.generation);
         }
@@ -227,6 +305,8 @@ impl Membership {
             in_service: self.in_service.clone(),
             clean,
             updated: now,
+            members: self.members(),
+            left: false,
         }
     }
 }
@@ -300,6 +380,9 @@ pub struct Plan {
     /// them and be written ahead only in their own journals, so the journal of the others
     /// must not vouch for them: their resync compares whole trees.
     pub in_flight_unknown: Vec<usize>,
+    /// Replicas that left the set (their record says so, or the source's members do not
+    /// name them): never served, never resynced; not written.
+    pub left: Vec<usize>,
 }
 
 /// What the admin chose for the decision at mount.
@@ -350,12 +433,39 @@ pub fn plan(
         return new_set(&seen, force_source, fresh, now);
     }
     check_one_set(&seen, &known)?;
+    // Replicas that left the set are never served, nor chosen as the source.
+    let mut left: Vec<usize> = known
+        .iter()
+        .copied()
+        .filter(|&i| seen.record(i).is_some_and(|r| r.left))
+        .collect();
+    let known: Vec<usize> = known.into_iter().filter(|i| !left.contains(i)).collect();
+    if known.is_empty() {
+        return Err(format!(
+            "every replica given that holds chironfs state left the replica set ({}): give \
+             its current members (their paths are in the {META_DIR}/state of any of them)",
+            left.iter()
+                .map(|&i| seen.names[i].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let source = choose_source(&seen, &known, force_source)?;
     let reference = seen.record(source).expect("the source holds a record");
+    // A replica removed while it did not answer holds no `left` mark: the source's members
+    // (when recorded) do not name it.
+    if !reference.members.is_empty() {
+        left.extend(known.iter().copied().filter(|&i| {
+            seen.record(i)
+                .is_some_and(|r| !reference.members.iter().any(|(id, _)| *id == r.replica_id))
+        }));
+    }
+    let known: Vec<usize> = known.into_iter().filter(|i| !left.contains(i)).collect();
     if force_source.is_none() {
         check_recorded_majority(&seen, &known, reference)?;
     }
-    let verdict = judge(&seen, source);
+    let verdict = judge(&seen, source, &left);
+    let mut notes = Vec::new();
     let ids: Vec<u64> = found
         .iter()
         .map(|f| match f {
@@ -369,8 +479,51 @@ pub fn plan(
         generation: reference.generation,
         history: reference.history.clone(),
         in_service: sorted(reference.in_service.iter().copied()),
+        paths: seen.names.iter().map(PathBuf::from).collect(),
+        gone: (0..found.len()).map(|i| left.contains(&i)).collect(),
     };
-    let mut notes = Vec::new();
+    for &i in &left {
+        notes.push((
+            log::Level::Warn,
+            format!(
+                "replica {} left the replica set (chironctl remove): it is not mounted; take it \
+                 off the command line (fstab, OCF replicas)",
+                seen.names[i]
+            ),
+        ));
+    }
+    let recorded: Vec<usize> = (0..found.len()).filter(|i| !left.contains(i)).collect();
+    let same_members = {
+        let mut now = membership.members();
+        let mut then = reference.members.clone();
+        now.sort();
+        then.sort();
+        now == then
+    };
+    if !same_members && !reference.members.is_empty() {
+        let ids: Vec<u64> = recorded.iter().map(|&i| membership.ids[i]).collect();
+        let absent: Vec<String> = reference
+            .members
+            .iter()
+            .filter(|(id, _)| !ids.contains(id))
+            .map(|(_, p)| p.display().to_string())
+            .collect();
+        if !absent.is_empty() {
+            notes.push((
+                log::Level::Warn,
+                format!(
+                    "members of the replica set at generation {} not given: {} (they leave the \
+                     set; chironctl add brings one back)",
+                    reference.generation.number,
+                    absent.join(", ")
+                ),
+            ));
+        }
+    }
+    if !same_members && !reference.members.is_empty() {
+        // A member joined or left since the record: recorded at a new generation.
+        membership.bump(fresh());
+    }
     if membership.change(&verdict.in_service, fresh()) {
         notes.push((
             log::Level::Warn,
@@ -403,6 +556,7 @@ pub fn plan(
         notes,
         unclean,
         in_flight_unknown,
+        left,
     })
 }
 
@@ -497,6 +651,8 @@ fn new_set(
         generation: Gen::NONE,
         history: Vec::new(),
         in_service: Vec::new(),
+        paths: seen.names.iter().map(PathBuf::from).collect(),
+        gone: vec![false; n],
     };
     let all: Vec<usize> = (0..n).filter(|&i| seen.unreadable(i).is_none()).collect();
     membership.change(&all, fresh());
@@ -531,6 +687,7 @@ fn new_set(
         notes,
         unclean: false,
         in_flight_unknown: Vec::new(),
+        left: Vec::new(),
     })
 }
 
@@ -631,7 +788,7 @@ struct Verdict {
 }
 
 /// Who serves and who starts out (and why), measured against the `source`'s record.
-fn judge(seen: &Seen, source: usize) -> Verdict {
+fn judge(seen: &Seen, source: usize, left: &[usize]) -> Verdict {
     let reference = seen.record(source).expect("the source holds a record");
     let mut verdict = Verdict {
         stale: vec![None; seen.found.len()],
@@ -640,6 +797,7 @@ fn judge(seen: &Seen, source: usize) -> Verdict {
     };
     for (i, f) in seen.found.iter().enumerate() {
         let why = match f {
+            _ if left.contains(&i) => Some("it left the replica set (chironctl remove)".into()),
             Found::Missing { empty: true } => {
                 Some("new replica: not synced yet, resync it".to_string())
             }
@@ -787,6 +945,7 @@ mod tests {
             in_service: in_service.to_vec(),
             clean: true,
             updated: 1,
+            ..StateRecord::default()
         })
     }
 
@@ -804,6 +963,8 @@ mod tests {
             in_service: vec![7, 8],
             clean: false,
             updated: 42,
+            members: vec![(7, "/srv/a,1".into()), (8, "/srv/b".into())],
+            left: true,
         };
         assert_eq!(StateRecord::parse(&r.render()), Ok(r.clone()));
         let empty = StateRecord {
@@ -1057,6 +1218,7 @@ mod tests {
             generation: G1,
             history: vec![],
             in_service: vec![10, 20],
+            ..Membership::default()
         };
         assert!(!m.change(&[1, 0], 5));
         assert!(m.change(&[0], 6));
@@ -1078,6 +1240,7 @@ mod tests {
             generation: Gen { number: 3, id: 33 },
             history: vec![Gen { number: 2, id: 22 }],
             in_service: vec![10, 11],
+            ..Membership::default()
         };
         let seen = |m: &Membership| Found::Record(m.record_as(99, false, 0));
         // The same generation, an older one, or none: the replicas are as new as it knows.
@@ -1114,6 +1277,7 @@ mod tests {
             generation: Gen { number: 3, id: 33 },
             history: vec![],
             in_service: vec![10, 11, 12],
+            ..Membership::default()
         };
         let rec = |i: usize| Found::Record(m.record(i, true, 0));
         let empty = Found::Missing { empty: true };
@@ -1165,5 +1329,74 @@ mod tests {
         // A set that exists is mounted as ever.
         let found = [rec(1, 1, G1, &[], &[1, 2]), rec(1, 2, G1, &[], &[1, 2])];
         assert!(plan(&found, &names(2), choices, &mut counter(), 5).is_ok());
+    }
+
+    #[test]
+    fn replicas_that_left_are_never_served_and_the_recorded_members_are_kept() {
+        let names: Vec<String> = ["/a", "/b", "/c"].iter().map(|s| s.to_string()).collect();
+        let mut m = Membership {
+            set_id: 7,
+            ids: vec![10, 11, 12],
+            generation: Gen { number: 3, id: 33 },
+            history: vec![],
+            in_service: vec![10, 11, 12],
+            paths: names.iter().map(PathBuf::from).collect(),
+            gone: vec![false; 3],
+        };
+        let before = m.clone();
+        m.leave(1, 44);
+        assert_eq!(m.generation.number, 4);
+        assert_eq!(m.in_service, vec![10, 12]);
+        assert_eq!(
+            m.members(),
+            vec![(10, PathBuf::from("/a")), (12, PathBuf::from("/c"))]
+        );
+        let left = m.record_left(1, 0);
+        assert!(left.left && !left.members.iter().any(|(id, _)| *id == 11));
+        // /b says it left: not served, not written, and the others serve.
+        let found = [
+            Found::Record(m.record(0, true, 0)),
+            Found::Record(left.clone()),
+            Found::Record(m.record(2, true, 0)),
+        ];
+        let p = plan(&found, &names, ok(None), &mut || 99, 0).unwrap();
+        assert_eq!(p.left, vec![1]);
+        assert!(
+            p.stale[1]
+                .as_deref()
+                .unwrap()
+                .contains("left the replica set")
+        );
+        assert!(p.stale[0].is_none() && p.stale[2].is_none());
+        assert!(p.writes.iter().all(|(i, _)| *i != 1));
+        assert_eq!(p.membership.generation.number, 4, "nothing changed since");
+        // Removed while it was dead: its own record is older and says nothing, but the
+        // members recorded by the others do not name it.
+        let found = [
+            Found::Record(m.record(0, true, 0)),
+            Found::Record(before.record(1, true, 0)),
+            Found::Record(m.record(2, true, 0)),
+        ];
+        let p = plan(&found, &names, ok(None), &mut || 99, 0).unwrap();
+        assert_eq!(p.left, vec![1]);
+        // Only replicas that left: refused, in one sentence.
+        let why = plan(
+            &[Found::Record(left)],
+            &names[1..2],
+            ok(None),
+            &mut || 99,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            why.starts_with("every replica given that holds chironfs state left"),
+            "{why}"
+        );
+        // A member joins: recorded by every member at a new generation.
+        let mut grown = m.clone();
+        let index = grown.join(13, Path::new("/d"), 55);
+        assert_eq!((index, grown.generation.number), (3, 5));
+        assert_eq!(grown.members().len(), 3);
+        assert!(!grown.in_service.contains(&13));
     }
 }
