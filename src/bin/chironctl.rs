@@ -159,6 +159,54 @@ fn run(cli: &Cli) -> Result<String, String> {
             out(&format!("{started}\n"));
             wait_resync(cli, replica)
         }
+        Cmd::Add {
+            path,
+            witness,
+            wait,
+        } => {
+            let r = ask(
+                cli,
+                &Request::Add {
+                    path: absolute(&path.display().to_string()),
+                    witness: *witness,
+                },
+            )?;
+            let added = r.message.unwrap_or_default();
+            if !*wait {
+                return Ok(added + "\n");
+            }
+            out(&format!("{added}\n"));
+            follow_join(cli).map(|(done, _)| done)
+        }
+        Cmd::Remove { replica } => {
+            let r = ask(
+                cli,
+                &Request::Remove {
+                    replica: absolute(replica),
+                },
+            )?;
+            Ok(r.message.map(|m| m + "\n").unwrap_or_default())
+        }
+        Cmd::Replace { old, new, wait } => {
+            let before = snapshot_of(ask(cli, &Request::Status)?)?;
+            let old_path = find_member(&before, old).map(|r| r.path.clone());
+            let r = ask(
+                cli,
+                &Request::Replace {
+                    old: absolute(old),
+                    new: absolute(&new.display().to_string()),
+                },
+            )?;
+            let started = r.message.unwrap_or_default();
+            if !*wait {
+                return Ok(started + "\n");
+            }
+            out(&format!("{started}\n"));
+            let (done, _) = follow_join(cli)?;
+            out(&done);
+            let old_path = old_path.unwrap_or_else(|| absolute(old));
+            wait_left(cli, &old_path)
+        }
         Cmd::Check { .. } | Cmd::Verify { .. } => unreachable!("handled in main"),
     }
 }
@@ -290,6 +338,52 @@ fn find_replica<'a>(s: &'a Snapshot, replica: &str) -> Option<&'a ReplicaSnapsho
         .iter()
         .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
         .or_else(|| s.replicas.iter().find(|r| r.resync.is_some()))
+}
+
+/// The member `replica` names (index or path), never another one.
+fn find_member<'a>(s: &'a Snapshot, replica: &str) -> Option<&'a ReplicaSnapshot> {
+    let wanted = absolute(replica);
+    s.replicas
+        .iter()
+        .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
+}
+
+/// `add --wait`, `replace --wait`: follows the resync of the replica joining (one membership
+/// change runs at a time) until it is in service; Ok(its last lines, its index).
+fn follow_join(cli: &Cli) -> Result<(String, usize), String> {
+    let s = snapshot_of(ask(cli, &Request::Status)?)?;
+    let joining = s
+        .replicas
+        .iter()
+        .find(|r| {
+            r.membership
+                .as_deref()
+                .is_some_and(|m| m.starts_with("joining"))
+        })
+        .or_else(|| s.replicas.iter().max_by_key(|r| r.index))
+        .ok_or_else(|| "the daemon shows no replica".to_string())?;
+    let index = joining.index;
+    wait_resync(cli, &index.to_string()).map(|done| (done, index))
+}
+
+/// `replace --wait`: waits (up to a minute) until `old` is no longer a member.
+fn wait_left(cli: &Cli, old: &str) -> Result<String, String> {
+    let start = std::time::Instant::now();
+    loop {
+        let s = snapshot_of(ask(cli, &Request::Status)?)?;
+        match find_member(&s, old) {
+            None => return Ok(format!("{old} left the replica set\n")),
+            Some(r) if r.membership.is_none() && start.elapsed().as_secs() >= 5 => {
+                return Err(format!(
+                    "{old} is still a member: its removal was refused (see the daemon's log)"
+                ));
+            }
+            Some(_) if start.elapsed().as_secs() >= 60 => {
+                return Err(format!("{old} is still a member after 60 s"));
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
 }
 
 /// A replica given as a relative path is made absolute here: the daemon's working directory is

@@ -72,6 +72,39 @@ pub enum Cmd {
         #[arg(long, value_name = "RATE", value_parser = crate::rules::throttle::parse_rate)]
         rate: Option<u64>,
     },
+    /// Add a replica while the mount serves: an empty directory (or a former member of this
+    /// set) joins out of service, is filled by an online resync (with the progress and rate
+    /// limit of `resync`), then serves; every member records the new membership.
+    Add {
+        /// The directory (a local disk, an NFS or SSHFS mount).
+        path: PathBuf,
+        /// Add a witness instead of a data replica (not supported online: give --witness at
+        /// mount).
+        #[arg(long)]
+        witness: bool,
+        /// Wait until it is in service, printing the resync's progress; exit 1 if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a replica while the mount serves. Refused if it holds the last up-to-date copy
+    /// or its leaving would break the quorum or the lease's majority. Its directory is left
+    /// as it is, its state marked as having left.
+    Remove {
+        /// Replica index (0-based, as in `status`) or path.
+        replica: String,
+    },
+    /// Replace a replica while the mount serves: NEW is added and synced while OLD keeps
+    /// serving (if it still can), then OLD leaves; the up-to-date copies never drop. OLD may
+    /// be a dead server.
+    Replace {
+        /// The replica to retire: index (0-based, as in `status`) or path.
+        old: String,
+        /// The new directory.
+        new: PathBuf,
+        /// Wait until OLD has left, printing the resync's progress; exit 1 if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Compare the replicas path by path (type, size, mode, owner, mtime, symlink target,
     /// device, xattrs, hard links; with --content the bytes) while the mount keeps serving.
     /// Exit 0 identical, 1 differences found, 2 the verify could not be done (a replica hung

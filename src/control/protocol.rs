@@ -69,6 +69,30 @@ pub enum Request {
         #[serde(default)]
         queue: bool,
     },
+    /// Add a member online (`chironctl add`): an empty directory, or a former member of this
+    /// set, joins out of service and serves once its resync is done.
+    Add {
+        /// Absolute path of the directory.
+        path: String,
+        /// A witness rather than a data replica.
+        #[serde(default)]
+        witness: bool,
+    },
+    /// Remove a member online (`chironctl remove`); its directory is left as it is.
+    Remove {
+        /// Replica index (as a string or a JSON number) or path.
+        #[serde(deserialize_with = "string_or_number")]
+        replica: String,
+    },
+    /// Replace a member online (`chironctl replace`): `new` is added and synced while `old`
+    /// serves, then `old` leaves.
+    Replace {
+        /// Replica index (as a string or a JSON number) or path.
+        #[serde(deserialize_with = "string_or_number")]
+        old: String,
+        /// Absolute path of the new directory.
+        new: String,
+    },
 }
 
 /// A replica named in a request: hand-written requests (`socat`) may give its index as a JSON

@@ -64,6 +64,9 @@ pub fn dispatch(handler: &dyn ControlHandler, req: Request) -> Response {
         Request::Enable { replica, force } => answer(handler.enable(&replica, force)),
         Request::Disable { replica } => answer(handler.disable(&replica)),
         Request::Resync { replica, rate } => answer(handler.resync(&replica, rate)),
+        Request::Add { path, witness } => answer(handler.add(&path, witness)),
+        Request::Remove { replica } => answer(handler.remove(&replica)),
+        Request::Replace { old, new } => answer(handler.replace(&old, &new)),
         Request::Verify {
             replica,
             content,
@@ -566,6 +569,7 @@ mod tests {
                 writes: 0,
                 errors: 0,
                 resync: None,
+                membership: None,
             };
             Arc::new(TestHandler {
                 replicas: Mutex::new(vec![r(0, "/srv/a"), r(1, "/srv/b")]),

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, FIRST_LOOK, Unanswered};
+use crate::engine::meta_files;
 use crate::engine::replica::{Replica, open_all_within};
 use crate::rules::arbitrate::is_replica_fault;
+use crate::rules::state::{Found, StateRecord};
 use crate::view::words::{describe_errno, no_answer_within};
 
 /// The opened members: the replicas in command-line order, then the witness if any, and for
@@ -18,6 +20,9 @@ use crate::view::words::{describe_errno, no_answer_within};
 pub struct Members {
     /// Replicas, then the witness.
     pub all: Vec<Arc<Replica>>,
+    /// How many of `all` are data replicas: those of the command line, then the recorded
+    /// members it does not name ([`add_recorded`]).
+    pub replicas: usize,
     /// Per member: None when open, else why it starts without its directory.
     pub unreachable: Vec<Option<String>>,
 }
@@ -108,7 +113,74 @@ pub fn open(config: &Config) -> Result<Members, String> {
         }));
     }
     Ok(Members {
+        replicas: config.replicas.len(),
         all,
         unreachable: why_not,
     })
+}
+
+/// The recorded membership wins over a command line that names an older one
+/// (docs/replica-state.md, "The members"): the members the newest state record of the given
+/// replicas names, and the command line does not, are opened from their recorded paths and
+/// join the mount as if given (a dead one starts out of service, as any). Replicas that left
+/// are dropped by the mount-time plan. Each one added is logged, with what to update.
+pub fn add_recorded(config: &Config, members: &mut Members) -> Result<(), String> {
+    let given = &members.all[..members.replicas];
+    let records: Vec<StateRecord> = given
+        .iter()
+        .filter(|r| r.is_open())
+        .filter_map(|r| {
+            r.call_within(config.timeout, |r| {
+                match r.root().map(meta_files::read_state) {
+                    Ok(Found::Record(rec)) => Some(rec),
+                    _ => None,
+                }
+            })
+            .flatten()
+        })
+        .collect();
+    let Some(newest) = records
+        .iter()
+        .filter(|r| !r.left)
+        .max_by_key(|r| r.generation.number)
+    else {
+        return Ok(());
+    };
+    let known_ids: Vec<u64> = records.iter().map(|r| r.replica_id).collect();
+    let extra: Vec<&std::path::PathBuf> = newest
+        .members
+        .iter()
+        .filter(|(id, path)| {
+            !known_ids.contains(id)
+                && !given.iter().any(|r| r.path == *path)
+                && config.witness.as_ref() != Some(path)
+        })
+        .map(|(_, path)| path)
+        .collect();
+    for path in extra {
+        let index = members.replicas;
+        let r = Replica::unopened(index, path.clone(), false, config.threads + 2).map_err(|e| {
+            format!(
+                "cannot start the threads of replica {}: {e}",
+                path.display()
+            )
+        })?;
+        log::warn!(
+            "replica {} is a member of the replica set (generation {}) but not on the command \
+             line: mounted from its recorded path; add it to the command line (fstab, OCF \
+             replicas) to say so",
+            path.display(),
+            newest.generation.number
+        );
+        let opened = open_all_within(&[Arc::clone(&r)], &[Some(config.timeout)], |_| {});
+        let why = match opened.into_iter().next() {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(format!("its directory did not open at start: {e}")),
+            None => Some("its directory did not open at start".to_string()),
+        };
+        members.all.insert(index, r);
+        members.unreachable.insert(index, why);
+        members.replicas += 1;
+    }
+    Ok(())
 }

@@ -166,7 +166,8 @@ type ParentPipe = Arc<std::sync::Mutex<Option<std::fs::File>>>;
 /// health threads, then waiting for the end and a clean shutdown.
 fn serve(config: &Config, parent: Option<ParentPipe>) -> Result<(), String> {
     start_logging(config)?;
-    let members = members::open(config)?;
+    let mut members = members::open(config)?;
+    members::add_recorded(config, &mut members)?;
     let set = open_set(config, &members)?;
     // A read-only observer takes no lease: it writes nothing to the replicas.
     let lease = match set.is_observer() {
@@ -194,7 +195,7 @@ fn serve_set(
 ) -> Result<(), String> {
     for (index, why) in members.unreachable.iter().enumerate() {
         match why {
-            Some(why) if index < config.replicas.len() => {
+            Some(why) if index < members.replicas => {
                 set.unreachable_at_start(index, why.clone());
             }
             _ => {}
@@ -234,7 +235,7 @@ fn serve_set(
     log::info!(
         "mounted {} on {mountpoint} ({} replicas, timeout {:.1} s, status {}, control {})",
         config.fsname,
-        config.replicas.len(),
+        members.replicas,
         config.timeout.as_secs_f64(),
         config.status_file.display(),
         config.control_socket.display()
@@ -300,13 +301,19 @@ fn start_logging(config: &Config) -> Result<(), String> {
 
 /// Builds the set of the opened replicas with the configured quorum and resync policy.
 fn open_set(config: &Config, members: &members::Members) -> Result<Arc<ReplicaSet>, String> {
-    let replicas = members.all[..config.replicas.len()].to_vec();
+    let replicas = members.all[..members.replicas].to_vec();
     let mountpoint = config.mountpoint.display().to_string();
+    let witnesses = usize::from(config.witness.is_some());
+    // Under auto, a majority of the members actually mounted (recorded ones included).
+    let required = match config.quorum_auto {
+        true => Some((replicas.len() + witnesses) / 2 + 1),
+        false => config.quorum.map(usize::from),
+    };
     let quorum = crate::rules::quorum::Quorum::new(
-        config.quorum.map(usize::from),
+        required,
         config.quorum_auto,
         replicas.len(),
-        usize::from(config.witness.is_some()),
+        witnesses,
         mountpoint.clone(),
     );
     let mut set = ReplicaSet::new(replicas, config.timeout, mountpoint).with_quorum(quorum);
@@ -333,14 +340,13 @@ fn take_lease(
     members: &members::Members,
 ) -> Result<Arc<LeaseKeeper>, String> {
     if let (Some(w), Some(Some(why))) = (&config.witness, members.unreachable.last())
-        && members.all.len() > config.replicas.len()
+        && members.all.len() > members.replicas
     {
         log::error!(
             "the witness {} does not count for the lease majority: {why}",
             w.display()
         );
     }
-    let members = members.all.clone();
     let timing = Timing {
         lease: config
             .lease_time
@@ -349,16 +355,17 @@ fn take_lease(
     };
     // One majority rule: with --quorum, the lease too needs a majority of the members.
     let strict = config.strict_majority || config.quorum.is_some();
-    if members.len() == 2 && !strict {
+    if members.all.len() == 2 && !strict {
         log::warn!(
             "the replica set has two members and no witness: it keeps serving on the one that \
              answers, so a storage partition between front servers could still split it (the \
              generations catch it at reunion); --witness DIR on a third machine closes that"
         );
     }
+    let replicas = members.replicas;
     let keeper = Arc::new(LeaseKeeper::new(
-        members,
-        config.replicas.len(),
+        members.all.clone(),
+        replicas,
         timing,
         strict,
         &config.mountpoint.display().to_string(),

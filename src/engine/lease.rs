@@ -495,15 +495,24 @@ impl LeaseKeeper {
         self.write_all(&alone, &[0], &self.record(Hold::Released));
     }
 
+    /// The witnesses' paths.
+    pub fn witness_paths(&self) -> Vec<std::path::PathBuf> {
+        let ro = self.roster();
+        ro.witnesses()
+            .into_iter()
+            .map(|i| ro.members[i].path.clone())
+            .collect()
+    }
+
     /// The members the lease counts: data replicas and witnesses.
     pub fn members(&self) -> usize {
         self.roster().members.len()
     }
 
-    /// Whether the lease could still be held on `members` members of which `answering`
-    /// answer (the majority rule of `rules::lease`, strict or not as configured).
-    pub fn holds_with(&self, members: usize, answering: usize) -> bool {
-        answering >= lease::needed(members, answering, self.strict)
+    /// The members the lease needs among `members` of which `answering` answer (the
+    /// majority rule of `rules::lease`, strict or not as configured).
+    pub fn needs(&self, members: usize, answering: usize) -> usize {
+        lease::needed(members, answering, self.strict)
     }
 
     /// The witnesses among the members.

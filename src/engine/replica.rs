@@ -83,6 +83,8 @@ impl ServiceStatus {
 pub struct Replica {
     /// Command-line position: priority order and error choice.
     pub index: usize,
+    /// Its worker threads (a replica added online gets as many as the first one has).
+    pub workers: usize,
     /// Canonical path, used in logs and status.
     pub path: PathBuf,
     /// `:`-prefixed.
@@ -115,6 +117,12 @@ pub struct Replica {
     local: AtomicBool,
     /// Kept handles of the directories in use (dropped whenever it leaves or rejoins service).
     pub dirs: DirFds,
+    /// It left the set (`chironctl remove`, or found left at mount): out of service for good,
+    /// never resynced, enabled or shown again; its index stays taken until the next mount.
+    left: AtomicBool,
+    /// What an online membership change is doing with it ("joining", "leaving: replaced by
+    /// /srv/c"), shown by `chironctl status`; empty otherwise.
+    role: Mutex<String>,
 }
 
 /// An opened replica root.
@@ -163,6 +171,7 @@ impl Replica {
         }
         Ok(Arc::new(Replica {
             index,
+            workers: workers.max(1),
             path,
             low_priority,
             root: OnceLock::new(),
@@ -178,6 +187,8 @@ impl Replica {
             health_failing: AtomicBool::new(false),
             local: AtomicBool::new(false),
             dirs: DirFds::default(),
+            left: AtomicBool::new(false),
+            role: Mutex::default(),
         }))
     }
 
@@ -208,6 +219,27 @@ impl Replica {
         result
     }
 
+    /// Whether it left the set (see the field).
+    pub fn is_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
+    }
+
+    /// Marks it as having left the set: taken out of service first by the caller.
+    pub fn mark_left(&self) {
+        self.left.store(true, Ordering::Release);
+        self.set_role(String::new());
+    }
+
+    /// What a membership change is doing with it, if anything.
+    pub fn role(&self) -> Option<String> {
+        Some(self.role.lock().unwrap_or_else(|e| e.into_inner()).clone()).filter(|r| !r.is_empty())
+    }
+
+    /// Sets what a membership change is doing with it (empty: nothing).
+    pub fn set_role(&self, role: String) {
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+
     /// Whether the root has been opened (at start, or since).
     pub fn is_open(&self) -> bool {
         self.root.get().is_some()
@@ -228,6 +260,21 @@ impl Replica {
     /// (the replica's storage has not answered since start).
     pub fn root(&self) -> std::io::Result<BorrowedFd<'_>> {
         self.root.get().map(|r| r.fd.as_fd()).ok_or_else(not_open)
+    }
+
+    /// Runs `job` on this replica's own worker and waits for it at most `timeout`: None when
+    /// it gave no answer in time (a dead server holds that worker, never the caller).
+    pub fn call_within<T: Send + 'static>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        job: impl FnOnce(&Replica) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let replica = Arc::clone(self);
+        self.submit(Box::new(move || {
+            let _ = tx.send(job(&replica));
+        }));
+        rx.recv_timeout(timeout).ok()
     }
 
     /// Queues a job on this replica's workers.
@@ -306,6 +353,7 @@ impl Replica {
             writes: self.writes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             resync: None,
+            membership: self.role(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub fn snap(states: &[(ReplicaState, bool)]) -> Snapshot {
             writes: 5,
             errors: i as u64,
             resync: None,
+            membership: None,
         })
         .collect();
     Snapshot {
@@ -58,6 +59,7 @@ pub fn sample() -> Snapshot {
             writes: 34,
             errors: 0,
             resync: None,
+            membership: None,
         },
         ReplicaSnapshot {
             index: 1,
@@ -71,6 +73,7 @@ pub fn sample() -> Snapshot {
             writes: 30,
             errors: 4,
             resync: None,
+            membership: None,
         },
     ];
     Snapshot {

@@ -76,6 +76,10 @@ pub struct ReplicaSnapshot {
     /// older status snapshots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncProgress>,
+    /// What an online membership change is doing with it (`joining`, `leaving: replaced by
+    /// PATH`), absent otherwise (`chironctl add`, `remove`, `replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<String>,
 }
 
 /// Where an online resync (`chironctl resync`) of a replica stands.
@@ -226,5 +230,23 @@ pub trait ControlHandler: Send + Sync {
     ) -> Result<crate::view::report::Report, String> {
         let _ = (replica, content, heal);
         Err("cannot verify: not supported here".into())
+    }
+    /// Adds a member online (`chironctl add`): the directory at `path` (absolute) joins out of
+    /// service and serves once its resync is done; `witness` asks for a witness instead of a
+    /// data replica. Ok carries a one-line message.
+    fn add(&self, path: &str, witness: bool) -> Result<String, String> {
+        let _ = witness;
+        Err(format!("cannot add {path}: not supported here"))
+    }
+    /// Removes a member online (`chironctl remove`), unless that would leave no up-to-date
+    /// copy or break the quorum or the lease's majority (the error says which).
+    fn remove(&self, replica: &str) -> Result<String, String> {
+        Err(format!("cannot remove {replica}: not supported here"))
+    }
+    /// Replaces a member online (`chironctl replace`): `new` is added and synced while `old`
+    /// serves, then `old` leaves.
+    fn replace(&self, old: &str, new: &str) -> Result<String, String> {
+        let _ = new;
+        Err(format!("cannot replace {old}: not supported here"))
     }
 }

@@ -66,6 +66,9 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "replica.{n}.reads={}", r.reads);
         let _ = writeln!(out, "replica.{n}.writes={}", r.writes);
         let _ = writeln!(out, "replica.{n}.errors={}", r.errors);
+        if let Some(m) = &r.membership {
+            let _ = writeln!(out, "replica.{n}.membership={}", sanitize_value(m));
+        }
         if let Some(rs) = &r.resync {
             let _ = writeln!(out, "replica.{n}.resync={}", sanitize_value(&rs.state));
             let _ = writeln!(
@@ -204,6 +207,7 @@ fn parse_replica(index: usize, f: &Fields) -> Result<ReplicaSnapshot, String> {
             None => None,
             Some(state) => Some(parse_resync(state, f, &pre)?),
         },
+        membership: f.get("membership").cloned(),
     })
 }
 

@@ -118,6 +118,14 @@ pub fn format_status(s: &Snapshot) -> String {
         &[true, false, false, false, false, true, true, true, false],
     ));
     for r in &s.replicas {
+        if let Some(m) = &r.membership {
+            out.push_str(&format!(
+                "member {} {}: {}\n",
+                r.index,
+                one_line(&r.path),
+                one_line(m)
+            ));
+        }
         if let Some(p) = &r.resync {
             out.push_str(&format!(
                 "resync of {} from replica {}: {}\n",

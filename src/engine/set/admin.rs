@@ -20,6 +20,7 @@ impl ReplicaSet {
         sample.replicas = self
             .replicas
             .iter()
+            .filter(|r| !r.is_left())
             .map(|r| ReplicaMetrics {
                 classes: r.stats.sample(),
                 space: r.space.sample(),
@@ -34,10 +35,17 @@ impl ReplicaSet {
 
 impl ControlHandler for ReplicaSet {
     fn snapshot(&self) -> Snapshot {
-        let mut replicas: Vec<_> = self.replicas.iter().map(|r| r.snapshot()).collect();
-        let run = self.current_resync();
-        if let Some(run) = run {
-            replicas[run.target].resync = Some(run.snapshot());
+        // A replica that left is no member: not shown (its index stays taken).
+        let mut replicas: Vec<_> = self
+            .replicas
+            .iter()
+            .filter(|r| !r.is_left())
+            .map(|r| r.snapshot())
+            .collect();
+        if let Some(run) = self.current_resync()
+            && let Some(r) = replicas.iter_mut().find(|r| r.index == run.target)
+        {
+            r.resync = Some(run.snapshot());
         }
         let in_service = replicas
             .iter()
@@ -134,7 +142,7 @@ impl ControlHandler for ReplicaSet {
                 "{} is out of service; quorum lost ({left} of {} in service): mutations fail \
                  with EROFS until a replica is back",
                 r.path.display(),
-                self.replicas.len()
+                self.replica_members()
             ));
         }
         Ok(format!("{} is out of service", r.path.display()))
@@ -146,6 +154,24 @@ impl ControlHandler for ReplicaSet {
             self.ops().auto[r.index].release();
         }
         self.start_resync(replica, rate)
+    }
+
+    fn add(&self, path: &str, witness: bool) -> Result<String, String> {
+        if witness {
+            return Err(format!(
+                "refusing to add {path} as a witness: a witness is added at mount (--witness, \
+                 OCF witness=); online, only data replicas join"
+            ));
+        }
+        self.add_replica(path).map(|(_, answer)| answer)
+    }
+
+    fn remove(&self, replica: &str) -> Result<String, String> {
+        self.remove_replica(replica)
+    }
+
+    fn replace(&self, old: &str, new: &str) -> Result<String, String> {
+        self.replace_replica(old, new)
     }
 
     /// Runs on the control-socket client's thread (never a FUSE thread); every step of the
@@ -204,7 +230,7 @@ impl ReplicaSet {
             return Err(format!(
                 "cannot verify: {} of {} replicas in service ({}); nothing to compare",
                 targets.len(),
-                self.replicas.len(),
+                self.replica_members(),
                 if names.is_empty() {
                     "none".into()
                 } else {

@@ -232,7 +232,7 @@ impl ReplicaSet {
                     r.update_status(|s| s.missed_mutation());
                 }
             }
-            if targets.len() < self.replicas.len() {
+            if targets.len() < self.replica_members() {
                 // Acknowledged only once the state on disk says who missed it.
                 self.persist_membership();
             }

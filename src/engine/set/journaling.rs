@@ -129,7 +129,7 @@ impl ReplicaSet {
         let Some(rec) = self.journal.get() else {
             return;
         };
-        let all_in = || self.priority_order().len() == self.replicas.len();
+        let all_in = || self.priority_order().len() == self.replica_members();
         if !rec.wants_compaction() || !all_in() {
             return;
         }
@@ -149,7 +149,8 @@ impl ReplicaSet {
             return;
         };
         rec.compact(start, &self.open_writer_paths());
-        let all: Vec<usize> = (0..self.replicas.len()).collect();
+        // Every member is in service (a replica that left is not written).
+        let all = self.priority_order();
         self.write_journals(rec, &all, false);
     }
 

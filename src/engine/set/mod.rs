@@ -7,6 +7,7 @@ mod admin;
 mod fanout;
 mod health;
 mod journaling;
+mod membership;
 mod records;
 mod recovery;
 mod resyncs;
@@ -267,29 +268,46 @@ impl ReplicaSet {
     }
 
     fn find(&self, replica: &str) -> Result<&Arc<Replica>, String> {
-        let wanted = replica.trim_end_matches('/');
-        let literal =
-            |r: &&Arc<Replica>| r.index.to_string() == wanted || r.path == Path::new(wanted);
-        if let Some(r) = self.replicas.iter().find(literal) {
-            return Ok(r);
+        let r = self.find_any(replica)?;
+        if r.is_left() {
+            return Err(format!(
+                "{} left the replica set of {} (chironctl add brings it back)",
+                r.path.display(),
+                self.mountpoint
+            ));
         }
+        Ok(r)
+    }
+
+    /// [`ReplicaSet::find`], a replica that left included (a member first: a path may name
+    /// one that left and the one that joined again in its place).
+    fn find_any(&self, replica: &str) -> Result<&Arc<Replica>, String> {
+        let wanted = replica.trim_end_matches('/');
         // Resolve symlinks in the parent only: a stat of the replica itself would hang on a
         // dead network mount, and with it the control socket.
-        let wanted = Path::new(wanted);
-        let resolved = match (wanted.parent(), wanted.file_name()) {
-            (Some(dir), Some(name)) if wanted.is_absolute() => {
+        let path = Path::new(wanted);
+        let resolved = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) if path.is_absolute() => {
                 std::fs::canonicalize(dir).ok().map(|d| d.join(name))
             }
             _ => None,
         };
-        self.replicas
-            .iter()
-            .find(|r| resolved.as_deref() == Some(r.path.as_path()))
-            .ok_or_else(|| {
-                format!(
-                    "no replica '{replica}' on {} (give its index or path)",
-                    self.mountpoint
-                )
-            })
+        let literal = |r: &&Arc<Replica>| r.index.to_string() == wanted || r.path == path;
+        let named = |r: &&Arc<Replica>| resolved.as_deref() == Some(r.path.as_path());
+        let member = |r: &&Arc<Replica>| !r.is_left();
+        let by = |is: &dyn Fn(&&Arc<Replica>) -> bool| {
+            let found: Vec<&Arc<Replica>> = self.replicas.iter().filter(|r| is(r)).collect();
+            found
+                .iter()
+                .copied()
+                .find(member)
+                .or(found.first().copied())
+        };
+        by(&literal).or_else(|| by(&named)).ok_or_else(|| {
+            format!(
+                "no replica '{replica}' on {} (give its index or path)",
+                self.mountpoint
+            )
+        })
     }
 }

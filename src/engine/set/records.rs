@@ -46,7 +46,7 @@ impl ReplicaSet {
                 self.mountpoint,
                 m.generation.number,
                 targets.len(),
-                self.replicas.len()
+                self.replica_members()
             );
             if !self.write_records(m, &targets, false) {
                 return;

@@ -66,9 +66,27 @@ impl ReplicaSet {
             log::log!(*level, "{note}");
         }
         for (i, why) in plan.stale.iter().enumerate() {
-            if let Some(why) = why {
-                self.take_out_status(i, why.clone(), true, TakeOut::AtMount);
+            match why {
+                // Logged with the plan's notes; no member, so no alert.
+                Some(why) if plan.left.contains(&i) => {
+                    let r = &self.replicas[i];
+                    r.update_status(|s| s.take_out(why.clone(), now(), false));
+                    r.mark_left();
+                    self.ops().auto[i].hold();
+                    if let Some(lease) = self.lease.get() {
+                        lease.remove_replica(r);
+                    }
+                }
+                Some(why) => {
+                    self.take_out_status(i, why.clone(), true, TakeOut::AtMount);
+                }
+                None => {}
             }
+        }
+        if !plan.left.is_empty()
+            && let Some(line) = self.quorum.members_changed(self.member_count())
+        {
+            log::warn!("{line}");
         }
         let mut records = vec![None; self.replicas.len()];
         for (i, record) in &plan.writes {

@@ -36,7 +36,7 @@ impl ReplicaSet {
         let now = Instant::now();
         self.replicas
             .iter()
-            .filter(|r| !r.is_in_service() && ops.auto[r.index].wants_probe(now))
+            .filter(|r| !r.is_in_service() && !r.is_left() && ops.auto[r.index].wants_probe(now))
             .map(|r| r.index)
             .collect()
     }
@@ -103,7 +103,7 @@ impl ReplicaSet {
     /// Logs each replica's going stale (missing writes while out of service) once.
     pub(super) fn log_stale_changes(&self) {
         let mut ops = self.ops();
-        for r in &self.replicas {
+        for r in self.replicas.iter().filter(|r| !r.is_left()) {
             let s = r.snapshot();
             let was = std::mem::replace(&mut ops.stale_logged[r.index], s.stale);
             if s.stale && !was {

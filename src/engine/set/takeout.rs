@@ -78,7 +78,7 @@ impl ReplicaSet {
             log::error!(
                 target: ALERT_TARGET,
                 "{what}: {reason}; {left} of {} replicas in service on {}",
-                self.replicas.len(),
+                self.replica_members(),
                 self.mountpoint
             );
         }

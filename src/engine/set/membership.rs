@@ -1,0 +1,420 @@
+//! Online membership changes: a replica joins (`chironctl add`: checked, added out of
+//! service, filled by an online resync, then in service), leaves (`chironctl remove`: refused
+//! when it would leave no up-to-date copy, break the quorum or the lease's majority), or is
+//! replaced (`chironctl replace`: the new one is added and synced while the old one serves,
+//! then the old one leaves). Every change is recorded on every member (a generation bump) and
+//! logged. The rules are `rules::membership`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::ReplicaSet;
+use crate::engine::meta_files;
+use crate::engine::replica::{Replica, now};
+use crate::resync::Run;
+use crate::rules::membership::{self, Joiner, Removal};
+use crate::rules::state::{self, Found};
+
+/// How often a replace's watcher looks at the new replica's resync.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+impl ReplicaSet {
+    /// The members the quorum and the lease count: the replicas that have not left, and the
+    /// witnesses.
+    pub(super) fn member_count(&self) -> usize {
+        self.replica_members() + self.lease.get().map_or(0, |l| l.witnesses())
+    }
+
+    /// The replicas that have not left the set (for "N of M replicas" in messages).
+    pub(super) fn replica_members(&self) -> usize {
+        self.replicas.iter().filter(|r| !r.is_left()).count()
+    }
+
+    /// Why no membership change may start now, if so: an observer, a daemon without the
+    /// lease, a set without state, or another change or a resync in progress.
+    fn membership_busy(&self) -> Option<String> {
+        if let Some(why) = self.observer_refusal() {
+            return Some(why);
+        }
+        if !self.may_write() {
+            return Some("this daemon does not hold the replica set's lease".into());
+        }
+        if self.membership_guard().is_none() {
+            return Some("this replica set keeps no state".into());
+        }
+        if let Some(r) = self.replicas.iter().find(|r| r.role().is_some()) {
+            return Some(format!(
+                "a membership change is in progress ({}: {})",
+                r.path.display(),
+                r.role().unwrap_or_default()
+            ));
+        }
+        if let Some(run) = self.current_resync().filter(|r| !r.ended()) {
+            return Some(format!(
+                "a resync of {} is running; try again once it is over",
+                self.replicas[run.target].path.display()
+            ));
+        }
+        None
+    }
+
+    /// The membership, when the set keeps state.
+    fn membership_guard(&self) -> Option<std::sync::MutexGuard<'_, Option<state::Membership>>> {
+        let guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        guard.is_some().then_some(guard)
+    }
+
+    /// `chironctl add PATH`: checks the directory (empty, or a former member of this set),
+    /// adds it out of service, records the new membership on every member and starts its
+    /// resync, after which it serves. Returns its index and the answer for the admin.
+    pub fn add_replica(&self, path: &str) -> Result<(usize, String), String> {
+        let refusing = |why: String| format!("refusing to add {path}: {why}");
+        if let Some(why) = self.membership_busy() {
+            return Err(refusing(why));
+        }
+        let wanted = self.new_member_path(path).map_err(refusing)?;
+        let (set_id, ids) = {
+            let guard = self
+                .membership_guard()
+                .ok_or_else(|| refusing("no state".into()))?;
+            let m = guard.as_ref().expect("checked");
+            let ids: Vec<u64> = (0..m.ids.len())
+                .filter(|&i| !m.gone.get(i).copied().unwrap_or(false))
+                .map(|i| m.ids[i])
+                .collect();
+            (m.set_id, ids)
+        };
+        let workers = self.replicas.get(0).map_or(2, |r| r.workers);
+        let mut joiner = Joiner::New;
+        let timeout = self.timeout;
+        let r = self
+            .replicas
+            .push(|index| {
+                let r = Replica::unopened(index, wanted.clone(), false, workers)
+                    .map_err(|e| format!("cannot start its threads: {e}"))?;
+                let found = look_within(&r, timeout)?;
+                joiner = membership::check_join(&found, set_id, &ids)?;
+                Ok(r)
+            })
+            .map_err(refusing)?;
+        let index = r.index;
+        r.update_status(|s| {
+            s.take_out(
+                "joining the replica set: filled by an online resync".into(),
+                now(),
+                true,
+            )
+        });
+        r.set_role("joining".into());
+        let id = match joiner {
+            Joiner::New => state::random_id(),
+            Joiner::Former(id) => id,
+        };
+        let generation = self.record_membership(|m| {
+            let joined = m.join(id, &wanted, state::random_id());
+            debug_assert_eq!(joined, index);
+        });
+        if let Some(lease) = self.lease.get() {
+            lease.add_replica(Arc::clone(&r));
+        }
+        self.members_changed();
+        let members = self.member_count();
+        log::warn!(
+            "replica {} joins the replica set of {} as replica {index} (chironctl add, {}): \
+             generation {generation}, {members} members; it serves once its resync is done",
+            wanted.display(),
+            self.mountpoint,
+            match joiner {
+                Joiner::New => "a new replica".to_string(),
+                Joiner::Former(_) => "a former member".to_string(),
+            }
+        );
+        let answer = match self.start_resync(&index.to_string(), None) {
+            Ok(started) => format!(
+                "{} joined as replica {index}, out of service until its resync is done; {started}",
+                wanted.display()
+            ),
+            Err(e) => {
+                r.set_role(String::new());
+                format!(
+                    "{} joined as replica {index}, out of service; its resync did not start: {e} \
+                     (chironctl resync {index})",
+                    wanted.display()
+                )
+            }
+        };
+        self.watch_join(index, None);
+        Ok((index, answer))
+    }
+
+    /// `chironctl remove REPLICA`: the replica leaves the set, unless it would leave no
+    /// up-to-date copy, break the quorum or the lease's majority. Its directory is left as it
+    /// is, its state marked as having left (if it answers).
+    pub fn remove_replica(&self, replica: &str) -> Result<String, String> {
+        if let Some(why) = self.membership_busy() {
+            return Err(format!("refusing to remove {replica}: {why}"));
+        }
+        let r = Arc::clone(self.find(replica)?);
+        self.remove_member(&r)
+    }
+
+    /// `chironctl replace OLD NEW`: NEW is added and synced while OLD keeps serving (if it
+    /// can), then OLD leaves, so the up-to-date copies never drop during the swap.
+    pub fn replace_replica(&self, old: &str, new: &str) -> Result<String, String> {
+        if let Some(why) = self.membership_busy() {
+            return Err(format!("refusing to replace {old}: {why}"));
+        }
+        let old_r = Arc::clone(self.find(old)?);
+        let (index, added) = self.add_replica(new)?;
+        let new_r = Arc::clone(&self.replicas[index]);
+        old_r.set_role(format!("leaving: replaced by {}", new_r.path.display()));
+        if new_r.role().is_some() {
+            new_r.set_role(format!("joining: replaces {}", old_r.path.display()));
+            self.watch_join(index, Some(Arc::clone(&old_r)));
+        } else {
+            // Its resync did not start: the old one stays until it is resynced by hand.
+            old_r.set_role(String::new());
+        }
+        log::warn!(
+            "replacing replica {} by {} on {}: {} leaves once {} is in service",
+            old_r.path.display(),
+            new_r.path.display(),
+            self.mountpoint,
+            old_r.path.display(),
+            new_r.path.display()
+        );
+        Ok(format!(
+            "replacing {} by {}: {added}; {} leaves once it is in service",
+            old_r.path.display(),
+            new_r.path.display(),
+            old_r.path.display()
+        ))
+    }
+
+    /// The replica `r` leaves the set (the checks first).
+    fn remove_member(&self, r: &Arc<Replica>) -> Result<String, String> {
+        let refusing = |why: String| format!("refusing to remove {}: {why}", r.path.display());
+        if self.resync_running_on(r.index)
+            || self
+                .current_resync()
+                .is_some_and(|run| !run.ended() && run.source == r.index)
+        {
+            return Err(refusing("a resync of it, or from it, is running".into()));
+        }
+        let others_in_service = self
+            .priority_order()
+            .into_iter()
+            .filter(|&i| i != r.index)
+            .count();
+        let witnesses_answering = self.lease.get().map_or(0, |l| l.witnesses_answering());
+        let members_after = self.member_count() - 1;
+        let answering_after = others_in_service + witnesses_answering;
+        membership::check_remove(&Removal {
+            in_service: r.is_in_service(),
+            others_in_service,
+            witnesses_answering,
+            members_after,
+            quorum_after: self.quorum.required_for(members_after),
+            lease_needs_after: self
+                .lease
+                .get()
+                .map(|l| l.needs(members_after, answering_after)),
+        })
+        .map_err(refusing)?;
+        r.update_status(|s| {
+            s.take_out(
+                "left the replica set (chironctl remove)".into(),
+                now(),
+                false,
+            )
+        });
+        r.mark_left();
+        self.ops().auto[r.index].hold();
+        let index = r.index;
+        let mut left_record = None;
+        let generation = self.record_membership(|m| {
+            m.leave(index, state::random_id());
+            left_record = Some(m.record_left(index, now()));
+        });
+        // Its own record says it left, so that it is never served again even if the others'
+        // records are lost; best effort: a dead server cannot be told.
+        let mut records = vec![None; index + 1];
+        records[index] = left_record;
+        let marked = match self.store_records(records).pop() {
+            None => "its state says it left".to_string(),
+            Some((_, why)) => {
+                log::warn!(
+                    "replica {} left the set but its state could not be marked ({why}): the \
+                     other members' records exclude it",
+                    r.path.display()
+                );
+                format!("its state could not be marked ({why}); the members' records exclude it")
+            }
+        };
+        if let Some(lease) = self.lease.get() {
+            lease.remove_replica(r);
+        }
+        self.members_changed();
+        log::warn!(
+            "replica {} left the replica set of {} (chironctl remove): generation \
+             {generation}, {} members; its directory is left as it is",
+            r.path.display(),
+            self.mountpoint,
+            self.member_count()
+        );
+        Ok(format!(
+            "{} left the replica set (generation {generation}); its directory is left as it \
+             is, {marked}",
+            r.path.display()
+        ))
+    }
+
+    /// Applies `change` to the membership and writes it to every in-service replica (and the
+    /// witness); returns the new generation number.
+    fn record_membership(&self, change: impl FnOnce(&mut state::Membership)) -> u64 {
+        let mut guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = guard.as_mut() else {
+            return 0;
+        };
+        change(m);
+        self.generation
+            .store(m.generation.number, Ordering::Relaxed);
+        let mut targets = self.priority_order();
+        targets.sort_unstable();
+        let generation = m.generation.number;
+        let took_out = self.write_records(m, &targets, false);
+        drop(guard);
+        if took_out {
+            self.persist_membership();
+        }
+        generation
+    }
+
+    /// The quorum (`auto`) follows the new member count.
+    fn members_changed(&self) {
+        if let Some(line) = self.quorum.members_changed(self.member_count()) {
+            log::warn!("{line}");
+        }
+    }
+
+    /// Follows the resync started for the joining replica `index` on a thread of its own:
+    /// once it is over, its role is cleared, and for a replace (`old`) the old replica leaves
+    /// if the new one is in service (else both stay, logged).
+    fn watch_join(&self, index: usize, old: Option<Arc<Replica>>) {
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let Some(run) = self.current_resync().filter(|run| run.target == index) else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("join".into())
+            .spawn(move || this.after_join(&run, old));
+        if let Err(e) = spawned {
+            log::error!("cannot follow the join of replica {index}: {e}");
+        }
+    }
+
+    fn after_join(&self, run: &Arc<Run>, old: Option<Arc<Replica>>) {
+        while !run.ended() {
+            std::thread::sleep(WATCH_EVERY);
+        }
+        let new = &self.replicas[run.target];
+        new.set_role(String::new());
+        let Some(old) = old else {
+            return;
+        };
+        old.set_role(String::new());
+        if !new.is_in_service() {
+            log::error!(
+                "replace of replica {} by {} stopped: the resync of {} failed ({}); both stay \
+                 members and {} serves as before (chironctl resync {}, then chironctl remove {})",
+                old.path.display(),
+                new.path.display(),
+                new.path.display(),
+                run.snapshot().error,
+                old.path.display(),
+                new.index,
+                old.index
+            );
+            return;
+        }
+        match self.remove_member(&old) {
+            Ok(done) => log::warn!(
+                "replaced replica {} by {}: {done}",
+                old.path.display(),
+                new.path.display()
+            ),
+            Err(why) => log::error!(
+                "replace of replica {} by {}: {} is in service, but {why}",
+                old.path.display(),
+                new.path.display(),
+                new.path.display()
+            ),
+        }
+    }
+
+    /// The path a new member is given as, made absolute with its parent's symlinks resolved
+    /// (a stat of the directory itself could hang on a dead network mount, and with it the
+    /// control socket); refused when it is a member already, the witness, or overlaps the
+    /// mount point.
+    fn new_member_path(&self, given: &str) -> Result<PathBuf, String> {
+        let given = Path::new(given.trim_end_matches('/'));
+        if !given.is_absolute() {
+            return Err("give its absolute path".into());
+        }
+        let wanted = match (given.parent(), given.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?
+                .join(name),
+            _ => return Err("the root directory cannot be a replica".into()),
+        };
+        if let Some(r) = self
+            .replicas
+            .iter()
+            .find(|r| !r.is_left() && r.path == wanted)
+        {
+            return Err(format!("it is replica {} of this set already", r.index));
+        }
+        if self
+            .lease
+            .get()
+            .is_some_and(|l| l.witness_paths().contains(&wanted))
+        {
+            return Err("it is this set's witness".into());
+        }
+        let mountpoint = Path::new(&self.mountpoint);
+        if wanted.starts_with(mountpoint) || mountpoint.starts_with(&wanted) {
+            return Err(format!(
+                "it overlaps the mount point {} (a replica inside the mount, or the mount \
+                 inside the replica, would loop)",
+                self.mountpoint
+            ));
+        }
+        Ok(wanted)
+    }
+}
+
+/// Opens `r`'s root and reads its state on its own worker, within `timeout`: a directory that
+/// does not answer (a dead server) is refused, never waited for.
+fn look_within(r: &Arc<Replica>, timeout: Duration) -> Result<Found, String> {
+    let found = r.call_within(timeout, |replica| {
+        replica.try_open_root()?;
+        let root = replica.root()?;
+        let st = crate::sys::fstat(root)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok(meta_files::read_state(root))
+    });
+    match found {
+        Some(Ok(found)) => Ok(found),
+        Some(Err(e)) => Err(format!("cannot open it: {e}")),
+        None => Err(format!(
+            "it gave {}",
+            crate::view::words::no_answer_within(timeout)
+        )),
+    }
+}
