@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use chironfs::view::snapshot::{ReplicaState, Snapshot};
 
+pub mod guards;
+#[allow(unused_imports)]
+pub use guards::*;
+
 /// Replica `i`'s journal of changed paths (`.chironfs/journal`; see `chironfs::engine::journal`).
 pub fn journal_path(m: &Mount, i: usize) -> PathBuf {
     m.replicas[i]

@@ -17,8 +17,12 @@ use crate::resync::Run;
 use crate::rules::membership::{self, Joiner, Removal};
 use crate::rules::state::{self, Found};
 
-/// How often a replace's watcher looks at the new replica's resync.
-const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// A replica joining: filled by the resync now running; `replacing` leaves once it serves.
+#[derive(Debug)]
+pub(super) struct Join {
+    index: usize,
+    replacing: Option<Arc<Replica>>,
+}
 
 impl ReplicaSet {
     /// The members the quorum and the lease count: the replicas that have not left, and the
@@ -70,6 +74,16 @@ impl ReplicaSet {
     /// adds it out of service, records the new membership on every member and starts its
     /// resync, after which it serves. Returns its index and the answer for the admin.
     pub fn add_replica(&self, path: &str) -> Result<(usize, String), String> {
+        self.add_member(path, None)
+    }
+
+    /// [`ReplicaSet::add_replica`]; `replacing`: the replica that leaves once this one is in
+    /// service (`chironctl replace`).
+    fn add_member(
+        &self,
+        path: &str,
+        replacing: Option<Arc<Replica>>,
+    ) -> Result<(usize, String), String> {
         let refusing = |why: String| format!("refusing to add {path}: {why}");
         if let Some(why) = self.membership_busy() {
             return Err(refusing(why));
@@ -107,7 +121,13 @@ impl ReplicaSet {
                 true,
             )
         });
-        r.set_role("joining".into());
+        r.set_role(match &replacing {
+            Some(old) => format!("joining: replaces {}", old.path.display()),
+            None => "joining".into(),
+        });
+        if let Some(old) = &replacing {
+            old.set_role(format!("leaving: replaced by {}", wanted.display()));
+        }
         let id = match joiner {
             Joiner::New => state::random_id(),
             Joiner::Former(id) => id,
@@ -131,21 +151,32 @@ impl ReplicaSet {
                 Joiner::Former(_) => "a former member".to_string(),
             }
         );
+        *self.joining() = Some(Join {
+            index,
+            replacing: replacing.clone(),
+        });
         let answer = match self.start_resync(&index.to_string(), None) {
             Ok(started) => format!(
                 "{} joined as replica {index}, out of service until its resync is done; {started}",
                 wanted.display()
             ),
             Err(e) => {
+                self.joining().take();
                 r.set_role(String::new());
+                if let Some(old) = &replacing {
+                    old.set_role(String::new());
+                }
                 format!(
                     "{} joined as replica {index}, out of service; its resync did not start: {e} \
-                     (chironctl resync {index})",
-                    wanted.display()
+                     (chironctl resync {index}{})",
+                    wanted.display(),
+                    match &replacing {
+                        Some(old) => format!(", then chironctl remove {}", old.index),
+                        None => String::new(),
+                    }
                 )
             }
         };
-        self.watch_join(index, None);
         Ok((index, answer))
     }
 
@@ -167,28 +198,15 @@ impl ReplicaSet {
             return Err(format!("refusing to replace {old}: {why}"));
         }
         let old_r = Arc::clone(self.find(old)?);
-        let (index, added) = self.add_replica(new)?;
-        let new_r = Arc::clone(&self.replicas[index]);
-        old_r.set_role(format!("leaving: replaced by {}", new_r.path.display()));
-        if new_r.role().is_some() {
-            new_r.set_role(format!("joining: replaces {}", old_r.path.display()));
-            self.watch_join(index, Some(Arc::clone(&old_r)));
-        } else {
-            // Its resync did not start: the old one stays until it is resynced by hand.
-            old_r.set_role(String::new());
-        }
+        let (_, added) = self.add_member(new, Some(Arc::clone(&old_r)))?;
         log::warn!(
-            "replacing replica {} by {} on {}: {} leaves once {} is in service",
+            "replacing replica {} by {new} on {}: it leaves once the new one is in service",
             old_r.path.display(),
-            new_r.path.display(),
             self.mountpoint,
-            old_r.path.display(),
-            new_r.path.display()
         );
         Ok(format!(
-            "replacing {} by {}: {added}; {} leaves once it is in service",
+            "replacing {}: {added}; {} leaves once it is in service",
             old_r.path.display(),
-            new_r.path.display(),
             old_r.path.display()
         ))
     }
@@ -299,40 +317,35 @@ impl ReplicaSet {
         }
     }
 
-    /// Follows the resync started for the joining replica `index` on a thread of its own:
-    /// once it is over, its role is cleared, and for a replace (`old`) the old replica leaves
-    /// if the new one is in service (else both stay, logged).
-    fn watch_join(&self, index: usize, old: Option<Arc<Replica>>) {
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
-        let Some(run) = self.current_resync().filter(|run| run.target == index) else {
-            return;
-        };
-        let spawned = std::thread::Builder::new()
-            .name("join".into())
-            .spawn(move || this.after_join(&run, old));
-        if let Err(e) = spawned {
-            log::error!("cannot follow the join of replica {index}: {e}");
-        }
+    fn joining(&self) -> std::sync::MutexGuard<'_, Option<Join>> {
+        self.joining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn after_join(&self, run: &Arc<Run>, old: Option<Arc<Replica>>) {
-        while !run.ended() {
-            std::thread::sleep(WATCH_EVERY);
+    /// Called by the resync thread as the resync `run` ends, before it says so (so that a
+    /// `chironctl add --wait` that returns finds the change over): a joining replica's role
+    /// is cleared. Returns the replica it replaces, which leaves next
+    /// ([`ReplicaSet::retire_replaced`]).
+    pub(super) fn join_ended(&self, run: &Run) -> Option<Arc<Replica>> {
+        let mut joining = self.joining();
+        if joining.as_ref().is_none_or(|j| j.index != run.target) {
+            return None;
         }
+        let join = joining.take()?;
+        drop(joining);
+        self.replicas[run.target].set_role(String::new());
+        join.replacing
+    }
+
+    /// After the resync of a replacement (`run`) ended: the replaced replica `old` leaves if
+    /// the new one is in service; else both stay, logged.
+    pub(super) fn retire_replaced(&self, run: &Run, old: &Arc<Replica>) {
         let new = &self.replicas[run.target];
-        new.set_role(String::new());
-        let Some(old) = old else {
-            return;
-        };
-        old.set_role(String::new());
         if !new.is_in_service() {
+            old.set_role(String::new());
             log::error!(
-                "replace of replica {} by {} stopped: the resync of {} failed ({}); both stay \
+                "replace of replica {} by {} stopped: its resync failed ({}); both stay \
                  members and {} serves as before (chironctl resync {}, then chironctl remove {})",
                 old.path.display(),
-                new.path.display(),
                 new.path.display(),
                 run.snapshot().error,
                 old.path.display(),
@@ -341,16 +354,17 @@ impl ReplicaSet {
             );
             return;
         }
-        match self.remove_member(&old) {
+        let removed = self.remove_member(old);
+        old.set_role(String::new());
+        match removed {
             Ok(done) => log::warn!(
                 "replaced replica {} by {}: {done}",
                 old.path.display(),
                 new.path.display()
             ),
             Err(why) => log::error!(
-                "replace of replica {} by {}: {} is in service, but {why}",
+                "replace of replica {} by {}: the new one is in service, but {why}",
                 old.path.display(),
-                new.path.display(),
                 new.path.display()
             ),
         }

@@ -55,6 +55,8 @@ pub struct ReplicaSet {
     barrier: RwLock<()>,
     /// The running or last resync.
     resync: Mutex<Option<Arc<Run>>>,
+    /// The replica joining online, filled by the running resync (`membership.rs`).
+    joining: Mutex<Option<membership::Join>>,
     /// Replicas a mutation needs in service (`--quorum`; off by default).
     quorum: crate::rules::quorum::Quorum,
     /// Default limit on a resync's content copy, bytes per second (0: none).
@@ -124,6 +126,7 @@ impl ReplicaSet {
             this: Weak::new(),
             barrier: RwLock::new(()),
             resync: Mutex::new(None),
+            joining: Mutex::new(None),
             resync_rate: Default::default(),
             ops: Mutex::new(Ops {
                 auto: vec![AutoResync::default(); n],

@@ -148,7 +148,11 @@ impl ReplicaSet {
         let read: ReplicaJob<state::Found> =
             Arc::new(|r: &Replica| Ok(meta_files::read_state(r.root()?)));
         match self.run(&[index], &Credentials::root(), &read).pop() {
-            Some((_, Outcome::Done(state::Found::Record(rec)))) if rec.set_id == set_id => {
+            // A replica that left may have been changed since, out of our sight: its resync
+            // compares whole trees.
+            Some((_, Outcome::Done(state::Found::Record(rec))))
+                if rec.set_id == set_id && !rec.left =>
+            {
                 Some((rec.generation, rec.in_service.contains(&rec.replica_id)))
             }
             _ => None,

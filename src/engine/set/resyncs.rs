@@ -297,7 +297,11 @@ impl ReplicaSet {
             }
             None => run.idle.store(true, Ordering::Release),
         }
+        let replaced = self.join_ended(run);
         run.finish(result.clone());
+        if let Some(old) = replaced {
+            self.retire_replaced(run, &old);
+        }
         match &result {
             Ok(()) => log::info!(
                 "resync of replica {} {}",
