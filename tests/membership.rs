@@ -282,3 +282,59 @@ fn a_removal_that_would_break_the_quorum_is_refused() {
     fs::write(m.path("g"), "y").unwrap();
     assert_eq!(m.snapshot().quorum, Some(2));
 }
+
+#[test]
+fn a_replica_whose_sshfs_server_died_is_replaced_while_the_mount_serves() {
+    if !can_mount() {
+        return;
+    }
+    let mut ssh = Sshfs::up(|_| {});
+    let b = MountBuilder::new(2).timeout(2.0).replica_path(1, ssh.mnt());
+    let r2 = b.tmp().join("r2");
+    fs::create_dir(&r2).unwrap();
+    let mut m = b.start();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        prefill(&m.mnt, 300);
+        let writer = Writer::start(&m.mnt, "w");
+        std::thread::sleep(Duration::from_millis(300));
+        ssh.cut();
+        assert!(
+            m.wait_out_of_service(1),
+            "the dead server's replica stayed in service"
+        );
+        let t = Instant::now();
+        let out = ctl_ok(&m, &["replace", "1", r2.to_str().unwrap(), "--wait"]);
+        eprintln!(
+            "replace of a dead SSHFS replica, 300-file tree: {:?}",
+            t.elapsed()
+        );
+        assert!(out.contains("left the replica set"), "{out}");
+        let r0 = m.replicas[0].clone();
+        assert_eq!(
+            members(&m),
+            vec![(path_of(&r0), true), (path_of(&r2), true)]
+        );
+        // Its record could not be marked on the dead server (within the 2 s deadline).
+        assert!(
+            wait_until(Duration::from_secs(10), || m
+                .log_text()
+                .contains("its state could not be marked")),
+            "{}",
+            m.log_text()
+        );
+        let acked = writer.finish();
+        assert_acked(&acked, &m.mnt, &[r0.clone(), r2.clone()]);
+        assert_verified(&m);
+        // The updated command line; the dead server is not needed any more.
+        m.restart_with(&[r0.clone(), r2.clone()], &[]).unwrap();
+        assert_all_in_service(&m);
+        assert_acked(&acked, &m.mnt, &[r0, r2.clone()]);
+        assert_verified(&m);
+    }));
+    // The hung replica first (it holds the daemon's stuck workers), then chironfs.
+    ssh.down();
+    drop(m);
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -170,9 +170,12 @@ impl Timing {
     }
 
     /// The deadline of one member's lease read or write (a hung member costs at most this per
-    /// renewal round).
+    /// renewal round). One and a half renewal intervals: with a member hung, a round takes this
+    /// long and the next starts at once, so a round's start is at most twice this, three
+    /// intervals, old when the next one records it, an interval short of fencing (at two
+    /// intervals the owner fenced itself now and then while one of two members hung).
     pub fn member_deadline(&self) -> Duration {
-        self.timeout.min(self.renew_every() * 2)
+        self.timeout.min(self.renew_every() * 3 / 2)
     }
 }
 
@@ -368,6 +371,8 @@ mod tests {
         assert_eq!(f + t.timeout + f, t.lease);
         assert!(t.renew_every() * 4 <= f);
         assert!(t.member_deadline() <= t.timeout);
+        // Two rounds each waiting on a hung member end before the owner would fence itself.
+        assert!(t.member_deadline() * 2 + t.renew_every() <= f);
         assert!(Timing::default_lease(t.timeout) >= Timing::minimum_lease(t.timeout));
     }
 

@@ -224,6 +224,22 @@ if [ "${1:-}" = --inside ]; then
     expect "monitor with the new options" 0 OCF_RESKEY_options=allow_other,fsname=chironfs-reloaded monitor
     expect "reload back" 0 reload
     check "  ... old options back" not grep -q ' chironfs-reloaded ' /proc/self/mountinfo
+    # An online membership change, then `replicas` updated to match: reload keeps the daemon.
+    ctl() { "$B/chironctl" -s "$W/run/fs.sock" "$@" >/dev/null 2>&1; }
+    mkdir -p "$W/r3"
+    pid0=$(daemon_pid)
+    check "chironctl add r3 (online)" ctl add "$W/r3" --wait
+    check "chironctl remove r2 (online)" ctl remove "$W/r2"
+    expect "start with replicas updated to the members (already running)" 0 OCF_RESKEY_replicas="$W/r1=$W/r3" start
+    check "  ... no warning about other parameters" not grep -q 'other parameters than configured' <<<"$OUT"
+    expect "reload with replicas updated to the members" 0 OCF_RESKEY_replicas="$W/r1=$W/r3" reload
+    check "  ... the daemon left alone" test "$(daemon_pid)" = "$pid0"
+    check "  ... and it says why" grep -q 'no remount' <<<"$OUT"
+    expect "monitor with the updated replicas" 0 OCF_RESKEY_replicas="$W/r1=$W/r3" monitor
+    # And back (r2 rejoins as a former member), for the cases below.
+    check "chironctl replace r3 by r2 (online)" ctl replace "$W/r3" "$W/r2" --wait
+    expect "reload with the original replicas" 0 reload
+    check "  ... the daemon still left alone" test "$(daemon_pid)" = "$pid0"
     pid0=$(daemon_pid)
     expect "reload-agent with new agent parameters" 0 OCF_RESKEY_max_status_age=20 OCF_RESKEY_force_unmount=safe reload-agent
     check "  ... the daemon left alone" test "$(daemon_pid)" = "$pid0"
