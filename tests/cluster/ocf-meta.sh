@@ -8,7 +8,8 @@
 #      ocf-tester checks);
 #   2. what OCF 1.1 asks of it: <version> is the OCF API version (1.1), the agent's own
 #      version (the package's, from Cargo.toml) is the version attribute of <resource-agent>,
-#      a reload-agent action, reloadable="1" on exactly the parameters only the agent reads,
+#      a reload-agent action, reloadable="1" on exactly the parameters only the agent reads
+#      and `replicas` (updated to the members after an online change, without a remount),
 #      a unique-group of its own on the mount point, the status file and the control socket;
 #   3. every action the meta-data lists is one the agent accepts (usage names it).
 # Exits non-zero on any failure. Run by tests/cluster/ocf-tester.sh; needs xmllint.
@@ -82,7 +83,7 @@ check "the agent's version attribute is the package's ($want_version)" \
 check "a reload-agent action" test "$(x 'count(//actions/action[@name="reload-agent"])')" = 1
 reloadable=$(x '//parameter[@reloadable="1"]/@name' | sed 's/ name="\([^"]*\)"/\1 /g' | tr ' ' '\n' | sed '/^$/d' | sort | tr '\n' ' ')
 check "reloadable: exactly the agent's own parameters ($reloadable)" \
-    test "$reloadable" = "chironctl force_unmount max_status_age report_degraded "
+    test "$reloadable" = "chironctl force_unmount max_status_age replicas report_degraded "
 for p in mountpoint status_file control_socket; do
     g=$(x "string(//parameter[@name=\"$p\"]/@unique-group)")
     n=$(x "count(//parameter[@unique-group=\"$g\"])")

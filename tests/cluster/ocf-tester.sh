@@ -234,7 +234,9 @@ if [ "${1:-}" = --inside ]; then
     check "  ... no warning about other parameters" not grep -q 'other parameters than configured' <<<"$OUT"
     expect "reload with replicas updated to the members" 0 OCF_RESKEY_replicas="$W/r1=$W/r3" reload
     check "  ... the daemon left alone" test "$(daemon_pid)" = "$pid0"
-    check "  ... and it says why" grep -q 'no remount' <<<"$OUT"
+    check "  ... and it says why" grep -q 'no remount' "$HA_LOGFILE"
+    expect "reload-agent (Pacemaker 2.1+) with replicas updated" 0 OCF_RESKEY_replicas="$W/r1=$W/r3" reload-agent
+    check "  ... the daemon left alone" test "$(daemon_pid)" = "$pid0"
     expect "monitor with the updated replicas" 0 OCF_RESKEY_replicas="$W/r1=$W/r3" monitor
     # And back (r2 rejoins as a former member), for the cases below.
     check "chironctl replace r3 by r2 (online)" ctl replace "$W/r3" "$W/r2" --wait
@@ -246,7 +248,7 @@ if [ "${1:-}" = --inside ]; then
     expect "reload-agent with a bad one" 6 OCF_RESKEY_max_status_age=x reload-agent
 
     log "--- degraded replica set"
-    "$B/chironctl" -s "$W/run/fs.sock" disable 1 >/dev/null
+    "$B/chironctl" -s "$W/run/fs.sock" disable "$W/r2" >/dev/null
     sleep 1.5
     expect "monitor, degraded, report_degraded=false" 0 monitor
     expect "monitor, degraded, report_degraded=true" 190 OCF_RESKEY_report_degraded=true monitor
@@ -255,7 +257,7 @@ if [ "${1:-}" = --inside ]; then
     expect "status, degraded" 0 status
     check "  ... says running (degraded" grep -q 'is running (degraded' <<<"$OUT"
     # Back in service (r2 missed the monitor's writes: stale, hence --force, as after a resync).
-    "$B/chironctl" -s "$W/run/fs.sock" enable 1 --force >/dev/null
+    "$B/chironctl" -s "$W/run/fs.sock" enable "$W/r2" --force >/dev/null
     sleep 1.5
     expect "monitor, back in service, report_degraded=true" 0 OCF_RESKEY_report_degraded=true monitor
     expect "stop" 0 stop
