@@ -268,7 +268,8 @@ pub fn replica_state(r: &ReplicaSnapshot) -> &'static str {
 /// Each replica's rank in the read order when all are in service (0 first): normal ones by
 /// index, then the low-priority ones by index (`rules::select::priority_order`).
 fn priority_ranks(replicas: &[ReplicaSnapshot]) -> Vec<usize> {
-    let mut ranks = vec![0; replicas.len()];
+    // By index: indexes have gaps once a replica left the set online.
+    let mut ranks = vec![0; replicas.iter().map(|r| r.index + 1).max().unwrap_or(0)];
     let order = replicas
         .iter()
         .filter(|r| !r.low_priority)
