@@ -338,3 +338,66 @@ fn a_replica_whose_sshfs_server_died_is_replaced_while_the_mount_serves() {
         std::panic::resume_unwind(p);
     }
 }
+
+#[test]
+fn a_witness_joins_is_replaced_and_leaves_online() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = MountBuilder::new(2).arg("--quorum").arg("auto").start();
+    let (r0, r1) = (m.replicas[0].clone(), m.replicas[1].clone());
+    let (w, w2) = (m.tmp.path().join("w"), m.tmp.path().join("w2"));
+    fs::create_dir(&w).unwrap();
+    fs::create_dir(&w2).unwrap();
+    fs::write(m.path("before"), "1").unwrap();
+    let out = ctl_ok(&m, &["add", "--witness", w.to_str().unwrap()]);
+    assert!(out.contains("is the set's witness"), "{out}");
+    let s = m.snapshot();
+    assert_eq!((s.witnesses, s.quorum), (Some(1), Some(2)), "{s:?}");
+    assert!(
+        fs::read_to_string(w.join(".chironfs/state"))
+            .unwrap()
+            .contains("witnesses=")
+    );
+    let twice = refused(&m, &["add", "--witness", w2.to_str().unwrap()]);
+    assert!(twice.contains("the set has a witness already"), "{twice}");
+    // The witness is what keeps the writes going with one replica out (2 of 3).
+    ctl_ok(&m, &["disable", "1"]);
+    fs::write(m.path("with-one-replica"), "2").unwrap();
+    ctl_ok(&m, &["resync", "1", "--wait"]);
+
+    // A restart with the old command line (no --witness): the recorded witness is used.
+    m.restart_with(&[r0.clone(), r1.clone()], &["--quorum", "auto"])
+        .unwrap();
+    let s = m.snapshot();
+    assert_eq!((s.witnesses, s.quorum), (Some(1), Some(2)), "{s:?}");
+    assert!(m.log_text().contains("used from its recorded path"));
+
+    let out = ctl_ok(&m, &["replace", w.to_str().unwrap(), w2.to_str().unwrap()]);
+    assert!(out.contains("left the replica set"), "{out}");
+    assert!(
+        fs::read_to_string(w.join(".chironfs/state"))
+            .unwrap()
+            .contains("left=yes")
+    );
+    assert_eq!(m.snapshot().witnesses, Some(1));
+    let out = ctl_ok(&m, &["remove", w2.to_str().unwrap()]);
+    assert!(out.contains("left the replica set"), "{out}");
+    let s = m.snapshot();
+    assert_eq!((s.witnesses, s.quorum), (None, Some(2)), "{s:?}");
+    fs::write(m.path("after"), "3").unwrap();
+
+    // The old witness given again: it left, so it is not used.
+    m.restart_with(
+        &[r0.clone(), r1.clone()],
+        &["--quorum", "auto", "--witness", w.to_str().unwrap()],
+    )
+    .unwrap();
+    assert_eq!(m.snapshot().witnesses, None);
+    assert!(
+        m.log_text()
+            .contains(&format!("the witness {} left the replica set", path_of(&w)))
+    );
+    assert_all_in_service(&m);
+    assert_verified(&m);
+}

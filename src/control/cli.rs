@@ -78,16 +78,16 @@ pub enum Cmd {
     Add {
         /// The directory (a local disk, an NFS or SSHFS mount).
         path: PathBuf,
-        /// Add a witness instead of a data replica (not supported online: give --witness at
-        /// mount).
+        /// Add a witness instead of a data replica: it holds no data, only the lease and the
+        /// set's state, and counts for the majority at once (one witness per set).
         #[arg(long)]
         witness: bool,
         /// Wait until it is in service, printing the resync's progress; exit 1 if it fails.
         #[arg(long)]
         wait: bool,
     },
-    /// Remove a replica while the mount serves. Refused if it holds the last up-to-date copy
-    /// or its leaving would break the quorum or the lease's majority. Its directory is left
+    /// Remove a replica (or the witness) while the mount serves. Refused if it holds the last
+    /// up-to-date copy or its leaving would break the quorum or the lease's majority. Its directory is left
     /// as it is, its state marked as having left.
     Remove {
         /// Replica index (0-based, as in `status`) or path.
@@ -95,7 +95,7 @@ pub enum Cmd {
     },
     /// Replace a replica while the mount serves: NEW is added and synced while OLD keeps
     /// serving (if it still can), then OLD leaves; the up-to-date copies never drop. OLD may
-    /// be a dead server.
+    /// be a dead server. OLD may be the witness: NEW takes over at once.
     Replace {
         /// The replica to retire: index (0-based, as in `status`) or path.
         old: String,

@@ -146,6 +146,10 @@ pub fn add_recorded(config: &Config, members: &mut Members) -> Result<(), String
     else {
         return Ok(());
     };
+    if !newest.members.is_empty() {
+        recorded_witnesses(config, members, newest);
+    }
+    let given = &members.all[..members.replicas];
     let known_ids: Vec<u64> = records.iter().map(|r| r.replica_id).collect();
     let extra: Vec<&std::path::PathBuf> = newest
         .members
@@ -183,4 +187,63 @@ pub fn add_recorded(config: &Config, members: &mut Members) -> Result<(), String
         members.replicas += 1;
     }
     Ok(())
+}
+
+/// The witnesses by the same rule as the replicas: a witness given that left the set (its
+/// record says so, or it holds a record of this set the newest record's witnesses do not name)
+/// is not used; a recorded witness not given is opened from its recorded path. Each logged.
+fn recorded_witnesses(config: &Config, members: &mut Members, newest: &StateRecord) {
+    let mut i = members.replicas;
+    while i < members.all.len() {
+        let w = Arc::clone(&members.all[i]);
+        let record = w
+            .call_within(config.timeout, |w| {
+                match w.root().map(meta_files::read_state) {
+                    Ok(Found::Record(rec)) => Some(rec),
+                    _ => None,
+                }
+            })
+            .flatten();
+        let left = record.is_some_and(|r| {
+            r.left
+                || (r.set_id == newest.set_id
+                    && !newest.witnesses.iter().any(|(id, _)| *id == r.replica_id))
+        });
+        if left {
+            log::warn!(
+                "the witness {} left the replica set (chironctl remove): it is not used; take \
+                 --witness off the command line (OCF witness)",
+                w.path.display()
+            );
+            members.all.remove(i);
+            members.unreachable.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    for (_, path) in &newest.witnesses {
+        if members.all[members.replicas..]
+            .iter()
+            .any(|w| w.path == *path)
+        {
+            continue;
+        }
+        let Ok(w) = Replica::unopened(members.all.len(), path.clone(), false, 2) else {
+            continue;
+        };
+        log::warn!(
+            "{} is the witness of the replica set (generation {}) but not on the command line: \
+             used from its recorded path; give it with --witness (OCF witness) to say so",
+            path.display(),
+            newest.generation.number
+        );
+        let opened = open_all_within(&[Arc::clone(&w)], &[Some(config.timeout)], |_| {});
+        let why = match opened.into_iter().next() {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(format!("its directory did not open at start: {e}")),
+            None => Some("its directory did not open at start".to_string()),
+        };
+        members.all.push(w);
+        members.unreachable.push(why);
+    }
 }

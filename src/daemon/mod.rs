@@ -303,7 +303,7 @@ fn start_logging(config: &Config) -> Result<(), String> {
 fn open_set(config: &Config, members: &members::Members) -> Result<Arc<ReplicaSet>, String> {
     let replicas = members.all[..members.replicas].to_vec();
     let mountpoint = config.mountpoint.display().to_string();
-    let witnesses = usize::from(config.witness.is_some());
+    let witnesses = members.all.len() - members.replicas;
     // Under auto, a majority of the members actually mounted (recorded ones included).
     let required = match config.quorum_auto {
         true => Some((replicas.len() + witnesses) / 2 + 1),
@@ -339,13 +339,16 @@ fn take_lease(
     set: &ReplicaSet,
     members: &members::Members,
 ) -> Result<Arc<LeaseKeeper>, String> {
-    if let (Some(w), Some(Some(why))) = (&config.witness, members.unreachable.last())
-        && members.all.len() > members.replicas
+    for (w, why) in members.all[members.replicas..]
+        .iter()
+        .zip(&members.unreachable[members.replicas..])
     {
-        log::error!(
-            "the witness {} does not count for the lease majority: {why}",
-            w.display()
-        );
+        if let Some(why) = why {
+            log::error!(
+                "the witness {} does not count for the lease majority: {why}",
+                w.path.display()
+            );
+        }
     }
     let timing = Timing {
         lease: config

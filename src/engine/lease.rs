@@ -504,6 +504,77 @@ impl LeaseKeeper {
             .collect()
     }
 
+    /// The witnesses with their ids, for the state records.
+    pub fn witness_list(&self) -> Vec<(u64, std::path::PathBuf)> {
+        let ro = self.roster();
+        let ids = self.witness_ids.lock().unwrap_or_else(|e| e.into_inner());
+        ro.witnesses()
+            .into_iter()
+            .zip(ids.iter())
+            .map(|(i, &id)| (id, ro.members[i].path.clone()))
+            .collect()
+    }
+
+    /// A witness joined online (`chironctl add --witness`), with id `id`: the lease is kept
+    /// on it from the next renewal on, and the majority counts it.
+    pub fn add_witness(&self, witness: Arc<Replica>, id: u64) {
+        let mut roster = self.roster.write().unwrap_or_else(|e| e.into_inner());
+        let mut members = roster.members.clone();
+        members.push(witness);
+        self.witness_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        *roster = Arc::new(Roster {
+            members,
+            replicas: roster.replicas,
+        });
+        self.witnesses_answering.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A witness left online (`chironctl remove`): no longer a member; its lease file says
+    /// released (best effort). Returns its id, None when it is no witness here.
+    pub fn remove_witness(&self, witness: &Replica) -> Option<u64> {
+        let (gone, id) = {
+            let mut roster = self.roster.write().unwrap_or_else(|e| e.into_inner());
+            let pos = roster.members[roster.replicas..]
+                .iter()
+                .position(|m| std::ptr::eq(m.as_ref(), witness))?;
+            let mut members = roster.members.clone();
+            let gone = members.remove(roster.replicas + pos);
+            let id = self
+                .witness_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(pos);
+            *roster = Arc::new(Roster {
+                members,
+                replicas: roster.replicas,
+            });
+            (gone, id)
+        };
+        let _ = self
+            .witnesses_answering
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let _round = self.round.lock().unwrap_or_else(|e| e.into_inner());
+        let alone = Roster {
+            members: vec![gone],
+            replicas: 0,
+        };
+        self.write_all(&alone, &[0], &self.record(Hold::Released));
+        Some(id)
+    }
+
+    /// The witness at `path`, if it is one.
+    pub fn witness_at(&self, path: &std::path::Path) -> Option<Arc<Replica>> {
+        let ro = self.roster();
+        ro.witnesses()
+            .into_iter()
+            .map(|i| &ro.members[i])
+            .find(|m| m.path == path)
+            .cloned()
+    }
+
     /// The members the lease counts: data replicas and witnesses.
     pub fn members(&self) -> usize {
         self.roster().members.len()

@@ -71,10 +71,33 @@ pub struct StateRecord {
     pub members: Vec<(u64, PathBuf)>,
     /// This replica left the set (`chironctl remove`): it is never served again.
     pub left: bool,
+    /// The set's witnesses at `generation`, id and path (recorded with `members`).
+    pub witnesses: Vec<(u64, PathBuf)>,
 }
 
 /// The separator of the `members` list, escaped in the paths.
 const MEMBER_SEPARATOR: &[u8] = b",";
+
+/// `ID:PATH,ID:PATH`, paths escaped.
+fn render_members(members: &[(u64, PathBuf)]) -> String {
+    members
+        .iter()
+        .map(|(id, path)| format!("{}:{}", hex(*id), escape::escape(path, MEMBER_SEPARATOR)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads [`render_members`]'s form; `key` names the field in the error.
+fn parse_members(items: &[String], key: &str) -> Result<Vec<(u64, PathBuf)>, String> {
+    items
+        .iter()
+        .map(|s| {
+            let (id, path) = s.split_once(':')?;
+            Some((u64::from_str_radix(id, 16).ok()?, escape::unescape(path)?))
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("bad '{key}' field"))
+}
 
 fn hex(v: u64) -> String {
     format!("{v:016x}")
@@ -87,7 +110,7 @@ impl StateRecord {
         format!(
             "# chironfs replica state (docs/replica-state.md); written by the daemon, do not edit\n\
              format={FORMAT}\nset={}\nreplica={}\ngeneration={}\nin_service={}\nclean={}\n\
-             updated={}\nhistory={}\nmembers={}\n{}",
+             updated={}\nhistory={}\nmembers={}\nwitnesses={}\n{}",
             hex(self.set_id),
             hex(self.replica_id),
             self.generation.render(),
@@ -95,17 +118,8 @@ impl StateRecord {
             if self.clean { "yes" } else { "no" },
             self.updated,
             list(&self.history.iter().map(|g| g.render()).collect::<Vec<_>>()),
-            list(
-                &self
-                    .members
-                    .iter()
-                    .map(|(id, path)| format!(
-                        "{}:{}",
-                        hex(*id),
-                        escape::escape(path, MEMBER_SEPARATOR)
-                    ))
-                    .collect::<Vec<_>>()
-            ),
+            render_members(&self.members),
+            render_members(&self.witnesses),
             if self.left { "left=yes\n" } else { "" },
         )
     }
@@ -153,16 +167,11 @@ impl StateRecord {
             .iter()
             .map(|s| Gen::parse(s).ok_or_else(|| "bad 'history' field".to_string()))
             .collect::<Result<_, _>>()?;
-        let members = items("members")
-            .iter()
-            .map(|s| {
-                let (id, path) = s.split_once(':')?;
-                Some((u64::from_str_radix(id, 16).ok()?, escape::unescape(path)?))
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(|| "bad 'members' field".to_string())?;
+        let members = parse_members(&items("members"), "members")?;
+        let witnesses = parse_members(&items("witnesses"), "witnesses")?;
         Ok(StateRecord {
             members,
+            witnesses,
             left: get.get("left").is_some_and(|v| v == "yes"),
             set_id: id("set")?,
             replica_id: id("replica")?,
@@ -222,6 +231,8 @@ pub struct Membership {
     /// By index: the replica left the set (`chironctl remove`, or found left at mount); it
     /// keeps its index until the next mount but is no member.
     pub gone: Vec<bool>,
+    /// The witnesses (id, path), recorded with the members.
+    pub witnesses: Vec<(u64, PathBuf)>,
 }
 
 impl Membership {
@@ -307,6 +318,7 @@ impl Membership {
             updated: now,
             members: self.members(),
             left: false,
+            witnesses: self.witnesses.clone(),
         }
     }
 }
@@ -481,6 +493,7 @@ pub fn plan(
         in_service: sorted(reference.in_service.iter().copied()),
         paths: seen.names.iter().map(PathBuf::from).collect(),
         gone: (0..found.len()).map(|i| left.contains(&i)).collect(),
+        witnesses: reference.witnesses.clone(),
     };
     for &i in &left {
         notes.push((
@@ -653,6 +666,7 @@ fn new_set(
         in_service: Vec::new(),
         paths: seen.names.iter().map(PathBuf::from).collect(),
         gone: vec![false; n],
+        witnesses: Vec::new(),
     };
     let all: Vec<usize> = (0..n).filter(|&i| seen.unreadable(i).is_none()).collect();
     membership.change(&all, fresh());
@@ -965,6 +979,7 @@ mod tests {
             updated: 42,
             members: vec![(7, "/srv/a,1".into()), (8, "/srv/b".into())],
             left: true,
+            witnesses: vec![(9, "/w".into())],
         };
         assert_eq!(StateRecord::parse(&r.render()), Ok(r.clone()));
         let empty = StateRecord {
@@ -1342,6 +1357,7 @@ mod tests {
             in_service: vec![10, 11, 12],
             paths: names.iter().map(PathBuf::from).collect(),
             gone: vec![false; 3],
+            witnesses: Vec::new(),
         };
         let before = m.clone();
         m.leave(1, 44);

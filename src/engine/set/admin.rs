@@ -158,10 +158,7 @@ impl ControlHandler for ReplicaSet {
 
     fn add(&self, path: &str, witness: bool) -> Result<String, String> {
         if witness {
-            return Err(format!(
-                "refusing to add {path} as a witness: a witness is added at mount (--witness, \
-                 OCF witness=); online, only data replicas join"
-            ));
+            return self.add_witness(path, None);
         }
         self.add_replica(path).map(|(_, answer)| answer)
     }

@@ -15,7 +15,10 @@ use crate::engine::meta_files;
 use crate::engine::replica::{Replica, now};
 use crate::resync::Run;
 use crate::rules::membership::{self, Joiner, Removal};
-use crate::rules::state::{self, Found};
+use crate::rules::state::{self, Found, StateRecord};
+
+/// The index a witness's own threads are named with: it is no replica of the list.
+const WITNESS_INDEX: usize = 999;
 
 /// A replica joining: filled by the resync now running; `replacing` leaves once it serves.
 #[derive(Debug)]
@@ -89,17 +92,12 @@ impl ReplicaSet {
             return Err(refusing(why));
         }
         let wanted = self.new_member_path(path).map_err(refusing)?;
-        let (set_id, ids) = {
-            let guard = self
-                .membership_guard()
-                .ok_or_else(|| refusing("no state".into()))?;
-            let m = guard.as_ref().expect("checked");
-            let ids: Vec<u64> = (0..m.ids.len())
-                .filter(|&i| !m.gone.get(i).copied().unwrap_or(false))
-                .map(|i| m.ids[i])
-                .collect();
-            (m.set_id, ids)
-        };
+        let (set_id, mut ids) = self
+            .member_ids()
+            .ok_or_else(|| refusing("no state".into()))?;
+        if let Some(lease) = self.lease.get() {
+            ids.extend(lease.witness_list().iter().map(|(id, _)| *id));
+        }
         let workers = self.replicas.get(0).map_or(2, |r| r.workers);
         let mut joiner = Joiner::New;
         let timeout = self.timeout;
@@ -187,8 +185,142 @@ impl ReplicaSet {
         if let Some(why) = self.membership_busy() {
             return Err(format!("refusing to remove {replica}: {why}"));
         }
+        if let Some(w) = self.witness_named(replica) {
+            return self.remove_witness(&w);
+        }
         let r = Arc::clone(self.find(replica)?);
         self.remove_member(&r)
+    }
+
+    /// The witness `given` names (its path), if any.
+    fn witness_named(&self, given: &str) -> Option<Arc<Replica>> {
+        let lease = self.lease.get()?;
+        let path = Path::new(given.trim_end_matches('/'));
+        lease
+            .witness_at(path)
+            .or_else(|| lease.witness_at(&super::resolve_parent(path)?))
+    }
+
+    /// `chironctl add --witness PATH`: the directory (empty, or a former member of this set)
+    /// becomes the set's witness at once (it holds no data, so there is nothing to sync):
+    /// recorded on every member, counted by the lease and the quorum from now on. One witness
+    /// per set, as at mount: `replacing` is the one it takes over from (`chironctl replace`).
+    pub fn add_witness(
+        &self,
+        path: &str,
+        replacing: Option<&Arc<Replica>>,
+    ) -> Result<String, String> {
+        let refusing = |why: String| format!("refusing to add {path} as a witness: {why}");
+        if replacing.is_none()
+            && let Some(why) = self.membership_busy()
+        {
+            return Err(refusing(why));
+        }
+        let Some(lease) = self.lease.get() else {
+            return Err(refusing("this replica set keeps no lease".into()));
+        };
+        if let (None, Some((_, w))) = (replacing, lease.witness_list().first()) {
+            return Err(refusing(format!(
+                "the set has a witness already ({}): chironctl replace it",
+                w.display()
+            )));
+        }
+        let wanted = self.new_member_path(path).map_err(refusing)?;
+        let (set_id, mut ids) = self
+            .member_ids()
+            .ok_or_else(|| refusing("no state".into()))?;
+        ids.extend(lease.witness_list().iter().map(|(id, _)| *id));
+        let witness = Replica::unopened(WITNESS_INDEX, wanted.clone(), false, 2)
+            .map_err(|e| refusing(format!("cannot start its threads: {e}")))?;
+        let found = look_within(&witness, self.timeout).map_err(refusing)?;
+        let id = match membership::check_join(&found, set_id, &ids).map_err(refusing)? {
+            Joiner::New => state::random_id(),
+            Joiner::Former(id) => id,
+        };
+        let generation = self.record_membership(|m| {
+            lease.add_witness(Arc::clone(&witness), id);
+            m.witnesses = lease.witness_list();
+            m.bump(state::random_id());
+        });
+        self.members_changed();
+        log::warn!(
+            "{} is the witness of the replica set of {} (chironctl add --witness): generation \
+             {generation}, {} members",
+            wanted.display(),
+            self.mountpoint,
+            self.member_count()
+        );
+        Ok(format!(
+            "{} is the set's witness (generation {generation})",
+            wanted.display()
+        ))
+    }
+
+    /// The witness `w` leaves the set, unless the quorum or the lease's majority would break.
+    fn remove_witness(&self, w: &Arc<Replica>) -> Result<String, String> {
+        let refusing = |why: String| format!("refusing to remove {}: {why}", w.path.display());
+        let Some(lease) = self.lease.get() else {
+            return Err(refusing("this replica set keeps no lease".into()));
+        };
+        let others_in_service = self.priority_order().len();
+        // As if it answered: the rules must hold without it whatever it does now.
+        let witnesses_answering = lease.witnesses_answering().saturating_sub(1);
+        let members_after = self.member_count() - 1;
+        membership::check_remove(&Removal {
+            in_service: false,
+            others_in_service,
+            witnesses_answering,
+            members_after,
+            quorum_after: self.quorum.required_for(members_after),
+            lease_needs_after: Some(
+                lease.needs(members_after, others_in_service + witnesses_answering),
+            ),
+        })
+        .map_err(refusing)?;
+        let mut left_record = None;
+        let generation = self.record_membership(|m| {
+            if let Some(id) = lease.remove_witness(w) {
+                m.witnesses = lease.witness_list();
+                m.bump(state::random_id());
+                left_record = Some(StateRecord {
+                    left: true,
+                    ..m.record_as(id, true, now())
+                });
+            }
+        });
+        let written = left_record.map(|record| {
+            w.call_within(self.timeout, move |w| {
+                w.root()
+                    .and_then(|root| meta_files::write_state(root, &record))
+            })
+        });
+        let marked = match written {
+            Some(Some(Ok(()))) => "its state says it left".to_string(),
+            Some(Some(Err(e))) => format!("its state could not be marked ({e})"),
+            _ => "its state could not be marked (no answer)".to_string(),
+        };
+        self.members_changed();
+        log::warn!(
+            "the witness {} left the replica set of {} (chironctl remove): generation \
+             {generation}, {} members; {marked}",
+            w.path.display(),
+            self.mountpoint,
+            self.member_count()
+        );
+        Ok(format!(
+            "the witness {} left the replica set (generation {generation}); {marked}",
+            w.path.display()
+        ))
+    }
+
+    /// The set's id and the ids of its members (replicas that have not left).
+    fn member_ids(&self) -> Option<(u64, Vec<u64>)> {
+        let guard = self.membership_guard()?;
+        let m = guard.as_ref()?;
+        Some((
+            m.set_id,
+            m.members().into_iter().map(|(id, _)| id).collect(),
+        ))
     }
 
     /// `chironctl replace OLD NEW`: NEW is added and synced while OLD keeps serving (if it
@@ -196,6 +328,14 @@ impl ReplicaSet {
     pub fn replace_replica(&self, old: &str, new: &str) -> Result<String, String> {
         if let Some(why) = self.membership_busy() {
             return Err(format!("refusing to replace {old}: {why}"));
+        }
+        if let Some(w) = self.witness_named(old) {
+            // A witness holds no data: the new one takes over at once, then the old one leaves.
+            let added = self.add_witness(new, Some(&w))?;
+            let removed = self
+                .remove_witness(&w)
+                .map_err(|why| format!("{added}, but the old witness stays: {why}"))?;
+            return Ok(format!("{added}; {removed}"));
         }
         let old_r = Arc::clone(self.find(old)?);
         let (_, added) = self.add_member(new, Some(Arc::clone(&old_r)))?;

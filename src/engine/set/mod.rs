@@ -109,6 +109,18 @@ pub(super) fn describe_fault(fault: Fault, timeout: Duration) -> String {
 }
 
 /// The path inside the mount, for log lines.
+/// `path` (absolute) with the symlinks of its parent resolved, never of itself: a stat of a
+/// replica would hang on a dead network mount, and with it the control socket. None for a
+/// relative path, the root, or a parent that cannot be resolved.
+pub(super) fn resolve_parent(path: &Path) -> Option<std::path::PathBuf> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if path.is_absolute() => {
+            std::fs::canonicalize(dir).ok().map(|d| d.join(name))
+        }
+        _ => None,
+    }
+}
+
 pub(super) fn shown(path: &Path) -> String {
     format!("/{}", path.display())
 }
@@ -286,15 +298,8 @@ impl ReplicaSet {
     /// one that left and the one that joined again in its place).
     fn find_any(&self, replica: &str) -> Result<&Arc<Replica>, String> {
         let wanted = replica.trim_end_matches('/');
-        // Resolve symlinks in the parent only: a stat of the replica itself would hang on a
-        // dead network mount, and with it the control socket.
         let path = Path::new(wanted);
-        let resolved = match (path.parent(), path.file_name()) {
-            (Some(dir), Some(name)) if path.is_absolute() => {
-                std::fs::canonicalize(dir).ok().map(|d| d.join(name))
-            }
-            _ => None,
-        };
+        let resolved = resolve_parent(path);
         let literal = |r: &&Arc<Replica>| r.index.to_string() == wanted || r.path == path;
         let named = |r: &&Arc<Replica>| resolved.as_deref() == Some(r.path.as_path());
         let member = |r: &&Arc<Replica>| !r.is_left();

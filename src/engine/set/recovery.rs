@@ -33,7 +33,7 @@ impl ReplicaSet {
             .iter()
             .map(|r| r.path.display().to_string())
             .collect();
-        let plan = state::plan(
+        let mut plan = state::plan(
             &self.read_states(),
             &names,
             state::Choices {
@@ -43,15 +43,23 @@ impl ReplicaSet {
             &mut state::random_id,
             now(),
         )?;
+        // Read first: a witness's own id comes from its record.
+        let witness_states = self
+            .lease
+            .get()
+            .map(|l| l.witness_states())
+            .unwrap_or_default();
         if force_source.is_none() {
             // A witness that saw a generation these replicas never reached refuses them.
-            for (name, found) in self
-                .lease
-                .get()
-                .map(|l| l.witness_states())
-                .unwrap_or_default()
-            {
-                state::check_witness(&found, &name, &plan.membership)?;
+            for (name, found) in &witness_states {
+                state::check_witness(found, name, &plan.membership)?;
+            }
+        }
+        // The witnesses are recorded with the members.
+        if let Some(lease) = self.lease.get() {
+            plan.membership.witnesses = lease.witness_list();
+            for (_, record) in &mut plan.writes {
+                record.witnesses = plan.membership.witnesses.clone();
             }
         }
         if self.observer {
