@@ -77,7 +77,21 @@ impl ReplicaSet {
     /// adds it out of service, records the new membership on every member and starts its
     /// resync, after which it serves. Returns its index and the answer for the admin.
     pub fn add_replica(&self, path: &str) -> Result<(usize, String), String> {
+        let _one = self
+            .one_change()
+            .map_err(|why| format!("refusing to add {path}: {why}"))?;
         self.add_member(path, None)
+    }
+
+    /// The right to make a membership change now; Err when another is being made.
+    fn one_change(&self) -> Result<std::sync::MutexGuard<'_, ()>, String> {
+        match self.changing.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                Err("another membership change is being made".into())
+            }
+        }
     }
 
     /// [`ReplicaSet::add_replica`]; `replacing`: the replica that leaves once this one is in
@@ -182,8 +196,10 @@ impl ReplicaSet {
     /// up-to-date copy, break the quorum or the lease's majority. Its directory is left as it
     /// is, its state marked as having left (if it answers).
     pub fn remove_replica(&self, replica: &str) -> Result<String, String> {
+        let refusing = |why: String| format!("refusing to remove {replica}: {why}");
+        let _one = self.one_change().map_err(refusing)?;
         if let Some(why) = self.membership_busy() {
-            return Err(format!("refusing to remove {replica}: {why}"));
+            return Err(refusing(why));
         }
         if let Some(w) = self.witness_named(replica) {
             return self.remove_witness(&w);
@@ -211,6 +227,11 @@ impl ReplicaSet {
         replacing: Option<&Arc<Replica>>,
     ) -> Result<String, String> {
         let refusing = |why: String| format!("refusing to add {path} as a witness: {why}");
+        // A replace holds the change already.
+        let _one = match replacing {
+            None => Some(self.one_change().map_err(refusing)?),
+            Some(_) => None,
+        };
         if replacing.is_none()
             && let Some(why) = self.membership_busy()
         {
@@ -326,8 +347,10 @@ impl ReplicaSet {
     /// `chironctl replace OLD NEW`: NEW is added and synced while OLD keeps serving (if it
     /// can), then OLD leaves, so the up-to-date copies never drop during the swap.
     pub fn replace_replica(&self, old: &str, new: &str) -> Result<String, String> {
+        let refusing = |why: String| format!("refusing to replace {old}: {why}");
+        let _one = self.one_change().map_err(refusing)?;
         if let Some(why) = self.membership_busy() {
-            return Err(format!("refusing to replace {old}: {why}"));
+            return Err(refusing(why));
         }
         if let Some(w) = self.witness_named(old) {
             // A witness holds no data: the new one takes over at once, then the old one leaves.

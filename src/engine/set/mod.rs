@@ -57,6 +57,9 @@ pub struct ReplicaSet {
     resync: Mutex<Option<Arc<Run>>>,
     /// The replica joining online, filled by the running resync (`membership.rs`).
     joining: Mutex<Option<membership::Join>>,
+    /// Held while a membership change is being made (`chironctl add`, `remove`, `replace`):
+    /// a second one at the same moment is refused, not interleaved.
+    changing: Mutex<()>,
     /// Replicas a mutation needs in service (`--quorum`; off by default).
     quorum: crate::rules::quorum::Quorum,
     /// Default limit on a resync's content copy, bytes per second (0: none).
@@ -139,6 +142,7 @@ impl ReplicaSet {
             barrier: RwLock::new(()),
             resync: Mutex::new(None),
             joining: Mutex::new(None),
+            changing: Mutex::new(()),
             resync_rate: Default::default(),
             ops: Mutex::new(Ops {
                 auto: vec![AutoResync::default(); n],
