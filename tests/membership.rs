@@ -152,7 +152,12 @@ fn add_remove_and_restart_keep_every_acknowledged_write() {
     if !can_mount() {
         return;
     }
-    let mut m = MountBuilder::new(2).timeout(5.0).start();
+    let syslog = Syslog::start();
+    let mut m = MountBuilder::new(2)
+        .timeout(5.0)
+        .arg("--syslog-socket")
+        .arg(syslog.socket())
+        .start();
     prefill(&m.mnt, 500);
     let (r0, r1) = (m.replicas[0].clone(), m.replicas[1].clone());
     let r2 = m.tmp.path().join("r2");
@@ -170,8 +175,10 @@ fn add_remove_and_restart_keep_every_acknowledged_write() {
     assert_eq!(now.len(), 3, "{now:?}");
     assert!(now.iter().all(|(_, ok)| *ok), "{now:?}");
     assert_verified(&m);
-    let log = m.log_text();
-    assert!(log.contains("joins the replica set of"), "{log}");
+    // One line in syslog for each change.
+    let r2_path = path_of(&r2);
+    let joined = syslog.wait_line("warning", &[&r2_path, "joins the replica set of"]);
+    assert!(joined.is_some(), "{}", syslog.messages());
 
     // Refusals, with the writer still running.
     let twice = refused(&m, &["add", r2.to_str().unwrap()]);
@@ -220,6 +227,8 @@ fn add_remove_and_restart_keep_every_acknowledged_write() {
     );
     // Its directory is left as it is.
     assert!(r0.join("tree/d0/f0").exists());
+    let left = syslog.wait_line("warning", &[&path_of(&r0), "left the replica set of"]);
+    assert!(left.is_some(), "{}", syslog.messages());
     assert_verified(&m);
 
     // The last up-to-date copy stays.
@@ -322,6 +331,12 @@ fn a_replica_whose_sshfs_server_died_is_replaced_while_the_mount_serves() {
             "{}",
             m.log_text()
         );
+        // The dead server offered again: refused at the deadline, never waited on.
+        let t = Instant::now();
+        let hung = refused(&m, &["add", ssh.mnt().to_str().unwrap()]);
+        assert!(hung.contains("gave no answer within 2.0 s"), "{hung}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(members(&m).len(), 2);
         let acked = writer.finish();
         assert_acked(&acked, &m.mnt, &[r0.clone(), r2.clone()]);
         assert_verified(&m);
