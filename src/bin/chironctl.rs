@@ -159,6 +159,15 @@ fn run(cli: &Cli) -> Result<String, String> {
             out(&format!("{started}\n"));
             wait_resync(cli, replica)
         }
+        Cmd::Add { .. } | Cmd::Remove { .. } | Cmd::Replace { .. } => run_membership(cli),
+        Cmd::Check { .. } | Cmd::Verify { .. } => unreachable!("handled in main"),
+    }
+}
+
+/// `chironctl add`, `remove`, `replace`: asks the daemon, then with `--wait` follows the
+/// joining replica's resync (and, for a replace, the old one's leaving).
+fn run_membership(cli: &Cli) -> Result<String, String> {
+    match &cli.cmd {
         Cmd::Add {
             path,
             witness,
@@ -207,7 +216,7 @@ fn run(cli: &Cli) -> Result<String, String> {
             let old_path = old_path.unwrap_or_else(|| absolute(old));
             wait_left(cli, &old_path)
         }
-        Cmd::Check { .. } | Cmd::Verify { .. } => unreachable!("handled in main"),
+        _ => unreachable!("not a membership command"),
     }
 }
 

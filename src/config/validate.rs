@@ -25,6 +25,22 @@ struct Replica {
     low_priority: bool,
 }
 
+/// `--quorum` against `members` (replicas and witness): the members mutations need, and
+/// whether it is `auto` (a majority, kept one as members join or leave online).
+fn resolve_quorum(
+    quorum: Option<crate::rules::quorum::Setting>,
+    members: usize,
+) -> Result<(Option<u16>, bool), ConfigError> {
+    let Some(q) = quorum else {
+        return Ok((None, false));
+    };
+    let n = crate::rules::quorum::required(q, members)
+        .map_err(|e| ConfigError::new(format!("chironfs: invalid --quorum: {e}")))?;
+    // At most the member count, which never nears u16::MAX.
+    let n = u16::try_from(n).unwrap_or(u16::MAX);
+    Ok((Some(n), q == crate::rules::quorum::Setting::Auto))
+}
+
 /// Checks every rule that needs the real directories (existence, type, duplicates, nesting,
 /// placement of the daemon's files) and produces the final [`Config`].
 pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
@@ -105,17 +121,9 @@ pub(super) fn validate(draft: Draft) -> Result<Config, ConfigError> {
     config.force_source = force_source
         .map(|given| replica_index(&given, &replicas))
         .transpose()?;
-    config.quorum_auto = quorum == Some(crate::rules::quorum::Setting::Auto);
-    config.quorum = quorum
-        .map(|q| {
-            // One majority rule with the lease: the witness is a member too.
-            let members = replicas.len() + usize::from(config.witness.is_some());
-            let n = crate::rules::quorum::required(q, members)
-                .map_err(|e| ConfigError::new(format!("chironfs: invalid --quorum: {e}")))?;
-            // At most the replica count, which never nears u16::MAX.
-            Ok(u16::try_from(n).unwrap_or(u16::MAX))
-        })
-        .transpose()?;
+    // One majority rule with the lease: the witness is a member too.
+    let members = replicas.len() + usize::from(config.witness.is_some());
+    (config.quorum, config.quorum_auto) = resolve_quorum(quorum, members)?;
     if let Some(lease) = config.lease_time {
         let least = crate::rules::lease::Timing::minimum_lease(config.timeout);
         if lease < least {

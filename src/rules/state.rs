@@ -446,22 +446,8 @@ pub fn plan(
     }
     check_one_set(&seen, &known)?;
     // Replicas that left the set are never served, nor chosen as the source.
-    let mut left: Vec<usize> = known
-        .iter()
-        .copied()
-        .filter(|&i| seen.record(i).is_some_and(|r| r.left))
-        .collect();
+    let mut left = marked_left(&seen, &known)?;
     let known: Vec<usize> = known.into_iter().filter(|i| !left.contains(i)).collect();
-    if known.is_empty() {
-        return Err(format!(
-            "every replica given that holds chironfs state left the replica set ({}): give \
-             its current members (their paths are in the {META_DIR}/state of any of them)",
-            left.iter()
-                .map(|&i| seen.names[i].as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
     let source = choose_source(&seen, &known, force_source)?;
     let reference = seen.record(source).expect("the source holds a record");
     // A replica removed while it did not answer holds no `left` mark: the source's members
@@ -495,48 +481,13 @@ pub fn plan(
         gone: (0..found.len()).map(|i| left.contains(&i)).collect(),
         witnesses: reference.witnesses.clone(),
     };
-    for &i in &left {
-        notes.push((
-            log::Level::Warn,
-            format!(
-                "replica {} left the replica set (chironctl remove): it is not mounted; take it \
-                 off the command line (fstab, OCF replicas)",
-                seen.names[i]
-            ),
-        ));
-    }
-    let recorded: Vec<usize> = (0..found.len()).filter(|i| !left.contains(i)).collect();
-    let same_members = {
-        let mut now = membership.members();
-        let mut then = reference.members.clone();
-        now.sort();
-        then.sort();
-        now == then
-    };
-    if !same_members && !reference.members.is_empty() {
-        let ids: Vec<u64> = recorded.iter().map(|&i| membership.ids[i]).collect();
-        let absent: Vec<String> = reference
-            .members
-            .iter()
-            .filter(|(id, _)| !ids.contains(id))
-            .map(|(_, p)| p.display().to_string())
-            .collect();
-        if !absent.is_empty() {
-            notes.push((
-                log::Level::Warn,
-                format!(
-                    "members of the replica set at generation {} not given: {} (they leave the \
-                     set; chironctl add brings one back)",
-                    reference.generation.number,
-                    absent.join(", ")
-                ),
-            ));
-        }
-    }
-    if !same_members && !reference.members.is_empty() {
-        // A member joined or left since the record: recorded at a new generation.
-        membership.bump(fresh());
-    }
+    notes.extend(member_changes(
+        &seen,
+        &left,
+        &mut membership,
+        reference,
+        fresh,
+    ));
     if membership.change(&verdict.in_service, fresh()) {
         notes.push((
             log::Level::Warn,
@@ -571,6 +522,80 @@ pub fn plan(
         in_flight_unknown,
         left,
     })
+}
+
+/// The replicas among `known` whose record says they left the set; Err (one sentence) when
+/// every one did.
+fn marked_left(seen: &Seen, known: &[usize]) -> Result<Vec<usize>, String> {
+    let left: Vec<usize> = known
+        .iter()
+        .copied()
+        .filter(|&i| seen.record(i).is_some_and(|r| r.left))
+        .collect();
+    if left.len() < known.len() {
+        return Ok(left);
+    }
+    Err(format!(
+        "every replica given that holds chironfs state left the replica set ({}): give its \
+         current members (their paths are in the {META_DIR}/state of any of them)",
+        left.iter()
+            .map(|&i| seen.names[i].as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// How the members given differ from those `reference` recorded, in log lines: each replica
+/// that `left` (not mounted), and recorded members not given. A difference is recorded at a
+/// new generation (with `fresh`) in `membership`. Records without members (older ones) say
+/// nothing of who is a member: nothing to compare.
+fn member_changes(
+    seen: &Seen,
+    left: &[usize],
+    membership: &mut Membership,
+    reference: &StateRecord,
+    fresh: &mut dyn FnMut() -> u64,
+) -> Vec<(log::Level, String)> {
+    let mut notes: Vec<(log::Level, String)> = left
+        .iter()
+        .map(|&i| {
+            (
+                log::Level::Warn,
+                format!(
+                    "replica {} left the replica set (chironctl remove): it is not mounted; take \
+                     it off the command line (fstab, OCF replicas)",
+                    seen.names[i]
+                ),
+            )
+        })
+        .collect();
+    let mut now = membership.members();
+    let mut then = reference.members.clone();
+    now.sort();
+    then.sort();
+    if now == then || reference.members.is_empty() {
+        return notes;
+    }
+    let ids: Vec<u64> = now.iter().map(|(id, _)| *id).collect();
+    let absent: Vec<String> = then
+        .iter()
+        .filter(|(id, _)| !ids.contains(id))
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    if !absent.is_empty() {
+        notes.push((
+            log::Level::Warn,
+            format!(
+                "members of the replica set at generation {} not given: {} (they leave the set; \
+                 chironctl add brings one back)",
+                reference.generation.number,
+                absent.join(", ")
+            ),
+        ));
+    }
+    // A member joined or left since the record: recorded at a new generation.
+    membership.bump(fresh());
+    notes
 }
 
 /// The replicas that answer with their state must include a majority of those the newest
