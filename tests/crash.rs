@@ -27,16 +27,6 @@ fn record(i: u64) -> Vec<u8> {
     r
 }
 
-/// kill -9 of the mount's daemon; returns once it is gone and its mount point is unmounted.
-fn kill_daemon_and_unmount(m: &Mount) {
-    let pid = nix::unistd::Pid::from_raw(m.pid);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        nix::sys::signal::kill(pid, None).is_err()
-    }));
-    force_unmount(&m.mnt);
-}
-
 /// The fsx binary (`cargo install fsx`): on PATH or in cargo's bin directory.
 fn fsx_bin() -> PathBuf {
     let home = std::env::var("CARGO_HOME")

@@ -416,3 +416,55 @@ fn a_witness_joins_is_replaced_and_leaves_online() {
     assert_all_in_service(&m);
     assert_verified(&m);
 }
+
+#[test]
+fn a_daemon_killed_while_a_replica_joins_loses_nothing_and_the_join_ends_by_resync() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = MountBuilder::new(2).arg("--resync-rate").arg("1M").start();
+    for i in 0..8 {
+        fs::write(m.path(&format!("big{i}")), vec![i as u8; 1 << 20]).unwrap();
+    }
+    let (r0, r1) = (m.replicas[0].clone(), m.replicas[1].clone());
+    let r2 = m.tmp.path().join("r2");
+    fs::create_dir(&r2).unwrap();
+    let writer = Writer::start(&m.mnt, "w");
+    ctl_ok(&m, &["add", r2.to_str().unwrap()]);
+    // Killed while the new replica is being filled (8 MiB at 1 MiB/s).
+    assert!(wait_until(Duration::from_secs(10), || {
+        m.snapshot().replicas.iter().any(|r| {
+            r.resync
+                .as_ref()
+                .is_some_and(|p| p.state == "running" && p.bytes > 0)
+        })
+    }));
+    // Writes go on meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    let acked = writer.finish();
+    kill_daemon_and_unmount(&m);
+
+    // The old command line: the member that was joining is mounted from its recorded path,
+    // out of service (it is not filled), and nothing acknowledged is missing.
+    m.restart_with(&[r0.clone(), r1.clone()], &[]).unwrap();
+    let now = members(&m);
+    assert_eq!(
+        now,
+        vec![
+            (path_of(&r0), true),
+            (path_of(&r1), true),
+            (path_of(&r2), false)
+        ],
+        "{}",
+        m.log_text()
+    );
+    assert!(
+        m.log_text()
+            .contains("not on the command line: mounted from its recorded path")
+    );
+    assert_acked(&acked, &m.mnt, &[r0.clone(), r1.clone()]);
+    ctl_ok(&m, &["resync", "2", "--wait", "--rate", "0"]);
+    assert_all_in_service(&m);
+    assert_acked(&acked, &m.mnt, &[r0, r1, r2]);
+    assert_verified(&m);
+}

@@ -455,6 +455,16 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     );
 }
 
+/// kill -9 of the mount's daemon; returns once it is gone and its mount point is unmounted.
+pub fn kill_daemon_and_unmount(m: &Mount) {
+    let pid = nix::unistd::Pid::from_raw(m.pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        nix::sys::signal::kill(pid, None).is_err()
+    }));
+    force_unmount(&m.mnt);
+}
+
 /// Asserts that every replica of `m` is in service and not stale.
 pub fn assert_all_in_service(m: &Mount) {
     let s = m.snapshot();
