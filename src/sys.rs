@@ -917,6 +917,19 @@ pub fn redirect_stdio(target: BorrowedFd<'_>) {
     }
 }
 
+/// Makes the descriptor `fd` (whose owner keeps it) refer to /dev/null from now on: its old
+/// file (a replica's directory) is let go, so that its filesystem can be unmounted, while any
+/// late `*at` call through the number fails with ENOTDIR instead of reaching another file.
+pub fn retarget_to_null(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto a descriptor number its owner keeps open (it closes it later, now
+    // /dev/null); the swap is atomic, so no other file can take the number meanwhile.
+    if unsafe { libc::dup2(null.as_raw_fd(), fd.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Time since boot, suspend included (CLOCK_BOOTTIME): the clock the ownership lease is
 /// observed on, which never jumps with the wall clock and keeps counting through a suspend.
 pub fn boottime() -> std::time::Duration {

@@ -124,6 +124,18 @@ fn members(m: &Mount) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// The files process `pid` holds open under `dir`.
+fn open_under(pid: i32, dir: &Path) -> Vec<PathBuf> {
+    let dir = fs::canonicalize(dir).unwrap();
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+                .filter(|target| target.starts_with(&dir))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn path_of(p: &Path) -> String {
     fs::canonicalize(p).unwrap().display().to_string()
 }
@@ -229,6 +241,12 @@ fn add_remove_and_restart_keep_every_acknowledged_write() {
     assert!(r0.join("tree/d0/f0").exists());
     let left = syslog.wait_line("warning", &[&path_of(&r0), "left the replica set of"]);
     assert!(left.is_some(), "{}", syslog.messages());
+    // The daemon holds nothing open in it any more: its filesystem could be unmounted.
+    assert!(
+        wait_until(Duration::from_secs(5), || open_under(m.pid, &r0).is_empty()),
+        "still open: {:?}",
+        open_under(m.pid, &r0)
+    );
     assert_verified(&m);
 
     // The last up-to-date copy stays.

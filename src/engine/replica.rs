@@ -228,6 +228,24 @@ impl Replica {
     pub fn mark_left(&self) {
         self.left.store(true, Ordering::Release);
         self.set_role(String::new());
+        self.dirs.drop_all();
+    }
+
+    /// Lets go of its directory once it left and its last records are written, on one of its
+    /// workers (a dead server holds that worker, never the caller): its filesystem can then
+    /// be unmounted.
+    pub fn release_root(self: &Arc<Self>) {
+        let replica = Arc::clone(self);
+        self.submit(Box::new(move || {
+            if let Some(root) = replica.root.get()
+                && let Err(e) = sys::retarget_to_null(root.fd.as_fd())
+            {
+                log::warn!(
+                    "replica {} left but its directory stays open: {e}",
+                    replica.path.display()
+                );
+            }
+        }));
     }
 
     /// What a membership change is doing with it, if anything.

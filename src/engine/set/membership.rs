@@ -315,6 +315,7 @@ impl ReplicaSet {
                     .and_then(|root| meta_files::write_state(root, &record))
             })
         });
+        w.release_root();
         let marked = match written {
             Some(Some(Ok(()))) => "its state says it left".to_string(),
             Some(Some(Err(e))) => format!("its state could not be marked ({e})"),
@@ -437,6 +438,14 @@ impl ReplicaSet {
         if let Some(lease) = self.lease.get() {
             lease.remove_replica(r);
         }
+        // Its last records written, its journal and its directory are let go (on its own
+        // workers: a close on a dead server may block), so that its filesystem can be
+        // unmounted.
+        if let Some(rec) = self.journal.get() {
+            let rec = Arc::clone(rec);
+            r.submit(Box::new(move || rec.detach(index)));
+        }
+        r.release_root();
         self.members_changed();
         log::warn!(
             "replica {} left the replica set of {} (chironctl remove): generation \

@@ -84,6 +84,7 @@ impl ReplicaSet {
                     if let Some(lease) = self.lease.get() {
                         lease.remove_replica(r);
                     }
+                    r.release_root();
                 }
                 Some(why) => {
                     self.take_out_status(i, why.clone(), true, TakeOut::AtMount);
