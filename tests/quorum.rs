@@ -231,6 +231,10 @@ fn a_witness_keeps_one_replica_writing_and_refuses_the_other_alone() {
     let (r0, r1) = (m.replicas[0].clone(), m.replicas[1].clone());
     let empty = m.tmp.path().join("empty");
     fs::create_dir(&empty).unwrap();
+    // Out of reach, also at the path the records give for it (a recorded member the command
+    // line does not name is mounted from there).
+    let away = m.tmp.path().join("r0-out-of-reach");
+    fs::rename(&r0, &away).unwrap();
     let err = m
         .restart_with(
             &[r1.clone(), empty.clone()],
@@ -245,6 +249,7 @@ fn a_witness_keeps_one_replica_writing_and_refuses_the_other_alone() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "one sentence: {err}");
     assert!(!is_mounted(&m.mnt));
+    fs::rename(&away, &r0).unwrap();
 
     // Both replicas again: replica 1 is stale, resynced, and nothing acknowledged is lost.
     m.restart_with(

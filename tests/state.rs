@@ -185,11 +185,15 @@ fn a_split_brain_is_refused_until_the_survivor_is_named() {
     // a goes on alone...
     ctl_ok(&m, &["disable", "1"]);
     fs::write(m.path("f"), b"written on a").unwrap();
-    // ...and so does b, mounted elsewhere with a new replica while a was away.
+    // ...and so does b, mounted elsewhere with a new replica while a was away (out of reach,
+    // also at the path the records give for it).
     let c = new_dir(&m, "c");
+    let away = m.tmp.path().join("a-out-of-reach");
+    fs::rename(&a, &away).unwrap();
     m.restart_with(&[b.clone(), c.clone()], &[]).unwrap();
     assert_eq!(m.snapshot().replicas[0].state, ReplicaState::InService);
     fs::write(m.path("f"), b"written on b").unwrap();
+    fs::rename(&away, &a).unwrap();
     // Together again: refused, naming both.
     let err = m.restart_with(&[a.clone(), b.clone()], &[]).unwrap_err();
     assert!(

@@ -126,19 +126,23 @@ pub fn open(config: &Config) -> Result<Members, String> {
 /// are dropped by the mount-time plan. Each one added is logged, with what to update.
 pub fn add_recorded(config: &Config, members: &mut Members) -> Result<(), String> {
     let given = &members.all[..members.replicas];
-    let records: Vec<StateRecord> = given
+    // Per replica given: its record, None for none (a new directory); Err when it cannot be
+    // read (its server is dead, say): then who it is stays unknown.
+    let found: Vec<Result<Option<StateRecord>, ()>> = given
         .iter()
-        .filter(|r| r.is_open())
-        .filter_map(|r| {
-            r.call_within(config.timeout, |r| {
-                match r.root().map(meta_files::read_state) {
-                    Ok(Found::Record(rec)) => Some(rec),
-                    _ => None,
-                }
+        .map(|r| {
+            if !r.is_open() {
+                return Err(());
+            }
+            r.call_within(config.timeout, |r| match r.root().map(meta_files::read_state) {
+                Ok(Found::Record(rec)) => Ok(Some(rec)),
+                Ok(Found::Missing { .. }) => Ok(None),
+                _ => Err(()),
             })
-            .flatten()
+            .unwrap_or(Err(()))
         })
         .collect();
+    let records: Vec<StateRecord> = found.iter().flatten().flatten().cloned().collect();
     let Some(newest) = records
         .iter()
         .filter(|r| !r.left)
@@ -161,6 +165,20 @@ pub fn add_recorded(config: &Config, members: &mut Members) -> Result<(), String
         })
         .map(|(_, path)| path)
         .collect();
+    if !extra.is_empty() && found.iter().any(Result::is_err) {
+        // One of them may be the replica given that cannot be read: mounting it again from
+        // its recorded path would count it twice.
+        log::warn!(
+            "members recorded but not on the command line ({}) are not mounted this time: a \
+             replica given cannot be read, and it may be one of them",
+            extra
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
     for path in extra {
         let index = members.replicas;
         let r = Replica::unopened(index, path.clone(), false, config.threads + 2).map_err(|e| {
