@@ -172,12 +172,14 @@ fn run_membership(cli: &Cli) -> Result<String, String> {
             path,
             witness,
             wait,
+            rate,
         } => {
             let r = ask(
                 cli,
                 &Request::Add {
                     path: absolute(&path.display().to_string()),
                     witness: *witness,
+                    rate: *rate,
                 },
             )?;
             let added = r.message.unwrap_or_default();
@@ -196,7 +198,12 @@ fn run_membership(cli: &Cli) -> Result<String, String> {
             )?;
             Ok(r.message.map(|m| m + "\n").unwrap_or_default())
         }
-        Cmd::Replace { old, new, wait } => {
+        Cmd::Replace {
+            old,
+            new,
+            wait,
+            rate,
+        } => {
             let before = snapshot_of(ask(cli, &Request::Status)?)?;
             let old_path = find_member(&before, old).map(|r| r.path.clone());
             let r = ask(
@@ -204,6 +211,7 @@ fn run_membership(cli: &Cli) -> Result<String, String> {
                 &Request::Replace {
                     old: absolute(old),
                     new: absolute(&new.display().to_string()),
+                    rate: *rate,
                 },
             )?;
             let started = r.message.unwrap_or_default();

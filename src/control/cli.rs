@@ -85,6 +85,10 @@ pub enum Cmd {
         /// Wait until it is in service, printing the resync's progress; exit 1 if it fails.
         #[arg(long)]
         wait: bool,
+        /// Limit its resync's content copy to RATE bytes per second (as `resync --rate`)
+        /// [default: the daemon's --resync-rate]
+        #[arg(long, value_name = "RATE", value_parser = crate::rules::throttle::parse_rate)]
+        rate: Option<u64>,
     },
     /// Remove a replica (or the witness) while the mount serves. Refused if it holds the last
     /// up-to-date copy or its leaving would break the quorum or the lease's majority. Its directory is left
@@ -104,6 +108,10 @@ pub enum Cmd {
         /// Wait until OLD has left, printing the resync's progress; exit 1 if it fails.
         #[arg(long)]
         wait: bool,
+        /// Limit NEW's resync's content copy to RATE bytes per second (as `resync --rate`)
+        /// [default: the daemon's --resync-rate]
+        #[arg(long, value_name = "RATE", value_parser = crate::rules::throttle::parse_rate)]
+        rate: Option<u64>,
     },
     /// Compare the replicas path by path (type, size, mode, owner, mtime, symlink target,
     /// device, xattrs, hard links; with --content the bytes) while the mount keeps serving.

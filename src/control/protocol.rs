@@ -77,6 +77,10 @@ pub enum Request {
         /// A witness rather than a data replica.
         #[serde(default)]
         witness: bool,
+        /// Content bytes per second for its resync (0: no limit); absent: the daemon's
+        /// `--resync-rate`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u64>,
     },
     /// Remove a member online (`chironctl remove`); its directory is left as it is.
     Remove {
@@ -92,6 +96,9 @@ pub enum Request {
         old: String,
         /// Absolute path of the new directory.
         new: String,
+        /// Content bytes per second for the new replica's resync, as for `add`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u64>,
     },
 }
 

@@ -64,9 +64,13 @@ pub fn dispatch(handler: &dyn ControlHandler, req: Request) -> Response {
         Request::Enable { replica, force } => answer(handler.enable(&replica, force)),
         Request::Disable { replica } => answer(handler.disable(&replica)),
         Request::Resync { replica, rate } => answer(handler.resync(&replica, rate)),
-        Request::Add { path, witness } => answer(handler.add(&path, witness)),
+        Request::Add {
+            path,
+            witness,
+            rate,
+        } => answer(handler.add(&path, witness, rate)),
         Request::Remove { replica } => answer(handler.remove(&replica)),
-        Request::Replace { old, new } => answer(handler.replace(&old, &new)),
+        Request::Replace { old, new, rate } => answer(handler.replace(&old, &new, rate)),
         Request::Verify {
             replica,
             content,

@@ -134,10 +134,12 @@ pub fn add_recorded(config: &Config, members: &mut Members) -> Result<(), String
             if !r.is_open() {
                 return Err(());
             }
-            r.call_within(config.timeout, |r| match r.root().map(meta_files::read_state) {
-                Ok(Found::Record(rec)) => Ok(Some(rec)),
-                Ok(Found::Missing { .. }) => Ok(None),
-                _ => Err(()),
+            r.call_within(config.timeout, |r| {
+                match r.root().map(meta_files::read_state) {
+                    Ok(Found::Record(rec)) => Ok(Some(rec)),
+                    Ok(Found::Missing { .. }) => Ok(None),
+                    _ => Err(()),
+                }
             })
             .unwrap_or(Err(()))
         })

@@ -232,10 +232,11 @@ pub trait ControlHandler: Send + Sync {
         Err("cannot verify: not supported here".into())
     }
     /// Adds a member online (`chironctl add`): the directory at `path` (absolute) joins out of
-    /// service and serves once its resync is done; `witness` asks for a witness instead of a
-    /// data replica. Ok carries a one-line message.
-    fn add(&self, path: &str, witness: bool) -> Result<String, String> {
-        let _ = witness;
+    /// service and serves once its resync (limited to `rate` bytes per second, as for
+    /// `resync`) is done; `witness` asks for a witness instead of a data replica. Ok carries a
+    /// one-line message.
+    fn add(&self, path: &str, witness: bool, rate: Option<u64>) -> Result<String, String> {
+        let _ = (witness, rate);
         Err(format!("cannot add {path}: not supported here"))
     }
     /// Removes a member online (`chironctl remove`), unless that would leave no up-to-date
@@ -243,10 +244,10 @@ pub trait ControlHandler: Send + Sync {
     fn remove(&self, replica: &str) -> Result<String, String> {
         Err(format!("cannot remove {replica}: not supported here"))
     }
-    /// Replaces a member online (`chironctl replace`): `new` is added and synced while `old`
-    /// serves, then `old` leaves.
-    fn replace(&self, old: &str, new: &str) -> Result<String, String> {
-        let _ = new;
+    /// Replaces a member online (`chironctl replace`): `new` is added and synced (at `rate`)
+    /// while `old` serves, then `old` leaves.
+    fn replace(&self, old: &str, new: &str, rate: Option<u64>) -> Result<String, String> {
+        let _ = (new, rate);
         Err(format!("cannot replace {old}: not supported here"))
     }
 }

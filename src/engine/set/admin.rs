@@ -156,19 +156,19 @@ impl ControlHandler for ReplicaSet {
         self.start_resync(replica, rate)
     }
 
-    fn add(&self, path: &str, witness: bool) -> Result<String, String> {
+    fn add(&self, path: &str, witness: bool, rate: Option<u64>) -> Result<String, String> {
         if witness {
             return self.add_witness(path, None);
         }
-        self.add_replica(path).map(|(_, answer)| answer)
+        self.add_replica(path, rate).map(|(_, answer)| answer)
     }
 
     fn remove(&self, replica: &str) -> Result<String, String> {
         self.remove_replica(replica)
     }
 
-    fn replace(&self, old: &str, new: &str) -> Result<String, String> {
-        self.replace_replica(old, new)
+    fn replace(&self, old: &str, new: &str, rate: Option<u64>) -> Result<String, String> {
+        self.replace_replica(old, new, rate)
     }
 
     /// Runs on the control-socket client's thread (never a FUSE thread); every step of the

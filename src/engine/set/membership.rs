@@ -76,11 +76,11 @@ impl ReplicaSet {
     /// `chironctl add PATH`: checks the directory (empty, or a former member of this set),
     /// adds it out of service, records the new membership on every member and starts its
     /// resync, after which it serves. Returns its index and the answer for the admin.
-    pub fn add_replica(&self, path: &str) -> Result<(usize, String), String> {
+    pub fn add_replica(&self, path: &str, rate: Option<u64>) -> Result<(usize, String), String> {
         let _one = self
             .one_change()
             .map_err(|why| format!("refusing to add {path}: {why}"))?;
-        self.add_member(path, None)
+        self.add_member(path, None, rate)
     }
 
     /// The right to make a membership change now; Err when another is being made.
@@ -95,11 +95,12 @@ impl ReplicaSet {
     }
 
     /// [`ReplicaSet::add_replica`]; `replacing`: the replica that leaves once this one is in
-    /// service (`chironctl replace`).
+    /// service (`chironctl replace`); `rate`: its resync's limit (None: `--resync-rate`).
     fn add_member(
         &self,
         path: &str,
         replacing: Option<Arc<Replica>>,
+        rate: Option<u64>,
     ) -> Result<(usize, String), String> {
         let refusing = |why: String| format!("refusing to add {path}: {why}");
         if let Some(why) = self.membership_busy() {
@@ -167,7 +168,7 @@ impl ReplicaSet {
             index,
             replacing: replacing.clone(),
         });
-        let answer = match self.start_resync(&index.to_string(), None) {
+        let answer = match self.start_resync(&index.to_string(), rate) {
             Ok(started) => format!(
                 "{} joined as replica {index}, out of service until its resync is done; {started}",
                 wanted.display()
@@ -347,7 +348,12 @@ impl ReplicaSet {
 
     /// `chironctl replace OLD NEW`: NEW is added and synced while OLD keeps serving (if it
     /// can), then OLD leaves, so the up-to-date copies never drop during the swap.
-    pub fn replace_replica(&self, old: &str, new: &str) -> Result<String, String> {
+    pub fn replace_replica(
+        &self,
+        old: &str,
+        new: &str,
+        rate: Option<u64>,
+    ) -> Result<String, String> {
         let refusing = |why: String| format!("refusing to replace {old}: {why}");
         let _one = self.one_change().map_err(refusing)?;
         if let Some(why) = self.membership_busy() {
@@ -362,7 +368,7 @@ impl ReplicaSet {
             return Ok(format!("{added}; {removed}"));
         }
         let old_r = Arc::clone(self.find(old)?);
-        let (_, added) = self.add_member(new, Some(Arc::clone(&old_r)))?;
+        let (_, added) = self.add_member(new, Some(Arc::clone(&old_r)), rate)?;
         log::warn!(
             "replacing replica {} by {new} on {}: it leaves once the new one is in service",
             old_r.path.display(),
