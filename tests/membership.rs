@@ -440,7 +440,7 @@ fn a_daemon_killed_while_a_replica_joins_loses_nothing_and_the_join_ends_by_resy
     if !can_mount() {
         return;
     }
-    let mut m = MountBuilder::new(2).arg("--resync-rate").arg("1M").start();
+    let mut m = MountBuilder::new(2).start();
     for i in 0..8 {
         fs::write(m.path(&format!("big{i}")), vec![i as u8; 1 << 20]).unwrap();
     }
@@ -448,7 +448,7 @@ fn a_daemon_killed_while_a_replica_joins_loses_nothing_and_the_join_ends_by_resy
     let r2 = m.tmp.path().join("r2");
     fs::create_dir(&r2).unwrap();
     let writer = Writer::start(&m.mnt, "w");
-    ctl_ok(&m, &["add", r2.to_str().unwrap()]);
+    ctl_ok(&m, &["add", r2.to_str().unwrap(), "--rate", "1M"]);
     // Killed while the new replica is being filled (8 MiB at 1 MiB/s).
     assert!(wait_until(Duration::from_secs(10), || {
         m.snapshot().replicas.iter().any(|r| {
