@@ -152,12 +152,7 @@ fn run(cli: &Cli) -> Result<String, String> {
                     rate: *rate,
                 },
             )?;
-            let started = r.message.unwrap_or_default();
-            if !*wait {
-                return Ok(started + "\n");
-            }
-            out(&format!("{started}\n"));
-            wait_resync(cli, replica)
+            then_follow(r, *wait, || wait_resync(cli, replica))
         }
         Cmd::Add { .. } | Cmd::Remove { .. } | Cmd::Replace { .. } => run_membership(cli),
         Cmd::Check { .. } | Cmd::Verify { .. } => unreachable!("handled in main"),
@@ -182,12 +177,7 @@ fn run_membership(cli: &Cli) -> Result<String, String> {
                     rate: *rate,
                 },
             )?;
-            let added = r.message.unwrap_or_default();
-            if !*wait {
-                return Ok(added + "\n");
-            }
-            out(&format!("{added}\n"));
-            follow_join(cli).map(|(done, _)| done)
+            then_follow(r, *wait, || follow_join(cli).map(|(done, _)| done))
         }
         Cmd::Remove { replica } => {
             let r = ask(
@@ -214,15 +204,11 @@ fn run_membership(cli: &Cli) -> Result<String, String> {
                     rate: *rate,
                 },
             )?;
-            let started = r.message.unwrap_or_default();
-            if !*wait {
-                return Ok(started + "\n");
-            }
-            out(&format!("{started}\n"));
-            let (done, _) = follow_join(cli)?;
-            out(&done);
-            let old_path = old_path.unwrap_or_else(|| absolute(old));
-            wait_left(cli, &old_path)
+            then_follow(r, *wait, || {
+                let (done, _) = follow_join(cli)?;
+                out(&done);
+                wait_left(cli, &old_path.unwrap_or_else(|| absolute(old)))
+            })
         }
         _ => unreachable!("not a membership command"),
     }
@@ -355,6 +341,21 @@ fn find_replica<'a>(s: &'a Snapshot, replica: &str) -> Option<&'a ReplicaSnapsho
         .iter()
         .find(|r| r.index.to_string() == wanted || r.path == wanted.trim_end_matches('/'))
         .or_else(|| s.replicas.iter().find(|r| r.resync.is_some()))
+}
+
+/// The daemon's answer `r` to a request that started something; with `wait`, printed at once
+/// and followed by `follow` until the end.
+fn then_follow(
+    r: Response,
+    wait: bool,
+    follow: impl FnOnce() -> Result<String, String>,
+) -> Result<String, String> {
+    let started = r.message.unwrap_or_default();
+    if !wait {
+        return Ok(started + "\n");
+    }
+    out(&format!("{started}\n"));
+    follow()
 }
 
 /// The member `replica` names (index or path), never another one.

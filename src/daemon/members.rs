@@ -196,12 +196,7 @@ pub fn add_recorded(config: &Config, members: &mut Members) -> Result<(), String
             path.display(),
             newest.generation.number
         );
-        let opened = open_all_within(&[Arc::clone(&r)], &[Some(config.timeout)], |_| {});
-        let why = match opened.into_iter().next() {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(format!("its directory did not open at start: {e}")),
-            None => Some("its directory did not open at start".to_string()),
-        };
+        let why = open_recorded(config, &r);
         members.all.insert(index, r);
         members.unreachable.insert(index, why);
         members.replicas += 1;
@@ -257,13 +252,18 @@ fn recorded_witnesses(config: &Config, members: &mut Members, newest: &StateReco
             path.display(),
             newest.generation.number
         );
-        let opened = open_all_within(&[Arc::clone(&w)], &[Some(config.timeout)], |_| {});
-        let why = match opened.into_iter().next() {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(format!("its directory did not open at start: {e}")),
-            None => Some("its directory did not open at start".to_string()),
-        };
+        let why = open_recorded(config, &w);
         members.all.push(w);
         members.unreachable.push(why);
+    }
+}
+
+/// Opens the root of a member found in the records (within `--timeout`): None once open,
+/// else why it starts without its directory (a path not there on this node, a dead server).
+fn open_recorded(config: &Config, member: &Arc<Replica>) -> Option<String> {
+    match open_all_within(&[Arc::clone(member)], &[Some(config.timeout)], |_| {}).pop() {
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some(format!("its directory did not open at start: {e}")),
+        None => Some("its directory did not open at start".to_string()),
     }
 }
