@@ -36,10 +36,19 @@ fi
 
 work=$(mktemp -d /tmp/chironfs-membership-bench.XXXXXX)
 writer=
+# unmount: unmounts the chironfs mount and waits (10 s at most) for its daemon to be gone.
+unmount() {
+    local i=0
+    fusermount -u "$work/mnt" 2>/dev/null || umount -l "$work/mnt" 2>/dev/null || true
+    while [ -e "$work/ctl.sock" ] && [ "$i" -lt 200 ]; do
+        sleep 0.05
+        i=$((i + 1))
+    done
+}
 cleanup() {
     [ -z "$writer" ] || kill "$writer" 2>/dev/null || true
-    fusermount -u "$work/mnt" 2>/dev/null || umount -l "$work/mnt" 2>/dev/null || true
-    umount "$work" 2>/dev/null || true
+    unmount
+    umount "$work" 2>/dev/null || umount -l "$work" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -85,12 +94,11 @@ kill "$writer"
 wait "$writer" 2>/dev/null || true
 writer=
 t=$(now)
-fusermount -u "$work/mnt"
-while [ -e "$work/ctl.sock" ]; do sleep 0.05; done
+unmount
 mountit "$work/r2=$work/r3"
 restart=$(since "$t")
 ctl verify --content >/dev/null
-fusermount -u "$work/mnt"
+unmount
 t=$(now); cp -a "$work/r2" "$work/copy"; copy=$(since "$t")
 
 cat <<EOF
@@ -100,7 +108,10 @@ online membership, $files files in $dirs directories, writer running (seconds)
 | chironctl add --wait (new replica filled) | $add |
 | chironctl remove | $remove |
 | chironctl replace --wait (new one filled, old one out) | $replace |
-| chironctl verify --content (3 -> 2 replicas) | $verify |
+| chironctl verify --content (the 2 replicas left) | $verify |
 | unmount + mount with the updated list | $restart |
 | reference: cp -a of one replica | $copy |
+
+The daemon's own account of the two resyncs (chironctl --wait polls every 50-400 ms):
 EOF
+grep -o 'back in service after resync ([^)]*)' "$work/log" | sed 's/^/    /'
