@@ -358,6 +358,20 @@ replica.1.errors=4
     }
 
     #[test]
+    fn a_membership_change_is_rendered_and_parsed_back() {
+        let mut s = sample();
+        s.replicas[1].membership = Some("leaving: replaced by /srv/c".into());
+        let text = render(&s);
+        assert!(
+            text.contains("\nreplica.1.membership=leaving: replaced by /srv/c\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text).unwrap(), s);
+        // Absent: no change (and older files).
+        assert!(!render(&sample()).contains("membership"));
+    }
+
+    #[test]
     fn quorum_is_rendered_and_parsed_back() {
         let mut s = sample();
         s.quorum = Some(2);
