@@ -1008,7 +1008,11 @@ mod tests {
         };
         assert_eq!(StateRecord::parse(&r.render()), Ok(r.clone()));
         // A hostile or torn members list is a bad record, never a member.
-        for bad in ["members=zz:/x", "members=0000000000000001", "witnesses=1:%G0"] {
+        for bad in [
+            "members=zz:/x",
+            "members=0000000000000001",
+            "witnesses=1:%G0",
+        ] {
             let text = format!("{}{bad}\n", r.render());
             assert!(StateRecord::parse(&text).is_err(), "{bad}");
         }

@@ -215,7 +215,7 @@ impl ReplicaSet {
         let path = Path::new(given.trim_end_matches('/'));
         lease
             .witness_at(path)
-            .or_else(|| lease.witness_at(&super::resolve_parent(path)?))
+            .or_else(|| lease.witness_at(&super::resolve_parent(path).ok()?))
     }
 
     /// `chironctl add --witness PATH`: the directory (empty, or a former member of this set)
@@ -553,16 +553,7 @@ impl ReplicaSet {
     /// control socket); refused when it is a member already, the witness, or overlaps the
     /// mount point.
     fn new_member_path(&self, given: &str) -> Result<PathBuf, String> {
-        let given = Path::new(given.trim_end_matches('/'));
-        if !given.is_absolute() {
-            return Err("give its absolute path".into());
-        }
-        let wanted = match (given.parent(), given.file_name()) {
-            (Some(dir), Some(name)) => std::fs::canonicalize(dir)
-                .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?
-                .join(name),
-            _ => return Err("the root directory cannot be a replica".into()),
-        };
+        let wanted = super::resolve_parent(Path::new(given.trim_end_matches('/')))?;
         if let Some(r) = self
             .replicas
             .iter()

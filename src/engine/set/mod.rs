@@ -112,15 +112,37 @@ pub(super) fn describe_fault(fault: Fault, timeout: Duration) -> String {
 }
 
 /// The path inside the mount, for log lines.
-/// `path` (absolute) with the symlinks of its parent resolved, never of itself: a stat of a
-/// replica would hang on a dead network mount, and with it the control socket. None for a
-/// relative path, the root, or a parent that cannot be resolved.
-pub(super) fn resolve_parent(path: &Path) -> Option<std::path::PathBuf> {
-    match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) if path.is_absolute() => {
-            std::fs::canonicalize(dir).ok().map(|d| d.join(name))
-        }
-        _ => None,
+/// How long the control socket waits for a path's parent to resolve: a parent on a dead
+/// network mount must not hold the admin's request (the thread asking stays behind, blocked
+/// in the kernel, and ends when the server answers).
+const RESOLVE_WITHIN: Duration = Duration::from_secs(2);
+
+/// `path` (absolute) with the symlinks of its parent resolved, never of itself (a stat of a
+/// replica would hang on a dead network mount), within [`RESOLVE_WITHIN`]. Err: why not, in
+/// words (a relative path, the root, a parent that cannot be resolved or does not answer).
+pub(super) fn resolve_parent(path: &Path) -> Result<std::path::PathBuf, String> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err("the root directory cannot be a replica".into());
+    };
+    if !path.is_absolute() {
+        return Err("give its absolute path".into());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asked = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(std::fs::canonicalize(&asked));
+        })
+        .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    match rx.recv_timeout(RESOLVE_WITHIN) {
+        Ok(Ok(d)) => Ok(d.join(name)),
+        Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", dir.display())),
+        Err(_) => Err(format!(
+            "{} gave {}",
+            dir.display(),
+            no_answer_within(RESOLVE_WITHIN)
+        )),
     }
 }
 
@@ -303,7 +325,7 @@ impl ReplicaSet {
     fn find_any(&self, replica: &str) -> Result<&Arc<Replica>, String> {
         let wanted = replica.trim_end_matches('/');
         let path = Path::new(wanted);
-        let resolved = resolve_parent(path);
+        let resolved = resolve_parent(path).ok();
         let literal = |r: &&Arc<Replica>| r.index.to_string() == wanted || r.path == path;
         let named = |r: &&Arc<Replica>| resolved.as_deref() == Some(r.path.as_path());
         let member = |r: &&Arc<Replica>| !r.is_left();

@@ -196,3 +196,28 @@ fn enabling_a_hung_replica_is_refused_within_the_deadline() {
     assert!(set.enable("1", false).is_ok());
     assert_eq!(states(set), [true, true]);
 }
+
+#[test]
+fn a_path_is_resolved_by_its_parent_only_and_within_a_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    // The parent's symlink is followed; the last component, which may not exist (or hang),
+    // is not looked at.
+    let got = super::resolve_parent(&link.join("absent")).unwrap();
+    assert_eq!(
+        got,
+        std::fs::canonicalize(dir.path()).unwrap().join("absent")
+    );
+    assert_eq!(
+        super::resolve_parent(Path::new("relative/x")).unwrap_err(),
+        "give its absolute path"
+    );
+    assert!(
+        super::resolve_parent(Path::new("/"))
+            .unwrap_err()
+            .contains("root")
+    );
+    let gone = super::resolve_parent(&dir.path().join("no/such")).unwrap_err();
+    assert!(gone.starts_with("cannot resolve"), "{gone}");
+}
