@@ -305,20 +305,22 @@ impl LeaseKeeper {
         record.renewal = renewal;
         let me = self.me.clone();
         let text = record.render();
+        // One open a member a round: read who holds it, and rewrite it unless a newer owner.
         let results = self.on_members(&ro, &ro.all(), move |r| {
-            let current = read_member(r)?;
-            if let Some(c) =
-                current.filter(|c| c.epoch > epoch || (c.epoch == epoch && !c.is(&me, epoch)))
-            {
-                return Ok(Some(c));
-            }
-            meta_files::overwrite(
+            meta_files::update(
                 r.root().map_err(|e| errno_words(&e))?,
                 lease::LEASE_FILE,
-                text.as_bytes(),
+                MAX_LEASE_FILE,
+                |current| {
+                    let current = current.map(parse_lease).transpose()?;
+                    match current
+                        .filter(|c| c.epoch > epoch || (c.epoch == epoch && !c.is(&me, epoch)))
+                    {
+                        Some(newer) => Ok((Some(newer), None)),
+                        None => Ok((None, Some(text.clone().into_bytes()))),
+                    }
+                },
             )
-            .map_err(|e| errno_words(&e))?;
-            Ok(None)
         });
         if let Some(newer) = results
             .iter()
@@ -434,18 +436,15 @@ impl LeaseKeeper {
         let text = self.record(Hold::Released).render();
         let all = ro.all();
         self.on_members(&ro, &all, move |r| {
-            match read_member(r)? {
-                Some(c) if c.is(&me, epoch) => {
-                    meta_files::overwrite(
-                        r.root().map_err(|e| errno_words(&e))?,
-                        lease::LEASE_FILE,
-                        text.as_bytes(),
-                    )
-                    .map_err(|e| errno_words(&e))?;
-                }
-                _ => {}
-            }
-            Ok(())
+            meta_files::update(
+                r.root().map_err(|e| errno_words(&e))?,
+                lease::LEASE_FILE,
+                MAX_LEASE_FILE,
+                |current| match current.map(parse_lease).transpose()? {
+                    Some(c) if c.is(&me, epoch) => Ok(((), Some(text.clone().into_bytes()))),
+                    _ => Ok(((), None)),
+                },
+            )
         });
         log::info!("released the replica set's lease (epoch {epoch})");
     }
@@ -786,10 +785,14 @@ fn read_member(r: &Replica) -> Read {
         MAX_LEASE_FILE,
     )? {
         None => Ok(None),
-        Some(data) => LeaseRecord::parse(&String::from_utf8_lossy(&data))
-            .map(Some)
-            .map_err(|e| format!("its lease file is not one: {e}")),
+        Some(data) => parse_lease(&data).map(Some),
     }
+}
+
+/// A member's lease file content, or why it is not one.
+fn parse_lease(data: &[u8]) -> Result<LeaseRecord, String> {
+    LeaseRecord::parse(&String::from_utf8_lossy(data))
+        .map_err(|e| format!("its lease file is not one: {e}"))
 }
 
 fn errno_words(e: &std::io::Error) -> String {

@@ -80,20 +80,65 @@ pub fn read(root: BorrowedFd<'_>, name: &str, cap: u64) -> Result<Option<Vec<u8>
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(format!("cannot open {META_DIR}: {}", words(&e))),
     };
-    let cname = CString::new(name).map_err(|_| format!("bad file name {name:?}"))?;
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
-    let fd = match sys::open_beneath(dir.as_fd(), &cname, flags, 0, true) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(format!(
-                "{META_DIR}/{name} is a symlink, not a regular file"
-            ));
+    match open_file(dir.as_fd(), name, flags)? {
+        None => Ok(None),
+        Some(fd) => content(fd.as_fd(), name, cap).map(Some),
+    }
+}
+
+/// Reads `.chironfs/NAME` beneath `root` and rewrites it in place through one open, so that a
+/// network replica pays one open and one close for both: `decide` gets what it holds (None:
+/// no such file) and says what to answer and what to write, if anything. The checks of
+/// [`read`] apply; a missing file is made by [`replace`]. Like [`overwrite`], readers may see
+/// a torn file while it is written. Err: words for a log line.
+pub fn update<T>(
+    root: BorrowedFd<'_>,
+    name: &str,
+    cap: u64,
+    decide: impl FnOnce(Option<&[u8]>) -> Result<(T, Option<Vec<u8>>), String>,
+) -> Result<T, String> {
+    let dir = meta_dir(root).map_err(|e| format!("cannot open {META_DIR}: {}", words(&e)))?;
+    let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let Some(fd) = open_file(dir.as_fd(), name, flags)? else {
+        let (answer, data) = decide(None)?;
+        if let Some(data) = data {
+            replace(root, name, &data, false, false)
+                .map_err(|e| format!("cannot write {META_DIR}/{name}: {}", words(&e)))?;
         }
-        Err(e) => return Err(format!("cannot open {META_DIR}/{name}: {}", words(&e))),
+        return Ok(answer);
     };
-    let st = sys::fstat(fd.as_fd())
-        .map_err(|e| format!("cannot stat {META_DIR}/{name}: {}", words(&e)))?;
+    let old = content(fd.as_fd(), name, cap)?;
+    let (answer, data) = decide(Some(&old))?;
+    if let Some(data) = data {
+        let written =
+            sys::pwrite_full(fd.as_fd(), &data, 0).and_then(|()| match old.len() > data.len() {
+                true => sys::ftruncate(fd.as_fd(), data.len() as u64),
+                false => Ok(()),
+            });
+        written.map_err(|e| format!("cannot write {META_DIR}/{name}: {}", words(&e)))?;
+    }
+    Ok(answer)
+}
+
+/// Opens `NAME` in the metadata directory `dir` with `flags` (which must hold O_NOFOLLOW):
+/// None when it does not exist; a symlink or another failure in words.
+fn open_file(dir: BorrowedFd<'_>, name: &str, flags: i32) -> Result<Option<OwnedFd>, String> {
+    let cname = CString::new(name).map_err(|_| format!("bad file name {name:?}"))?;
+    match sys::open_beneath(dir, &cname, flags, 0, true) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(format!(
+            "{META_DIR}/{name} is a symlink, not a regular file"
+        )),
+        Err(e) => Err(format!("cannot open {META_DIR}/{name}: {}", words(&e))),
+    }
+}
+
+/// The content of the open file `fd` (`NAME`): a regular file of at most `cap` bytes, else why
+/// not in words.
+fn content(fd: BorrowedFd<'_>, name: &str, cap: u64) -> Result<Vec<u8>, String> {
+    let st = sys::fstat(fd).map_err(|e| format!("cannot stat {META_DIR}/{name}: {}", words(&e)))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(format!(
             "{META_DIR}/{name} is {}, not a regular file",
@@ -106,14 +151,14 @@ pub fn read(root: BorrowedFd<'_>, name: &str, cap: u64) -> Result<Option<Vec<u8>
             st.st_size
         ));
     }
-    let data = sys::pread_full(fd.as_fd(), st.st_size as usize + 1, 0)
+    let data = sys::pread_full(fd, st.st_size as usize + 1, 0)
         .map_err(|e| format!("cannot read {META_DIR}/{name}: {}", words(&e)))?;
     if data.len() as u64 > cap {
         return Err(format!(
             "{META_DIR}/{name} grew past the {cap} bytes a chironfs file may be"
         ));
     }
-    Ok(Some(data))
+    Ok(data)
 }
 
 /// Replaces `.chironfs/NAME` beneath `root` atomically: a temp file written (and with
@@ -245,6 +290,47 @@ mod tests {
         );
         std::fs::write(dir.join(META_DIR).join(STATE_FILE), "junk").unwrap();
         assert!(matches!(read_state(fd), Found::Unreadable(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn update_reads_and_rewrites_through_one_open() {
+        let (dir, f) = root("update");
+        let fd = f.as_fd();
+        // Missing: decided on None, then made.
+        let seen = update(fd, "lease", 64, |old| {
+            Ok((old.is_none(), Some(b"first one".to_vec())))
+        });
+        assert_eq!(seen, Ok(true));
+        assert_eq!(read(fd, "lease", 64), Ok(Some(b"first one".to_vec())));
+        // Present: the old content decides; a shorter one leaves no tail.
+        let seen = update(fd, "lease", 64, |old| {
+            Ok((old.map(<[u8]>::to_vec), Some(b"two".to_vec())))
+        });
+        assert_eq!(seen, Ok(Some(b"first one".to_vec())));
+        assert_eq!(read(fd, "lease", 64), Ok(Some(b"two".to_vec())));
+        // Nothing to write: left as it is.
+        assert_eq!(update(fd, "lease", 64, |_| Ok(((), None))), Ok(()));
+        assert_eq!(read(fd, "lease", 64), Ok(Some(b"two".to_vec())));
+        // The checks of read: never followed, never past the cap, never a FIFO.
+        let meta = dir.join(META_DIR);
+        symlink("/etc/passwd", meta.join("link")).unwrap();
+        assert!(
+            update(fd, "link", 64, |_| Ok(((), None)))
+                .unwrap_err()
+                .contains("symlink")
+        );
+        std::fs::write(meta.join("big"), vec![b'x'; 100]).unwrap();
+        assert!(
+            update(fd, "big", 64, |_| Ok(((), None)))
+                .unwrap_err()
+                .contains("more than")
+        );
+        let fifo = CString::new(meta.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let why = update(fd, "fifo", 64, |_| Ok(((), Some(b"x".to_vec())))).unwrap_err();
+        assert!(why.contains("a FIFO"), "{why}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
