@@ -120,9 +120,6 @@ pub struct Replica {
     /// It left the set (`chironctl remove`, or found left at mount): out of service for good,
     /// never resynced, enabled or shown again; its index stays taken until the next mount.
     left: AtomicBool,
-    /// What an online membership change is doing with it ("joining", "leaving: replaced by
-    /// /srv/c"), shown by `chironctl status`; empty otherwise.
-    role: Mutex<String>,
 }
 
 /// An opened replica root.
@@ -188,7 +185,6 @@ impl Replica {
             local: AtomicBool::new(false),
             dirs: DirFds::default(),
             left: AtomicBool::new(false),
-            role: Mutex::default(),
         }))
     }
 
@@ -227,7 +223,6 @@ impl Replica {
     /// Marks it as having left the set: taken out of service first by the caller.
     pub fn mark_left(&self) {
         self.left.store(true, Ordering::Release);
-        self.set_role(String::new());
         self.dirs.drop_all();
     }
 
@@ -246,16 +241,6 @@ impl Replica {
                 );
             }
         }));
-    }
-
-    /// What a membership change is doing with it, if anything.
-    pub fn role(&self) -> Option<String> {
-        Some(self.role.lock().unwrap_or_else(|e| e.into_inner()).clone()).filter(|r| !r.is_empty())
-    }
-
-    /// Sets what a membership change is doing with it (empty: nothing).
-    pub fn set_role(&self, role: String) {
-        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = role;
     }
 
     /// Whether the root has been opened (at start, or since).
@@ -371,7 +356,7 @@ impl Replica {
             writes: self.writes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             resync: None,
-            membership: self.role(),
+            membership: None,
         }
     }
 }

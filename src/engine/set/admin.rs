@@ -47,6 +47,11 @@ impl ControlHandler for ReplicaSet {
         {
             r.resync = Some(run.snapshot());
         }
+        for (index, role) in self.membership_roles() {
+            if let Some(r) = replicas.iter_mut().find(|r| r.index == index) {
+                r.membership = Some(role);
+            }
+        }
         let in_service = replicas
             .iter()
             .filter(|r| r.state == ReplicaState::InService)

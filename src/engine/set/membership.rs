@@ -51,11 +51,10 @@ impl ReplicaSet {
         if self.membership_guard().is_none() {
             return Some("this replica set keeps no state".into());
         }
-        if let Some(r) = self.replicas.iter().find(|r| r.role().is_some()) {
+        if let Some(index) = self.joining().as_ref().map(|j| j.index) {
             return Some(format!(
-                "a membership change is in progress ({}: {})",
-                r.path.display(),
-                r.role().unwrap_or_default()
+                "a membership change is in progress ({} joining)",
+                self.replicas[index].path.display()
             ));
         }
         if let Some(run) = self.current_resync().filter(|r| !r.ended()) {
@@ -134,13 +133,10 @@ impl ReplicaSet {
                 true,
             )
         });
-        r.set_role(match &replacing {
-            Some(old) => format!("joining: replaces {}", old.path.display()),
-            None => "joining".into(),
+        *self.joining() = Some(Join {
+            index,
+            replacing: replacing.clone(),
         });
-        if let Some(old) = &replacing {
-            old.set_role(format!("leaving: replaced by {}", wanted.display()));
-        }
         let id = match joiner {
             Joiner::New => state::random_id(),
             Joiner::Former(id) => id,
@@ -164,10 +160,6 @@ impl ReplicaSet {
                 Joiner::Former(_) => "a former member".to_string(),
             }
         );
-        *self.joining() = Some(Join {
-            index,
-            replacing: replacing.clone(),
-        });
         let answer = match self.start_resync(&index.to_string(), rate) {
             Ok(started) => format!(
                 "{} joined as replica {index}, out of service until its resync is done; {started}",
@@ -175,10 +167,6 @@ impl ReplicaSet {
             ),
             Err(e) => {
                 self.joining().take();
-                r.set_role(String::new());
-                if let Some(old) = &replacing {
-                    old.set_role(String::new());
-                }
                 format!(
                     "{} joined as replica {index}, out of service; its resync did not start: {e} \
                      (chironctl resync {index}{})",
@@ -499,27 +487,46 @@ impl ReplicaSet {
         self.joining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What the change in progress does with each replica it involves, for the status:
+    /// `joining` (`joining: replaces OLD`) and `leaving: replaced by NEW`.
+    pub(super) fn membership_roles(&self) -> Vec<(usize, String)> {
+        let joining = self.joining();
+        let Some(j) = joining.as_ref() else {
+            return Vec::new();
+        };
+        let new = &self.replicas[j.index];
+        match &j.replacing {
+            None => vec![(j.index, "joining".into())],
+            Some(old) => vec![
+                (j.index, format!("joining: replaces {}", old.path.display())),
+                (
+                    old.index,
+                    format!("leaving: replaced by {}", new.path.display()),
+                ),
+            ],
+        }
+    }
+
     /// Called by the resync thread as the resync `run` ends, before it says so (so that a
-    /// `chironctl add --wait` that returns finds the change over): a joining replica's role
-    /// is cleared. Returns the replica it replaces, which leaves next
-    /// ([`ReplicaSet::retire_replaced`]).
+    /// `chironctl add --wait` that returns finds the change over): a plain join is over.
+    /// Returns the replica a replacement replaces, which leaves next; the change lasts until
+    /// then ([`ReplicaSet::retire_replaced`]).
     pub(super) fn join_ended(&self, run: &Run) -> Option<Arc<Replica>> {
         let mut joining = self.joining();
-        if joining.as_ref().is_none_or(|j| j.index != run.target) {
-            return None;
+        let j = joining.as_ref().filter(|j| j.index == run.target)?;
+        let replacing = j.replacing.clone();
+        if replacing.is_none() {
+            joining.take();
         }
-        let join = joining.take()?;
-        drop(joining);
-        self.replicas[run.target].set_role(String::new());
-        join.replacing
+        replacing
     }
 
     /// After the resync of a replacement (`run`) ended: the replaced replica `old` leaves if
-    /// the new one is in service; else both stay, logged.
+    /// the new one is in service; else both stay, logged. The change is over then.
     pub(super) fn retire_replaced(&self, run: &Run, old: &Arc<Replica>) {
         let new = &self.replicas[run.target];
         if !new.is_in_service() {
-            old.set_role(String::new());
+            self.joining().take();
             log::error!(
                 "replace of replica {} by {} stopped: its resync failed ({}); both stay \
                  members and {} serves as before (chironctl resync {}, then chironctl remove {})",
@@ -533,7 +540,7 @@ impl ReplicaSet {
             return;
         }
         let removed = self.remove_member(old);
-        old.set_role(String::new());
+        self.joining().take();
         match removed {
             Ok(done) => log::warn!(
                 "replaced replica {} by {}: {done}",
