@@ -841,6 +841,67 @@ fn hung_sshfs_body(m: &Mount, ssh: &Sshfs, syslog: &Syslog) {
     .unwrap();
 }
 
+/// On a network replica (any FUSE filesystem counts as one: here a faultfs) the times a write
+/// leaves are set once, at the file's release, which neither close(2) nor fsync waits for
+/// (each would cost SSHFS two or three round trips); meanwhile the mount shows the times every
+/// replica will have, not the server's own. Checked with the time setting hung on the metadata
+/// replica and that server's own mtime moved away.
+#[test]
+fn a_network_replica_gets_a_files_times_at_its_release_and_the_mount_shows_them_before() {
+    let Some((rig, _)) = faulty_replica_0() else {
+        return;
+    };
+    let ff = rig.faultfs.as_ref().unwrap();
+    let mut f = File::create(rig.path("new/timed")).unwrap();
+    f.write_all(b"timed").unwrap();
+    ff.set("setattr hang timed\n");
+    let f = in_thread("fsync", Duration::from_millis(1500), move || {
+        f.sync_all().unwrap();
+        f
+    });
+    assert_eq!(fs::read(rig.on(1, "new/timed")).unwrap(), b"timed");
+    // The local replica has the write's time at once: the one every replica must end with.
+    let want = fs::metadata(rig.on(1, "new/timed"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let on_server = rig.tmp.path().join("r0-src/new/timed");
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    File::options()
+        .write(true)
+        .open(&on_server)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    in_thread("close", Duration::from_millis(1500), move || drop(f));
+    let mnt = rig.path("new/timed");
+    let shown = in_thread("stat", Duration::from_millis(1500), move || {
+        fs::metadata(mnt).unwrap().modified().unwrap()
+    });
+    assert_eq!(shown, want, "the mount shows the server's own time");
+    assert_eq!(
+        fs::metadata(&on_server).unwrap().modified().unwrap(),
+        old,
+        "the time was set before the release (the rule holds it)"
+    );
+    ff.set("");
+    let settled = wait_until(Duration::from_secs(5), || {
+        fs::metadata(&on_server).unwrap().modified().unwrap() == want
+    });
+    assert!(
+        settled,
+        "the release did not set the time on the network replica"
+    );
+    assert_eq!(
+        fs::metadata(rig.path("new/timed"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        want
+    );
+    assert_all_in_service(&rig);
+}
+
 #[test]
 fn files_open_on_a_hung_replica_do_not_tie_up_the_daemon() {
     if !can_mount() {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 
+use crate::rules::order::Owed;
 use crate::sys::TimeSpec;
 
 /// The attributes of node `ino` as a replica's `stat` shows them: the number shown as
@@ -30,6 +31,32 @@ pub(super) fn attr(ino: u64, st: &libc::stat) -> FileAttr {
         flags: 0,
     }
 }
+
+/// `a`, made from the replica's `st`, with the times a file still owes its network replicas
+/// (see [`crate::rules::order`]) in place of those `st` shows, as that replica will keep
+/// them: in whole seconds where `st` has no fraction of a second in its ctime and mtime (SFTP
+/// carries seconds only; a filesystem keeping finer times stamps ctime itself, with them).
+pub(super) fn with_owed(mut a: FileAttr, st: &libc::stat, (atime, mtime): Owed) -> FileAttr {
+    let whole_seconds = st.st_ctime_nsec == 0 && st.st_mtime_nsec == 0;
+    let time = |nanos: i64| {
+        let nsec = if whole_seconds {
+            0
+        } else {
+            nanos.rem_euclid(NANOS)
+        };
+        to_time(nanos.div_euclid(NANOS), nsec)
+    };
+    if let Some(t) = atime {
+        a.atime = time(t);
+    }
+    if let Some(t) = mtime {
+        a.mtime = time(t);
+    }
+    a
+}
+
+/// Nanoseconds in a second.
+const NANOS: i64 = 1_000_000_000;
 
 /// A `stat` time (seconds and nanoseconds since the epoch, the seconds possibly negative).
 fn to_time(sec: i64, nsec: i64) -> SystemTime {
@@ -182,5 +209,28 @@ mod tests {
         assert_eq!((a.size, a.nlink, a.uid, a.gid), (4096, 3, 1001, 1002));
         assert_eq!(a.mtime, UNIX_EPOCH - Duration::from_secs(1));
         assert_eq!(a.crtime, UNIX_EPOCH);
+    }
+
+    #[test]
+    fn owed_times_replace_the_replicas_own_at_its_precision() {
+        let mut st = some_stat();
+        (st.st_mtime, st.st_ctime, st.st_atime) = (50, 50, 50);
+        (st.st_mtime_nsec, st.st_ctime_nsec, st.st_atime_nsec) = (0, 0, 0);
+        let owed = (Some(70 * NANOS + 5), Some(80 * NANOS + 123));
+        let whole = with_owed(attr(7, &st), &st, owed);
+        assert_eq!(whole.atime, UNIX_EPOCH + Duration::from_secs(70));
+        assert_eq!(
+            whole.mtime,
+            UNIX_EPOCH + Duration::from_secs(80),
+            "SFTP: seconds"
+        );
+        st.st_ctime_nsec = 4_000_000;
+        let fine = with_owed(attr(7, &st), &st, (None, Some(80 * NANOS + 123)));
+        assert_eq!(fine.mtime, UNIX_EPOCH + Duration::new(80, 123));
+        assert_eq!(
+            fine.atime,
+            UNIX_EPOCH + Duration::from_secs(50),
+            "not owed: as it is"
+        );
     }
 }

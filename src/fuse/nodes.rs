@@ -190,6 +190,11 @@ impl NodeTable {
         inner.nodes.get(&id).map(|n| n.is_dir)
     }
 
+    /// The node's ordering lock if it has one (a file no change has reached yet has none).
+    pub fn order_lock_if_any(&self, ino: u64) -> Option<Arc<OrderLock>> {
+        self.lock().nodes.get(&ino).and_then(|n| n.order.clone())
+    }
+
     /// The per-file ordering lock (held while a change of the file fans out).
     pub fn order_lock(&self, ino: u64) -> Arc<OrderLock> {
         let mut inner = self.lock();

@@ -157,7 +157,9 @@ impl ChironFs {
     }
 
     /// FLUSH (each close(2)): passed on to every replica only where a replica reports errors
-    /// at close (see [`ChironFs::flush_reports`]).
+    /// at close (see [`ChironFs::flush_reports`]). The times owed to network replicas are
+    /// paid at the release, which close(2) does not wait for: a round trip (two on SSHFS)
+    /// less per close; the attributes show them meanwhile ([`ChironFs::attr_of`]).
     pub(super) fn do_flush(&self, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
         // ENOSYS makes the kernel stop sending FLUSH: one round trip less per close(2).
         if !self.flush_reports {
@@ -169,10 +171,7 @@ impl ChironFs {
             _ => {}
         }
         reply_empty(
-            self.mutate_handle("flush", ino, fh, |r, fd, stamp| {
-                stamp.pay(r, fd);
-                sys::flush(fd)
-            }),
+            self.mutate_handle("flush", ino, fh, |_, fd, _| sys::flush(fd)),
             reply,
         );
     }
@@ -196,13 +195,12 @@ impl ChironFs {
         reply.ok();
     }
 
-    /// FSYNC (or fdatasync) on every replica.
+    /// FSYNC (or fdatasync) on every replica. The times owed to network replicas are left to
+    /// the release (see [`ChironFs::do_flush`]): on SSHFS setting them costs two or three
+    /// round trips the fsync would wait for (the client holds the inode for either).
     pub(super) fn do_fsync(&self, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         reply_empty(
-            self.mutate_handle("fsync", ino, fh, move |r, fd, stamp| {
-                stamp.pay(r, fd);
-                sys::fsync(fd, datasync)
-            }),
+            self.mutate_handle("fsync", ino, fh, move |_, fd, _| sys::fsync(fd, datasync)),
             reply,
         );
     }

@@ -176,7 +176,7 @@ impl ChironFs {
                     next as u64,
                     &e.name,
                     &self.ttl,
-                    &attr(id, &st),
+                    &self.attr_of(id, &st),
                     Generation(0),
                 );
                 if full {

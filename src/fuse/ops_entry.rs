@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use fuser::{Errno, Generation, INodeNo, RenameFlags, ReplyCreate, ReplyEmpty, ReplyEntry};
 
 use super::ChironFs;
-use super::attr::attr;
 use super::handles::OpenFile;
 use super::held::HeldInodes;
 use super::nodes::Place;
@@ -318,7 +317,7 @@ impl ChironFs {
         let decision = self.decide_io(id, wish);
         let backing = decision.backing.as_ref().map(|(b, _)| Arc::clone(b));
         let fh = self.register_open(id, file, decision.mode, decision.backing);
-        let attr = attr(id, &st);
+        let attr = self.attr_of(id, &st);
         match open_reply(decision.mode, backing, true, self.direct_writes) {
             (flags, Some(b)) => {
                 reply.created_passthrough(&self.ttl, &attr, Generation(0), fh, flags, &b)
@@ -469,7 +468,7 @@ impl ChironFs {
         match result {
             Ok(st) => {
                 self.nodes.link(ino.0, newparent.0, newname);
-                reply.entry(&self.ttl, &attr(ino.0, &st), Generation(0));
+                reply.entry(&self.ttl, &self.attr_of(ino.0, &st), Generation(0));
             }
             Err(e) => reply.error(e),
         }

@@ -16,7 +16,7 @@ use fuser::{
 };
 
 use super::ChironFs;
-use super::attr::{attr, time_spec};
+use super::attr::time_spec;
 use super::handles::OpenFile;
 use super::nodes::Place;
 use super::reach::{at, is_meta_dir, lstat, open_file};
@@ -151,7 +151,7 @@ impl ChironFs {
         reply: ReplyEntry,
     ) {
         let id = self.nodes.remember(parent.0, name, index, &st);
-        reply.entry(&self.ttl, &attr(id, &st), Generation(0));
+        reply.entry(&self.ttl, &self.attr_of(id, &st), Generation(0));
     }
 
     /// LOOKUP: `name` in `parent` as the metadata replica shows it; the state directory at the
@@ -186,7 +186,7 @@ impl ChironFs {
         });
         if let Some(file) = file {
             return match self.read_handle("getattr", file, sys::fstat) {
-                Ok(st) => reply.attr(&self.ttl, &attr(ino.0, &st)),
+                Ok(st) => reply.attr(&self.ttl, &self.attr_of(ino.0, &st)),
                 Err(e) => reply.error(e),
             };
         }
@@ -196,7 +196,7 @@ impl ChironFs {
         };
         let rel = path.clone();
         match self.read_meta("getattr", &path, move |r| lstat(r, &rel)) {
-            Ok((_, st)) => reply.attr(&self.ttl, &attr(ino.0, &st)),
+            Ok((_, st)) => reply.attr(&self.ttl, &self.attr_of(ino.0, &st)),
             Err(e) => reply.error(e),
         }
     }
@@ -233,7 +233,7 @@ impl ChironFs {
             change.run(r, place.as_ref(), handle.as_ref())
         });
         match result {
-            Ok(st) => reply.attr(&self.ttl, &attr(ino.0, &st)),
+            Ok(st) => reply.attr(&self.ttl, &self.attr_of(ino.0, &st)),
             Err(e) => reply.error(e),
         }
     }

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use fuser::{Errno, FileHandle, INodeNo, ReplyEmpty, Request};
+use fuser::{Errno, FileAttr, FileHandle, INodeNo, ReplyEmpty, Request};
 
 use super::ChironFs;
+use super::attr::{attr, with_owed};
 use super::handles::OpenFile;
 use super::nodes::Place;
 use super::open_flags;
@@ -52,6 +53,17 @@ impl ChironFs {
     /// See [`ChironFs::tree`]; taken by a rename that moves a directory.
     pub(super) fn tree_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
         self.tree.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The attributes the kernel is given for node `ino` found as `st` on a replica: with the
+    /// times it still owes its network replicas in place of those replica's own (a network
+    /// replica's copy shows its server's times until they are paid, at the release).
+    pub(super) fn attr_of(&self, ino: u64, st: &libc::stat) -> FileAttr {
+        let a = attr(ino, st);
+        match self.nodes.order_lock_if_any(ino) {
+            Some(order) => with_owed(a, st, order.shown()),
+            None => a,
+        }
     }
 
     /// The path of node `ino` (ENOENT once it has no name).
@@ -159,12 +171,14 @@ impl ChironFs {
             Some((offset, len)) => order.lock_range(offset, len),
             None => order.lock(),
         };
-        // Taken under the file's order lock, so the stamps of one file only go forward. A
-        // flush, fsync or release (alone in the file's order) pays what writes left owed.
-        let stamp = if matches!(op, "flush" | "fsync" | "release") {
-            Stamp::settling(&order)
-        } else {
-            Stamp::new(now(), &order)
+        // Taken under the file's order lock, so the stamps of one file only go forward. The
+        // release (alone in the file's order) pays what writes left owed; a flush or an fsync
+        // changes no time.
+        let settling = op == "release";
+        let stamp = match op {
+            "release" => Stamp::settling(&order),
+            "flush" | "fsync" => Stamp::unchanged(&order),
+            _ => Stamp::new(now(), &order),
         };
         let path = file.path();
         let job: ReplicaJob<T> = Arc::new(move |r: &Replica| {
@@ -172,12 +186,15 @@ impl ChironFs {
             job(r, fd.as_fd(), &stamp)
         });
         let creds = Credentials::root();
-        if write.is_some_and(|(_, len)| len >= BULK_WRITE as u64) {
+        let result = if write.is_some_and(|(_, len)| len >= BULK_WRITE as u64) {
             self.set.mutate_bulk(op, &path, &creds, job)
         } else {
             self.set.mutate(op, &path, &creds, job)
+        };
+        if settling {
+            order.settled();
         }
-        .map_err(Errno::from_i32)
+        result.map_err(Errno::from_i32)
     }
 }
 

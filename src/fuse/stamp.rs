@@ -156,7 +156,7 @@ pub(super) struct Stamp {
     order: Arc<OrderLock>,
     /// This write sets the mtime on network replicas too (see [`OrderLock::write_pays`]).
     pays: bool,
-    /// What a flush, fsync or release pays the network replicas (see [`Stamp::settling`]).
+    /// What a release pays the network replicas (see [`Stamp::settling`]).
     owed: Option<Owed>,
 }
 
@@ -173,7 +173,16 @@ impl Stamp {
         }
     }
 
-    /// For a flush, fsync or release (under the file's order lock, alone): takes the times
+    /// For an operation that changes no time (a flush, an fsync): nothing noted, nothing paid.
+    pub(super) fn unchanged(order: &Arc<OrderLock>) -> Self {
+        Stamp {
+            order: Arc::clone(order),
+            pays: false,
+            owed: None,
+        }
+    }
+
+    /// For a release (under the file's order lock, alone): takes the times
     /// the file's writes and creation left owed to its network replicas, for [`Stamp::pay`].
     pub(super) fn settling(order: &Arc<OrderLock>) -> Self {
         Stamp {

@@ -11,9 +11,11 @@
 //! On a network replica that stamp is a round trip of its own after every write (SSHFS: a
 //! SETSTAT, and an LSTAT first to learn the atime it must resend), so there the times are
 //! owed instead ([`OrderLock::owe_mtime`], [`OrderLock::owe_creation`]) and set once, when
-//! the file is flushed, synced or released ([`OrderLock::take_debt`]); a setattr that sets a
-//! time itself cancels what is owed of it ([`OrderLock::forgive`]). A write owes for at most
-//! [`OWED_AT_MOST`]: past it, the next write sets the time itself ([`OrderLock::write_pays`]).
+//! the file is released ([`OrderLock::take_debt`]), which close(2) does not wait for; until
+//! then the attributes the kernel is given show them ([`OrderLock::shown`]). A setattr that
+//! sets a time itself cancels what is owed of it ([`OrderLock::forgive`]). A write owes for at
+//! most [`OWED_AT_MOST`]: past it, the next write sets the time itself
+//! ([`OrderLock::write_pays`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -66,6 +68,8 @@ struct Debt {
     atime: Option<i64>,
     /// When the writes since the time was last set began (see [`OrderLock::write_pays`]).
     since: Option<Instant>,
+    /// What a release took and is setting now (see [`OrderLock::shown`]).
+    paying: Option<Owed>,
 }
 
 /// The times to set on a network replica's copy to pay what was owed: (atime, mtime) in
@@ -209,11 +213,33 @@ impl OrderLock {
         }
     }
 
-    /// Takes what is owed, to be set on every network replica now (None: nothing owed).
+    /// Takes what is owed, to be set on every network replica now (None: nothing owed); it
+    /// is still shown ([`OrderLock::shown`]) until [`OrderLock::settled`].
     pub fn take_debt(&self) -> Option<Owed> {
-        let debt = std::mem::take(&mut *self.debt());
+        let mut debt = self.debt();
         let mtime = debt.mtime.then(|| self.newest.load(Ordering::Acquire));
-        (debt.atime.is_some() || mtime.is_some()).then_some((debt.atime, mtime))
+        let atime = debt.atime.take();
+        debt.mtime = false;
+        debt.since = None;
+        let owed = (atime.is_some() || mtime.is_some()).then_some((atime, mtime));
+        debt.paying = owed;
+        owed
+    }
+
+    /// What [`OrderLock::take_debt`] took is set on every replica that answered.
+    pub fn settled(&self) {
+        self.debt().paying = None;
+    }
+
+    /// The times the file has on every replica once what is owed is paid: the network
+    /// replicas' copies show their servers' own times until then, so attributes read from
+    /// one of them are given these instead (None each: nothing owed of it).
+    pub fn shown(&self) -> Owed {
+        let debt = self.debt();
+        let (paying_atime, paying_mtime) = debt.paying.unwrap_or_default();
+        let mtime =
+            (debt.mtime || paying_mtime.is_some()).then(|| self.newest.load(Ordering::Acquire));
+        (debt.atime.or(paying_atime), mtime)
     }
 }
 
@@ -286,6 +312,30 @@ mod tests {
         assert_eq!(lock.take_debt(), None, "paid");
         lock.owe_mtime();
         assert_eq!(lock.take_debt(), Some((None, Some(300))));
+    }
+
+    #[test]
+    fn the_owed_times_are_shown_until_their_payment_is_settled() {
+        let lock = OrderLock::default();
+        assert_eq!(lock.shown(), (None, None), "nothing owed");
+        lock.owe_creation(100);
+        assert_eq!(lock.shown(), (Some(100), Some(100)));
+        lock.note_stamp(300);
+        lock.owe_mtime();
+        assert_eq!(lock.shown(), (Some(100), Some(300)));
+        assert_eq!(lock.take_debt(), Some((Some(100), Some(300))));
+        assert_eq!(
+            lock.shown(),
+            (Some(100), Some(300)),
+            "being paid: still shown"
+        );
+        lock.note_stamp(400);
+        assert_eq!(lock.shown(), (Some(100), Some(400)), "the newest stamp");
+        lock.settled();
+        assert_eq!(lock.shown(), (None, None), "paid");
+        lock.owe_mtime();
+        lock.forgive(false, true);
+        assert_eq!(lock.shown(), (None, None), "a time set itself is not owed");
     }
 
     #[test]
