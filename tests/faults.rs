@@ -902,6 +902,34 @@ fn a_network_replica_gets_a_files_times_at_its_release_and_the_mount_shows_them_
     assert_all_in_service(&rig);
 }
 
+/// A replica far slower than the other (a server across a WAN: here a faultfs answering 10
+/// ms late) serves no file's data once the health check has timed it: every open is served by
+/// the near one, where spreading opens over both made every other one as slow as the far one.
+#[test]
+fn a_far_replica_serves_no_files_data_while_a_near_one_can() {
+    let Some((rig, _)) = faulty_replica_0() else {
+        return;
+    };
+    rig.faultfs
+        .as_ref()
+        .unwrap()
+        .set("statfs 10ms\nread 10ms\nopen 10ms\n");
+    // The health check times each replica once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    for _ in 0..6 {
+        let before = rig.snapshot().replicas[1].reads;
+        let mut f = File::open(rig.path("pre/keep.txt")).unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut got).unwrap();
+        assert_eq!(got, keep_data());
+        assert!(
+            rig.snapshot().replicas[1].reads > before,
+            "an open was served by the far replica"
+        );
+    }
+    assert_all_in_service(&rig);
+}
+
 #[test]
 fn files_open_on_a_hung_replica_do_not_tie_up_the_daemon() {
     if !can_mount() {

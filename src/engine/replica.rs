@@ -111,6 +111,9 @@ pub struct Replica {
     /// The last health check failed but the replica was kept (nothing else could serve):
     /// logged once, not every second.
     pub health_failing: AtomicBool,
+    /// The health check's round trip, smoothed, in microseconds (0: not measured yet): a far
+    /// replica serves no file's data while a near one can (see [`crate::rules::select`]).
+    round_trip_us: AtomicU64,
     /// On a local filesystem (not NFS, FUSE/SSHFS, SMB, Ceph, 9P...): its jobs may run on the
     /// calling thread, saving two thread hand-offs per request. Network replicas, which can
     /// hang, always go through their own workers and the deadline.
@@ -182,6 +185,7 @@ impl Replica {
             stats: OpStats::default(),
             space: SpaceStats::default(),
             health_failing: AtomicBool::new(false),
+            round_trip_us: AtomicU64::new(0),
             local: AtomicBool::new(false),
             dirs: DirFds::default(),
             left: AtomicBool::new(false),
@@ -257,6 +261,27 @@ impl Replica {
     /// replica (for a local disk that must never hold a caller, and for tests of hangs).
     pub fn always_use_workers(&self) {
         self.local.store(false, Ordering::Relaxed);
+    }
+
+    /// Records a health check's round trip: a quarter of the way from the smoothed one (a
+    /// burst does not swing the choice of data replica; a lasting change does in seconds).
+    pub fn note_round_trip(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.round_trip_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 4 + sample / 4
+        };
+        self.round_trip_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// The smoothed round trip (None: not measured yet).
+    pub fn round_trip(&self) -> Option<std::time::Duration> {
+        match self.round_trip_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 
     /// The root directory fd, base of every `*at` call; ENOTCONN while it has not been opened

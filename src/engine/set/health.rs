@@ -102,7 +102,9 @@ impl ReplicaSet {
                     r.path.display()
                 );
             }
+            let asked = std::time::Instant::now();
             let st = sys::statvfs(r.root()?)?;
+            r.note_round_trip(asked.elapsed());
             // The capacity the metrics show, from the round trip made anyway.
             r.space.store(Space::of_statvfs(
                 st.f_frsize,

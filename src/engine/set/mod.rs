@@ -294,6 +294,7 @@ impl ReplicaSet {
                 index: r.index,
                 low_priority: r.low_priority,
                 readable: r.is_in_service(),
+                round_trip: r.round_trip(),
             })
             .collect()
     }

@@ -5,6 +5,7 @@
 //! ```text
 //! OP ERRNO [PATH-SUBSTRING]     fail OP with ERRNO (name like EIO, or a number)
 //! OP hang  [PATH-SUBSTRING]     block OP until the rule is removed
+//! OP NNms  [PATH-SUBSTRING]     delay OP by NN milliseconds, then do it (a far server)
 //! ```
 //!
 //! OP is a FUSE method name or one of the groups `all`, `mutations`, `reads`.
@@ -122,6 +123,7 @@ const ERRNOS: &[(&str, i32)] = &[
 pub enum Action {
     Fail(i32),
     Hang,
+    Delay(Duration),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,13 +167,18 @@ pub fn parse_line(line: &str) -> Result<Option<Rule>, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let (op, action) = match words.as_slice() {
         [op, action] | [op, action, _] => (*op, *action),
-        _ => return Err("expected `OP ERRNO|hang [PATH-SUBSTRING]`".into()),
+        _ => return Err("expected `OP ERRNO|hang|NNms [PATH-SUBSTRING]`".into()),
     };
     if !(OPS.contains(&op) || ["all", "mutations", "reads"].contains(&op)) {
         return Err(format!("unknown operation `{op}`"));
     }
+    let delay = action
+        .strip_suffix("ms")
+        .and_then(|ms| ms.parse::<u64>().ok());
     let action = if action == "hang" {
         Action::Hang
+    } else if let Some(ms) = delay {
+        Action::Delay(Duration::from_millis(ms))
     } else {
         Action::Fail(errno_from_name(action).ok_or(format!("unknown errno `{action}`"))?)
     };
@@ -253,8 +260,8 @@ impl Control {
         cache.rules.clone()
     }
 
-    /// Apply the first rule matching `op` on `paths`: `Err(errno)` to fail it, or
-    /// sleep while a `hang` rule matches (polling every 100 ms).
+    /// Apply the first rule matching `op` on `paths`: `Err(errno)` to fail it, sleep while a
+    /// `hang` rule matches (polling every 100 ms), or sleep once for a delay.
     pub fn check(&self, op: &str, paths: &[&str]) -> Result<(), i32> {
         loop {
             let rules = self.rules();
@@ -267,6 +274,10 @@ impl Control {
                 Some(Action::Fail(errno)) => return Err(errno),
                 Some(Action::Hang) if SHUTDOWN.load(Ordering::Relaxed) => return Err(libc::EIO),
                 Some(Action::Hang) => sleep(Duration::from_millis(100)),
+                Some(Action::Delay(d)) => {
+                    sleep(d);
+                    return Ok(());
+                }
             }
         }
     }
@@ -296,6 +307,10 @@ mod tests {
         );
         assert_eq!(rule("getattr EIO data/").path.as_deref(), Some("data/"));
         assert_eq!(rule("read hang").action, Action::Hang);
+        assert_eq!(
+            rule("statfs 10ms").action,
+            Action::Delay(Duration::from_millis(10))
+        );
         assert_eq!(rule("all 5").action, Action::Fail(5));
         assert_eq!(parse_line("# write EIO"), Ok(None));
         assert_eq!(parse_line("   "), Ok(None));
