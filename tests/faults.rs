@@ -689,6 +689,67 @@ fn o_tmpfile_on_a_set_with_an_sshfs_replica_is_eopnotsupp_and_blames_no_replica(
     drop(m);
 }
 
+/// renameat2(2) with `flags` through the mount; the errno on failure.
+fn rename2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let (a, b) = (c(from), c(to));
+    // SAFETY: two valid NUL-terminated paths; AT_FDCWD is ignored for absolute ones.
+    let ret = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// `mv` (coreutils 9 renames with RENAME_NOREPLACE) on a set of a local and an SSHFS replica:
+/// SSHFS, like NFS, takes no rename flags, and answered EINVAL where the local replica
+/// renamed, so every `mv` took the SSHFS replica out. RENAME_NOREPLACE now works on both;
+/// RENAME_EXCHANGE, which no network filesystem can do, is refused before any replica moves.
+#[test]
+fn mv_keeps_an_sshfs_replica_in_service_beside_a_local_one() {
+    if !can_mount() {
+        return;
+    }
+    let ssh = Sshfs::up(|_| {});
+    let m = MountBuilder::new(2).replica_path(1, ssh.mnt()).start();
+    fs::write(m.path("a"), "a").unwrap();
+    fs::write(m.path("b"), "b").unwrap();
+    let mv = Command::new("mv")
+        .arg(m.path("a"))
+        .arg(m.path("moved"))
+        .output()
+        .unwrap();
+    assert!(
+        mv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mv.stderr)
+    );
+    assert_eq!(
+        rename2(&m.path("moved"), &m.path("b"), libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        rename2(&m.path("moved"), &m.path("b"), libc::RENAME_EXCHANGE),
+        Err(libc::EINVAL)
+    );
+    for dir in [m.replicas[0].clone(), ssh.export()] {
+        assert_eq!(fs::read_to_string(dir.join("moved")).unwrap(), "a");
+        assert_eq!(fs::read_to_string(dir.join("b")).unwrap(), "b");
+        assert!(!dir.join("a").exists(), "{}", dir.display());
+    }
+    assert_all_in_service(&m);
+    drop(m);
+}
+
 /// Opens `rel` read-only on a handle whose data replica is `want` (the open's job is counted
 /// in that replica's reads; metadata is counted on replica 0 only).
 fn open_served_by(m: &Mount, rel: &str, want: usize) -> File {

@@ -414,6 +414,17 @@ impl ChironFs {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
+        // No network filesystem exchanges two names atomically (NFS and SSHFS answer EINVAL):
+        // asked of all, the local replicas would exchange and the others be taken out.
+        if exchange
+            && self
+                .set
+                .priority_order()
+                .iter()
+                .any(|&i| !self.set.replicas()[i].is_local())
+        {
+            return reply.error(Errno::EINVAL);
+        }
         // A file this rename replaces (the kernel looked it up) is evicted after the reply.
         let replaces_file =
             !exchange && self.nodes.child_is_dir(newparent.0, newname) == Some(false);
@@ -511,7 +522,24 @@ fn rename_job(from: &Place, to: &Place, bits: u32, holder: Option<HeldInodes>) -
                 if let Some(holder) = &holder {
                     holder.hold(r, new_dir, new_name);
                 }
-                sys::rename_at(old_dir, old_name, new_dir, new_name, bits)
+                match sys::rename_at(old_dir, old_name, new_dir, new_name, bits) {
+                    // A filesystem that takes no rename flags (NFS, SSHFS: EINVAL) gets
+                    // RENAME_NOREPLACE as a look and a plain rename: this daemon is its only
+                    // writer and holds both names' locks, so nothing comes in between.
+                    Err(e)
+                        if bits == libc::RENAME_NOREPLACE
+                            && e.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        match sys::lstat_at(new_dir, new_name) {
+                            Ok(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                                sys::rename_at(old_dir, old_name, new_dir, new_name, 0)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    done => done,
+                }
             })
         })
     })

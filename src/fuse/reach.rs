@@ -174,7 +174,6 @@ impl ChironFs {
         // Taken under the file's order lock, so the stamps of one file only go forward. The
         // release (alone in the file's order) pays what writes left owed; a flush or an fsync
         // changes no time.
-        let settling = op == "release";
         let stamp = match op {
             "release" => Stamp::settling(&order),
             "flush" | "fsync" => Stamp::unchanged(&order),
@@ -191,8 +190,10 @@ impl ChironFs {
         } else {
             self.set.mutate(op, &path, &creds, job)
         };
-        if settling {
-            order.settled();
+        match op {
+            "release" => order.settled(),
+            "fsync" => order.drained(),
+            _ => {}
         }
         result.map_err(Errno::from_i32)
     }

@@ -226,6 +226,13 @@ impl OrderLock {
         owed
     }
 
+    /// An fsync ended: no write is queued on any replica any more, so the writes since then
+    /// start a new age (see [`OrderLock::write_pays`]): a writer that syncs each write (a
+    /// database, a log) leaves its times to the release instead of paying every other write.
+    pub fn drained(&self) {
+        self.debt().since = None;
+    }
+
     /// What [`OrderLock::take_debt`] took is set on every replica that answered.
     pub fn settled(&self) {
         self.debt().paying = None;
@@ -354,7 +361,16 @@ mod tests {
         assert!(lock.take_debt().is_some());
         assert!(
             !lock.write_pays(t0 + OWED_AT_MOST * 5),
-            "paid by the flush: owes afresh"
+            "paid by the release: owes afresh"
+        );
+        lock.drained();
+        assert!(
+            !lock.write_pays(t0 + OWED_AT_MOST * 7),
+            "after an fsync: a new age"
+        );
+        assert!(
+            lock.owes() || lock.take_debt().is_none(),
+            "an fsync pays nothing"
         );
     }
 
