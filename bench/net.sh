@@ -124,7 +124,7 @@ done
 py_args+=(--transport "$transports")
 target=${CARGO_TARGET_DIR:-$root/target}
 if [ "$build" = 1 ]; then
-    (cd "$root" && cargo build --release --bin chironfs -p netdelay)
+    (cd "$root" && cargo build --release -p chironfs -p netdelay --bin chironfs --bin netdelay)
     [ "$want_nfs" = 0 ] || "$root/tools/fuse-nfs/build.sh" "$target/fuse-nfs"
 fi
 for b in release/chironfs release/netdelay; do
