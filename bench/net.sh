@@ -2,8 +2,8 @@
 # chironfs network benchmark: one command, as root (needs cargo, sshd, sshfs, fio; for NFS it
 # installs nfs-ganesha, rpcbind, libnfs-dev and libfuse-dev with apt-get when missing):
 #
-#     bench/net.sh --quick         # ~12 min on 2 cores: 1 round, small sizes, SSHFS and NFS
-#     bench/net.sh                 # 3 rounds, larger sizes (~60 min)
+#     bench/net.sh --quick         # ~22 min on 2 cores (SSHFS 6, NFS 15): 1 round, small sizes
+#     bench/net.sh                 # 3 rounds, larger sizes (over an hour with NFS)
 #     bench/net.sh --quick --transport nfs
 #
 # Runs in a private mount and network namespace. Per transport, starts 3 servers on 127.0.0.1,
