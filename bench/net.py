@@ -1,26 +1,37 @@
 #!/usr/bin/env python3
 """Network group of the chironfs benchmark. Run it through bench/net.sh (one command).
 
-Servers: N sshd on 127.0.0.1, each behind its own `netdelay` (tools/netdelay: a TCP proxy
-delaying every byte a settable time each way; this kernel has no netem). Every SSHFS mount
-(chironfs's replicas and the reference) uses the same cipher and options. For each delay:
+Servers, per transport, each on 127.0.0.1 behind its own `netdelay` (tools/netdelay: a TCP
+proxy delaying every byte a settable time each way; this kernel has no netem):
 
-- sshfs-1: ONE SSHFS mount of server 1 (the reference: ratios are system / sshfs-1);
-- chironfs-2, chironfs-3: chironfs over SSHFS mounts of servers 1..N.
+- sshfs: N sshd (internal-sftp); every SSHFS mount uses the same cipher and options;
+- nfs: N NFS-Ganesha (FSAL VFS, NFSv3 over TCP), mounted with fuse-nfs (tools/fuse-nfs, a
+  FUSE client over libnfs: this kernel has no NFS client). Ganesha cannot serve NFSv3 without
+  registering with rpcbind, so the run has its own rpcbind, in net.sh's private network
+  namespace, with a private /run (nothing reaches the host's rpcbind).
 
-Slow-replica case: server 1 at --slow ms, server 2 at --fast ms; per-operation latencies
-(median) of a 4 KiB read (cold), a 4 KiB write + fsync and a create, on sshfs-fast, sshfs-slow
-and chironfs over both (slow one listed first; and slow one as a `:` low-priority replica).
+For each delay and transport T (reference first; ratios are system / reference):
 
-Round trips: with --count (and always in the report), the SFTP requests each SSHFS mount sent
-per operation (sshfs -o sshfs_debug, client side), for create/write/close/chmod/rename/unlink.
+- T-1: ONE mount of server 1 (sshfs-1, nfs-1);
+- chironfs over 2 and 3 mounts of servers 1..N (chironfs-2, chironfs-3 over SSHFS;
+  chironfs-nfs-2, chironfs-nfs-3 over NFS).
 
-CPU: the CPU time (user+sys) of every process of the system (chironfs, sshfs and its ssh,
-the sshd sessions, the proxies), per MB moved, next to each throughput.
+Slow-replica case, per transport: server 1 at --slow ms, server 2 at --fast ms; per-operation
+latencies (median) of a 4 KiB read (cold), a 4 KiB write + fsync and a create, on one mount of
+the fast and of the slow server and chironfs over both (slow one listed first; and slow one as
+a `:` low-priority replica).
+
+Round trips (SSHFS only): the SFTP requests each SSHFS mount sent per operation (sshfs -o
+sshfs_debug, client side), for create/write/close/chmod/rename/unlink. Neither ganesha nor
+libnfs logs NFS requests in a countable form without a debug build, so NFS has no such table.
+
+CPU: the CPU time (user+sys) of every process of the system (chironfs, the FUSE clients
+sshfs+ssh or fuse-nfs, the servers sshd or ganesha, the proxies), per MB moved.
 """
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import random
@@ -56,6 +67,10 @@ WORKLOADS = [
 ]
 CPU_KEYS = {"seqwrite", "seqread_cold"}
 COUNT_OPS = ["create", "write", "close", "chmod", "rename", "unlink"]
+TRANSPORTS = ("sshfs", "nfs")
+# fuse-nfs: allow_other (chironfs reaches its replicas with the caller's credentials, which
+# fuse-nfs passes on as the requests' AUTH_SYS uid and gid); its defaults otherwise.
+FUSE_NFS_OPTS = ["-a"]
 
 
 def free_port():
@@ -96,24 +111,82 @@ def tree_cpu(roots):
     return ticks / TICK
 
 
-class Server:
-    """An sshd on loopback and its delaying proxy."""
+def wait_port(port, proc, what, log_path):
+    """Waits until 127.0.0.1:PORT accepts a connection; raises if PROC exits first."""
+    for _ in range(200):
+        if proc.poll() is not None:
+            tail = ""
+            if os.path.exists(log_path):
+                with open(log_path, errors="replace") as f:
+                    tail = " | ".join(l.strip() for l in f.readlines()[-4:])
+            raise RuntimeError(f"{what} exited {proc.returncode}: {tail}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} does not listen on port {port}")
 
-    def __init__(self, i, tmp, keys, netdelay):
-        self.i, self.keys, self.netdelay = i, keys, netdelay
-        self.data = os.path.join(tmp, f"srv{i}")
+
+def stop_proc(proc, timeout=10):
+    """SIGTERM, then SIGKILL after TIMEOUT seconds; reaps it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Server:
+    """A file server on loopback and its delaying proxy (subclasses: the kinds of server)."""
+
+    kind = None
+
+    def __init__(self, i, a):
+        self.i, self.a = i, a
+        self.data = os.path.join(a.tmp, f"{self.kind}-srv{i}")
         os.makedirs(self.data)
         self.port = free_port()
         self.pport = None
         self.proxy = None
         self.delay = None
-        conf = os.path.join(tmp, f"sshd{i}.conf")
-        self.pidfile = os.path.join(tmp, f"sshd{i}.pid")
+        self.pid = self.start()
+
+    def set_delay(self, up, down):
+        """(Re)starts the proxy with UP/DOWN ms each way; no-op if unchanged."""
+        if self.delay == (up, down) and self.proxy:
+            return
+        self.stop_proxy()
+        self.pport = free_port()
+        self.proxy = subprocess.Popen(
+            [self.a.netdelay, f"127.0.0.1:{self.pport}", f"127.0.0.1:{self.port}", str(up),
+             str(down)], stdout=subprocess.PIPE, text=True)
+        if self.proxy.stdout.readline().strip() != "ready":
+            raise RuntimeError("netdelay did not start")
+        self.delay = (up, down)
+
+    def stop_proxy(self):
+        if self.proxy:
+            self.proxy.kill()
+            self.proxy.wait()
+            self.proxy = None
+
+
+class SshServer(Server):
+    """sshd (internal-sftp), mounted with sshfs."""
+
+    kind = "sshfs"
+
+    def start(self):
+        a, keys = self.a, self.a.keys
+        conf = os.path.join(a.tmp, f"sshd{self.i}.conf")
+        pidfile = os.path.join(a.tmp, f"sshd{self.i}.pid")
         with open(conf, "w") as f:
             f.write(f"""ListenAddress 127.0.0.1
 Port {self.port}
 HostKey {keys}/host_key
-PidFile {self.pidfile}
+PidFile {pidfile}
 AuthorizedKeysFile {keys}/authorized_keys
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
@@ -128,32 +201,13 @@ Subsystem sftp internal-sftp
 LogLevel ERROR
 """)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        sh(["/usr/sbin/sshd", "-f", conf, "-E", os.path.join(tmp, f"sshd{i}.log")])
+        sh(["/usr/sbin/sshd", "-f", conf, "-E", os.path.join(a.tmp, f"sshd{self.i}.log")])
         for _ in range(100):
-            if os.path.exists(self.pidfile) and os.path.getsize(self.pidfile):
+            if os.path.exists(pidfile) and os.path.getsize(pidfile):
                 break
             time.sleep(0.05)
-        with open(self.pidfile) as f:
-            self.pid = int(f.read())
-
-    def set_delay(self, up, down):
-        """(Re)starts the proxy with UP/DOWN ms each way; no-op if unchanged."""
-        if self.delay == (up, down) and self.proxy:
-            return
-        self.stop_proxy()
-        self.pport = free_port()
-        self.proxy = subprocess.Popen(
-            [self.netdelay, f"127.0.0.1:{self.pport}", f"127.0.0.1:{self.port}", str(up),
-             str(down)], stdout=subprocess.PIPE, text=True)
-        if self.proxy.stdout.readline().strip() != "ready":
-            raise RuntimeError("netdelay did not start")
-        self.delay = (up, down)
-
-    def stop_proxy(self):
-        if self.proxy:
-            self.proxy.kill()
-            self.proxy.wait()
-            self.proxy = None
+        with open(pidfile) as f:
+            return int(f.read())
 
     def stop(self):
         self.stop_proxy()
@@ -162,34 +216,105 @@ LogLevel ERROR
         except ProcessLookupError:
             pass
 
-
-class SshfsMount:
-    """One sshfs mount (foreground process, so we know its pid) of DIR on SERVER."""
-
-    def __init__(self, server, remote_dir, mnt, debug_log=None):
-        self.server, self.mnt, self.debug_log = server, mnt, debug_log
-        os.makedirs(remote_dir, exist_ok=True)
-        os.makedirs(mnt, exist_ok=True)
-        opts = (f"port={server.pport},Ciphers={CIPHER},Compression=no,"
+    def mount(self, remote_dir, mnt, debug_log=None):
+        opts = (f"port={self.pport},Ciphers={CIPHER},Compression=no,"
                 "StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,"
-                f"IdentityFile={server.keys}/client_key,BatchMode=yes,LogLevel=ERROR,"
+                f"IdentityFile={self.a.keys}/client_key,BatchMode=yes,LogLevel=ERROR,"
                 "ServerAliveInterval=5,ServerAliveCountMax=3")
         if debug_log:
             opts += ",sshfs_debug"
+        return FuseMount(["sshfs", "-f", "-o", opts, f"root@127.0.0.1:{remote_dir}", mnt],
+                         mnt, debug_log)
+
+
+class NfsServer(Server):
+    """NFS-Ganesha (FSAL VFS, NFSv3 over TCP, in the foreground with its own config, log, pid
+    file and recovery directory), mounted with fuse-nfs. Its MOUNT port is reached directly,
+    only at mount time; every NFS request goes through the proxy."""
+
+    kind = "nfs"
+
+    def start(self):
+        d = os.path.join(self.a.tmp, f"ganesha{self.i}")
+        os.makedirs(os.path.join(d, "recovery"))
+        self.mnt_port = free_port()
+        conf = os.path.join(d, "ganesha.conf")
+        self.log_path = os.path.join(d, "ganesha.log")
+        # No Bind_Addr: ganesha resolves it with AI_ADDRCONFIG, which finds no IPv4 address in
+        # a namespace with only a loopback; the namespace is private, so any address is ours.
+        with open(conf, "w") as f:
+            f.write(f"""NFS_CORE_PARAM {{
+    NFS_Port = {self.port};
+    MNT_Port = {self.mnt_port};
+    Protocols = 3;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+    Enable_UDP = false;
+    Plugins_Dir = {self.a.ganesha_plugins};
+}}
+NFSv4 {{
+    Graceless = true;
+    RecoveryBackend = fs;
+    RecoveryRoot = {d}/recovery;
+}}
+NFS_KRB5 {{ Active_krb5 = false; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {self.data};
+    Pseudo = /export;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    Protocols = 3;
+    Transports = TCP;
+    SecType = sys;
+    FSAL {{ Name = VFS; }}
+}}
+""")
+        self.proc = subprocess.Popen(
+            ["ganesha.nfsd", "-F", "-f", conf, "-L", self.log_path, "-p",
+             os.path.join(d, "ganesha.pid"), "-N", "NIV_EVENT"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc, f"ganesha {self.i}", self.log_path)
+        return self.proc.pid
+
+    def stop(self):
+        self.stop_proxy()
+        stop_proc(self.proc)
+
+    def mount(self, remote_dir, mnt, debug_log=None):
+        url = f"nfs://127.0.0.1{remote_dir}?nfsport={self.pport}&mountport={self.mnt_port}"
+        return FuseMount([self.a.fuse_nfs] + FUSE_NFS_OPTS + ["-n", url, "-m", mnt], mnt,
+                         daemon="fuse-nfs")
+
+
+class FuseMount:
+    """One FUSE client mount at MNT: CMD runs in the foreground (its pid is the client's), or,
+    with DAEMON (fuse-nfs, which always daemonizes), returns once mounted and the client is
+    found by name and mount point."""
+
+    def __init__(self, cmd, mnt, debug_log=None, daemon=None):
+        self.mnt, self.debug_log, self.proc = mnt, debug_log, None
+        os.makedirs(mnt, exist_ok=True)
+        if daemon:
+            sh(cmd, timeout=60)
+            self.pid = bench.find_daemon(daemon, mnt)
+            if not (mounted(mnt) and self.pid):
+                raise RuntimeError(f"{daemon} did not mount {mnt}")
+            return
         err = open(debug_log or os.devnull, "w")
-        self.proc = subprocess.Popen(["sshfs", "-f", "-o", opts, f"root@127.0.0.1:{remote_dir}",
-                                      mnt], stdout=subprocess.DEVNULL, stderr=err)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         err.close()
+        self.pid = self.proc.pid
         for _ in range(200):
             if mounted(mnt):
                 return
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sshfs exited {self.proc.returncode} for {mnt}")
+                raise RuntimeError(f"{cmd[0]} exited {self.proc.returncode} for {mnt}")
             time.sleep(0.05)
-        raise RuntimeError(f"sshfs did not mount {mnt}")
+        raise RuntimeError(f"{cmd[0]} did not mount {mnt}")
 
     def requests(self):
-        """{SFTP request type: count} logged so far (debug mounts only)."""
+        """{SFTP request type: count} logged so far (sshfs debug mounts only)."""
         c = {}
         with open(self.debug_log, "rb") as f:
             for line in f.read().replace(b"\0", b"").decode(errors="replace").splitlines():
@@ -204,33 +329,64 @@ class SshfsMount:
             if r.returncode != 0:
                 abort_fuse(self.mnt)
                 subprocess.run(["umount", "-l", self.mnt], capture_output=True)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            return
+        for _ in range(100):
+            if not bench.pid_alive(self.pid):
+                return
+            time.sleep(0.1)
+        os.kill(self.pid, signal.SIGKILL)
+
+
+class Rpcbind:
+    """A private rpcbind for the NFS servers (ganesha registers NFSv3 and MOUNT with it, and
+    refuses to start if it cannot). Needs net.sh's private network namespace, where port 111
+    is ours; /run gets a private tmpfs first (in net.sh's private mount namespace), so neither
+    rpcbind's socket nor ganesha's registration reaches the host's rpcbind."""
+
+    def __init__(self, tmp):
+        if os.environ.get("CHIRONFS_BENCH_NETNS") != "1":
+            raise RuntimeError("NFS needs net.sh's private network namespace (unshare --net)")
+        sh(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "chironfs-netbench-run", "/run"])
+        os.makedirs("/run/rpcbind")
+        self.proc = subprocess.Popen(["rpcbind", "-f"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        with open(os.path.join(tmp, "rpcbind.pid"), "w") as f:
+            f.write(f"{self.proc.pid}\n")
+        wait_port(111, self.proc, "rpcbind", "/dev/null")
+
+    def stop(self):
+        stop_proc(self.proc)
 
 
 class NetSystem:
-    """sshfs-1 (one mount) or chironfs over the SSHFS mounts of SERVERS."""
+    """One mount of SERVERS[0] (a reference) or chironfs over the mounts of SERVERS."""
 
     def __init__(self, name, servers, tag, a, low=()):
         self.name, self.servers, self.tag, self.a, self.low = name, servers, tag, a, low
+        self.chironfs = len(servers) > 1
         self.base = os.path.join(a.tmp, "sys", tag)
         self.mounts, self.pid, self.mnt = [], None, None
 
     def mount(self, debug=False):
         os.makedirs(self.base)
         for s in self.servers:
-            dbg = os.path.join(self.base, f"sshfs{s.i}.dbg") if debug else None
-            self.mounts.append(SshfsMount(s, os.path.join(s.data, self.tag),
-                                          os.path.join(self.base, f"r{s.i}"), dbg))
-        if not self.name.startswith("chironfs"):
+            dbg = os.path.join(self.base, f"{s.kind}{s.i}.dbg") if debug else None
+            remote = os.path.join(s.data, self.tag)
+            os.makedirs(remote)
+            self.mounts.append(s.mount(remote, os.path.join(self.base, f"r{s.i}"), dbg))
+        if not self.chironfs:
             self.mnt = self.mounts[0].mnt
         else:
             self.mnt = os.path.join(self.base, "mnt")
             os.makedirs(self.mnt)
-            reps = [(":" if m.server.i in self.low else "") + m.mnt for m in self.mounts]
+            reps = [(":" if s.i in self.low else "") + m.mnt
+                    for s, m in zip(self.servers, self.mounts)]
             cmd = [self.a.chironfs, "-o", "allow_other",
                    "--status-file", os.path.join(self.base, "status"),
                    "-c", os.path.join(self.base, "ctl.sock"),
@@ -247,7 +403,7 @@ class NetSystem:
         os.mkdir(self.workdir)
 
     def cpu(self):
-        roots = [m.proc.pid for m in self.mounts] + [s.pid for s in self.servers]
+        roots = [m.pid for m in self.mounts] + [s.pid for s in self.servers]
         roots += [s.proxy.pid for s in self.servers if s.proxy]
         if self.pid:
             roots.append(self.pid)
@@ -484,11 +640,41 @@ def spread(samples):
     return f" ±{(max(samples) - min(samples)) / 2 / m * 100:.0f}%" if m else ""
 
 
+def system_name(transport, n):
+    """sshfs-1, chironfs-2, chironfs-3 (SSHFS, as before NFS came); nfs-1, chironfs-nfs-2..."""
+    if n == 1:
+        return f"{transport}-1"
+    return f"chironfs-{n}" if transport == "sshfs" else f"chironfs-{transport}-{n}"
+
+
+def parse_system(name):
+    """(transport, replicas) of a system name made by system_name."""
+    for t in TRANSPORTS:
+        for n in range(1, 10):
+            if system_name(t, n) == name:
+                return t, n
+    raise SystemExit(f"unknown system {name} (see --help)")
+
+
+def tool_versions():
+    """Versions of the NFS pieces, for the report."""
+    def out(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return "?"
+    g = re.search(r"Release\s*=\s*V?(\S+)", out(["ganesha.nfsd", "-v"]))
+    return {"ganesha": g.group(1) if g else "?",
+            "libnfs": out(["pkg-config", "--modversion", "libnfs"]) or "?",
+            "libfuse": out(["pkg-config", "--modversion", "fuse"]) or "?"}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tmp", required=True)
     p.add_argument("--chironfs", required=True)
     p.add_argument("--netdelay", required=True)
+    p.add_argument("--fuse-nfs")
     p.add_argument("--tarball", required=True)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--delays", default="0.25,1", help="ms each way, comma-separated")
@@ -496,7 +682,8 @@ def main():
     p.add_argument("--fast", type=float, default=0.25)
     p.add_argument("--repeat", type=int)
     p.add_argument("--rand-time", type=int)
-    p.add_argument("--only", default="sshfs-1,chironfs-2,chironfs-3")
+    p.add_argument("--transport", default="sshfs,nfs")
+    p.add_argument("--only", help="systems (default: T-1 and chironfs over 2 and 3 of each T)")
     p.add_argument("--parts", default="table,slow,count")
     p.add_argument("--results", default=os.path.join(HERE, "results"))
     a = p.parse_args()
@@ -508,22 +695,38 @@ def main():
         if getattr(a, k, None) is None:
             setattr(a, k, v)
     delays = [float(x) for x in a.delays.split(",") if x]
-    systems = [s.strip() for s in a.only.split(",") if s.strip()]
+    transports = [t for t in TRANSPORTS if t in a.transport.split(",")]
+    if not transports or set(a.transport.split(",")) - set(TRANSPORTS):
+        raise SystemExit(f"--transport: among {','.join(TRANSPORTS)}")
+    systems = ([s.strip() for s in a.only.split(",") if s.strip()] if a.only else
+               [system_name(t, n) for t in transports for n in (1, 2, 3)])
+    systems = [s for s in systems if parse_system(s)[0] in transports]
     parts = set(a.parts.split(","))
-    nserv = max([int(s.split("-")[1]) for s in systems if s.startswith("chironfs")] + [2])
+    # Servers per transport: as many as its largest system (2 at least: the slow case).
+    nserv = {t: max([n for s in systems for tt, n in [parse_system(s)] if tt == t] + [2])
+             for t in transports}
 
     started = datetime.datetime.now()
     tar_path, tar_files = bench.prepare_tarball(a.tarball, a.tmp)
-    keys = os.path.join(a.tmp, "keys")
-    os.makedirs(keys)
-    sh(f". {bench.ROOT}/tests/support/sshd.sh && sshd_keys {keys} chironfs-bench-net",
-       shell=True)
+    if "sshfs" in transports:
+        a.keys = os.path.join(a.tmp, "keys")
+        os.makedirs(a.keys)
+        sh(f". {bench.ROOT}/tests/support/sshd.sh && sshd_keys {a.keys} chironfs-bench-net",
+           shell=True)
+    if "nfs" in transports:
+        plugins = [d for d in glob.glob("/usr/lib*/*/ganesha") + glob.glob("/usr/lib*/ganesha")
+                   if os.path.exists(os.path.join(d, "libfsalvfs.so"))]
+        if not plugins or not a.fuse_nfs:
+            raise SystemExit("NFS: ganesha's FSAL VFS (nfs-ganesha-vfs) or fuse-nfs missing")
+        a.ganesha_plugins = plugins[0]
     runner = Runner(a, tar_path, tar_files)
-    servers, live = [], []
+    servers, live, rpcbind = {}, [], None
     raw = {"started": started.isoformat(timespec="seconds"), "machine": bench.machine_info(),
            "settings": {k: getattr(a, k) for k in ["quick", "repeat", "rand_time", "seq_mib",
                                                    "meta_files", "lat_ops", "count_reps"]},
-           "delays": delays, "systems": systems, "cipher": CIPHER}
+           "delays": delays, "transports": transports, "systems": systems, "cipher": CIPHER}
+    if "nfs" in transports:
+        raw["nfs"] = dict(tool_versions(), fuse_nfs_opts=" ".join(FUSE_NFS_OPTS))
     errors = []
 
     def handle_term(_s, _f):
@@ -547,7 +750,7 @@ def main():
         finally:
             sysm.unmount()
             live.remove(sysm)
-            if sysm.name.startswith("chironfs"):
+            if sysm.chironfs:
                 diff = subprocess.run(
                     ["diff", "-rq", "-x", ".chironfs"] +
                     [os.path.join(s.data, sysm.tag) for s in srvs[:2]],
@@ -564,79 +767,113 @@ def main():
                 subprocess.run(["rm", "-rf", os.path.join(s.data, sysm.tag)])
 
     try:
-        servers = [Server(i, a.tmp, keys, a.netdelay) for i in range(1, nserv + 1)]
+        if "nfs" in transports:
+            rpcbind = Rpcbind(a.tmp)
+        kinds = {"sshfs": SshServer, "nfs": NfsServer}
+        for t in transports:
+            servers[t] = []
+            for i in range(1, nserv[t] + 1):
+                servers[t].append(kinds[t](i, a))
+        every = [s for t in transports for s in servers[t]]
         raw["table"] = {}
         if "table" in parts:
             for dl in delays:
-                for s in servers:
+                for s in every:
                     s.set_delay(dl, dl)
                 res = {s: {} for s in systems}
                 for rnd in range(a.repeat):
                     log(f"== delay {dl} ms each way, round {rnd + 1}/{a.repeat}")
                     for s in systems:
-                        n = int(s.split("-")[1])
-                        run_sys(s, servers[:n], lambda m, s=s: runner.session(m, res[s], errors))
+                        t, n = parse_system(s)
+                        run_sys(s, servers[t][:n],
+                                lambda m, s=s: runner.session(m, res[s], errors))
                 raw["table"][str(dl)] = res
         if "slow" in parts:
-            log(f"== slow replica: server 1 at {a.slow} ms, server 2 at {a.fast} ms each way")
-            servers[0].set_delay(a.slow, a.slow)
-            servers[1].set_delay(a.fast, a.fast)
-            lat = {}
-            cases = [("sshfs-fast", [servers[1]], ()), ("sshfs-slow", [servers[0]], ()),
-                     ("chironfs-2", servers[:2], ()), ("chironfs-2-lowslow", servers[:2], (1,))]
-            for rnd in range(a.repeat):
-                for name, srvs, low in cases:
-                    lat.setdefault(name, {})
-                    run_sys(name if name.startswith("sshfs") else "chironfs-2", srvs,
-                            lambda m, name=name: runner.latencies(m, lat[name], errors), low)
-            raw["slow"] = lat
-        if "count" in parts:
+            raw["slow"] = {}
+            for t in transports:
+                slow, fast = servers[t][0], servers[t][1]
+                log(f"== {t} slow replica: server 1 at {a.slow} ms, server 2 at {a.fast} ms "
+                    "each way")
+                slow.set_delay(a.slow, a.slow)
+                fast.set_delay(a.fast, a.fast)
+                two = system_name(t, 2)
+                lat = {}
+                cases = [(f"{t}-fast", [fast], ()), (f"{t}-slow", [slow], ()),
+                         (two, [slow, fast], ()), (f"{two}-lowslow", [slow, fast], (1,))]
+                for rnd in range(a.repeat):
+                    for name, srvs, low in cases:
+                        lat.setdefault(name, {})
+                        run_sys(name, srvs,
+                                lambda m, name=name: runner.latencies(m, lat[name], errors), low)
+                raw["slow"][t] = lat
+        if "count" in parts and "sshfs" in transports:
             log("== round trips per operation (sshfs_debug)")
-            for s in servers:
+            for s in servers["sshfs"]:
                 s.set_delay(0, 0)
             cnt = {}
             for name in ("sshfs-1", "chironfs-2"):
                 n = 1 if name == "sshfs-1" else 2
-                cnt[name] = run_sys(name, servers[:n], runner.count, debug=True)
+                cnt[name] = run_sys(name, servers["sshfs"][:n], runner.count, debug=True)
             raw["count"] = cnt
     finally:
         for sysm in reversed(live):
             sysm.unmount()
-        for s in servers:
+        for s in [s for t in servers.values() for s in t]:
             s.stop()
+        if rpcbind:
+            rpcbind.stop()
 
     finished = datetime.datetime.now()
     mins = (finished - started).total_seconds() / 60
     md = [f"## chironfs network benchmark, {started:%Y-%m-%d %H:%M}" +
           (" (--quick)" if a.quick else ""), "",
           f"Machine: {raw['machine']}.",
-          f"Servers: sshd (internal-sftp) on 127.0.0.1, each behind tools/netdelay; every SSHFS "
-          f"mount: sshfs 3.7, `Ciphers={CIPHER},Compression=no`, defaults otherwise. Median of "
-          f"{a.repeat} interleaved round(s); seq file {a.seq_mib} MiB, random I/O {a.rand_time} s"
-          f", metadata {a.meta_files} files of 4 KiB, tree {os.path.basename(a.tarball)} "
-          f"({tar_files} files; cat after drop_caches). Run took {mins:.1f} min.",
-          "Cells: `value (ratio to sshfs-1, one SSHFS mount of the same kind of server)`; "
-          "CPU/MB = CPU time of chironfs + sshfs + ssh + sshd + proxies per MB moved.", ""]
+          f"Median of {a.repeat} interleaved round(s); seq file {a.seq_mib} MiB, random I/O "
+          f"{a.rand_time} s, metadata {a.meta_files} files of 4 KiB, tree "
+          f"{os.path.basename(a.tarball)} ({tar_files} files; cat after drop_caches). Run took "
+          f"{mins:.1f} min. Every server on 127.0.0.1 (a private network namespace), behind "
+          "tools/netdelay, its data on a tmpfs."]
+    if "sshfs" in transports:
+        md.append(f"- SSHFS: sshd (internal-sftp); every SSHFS mount: sshfs 3.7, "
+                  f"`Ciphers={CIPHER},Compression=no`, defaults otherwise.")
+    if "nfs" in transports:
+        v = raw["nfs"]
+        md.append(
+            f"- NFS: NFS-Ganesha {v['ganesha']} (FSAL VFS, NFSv3 over TCP, AUTH_SYS, "
+            "no_root_squash, NLM off; its MDCACHE as by default), mounted with fuse-nfs "
+            f"(tools/fuse-nfs, upstream 331e6fe) over libnfs {v['libnfs']} and libfuse "
+            f"{v['libfuse']}, `fuse-nfs {v['fuse_nfs_opts']}`, defaults otherwise: one libnfs "
+            "context, so one NFS request in flight per mount; FUSE writes of 32 KiB at most; "
+            "kernel attribute and name caches 1 s, page cache dropped at every open; no libnfs "
+            "readahead or page cache, libnfs directory cache on. Not the kernel's NFS client "
+            "(this kernel has none): ratios are against the same client.")
+    md += ["Cells: `value (ratio to T-1, one mount of the same kind of server)`; CPU/MB = CPU "
+           "time of chironfs + the FUSE clients + the servers + proxies per MB moved.", ""]
     for dl, res in raw.get("table", {}).items():
         med = {s: {k: statistics.median(v) for k, v in r.items() if v} for s, r in res.items()}
-        md.append(f"### {dl} ms each way ({float(dl) * 2:g} ms round trip)\n")
-        md.append(table(systems, med, "sshfs-1"))
-        if a.repeat > 1:
-            noise = [f"{s} {k}{spread(v)}" for s, r in res.items() for k, v in r.items()
-                     if not k.endswith("_cpu") and spread(v)]
-            md.append("\nSpread (half-range/median) of the rounds: " + ", ".join(noise))
-        md.append("")
-    if "slow" in raw:
-        md.append(f"### Slow replica: server 1 at {a.slow} ms, server 2 at {a.fast} ms each way"
-                  "\n\nMedian latency per operation, ms (chironfs-2: `slow=fast` in that order;"
-                  " lowslow: `:slow=fast`, the slow one low-priority):\n")
-        md.append("| op | " + " | ".join(raw["slow"]) + " |")
-        md.append("|---|" + "---:|" * len(raw["slow"]))
+        for t in transports:
+            cols = [s for s in systems if parse_system(s)[0] == t]
+            if not cols:
+                continue
+            md.append(f"### {t.upper()}, {dl} ms each way ({float(dl) * 2:g} ms round trip)\n")
+            md.append(table(cols, med, system_name(t, 1)))
+            if a.repeat > 1:
+                noise = [f"{s} {k}{spread(v)}" for s, r in res.items() if s in cols
+                         for k, v in r.items() if not k.endswith("_cpu") and spread(v)]
+                md.append("\nSpread (half-range/median) of the rounds: " + ", ".join(noise))
+            md.append("")
+    for t, lat in raw.get("slow", {}).items():
+        two = system_name(t, 2)
+        md.append(f"### {t.upper()}, slow replica: server 1 at {a.slow} ms, server 2 at "
+                  f"{a.fast} ms each way\n\nMedian latency per operation, ms ({two}: `slow=fast`"
+                  " in that order; lowslow: `:slow=fast`, the slow one low-priority):\n")
+        md.append("| op | " + " | ".join(lat) + " |")
+        md.append("|---|" + "---:|" * len(lat))
         for k, label in (("lat_read", "read 4 KiB (cold)"), ("lat_write", "write 4 KiB + fsync"),
                          ("lat_create", "create + close")):
             md.append(f"| {label} | " + " | ".join(
                 fmt(statistics.median(v[k])) if v.get(k) else "-"
-                for v in raw["slow"].values()) + " |")
+                for v in lat.values()) + " |")
         md.append("")
     if raw.get("count"):
         md.append("### SFTP requests per operation (each replica's SSHFS mount)\n")
@@ -656,6 +893,9 @@ def main():
                                  if tot else "0")
             md.append(f"| {op} | " + " | ".join(cells) + " |")
         md.append("")
+    if "count" in parts and "nfs" in transports:
+        md.append("NFS requests per operation are not counted (no countable request log in "
+                  "ganesha or libnfs without a debug build).\n")
     if errors:
         md.append("Problems seen:\n")
         md.extend(f"- {e}" for e in errors)
