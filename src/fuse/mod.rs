@@ -25,7 +25,6 @@
 
 mod attr;
 pub mod callers;
-mod dir_attrs;
 mod handles;
 mod held;
 mod io_mode;
@@ -57,7 +56,6 @@ use fuser::{
 
 use crate::engine::set::ReplicaSet;
 use crate::fuse::callers::GroupsCache;
-use crate::fuse::dir_attrs::{AskAhead, DirAttrs};
 use crate::fuse::handles::Handles;
 use crate::fuse::nodes::NodeTable;
 use crate::fuse::ops_meta::SetAttr;
@@ -107,8 +105,6 @@ pub struct ChironFs {
     passthrough_failed: AtomicBool,
     /// Where deleted or replaced files' held handles go to be closed (`held.rs`).
     reaper: mpsc::Sender<Vec<OwnedFd>>,
-    /// Directory attributes asked ahead of the kernel's next GETATTR (`dir_attrs.rs`).
-    dir_attrs: Arc<DirAttrs>,
 }
 
 /// How the admin wants the kernel to serve open files and requests (`passthrough=`,
@@ -136,13 +132,7 @@ impl ChironFs {
     /// `io` says how the kernel may serve open files (both wishes, checked at init).
     pub fn new(set: Arc<ReplicaSet>, max_write: u32, io: KernelIo) -> Self {
         let flush_reports = !set.replicas().iter().all(|r| r.is_local());
-        let dir_attrs = Arc::new(DirAttrs::default());
-        set.watch_mutations(Arc::new(AskAhead {
-            attrs: Arc::clone(&dir_attrs),
-            set: Arc::downgrade(&set),
-        }));
         ChironFs {
-            dir_attrs,
             flush_reports,
             nodes: Arc::new(NodeTable::with_gauge(set.node_gauge())),
             set,

@@ -194,14 +194,6 @@ impl ChironFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        // A directory this daemon just changed: its attributes were asked ahead.
-        let metadata = self.set.priority_order().first().copied();
-        if let Some(st) = metadata.and_then(|first| {
-            self.dir_attrs
-                .get(&path, first, self.ttl, self.set.timeout())
-        }) {
-            return reply.attr(&self.ttl, &self.attr_of(ino.0, &st));
-        }
         let rel = path.clone();
         match self.read_meta("getattr", &path, move |r| lstat(r, &rel)) {
             Ok((_, st)) => reply.attr(&self.ttl, &self.attr_of(ino.0, &st)),

@@ -201,10 +201,6 @@ impl ReplicaSet {
         if targets.is_empty() {
             return Err(libc::EIO);
         }
-        let watch = self.watch.get();
-        if let Some(w) = watch {
-            w.changing(op, path, also);
-        }
         let checked = self.run_checked(&targets, creds, &job, spread, OpClass::of(op, true));
         let mut root_problems: Vec<(usize, String)> = Vec::new();
         let results: Vec<(usize, Outcome<T>)> = checked
@@ -231,9 +227,6 @@ impl ReplicaSet {
             self.take_out_with(index, op, path, fault, problem, true);
         }
         if verdict.answer.is_ok() {
-            if let Some(w) = watch {
-                w.changed(op, path, also);
-            }
             for r in &self.replicas {
                 if !targets.contains(&r.index) {
                     r.update_status(|s| s.missed_mutation());

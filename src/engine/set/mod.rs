@@ -39,15 +39,6 @@ use crate::view::words::{describe_errno, no_answer_within};
 /// Work to run on each replica: gets the replica, returns a value or an I/O error.
 pub type ReplicaJob<T> = Arc<dyn Fn(&Replica) -> io::Result<T> + Send + Sync>;
 
-/// Told of every mutation through the set, as it starts and once it ended well: what the
-/// FUSE layer keeps of the replicas' answers (directory attributes) follows the changes.
-pub trait MutationWatch: Send + Sync + std::fmt::Debug {
-    /// `op` on `path` (and `also`, a rename's destination) is about to run.
-    fn changing(&self, op: &str, path: &Path, also: Option<&Path>);
-    /// ... and succeeded.
-    fn changed(&self, op: &str, path: &Path, also: Option<&Path>);
-}
-
 /// The replicas of one mount and the rules that keep them identical.
 #[derive(Debug)]
 pub struct ReplicaSet {
@@ -81,8 +72,6 @@ pub struct ReplicaSet {
     /// The ownership lease (`engine/lease.rs`), installed at mount once taken: while it is
     /// not held, no mutation runs and the daemon writes none of its own records.
     lease: OnceLock<Arc<LeaseKeeper>>,
-    /// Told of every mutation (see [`MutationWatch`]); set by the FUSE layer at mount.
-    watch: OnceLock<Arc<dyn MutationWatch>>,
     /// Nodes the kernel holds in the FUSE layer's node table, which keeps it up to date
     /// (`crate::fuse::nodes`); shown in the snapshot.
     nodes: Arc<std::sync::atomic::AtomicU64>,
@@ -185,7 +174,6 @@ impl ReplicaSet {
             quorum: Default::default(),
             journal: OnceLock::new(),
             lease: OnceLock::new(),
-            watch: OnceLock::new(),
             nodes: Arc::default(),
             open_writers: Mutex::default(),
             observer: false,
@@ -292,16 +280,6 @@ impl ReplicaSet {
             Outcome::Failed(e) => Some(describe_errno(*e)),
             Outcome::TimedOut => Some(no_answer_within(self.timeout)),
         }
-    }
-
-    /// Installs the one [`MutationWatch`] (a second is ignored).
-    pub fn watch_mutations(&self, watch: Arc<dyn MutationWatch>) {
-        let _ = self.watch.set(watch);
-    }
-
-    /// The per-replica deadline (`--timeout`).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// All replicas, in command-line order, then those added online.
