@@ -30,7 +30,8 @@
 #                       nfs-1,chironfs-nfs-2,chironfs-nfs-3 (NFS); T-1 is T's reference
 #   --parts LIST        among table,slow,count (default all; count is SSHFS only)
 #   --tarball FILE      gzip tarball for the tree workload (default: the largest .crate)
-#   --no-build          use the built binaries as they are
+#   --no-build          use the built chironfs and netdelay as they are (fuse-nfs is still
+#                       built when missing)
 #   --chironfs BIN      measure this chironfs binary instead (e.g. an older build to compare)
 # Binaries: $CARGO_TARGET_DIR (default target/)/release/{chironfs,netdelay}, and
 # $CARGO_TARGET_DIR/fuse-nfs/fuse-nfs (tools/fuse-nfs/build.sh).
@@ -125,8 +126,9 @@ py_args+=(--transport "$transports")
 target=${CARGO_TARGET_DIR:-$root/target}
 if [ "$build" = 1 ]; then
     (cd "$root" && cargo build --release -p chironfs -p netdelay --bin chironfs --bin netdelay)
-    [ "$want_nfs" = 0 ] || "$root/tools/fuse-nfs/build.sh" "$target/fuse-nfs"
 fi
+# Not cargo's: built even with --no-build when missing or older than its source (a no-op then).
+[ "$want_nfs" = 0 ] || "$root/tools/fuse-nfs/build.sh" "$target/fuse-nfs"
 for b in release/chironfs release/netdelay; do
     [ -x "$target/$b" ] || { echo "$target/$b missing" >&2; exit 1; }
 done
