@@ -660,11 +660,9 @@ fn replica_unmounted_under_the_daemon_is_survived() {
 
 #[test]
 fn o_tmpfile_on_a_set_with_an_sshfs_replica_is_eopnotsupp_and_blames_no_replica() {
-    if !can_mount() {
+    let Some((ssh, m)) = local_and_sshfs() else {
         return;
-    }
-    let ssh = Sshfs::up(|_| {});
-    let m = MountBuilder::new(2).replica_path(1, ssh.mnt()).start();
+    };
     let dir = std::ffi::CString::new(m.mnt.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path; a descriptor returned is closed below.
     let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
@@ -689,25 +687,15 @@ fn o_tmpfile_on_a_set_with_an_sshfs_replica_is_eopnotsupp_and_blames_no_replica(
     drop(m);
 }
 
-/// renameat2(2) with `flags` through the mount; the errno on failure.
-fn rename2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let (a, b) = (c(from), c(to));
-    // SAFETY: two valid NUL-terminated paths; AT_FDCWD is ignored for absolute ones.
-    let ret = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+/// A set of a local replica (0) and an SSHFS one (1), the SSHFS server in its own network
+/// namespace; None where nothing can be mounted. Bind as `(ssh, m)`: the mount goes first.
+fn local_and_sshfs() -> Option<(Sshfs, Mount)> {
+    if !can_mount() {
+        return None;
     }
+    let ssh = Sshfs::up(|_| {});
+    let m = MountBuilder::new(2).replica_path(1, ssh.mnt()).start();
+    Some((ssh, m))
 }
 
 /// `mv` (coreutils 9 renames with RENAME_NOREPLACE) on a set of a local and an SSHFS replica:
@@ -716,29 +704,18 @@ fn rename2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
 /// RENAME_EXCHANGE, which no network filesystem can do, is refused before any replica moves.
 #[test]
 fn mv_keeps_an_sshfs_replica_in_service_beside_a_local_one() {
-    if !can_mount() {
+    let Some((ssh, m)) = local_and_sshfs() else {
         return;
-    }
-    let ssh = Sshfs::up(|_| {});
-    let m = MountBuilder::new(2).replica_path(1, ssh.mnt()).start();
+    };
     fs::write(m.path("a"), "a").unwrap();
     fs::write(m.path("b"), "b").unwrap();
-    let mv = Command::new("mv")
-        .arg(m.path("a"))
-        .arg(m.path("moved"))
-        .output()
-        .unwrap();
-    assert!(
-        mv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&mv.stderr)
-    );
+    run_ok(Command::new("mv").arg(m.path("a")).arg(m.path("moved")));
     assert_eq!(
-        rename2(&m.path("moved"), &m.path("b"), libc::RENAME_NOREPLACE),
+        renameat2(&m.path("moved"), &m.path("b"), libc::RENAME_NOREPLACE),
         Err(libc::EEXIST)
     );
     assert_eq!(
-        rename2(&m.path("moved"), &m.path("b"), libc::RENAME_EXCHANGE),
+        renameat2(&m.path("moved"), &m.path("b"), libc::RENAME_EXCHANGE),
         Err(libc::EINVAL)
     );
     for dir in [m.replicas[0].clone(), ssh.export()] {

@@ -396,19 +396,6 @@ fn unlink_and_rmdir() {
     assert_replicas_identical(&m);
 }
 
-fn renameat2(from: &Path, to: &Path, flags: u32) -> i64 {
-    // SAFETY: valid path strings.
-    unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c(from).as_ptr(),
-            libc::AT_FDCWD,
-            c(to).as_ptr(),
-            flags,
-        ) as i64
-    }
-}
-
 #[test]
 fn rename_plain_over_dir_noreplace_exchange() {
     if !can_mount() {
@@ -448,34 +435,28 @@ fn rename_plain_over_dir_noreplace_exchange() {
     // RENAME_NOREPLACE refuses an existing target and changes nothing.
     fs::write(m.path("x"), b"X").unwrap();
     fs::write(m.path("y"), b"Y").unwrap();
-    let e = fails(
+    assert_eq!(
         renameat2(&m.path("x"), &m.path("y"), libc::RENAME_NOREPLACE),
-        "RENAME_NOREPLACE",
+        Err(libc::EEXIST),
+        "RENAME_NOREPLACE"
     );
-    assert_eq!(e, libc::EEXIST);
     content_everywhere(&m, "x", b"X");
     content_everywhere(&m, "y", b"Y");
-    ok(
-        renameat2(&m.path("x"), &m.path("z"), libc::RENAME_NOREPLACE),
-        "RENAME_NOREPLACE to a free name",
-    );
+    renameat2(&m.path("x"), &m.path("z"), libc::RENAME_NOREPLACE)
+        .unwrap_or_else(|e| panic!("RENAME_NOREPLACE to a free name failed: errno {e}"));
     absent_everywhere(&m, "x");
     content_everywhere(&m, "z", b"X");
 
     // RENAME_EXCHANGE swaps, a file with a directory too.
     let (iy, iz) = (lmeta(&m.path("y")).ino(), lmeta(&m.path("z")).ino());
-    ok(
-        renameat2(&m.path("y"), &m.path("z"), libc::RENAME_EXCHANGE),
-        "RENAME_EXCHANGE",
-    );
+    renameat2(&m.path("y"), &m.path("z"), libc::RENAME_EXCHANGE)
+        .unwrap_or_else(|e| panic!("RENAME_EXCHANGE failed: errno {e}"));
     content_everywhere(&m, "y", b"X");
     content_everywhere(&m, "z", b"Y");
     assert_eq!(lmeta(&m.path("y")).ino(), iz);
     assert_eq!(lmeta(&m.path("z")).ino(), iy);
-    ok(
-        renameat2(&m.path("y"), &m.path("e"), libc::RENAME_EXCHANGE),
-        "RENAME_EXCHANGE file <-> dir",
-    );
+    renameat2(&m.path("y"), &m.path("e"), libc::RENAME_EXCHANGE)
+        .unwrap_or_else(|e| panic!("RENAME_EXCHANGE file <-> dir failed: errno {e}"));
     content_everywhere(&m, "e", b"X");
     content_everywhere(&m, "y/sub/f", b"deep");
     for md in on_all(&m, "y") {
@@ -1370,18 +1351,8 @@ fn changes_follow_directories_across_renames_removals_and_exchanges() {
     fs::remove_dir(m.path("gone")).unwrap();
     fs::create_dir(m.path("gone")).unwrap();
     fs::write(m.path("gone/again"), b"in the new gone").unwrap();
-    let (a2, b) = (c(&m.path("a2")), c(&m.path("b")));
-    // SAFETY: two valid NUL-terminated paths.
-    let swapped = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a2.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    ok(swapped.into(), "renameat2(RENAME_EXCHANGE)");
+    renameat2(&m.path("a2"), &m.path("b"), libc::RENAME_EXCHANGE)
+        .unwrap_or_else(|e| panic!("renameat2(RENAME_EXCHANGE) failed: errno {e}"));
     fs::write(m.path("b/third"), b"in the old a").unwrap();
     fs::write(m.path("a2/third"), b"in the old b").unwrap();
     content_everywhere(&m, "a/new", b"in the new a");

@@ -431,6 +431,27 @@ pub fn assert_replicas_identical(m: &Mount) {
     }
 }
 
+/// renameat2(2) of `from` to `to` with `flags` (through a mount); the errno on failure.
+pub fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let (a, b) = (c(from), c(to));
+    // SAFETY: two valid NUL-terminated paths; AT_FDCWD is ignored for absolute ones.
+    let ret = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
 /// Sets the extended attribute `name` of `path` itself (not a symlink's target), behind the
 /// mount's back or through it; fails the test if it cannot.
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
