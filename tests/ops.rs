@@ -1367,3 +1367,88 @@ fn changes_follow_directories_across_renames_removals_and_exchanges() {
     assert_all_in_service(&m);
     assert_replicas_identical(&m);
 }
+
+/// A name that does not exist, looked up in a directory made through the mount, is answered
+/// without a replica (on a network replica that question is a round trip per created file);
+/// in a directory the daemon did not make, every such lookup asks. Names made, moved, linked
+/// and removed there are found, or not, as the replicas have them once the kernel has
+/// forgotten its own entries and asks again.
+#[test]
+fn absent_names_in_a_directory_made_here_cost_no_replica_a_lookup() {
+    if !can_mount() {
+        return;
+    }
+    let m = Mount::two();
+    // Made on both replicas behind the daemon (the same on each): not made here.
+    for i in 0..2 {
+        fs::create_dir(m.on(i, "elsewhere")).unwrap();
+    }
+    fs::create_dir(m.path("here")).unwrap();
+    let meta_reads = |i: usize| {
+        let labels = [("replica", ["0", "1"][i]), ("class", "metadata_read")];
+        metric(&m.metrics(), "chironfs_replica_operations_total", &labels).unwrap()
+    };
+    let lookups = |dir: &str| {
+        let before = meta_reads(0) + meta_reads(1);
+        for n in 0..50 {
+            let err = fs::symlink_metadata(m.path(&format!("{dir}/none{n}"))).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{dir}/none{n}");
+        }
+        meta_reads(0) + meta_reads(1) - before
+    };
+    // One directory attribute refresh at most may land in the window.
+    let asked_here = lookups("here");
+    assert!(
+        asked_here <= 2.0,
+        "{asked_here} replica reads for 50 absent names"
+    );
+    let asked_elsewhere = lookups("elsewhere");
+    assert!(asked_elsewhere >= 50.0, "{asked_elsewhere} replica reads");
+
+    // Every kind of entry change in the made directory, then the kernel forgets the entries
+    // (the directory itself stays held open) and looks each name up again.
+    let here = File::open(m.path("here")).unwrap();
+    for f in ["a", "b", "c", "x"] {
+        fs::write(m.path(&format!("here/{f}")), f).unwrap();
+    }
+    fs::rename(m.path("here/a"), m.path("here/moved")).unwrap();
+    fs::rename(m.path("here/x"), m.path("here/b")).unwrap();
+    fs::hard_link(m.path("here/c"), m.path("here/c2")).unwrap();
+    fs::remove_file(m.path("here/c")).unwrap();
+    fs::create_dir(m.path("here/sub")).unwrap();
+    fs::write(m.path("here/sub/deep"), "deep").unwrap();
+    fs::rename(m.path("here/sub"), m.path("here/sub2")).unwrap();
+    std::os::unix::fs::symlink("moved", m.path("here/link")).unwrap();
+    fs::rename(m.path("here/moved"), m.path("elsewhere/came")).unwrap();
+    fs::rename(m.path("elsewhere/came"), m.path("here/back")).unwrap();
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    for name in [
+        "a",
+        "b",
+        "c",
+        "c2",
+        "x",
+        "moved",
+        "back",
+        "sub",
+        "sub2",
+        "sub2/deep",
+        "link",
+    ] {
+        let rel = format!("here/{name}");
+        let on_replica = m.on(0, &rel).symlink_metadata().is_ok();
+        assert_eq!(
+            m.on(1, &rel).symlink_metadata().is_ok(),
+            on_replica,
+            "{rel}"
+        );
+        assert_eq!(m.path(&rel).symlink_metadata().is_ok(), on_replica, "{rel}");
+    }
+    assert_eq!(fs::read_to_string(m.path("here/b")).unwrap(), "x");
+    assert_eq!(
+        fs::read_to_string(m.path("here/sub2/deep")).unwrap(),
+        "deep"
+    );
+    drop(here);
+    assert_replicas_identical(&m);
+}

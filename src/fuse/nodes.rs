@@ -11,6 +11,7 @@
 //! cache), and the indexes shrink once they are mostly empty ([`sparse`]), so the table's
 //! memory follows the nodes in use, not the most ever held.
 
+use crate::rules::listed::Listed;
 use crate::rules::order::OrderLock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -80,6 +81,8 @@ struct Inner {
     children: HashMap<u64, HashMap<Name, u64>>,
     /// Multi-link files by where they were last seen.
     by_backing: HashMap<Backing, u64>,
+    /// Directories whose every name is known (see [`Listed`]).
+    listed: Listed,
     next: u64,
 }
 
@@ -234,6 +237,7 @@ impl NodeTable {
                 }
                 None => self.add(inner, vec![(parent, Arc::clone(&name))], 0, is_dir),
             };
+            inner.listed.added(parent, &name);
             inner.insert_child(&(parent, name), id);
             id
         };
@@ -293,6 +297,8 @@ impl NodeTable {
             None => false,
         };
         if gone && let Some(node) = inner.nodes.remove(&ino) {
+            // Its names stay on the replicas; what it held is no longer followed.
+            inner.listed.unlist(ino);
             for (parent, name) in &node.links {
                 if inner.child(*parent, name) == Some(ino) {
                     inner.remove_child(*parent, name);
@@ -310,7 +316,27 @@ impl NodeTable {
 
     /// `name` in `parent` was removed (unlink, rmdir).
     pub fn unlink(&self, parent: u64, name: &OsStr) {
-        self.lock().drop_name(parent, name);
+        let mut inner = self.lock();
+        inner.listed.removed(parent, name);
+        inner.drop_name(parent, name);
+    }
+
+    /// Directory `dir` was just made through this daemon: until a change of its entries
+    /// fails, every name in it is known (see [`Listed`]).
+    pub fn made_dir(&self, dir: u64) {
+        self.lock().listed.made(dir);
+    }
+
+    /// A change of `dir`'s entries failed (on some replica, or before reaching them): what
+    /// it holds is asked of the replicas again.
+    pub fn unlist(&self, dir: u64) {
+        self.lock().listed.unlist(dir);
+    }
+
+    /// Whether `name` is known not to exist in `parent` (false: not known either way), so
+    /// a lookup needs no replica.
+    pub fn surely_absent(&self, parent: u64, name: &OsStr) -> bool {
+        self.lock().listed.absent(parent, name)
     }
 
     /// `name` moved from `parent` to `new_parent/new_name`; with `exchange` the two swapped.
@@ -327,6 +353,10 @@ impl NodeTable {
         let to: (u64, Name) = (new_parent, Arc::from(new_name));
         let moving = inner.remove_child(parent, name);
         let target = inner.remove_child(new_parent, new_name);
+        if !exchange {
+            inner.listed.removed(parent, name);
+        }
+        inner.listed.added(new_parent, &to.1);
         if exchange {
             if let Some(t) = target {
                 inner.relink(t, &to, &from);
@@ -346,6 +376,7 @@ impl NodeTable {
         let mut inner = self.lock();
         inner.drop_name(new_parent, new_name);
         let key: (u64, Name) = (new_parent, Arc::from(new_name));
+        inner.listed.added(new_parent, &key.1);
         if let Some(node) = inner.nodes.get_mut(&ino) {
             node.links.push(key.clone());
             node.lookups += 1;
@@ -423,7 +454,12 @@ impl Inner {
     }
 
     fn drop_name(&mut self, parent: u64, name: &OsStr) {
-        if let Some(id) = self.remove_child(parent, name)
+        let dropped = self.remove_child(parent, name);
+        if let Some(id) = dropped {
+            // A directory removed or replaced: nothing is ever looked up in it again.
+            self.listed.unlist(id);
+        }
+        if let Some(id) = dropped
             && let Some(node) = self.nodes.get_mut(&id)
         {
             node.links.retain(|(p, n)| !(*p == parent && **n == *name));
@@ -471,6 +507,56 @@ mod tests {
         let mut s = st(dev, ino, false);
         s.st_mode = libc::S_IFDIR | 0o755;
         s
+    }
+
+    #[test]
+    fn a_made_directory_follows_its_entries_until_forgotten() {
+        let t = NodeTable::new();
+        let d = t.remember(ROOT, os("d"), 0, &dir(1, 10));
+        let e = t.remember(ROOT, os("e"), 0, &dir(1, 20));
+        t.made_dir(d);
+        t.made_dir(e);
+        assert!(t.surely_absent(d, os("f")));
+        let f = t.remember(d, os("f"), 0, &st(1, 11, false));
+        assert!(!t.surely_absent(d, os("f")));
+        // Moved out: absent here, present there.
+        t.rename(d, os("f"), e, os("g"), false);
+        assert!(t.surely_absent(d, os("f")));
+        assert!(!t.surely_absent(e, os("g")));
+        // A link is a name too; an unlink takes one away.
+        t.link(f, d, os("h"));
+        assert!(!t.surely_absent(d, os("h")));
+        t.unlink(d, os("h"));
+        assert!(t.surely_absent(d, os("h")));
+        // An exchange leaves both names.
+        t.remember(d, os("x"), 0, &st(1, 12, false));
+        t.rename(d, os("x"), e, os("g"), true);
+        assert!(!t.surely_absent(d, os("x")));
+        assert!(!t.surely_absent(e, os("g")));
+        // A failed change unlists; so does the kernel forgetting the directory.
+        t.unlist(e);
+        assert!(!t.surely_absent(e, os("nothing")));
+        t.forget(d, 1);
+        assert!(!t.surely_absent(d, os("nothing")));
+        // Never listed: nothing known.
+        assert!(!t.surely_absent(ROOT, os("nothing")));
+    }
+
+    #[test]
+    fn a_removed_or_replaced_directory_is_unlisted() {
+        let t = NodeTable::new();
+        let d = t.remember(ROOT, os("d"), 0, &dir(1, 10));
+        let e = t.remember(ROOT, os("e"), 0, &dir(1, 20));
+        t.made_dir(d);
+        t.made_dir(e);
+        t.unlink(ROOT, os("d"));
+        assert!(!t.surely_absent(d, os("x")));
+        // e's node is still held by the kernel, but its name now leads to d's old place.
+        let f = t.remember(ROOT, os("f"), 0, &dir(1, 30));
+        t.made_dir(f);
+        t.rename(ROOT, os("f"), ROOT, os("e"), false);
+        assert!(!t.surely_absent(e, os("x")));
+        assert!(t.surely_absent(f, os("x")));
     }
 
     #[test]

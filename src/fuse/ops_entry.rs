@@ -113,6 +113,12 @@ impl Unnamed {
 }
 
 impl ChironFs {
+    /// A change of these directories' entries failed: some replica may have made it, so
+    /// what they hold is asked of the replicas again (see crate::rules::listed).
+    fn lost_track(&self, dirs: &[INodeNo]) {
+        dirs.iter().for_each(|d| self.nodes.unlist(d.0));
+    }
+
     /// The times of an entry made now (see [`NewTimes`]): one replica's clock where every
     /// replica is local.
     fn new_times(&self) -> NewTimes {
@@ -197,8 +203,11 @@ impl ChironFs {
             })
         });
         match result {
-            Ok(stat) => self.entry(parent, name, stat, reply),
-            Err(e) => reply.error(e),
+            Ok(stat) => self.entry(parent, name, stat, true, reply),
+            Err(e) => {
+                self.lost_track(&[parent]);
+                reply.error(e)
+            }
         }
     }
 
@@ -231,7 +240,10 @@ impl ChironFs {
         let result = self.mutate("create", &path, &creds, move |r| how.run(r, &place, &f));
         match result {
             Ok(stat) => self.answer_created(parent, name, file, (stat, stamp), reply),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.lost_track(&[parent]);
+                reply.error(e)
+            }
         }
     }
 
@@ -370,7 +382,10 @@ impl ChironFs {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.lost_track(&[parent]);
+                reply.error(e)
+            }
         }
         drop(in_order);
         drop(tree);
@@ -444,7 +459,10 @@ impl ChironFs {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.lost_track(&[parent, newparent]);
+                reply.error(e)
+            }
         }
         drop((in_order, alone, shared));
         held.release(&self.reaper);
@@ -481,7 +499,10 @@ impl ChironFs {
                 self.nodes.link(ino.0, newparent.0, newname);
                 reply.entry(&self.ttl, &self.attr_of(ino.0, &st), Generation(0));
             }
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.lost_track(&[newparent]);
+                reply.error(e)
+            }
         }
     }
 }

@@ -142,22 +142,29 @@ fn least_room(answers: &[libc::statvfs]) -> Option<(&libc::statvfs, libc::fsfilc
 }
 
 impl ChironFs {
-    /// Registers a new or found entry and answers the kernel with it.
+    /// Registers a found entry, or one just `made` here, and answers the kernel with it. A
+    /// directory made here is listed (crate::rules::listed) before the kernel hears of it, so
+    /// no entry made in it can come first.
     pub(super) fn entry(
         &self,
         parent: INodeNo,
         name: &OsStr,
         (index, st): Stat,
+        made: bool,
         reply: ReplyEntry,
     ) {
         let id = self.nodes.remember(parent.0, name, index, &st);
+        if made && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            self.nodes.made_dir(id);
+        }
         reply.entry(&self.ttl, &self.attr_of(id, &st), Generation(0));
     }
 
     /// LOOKUP: `name` in `parent` as the metadata replica shows it; the state directory at the
     /// root is never found.
     pub(super) fn do_lookup(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if is_meta_dir(parent, name) {
+        // A name known absent (see crate::rules::listed) costs no replica a round trip.
+        if is_meta_dir(parent, name) || self.nodes.surely_absent(parent.0, name) {
             return reply.error(Errno::ENOENT);
         }
         let _tree = self.tree_shared();
@@ -167,7 +174,7 @@ impl ChironFs {
         };
         let rel = path.clone();
         match self.read_meta("lookup", &path, move |r| lstat(r, &rel)) {
-            Ok((index, st)) => self.entry(parent, name, (index, st), reply),
+            Ok((index, st)) => self.entry(parent, name, (index, st), false, reply),
             Err(e) => reply.error(e),
         }
     }

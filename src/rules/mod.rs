@@ -7,6 +7,7 @@ pub mod auto_resync;
 pub mod escape;
 pub mod iomode;
 pub mod lease;
+pub mod listed;
 pub mod membership;
 pub mod order;
 pub mod quorum;
