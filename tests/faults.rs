@@ -14,7 +14,7 @@ use common::*;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, mpsc};
@@ -966,6 +966,63 @@ fn a_far_replica_serves_no_files_data_while_a_near_one_can() {
         );
     }
     assert_all_in_service(&rig);
+}
+
+/// The kernel asks for a directory's attributes again after every entry made or removed in
+/// it (`default_permissions`: before the next permission check). On a network metadata
+/// replica (faultfs here) those are carried forward through the daemon's own changes for up
+/// to `--cache-time`, not a round trip each; what the mount shows stays right: the times
+/// move with each change and never back, a subdirectory counts, a chmod shows at once.
+#[test]
+fn a_network_directorys_attributes_follow_its_changes_without_asking_the_replica() {
+    let Some((rig, _)) = faulty_replica_0() else {
+        return;
+    };
+    let reads_on_0 = || {
+        let labels = [("replica", "0"), ("class", "metadata_read")];
+        metric(&rig.metrics(), "chironfs_replica_operations_total", &labels).unwrap()
+    };
+    let dir = rig.path("carried");
+    fs::create_dir(&dir).unwrap();
+    let made = fs::metadata(&dir).unwrap();
+    let before = reads_on_0();
+    for n in 0..20 {
+        fs::write(dir.join(format!("f{n}")), b"x").unwrap();
+    }
+    fs::remove_file(dir.join("f0")).unwrap();
+    let asked = reads_on_0() - before;
+    assert!(
+        asked <= 3.0,
+        "{asked} metadata reads on replica 0 for 21 changes"
+    );
+    let shown = fs::metadata(&dir).unwrap();
+    assert!(shown.mtime() >= made.mtime() && shown.ctime() >= made.ctime());
+    // The replica's own times, once the carried ones are a cache time old, are no earlier.
+    std::thread::sleep(Duration::from_millis(1100));
+    let real = fs::metadata(&dir).unwrap();
+    let real_on_0 = fs::metadata(rig.on(0, "carried")).unwrap();
+    assert_eq!(real.mtime(), real_on_0.mtime());
+    assert!(
+        real.mtime() >= shown.mtime(),
+        "{} < {}",
+        real.mtime(),
+        shown.mtime()
+    );
+    // A subdirectory made counts in the link count where the replica counts them.
+    fs::create_dir(dir.join("sub")).unwrap();
+    fs::write(dir.join("after-sub"), b"x").unwrap();
+    let with_sub = fs::metadata(&dir).unwrap();
+    assert_eq!(
+        with_sub.nlink(),
+        fs::metadata(rig.on(0, "carried")).unwrap().nlink()
+    );
+    // A chmod (and an ACL) is not carried forward: the next answer is the replica's.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(dir.join("after-chmod"), b"x").unwrap();
+    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 22);
+    assert_all_in_service(&rig);
+    assert_replicas_identical(&rig);
 }
 
 #[test]

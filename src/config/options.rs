@@ -180,9 +180,10 @@ pub(super) static OPTIONS: &[Opt] = &[
                 .value_parser(parse_cache_time)
                 .default_value("1")
                 .help(
-                    "How long the kernel keeps attributes and names before asking again, \
-                     0 to 3600 seconds, e.g. 0.5. Changes through this mount are seen at \
-                     once whatever it is; longer saves a request per file on `ls -l` and \
+                    "How long the kernel keeps attributes and names before asking again \
+                     (and chironfs a directory's on a network replica, carried through its \
+                     own changes), 0 to 3600 seconds, e.g. 0.5. Changes through this mount \
+                     are seen at once whatever it is; longer saves a request per file on `ls -l` and \
                      stat-heavy work, and is safe while this daemon is the replicas' only \
                      writer; a change made on a replica behind its back (and, for an `ro` \
                      observer mount, this daemon's changes) shows that late",

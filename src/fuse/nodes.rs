@@ -11,6 +11,7 @@
 //! cache), and the indexes shrink once they are mostly empty ([`sparse`]), so the table's
 //! memory follows the nodes in use, not the most ever held.
 
+use crate::rules::dir_attrs::DirAttrs;
 use crate::rules::listed::Listed;
 use crate::rules::order::OrderLock;
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// FUSE's root inode.
 pub const ROOT: u64 = 1;
@@ -83,6 +85,8 @@ struct Inner {
     by_backing: HashMap<Backing, u64>,
     /// Directories whose every name is known (see [`Listed`]).
     listed: Listed,
+    /// Directories' attributes carried forward through changes (see [`DirAttrs`]).
+    dir_attrs: DirAttrs,
     next: u64,
 }
 
@@ -299,6 +303,7 @@ impl NodeTable {
         if gone && let Some(node) = inner.nodes.remove(&ino) {
             // Its names stay on the replicas; what it held is no longer followed.
             inner.listed.unlist(ino);
+            inner.dir_attrs.drop(ino);
             for (parent, name) in &node.links {
                 if inner.child(*parent, name) == Some(ino) {
                     inner.remove_child(*parent, name);
@@ -328,15 +333,51 @@ impl NodeTable {
     }
 
     /// A change of `dir`'s entries failed (on some replica, or before reaching them): what
-    /// it holds is asked of the replicas again.
-    pub fn unlist(&self, dir: u64) {
-        self.lock().listed.unlist(dir);
+    /// it holds, and its attributes, are asked of the replicas again.
+    pub fn lost_track(&self, dir: u64) {
+        let mut inner = self.lock();
+        inner.listed.unlist(dir);
+        inner.dir_attrs.drop(dir);
     }
 
     /// Whether `name` is known not to exist in `parent` (false: not known either way), so
     /// a lookup needs no replica.
     pub fn surely_absent(&self, parent: u64, name: &OsStr) -> bool {
         self.lock().listed.absent(parent, name)
+    }
+
+    /// The attributes to answer for directory `dir` without asking `replica`, if carried
+    /// forward from a fetch less than `ttl` ago (see [`DirAttrs`]).
+    pub fn dir_attrs(&self, dir: u64, replica: usize, ttl: Duration) -> Option<libc::stat> {
+        self.lock()
+            .dir_attrs
+            .answer(dir, replica, Instant::now(), ttl)
+    }
+
+    /// The generation a fetch of `dir`'s attributes starting now hands to
+    /// [`NodeTable::dir_fetched`].
+    pub fn dir_generation(&self, dir: u64) -> u64 {
+        self.lock().dir_attrs.generation(dir)
+    }
+
+    /// `st` was fetched for directory `dir` from `replica` by a fetch that began at
+    /// `generation`; kept to be carried forward.
+    pub fn dir_fetched(&self, dir: u64, replica: usize, st: &libc::stat, generation: u64) {
+        let now = Instant::now();
+        self.lock()
+            .dir_attrs
+            .fetched(dir, replica, st, generation, now);
+    }
+
+    /// An entry of `dir` was made or removed at `time` (taken before the change: the
+    /// replica's own time is never earlier), `links` its change of `dir`'s link count.
+    pub fn dir_changed(&self, dir: u64, time: (i64, i64), links: i64) {
+        self.lock().dir_attrs.changed(dir, time, links);
+    }
+
+    /// `dir`'s attributes changed in a way not carried forward: asked next time.
+    pub fn dir_attrs_drop(&self, dir: u64) {
+        self.lock().dir_attrs.drop(dir);
     }
 
     /// `name` moved from `parent` to `new_parent/new_name`; with `exchange` the two swapped.
@@ -458,6 +499,7 @@ impl Inner {
         if let Some(id) = dropped {
             // A directory removed or replaced: nothing is ever looked up in it again.
             self.listed.unlist(id);
+            self.dir_attrs.drop(id);
         }
         if let Some(id) = dropped
             && let Some(node) = self.nodes.get_mut(&id)
@@ -534,7 +576,7 @@ mod tests {
         assert!(!t.surely_absent(d, os("x")));
         assert!(!t.surely_absent(e, os("g")));
         // A failed change unlists; so does the kernel forgetting the directory.
-        t.unlist(e);
+        t.lost_track(e);
         assert!(!t.surely_absent(e, os("nothing")));
         t.forget(d, 1);
         assert!(!t.surely_absent(d, os("nothing")));

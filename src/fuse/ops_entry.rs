@@ -114,9 +114,10 @@ impl Unnamed {
 
 impl ChironFs {
     /// A change of these directories' entries failed: some replica may have made it, so
-    /// what they hold is asked of the replicas again (see crate::rules::listed).
+    /// what they hold and their attributes are asked of the replicas again (see
+    /// crate::rules::listed and crate::rules::dir_attrs).
     fn lost_track(&self, dirs: &[INodeNo]) {
-        dirs.iter().for_each(|d| self.nodes.unlist(d.0));
+        dirs.iter().for_each(|d| self.nodes.lost_track(d.0));
     }
 
     /// The times of an entry made now (see [`NewTimes`]): one replica's clock where every
@@ -194,6 +195,7 @@ impl ChironFs {
         };
         let rel = path.clone();
         let times = self.new_times();
+        let before = sys::coarse_realtime();
         let result = self.mutate(op, &path, &creds, move |r| {
             at(r, &rel, |dir, name| {
                 make(dir, name)?;
@@ -203,7 +205,11 @@ impl ChironFs {
             })
         });
         match result {
-            Ok(stat) => self.entry(parent, name, stat, true, reply),
+            Ok(stat) => {
+                let links = i64::from(stat.1.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                self.nodes.dir_changed(parent.0, before, links);
+                self.entry(parent, name, stat, true, reply)
+            }
             Err(e) => {
                 self.lost_track(&[parent]);
                 reply.error(e)
@@ -237,9 +243,13 @@ impl ChironFs {
         };
         let stamp = how.times.stamp();
         let f = Arc::clone(&file);
+        let before = sys::coarse_realtime();
         let result = self.mutate("create", &path, &creds, move |r| how.run(r, &place, &f));
         match result {
-            Ok(stat) => self.answer_created(parent, name, file, (stat, stamp), reply),
+            Ok(stat) => {
+                self.nodes.dir_changed(parent.0, before, 0);
+                self.answer_created(parent, name, file, (stat, stamp), reply)
+            }
             Err(e) => {
                 self.lost_track(&[parent]);
                 reply.error(e)
@@ -360,6 +370,7 @@ impl ChironFs {
         let rel = path.clone();
         let held = HeldInodes::new(self.io_uring);
         let holder = held.clone();
+        let before = sys::coarse_realtime();
         let result = self.mutate(op, &path, &Credentials::root(), move |r| {
             at(r, &rel, |d, n| {
                 if !dir {
@@ -370,6 +381,7 @@ impl ChironFs {
         });
         match result {
             Ok(()) => {
+                self.nodes.dir_changed(parent.0, before, -i64::from(dir));
                 self.nodes.unlink(parent.0, name);
                 if let Some(id) = known {
                     self.handles.note_gone(parent.0, name, id);
@@ -446,12 +458,22 @@ impl ChironFs {
         let held = HeldInodes::new(self.io_uring);
         let job = rename_job(&from, &to, bits, replaces_file.then(|| held.clone()));
         // Both names are recorded by a running resync.
+        let before = sys::coarse_realtime();
         let result = self
             .set
             .mutate_paths("rename", &from, Some(&to), &Credentials::root(), job)
             .map_err(Errno::from_i32);
         match result {
             Ok(()) => {
+                if moves_dir {
+                    // Link counts and the moved directory's own times: asked next time.
+                    for dir in [parent.0, newparent.0].into_iter().chain(moving) {
+                        self.nodes.dir_attrs_drop(dir);
+                    }
+                } else {
+                    self.nodes.dir_changed(parent.0, before, 0);
+                    self.nodes.dir_changed(newparent.0, before, 0);
+                }
                 self.nodes
                     .rename(parent.0, name, newparent.0, newname, exchange);
                 if let (false, Some(id)) = (exchange, moving) {
@@ -490,12 +512,14 @@ impl ChironFs {
             },
         };
         // A running resync records both names: they must end up one inode on its target.
+        let before = sys::coarse_realtime();
         let result = self
             .set
             .mutate_paths("link", &to, from.as_deref(), &Credentials::root(), job)
             .map_err(Errno::from_i32);
         match result {
             Ok(st) => {
+                self.nodes.dir_changed(newparent.0, before, 0);
                 self.nodes.link(ino.0, newparent.0, newname);
                 reply.entry(&self.ttl, &self.attr_of(ino.0, &st), Generation(0));
             }

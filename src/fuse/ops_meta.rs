@@ -156,6 +156,7 @@ impl ChironFs {
         let id = self.nodes.remember(parent.0, name, index, &st);
         if made && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             self.nodes.made_dir(id);
+            self.keep_dir_attrs(id, index, &st, self.nodes.dir_generation(id));
         }
         reply.entry(&self.ttl, &self.attr_of(id, &st), Generation(0));
     }
@@ -163,8 +164,11 @@ impl ChironFs {
     /// LOOKUP: `name` in `parent` as the metadata replica shows it; the state directory at the
     /// root is never found.
     pub(super) fn do_lookup(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        // A name known absent (see crate::rules::listed) costs no replica a round trip.
-        if is_meta_dir(parent, name) || self.nodes.surely_absent(parent.0, name) {
+        // A name known absent (see crate::rules::listed) costs no replica a round trip; one
+        // too long for any filesystem is the replica's to refuse (ENAMETOOLONG).
+        let known_absent =
+            || name.len() <= libc::NAME_MAX as usize && self.nodes.surely_absent(parent.0, name);
+        if is_meta_dir(parent, name) || known_absent() {
             return reply.error(Errno::ENOENT);
         }
         let _tree = self.tree_shared();
@@ -201,10 +205,34 @@ impl ChironFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
+        // A directory's attributes carried forward through this daemon's own changes of its
+        // entries answer without a network round trip (see crate::rules::dir_attrs).
+        let first = self.set.priority_order().first().copied();
+        if let Some(st) = first.and_then(|r| self.nodes.dir_attrs(ino.0, r, self.ttl)) {
+            return reply.attr(&self.ttl, &self.attr_of(ino.0, &st));
+        }
+        let generation = self.nodes.dir_generation(ino.0);
         let rel = path.clone();
         match self.read_meta("getattr", &path, move |r| lstat(r, &rel)) {
-            Ok((_, st)) => reply.attr(&self.ttl, &self.attr_of(ino.0, &st)),
+            Ok((index, st)) => {
+                self.keep_dir_attrs(ino.0, index, &st, generation);
+                reply.attr(&self.ttl, &self.attr_of(ino.0, &st))
+            }
             Err(e) => reply.error(e),
+        }
+    }
+
+    /// Keeps `st` (fetched from replica `index` by a fetch that began at `generation`) to be
+    /// carried forward if it is a directory's on a network replica; a local replica answers
+    /// in microseconds, and exactly.
+    fn keep_dir_attrs(&self, dir: u64, index: usize, st: &libc::stat, generation: u64) {
+        let network = self
+            .set
+            .replicas()
+            .get(index)
+            .is_some_and(|r| !r.is_local());
+        if network && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            self.nodes.dir_fetched(dir, index, st, generation);
         }
     }
 
@@ -239,6 +267,9 @@ impl ChironFs {
         let result = self.mutate("setattr", &path, &Credentials::root(), move |r| {
             change.run(r, place.as_ref(), handle.as_ref())
         });
+        // A directory's carried-forward attributes no longer hold, nor does a fetch that
+        // was under way (see crate::rules::dir_attrs).
+        self.nodes.dir_attrs_drop(ino.0);
         match result {
             Ok(st) => reply.attr(&self.ttl, &self.attr_of(ino.0, &st)),
             Err(e) => reply.error(e),

@@ -119,7 +119,13 @@ impl ChironFs {
         let rel = place.clone();
         let run = move |r: &Replica| at(r, &rel, |dir, n| job(dir, n, &attr));
         match reach {
-            Reach::Every => self.mutate(op, &place, &Credentials::root(), run),
+            Reach::Every => {
+                let done = self.mutate(op, &place, &Credentials::root(), run);
+                // An ACL changes the mode: a directory's carried-forward attributes no
+                // longer hold, nor does a fetch that was under way (crate::rules::dir_attrs).
+                self.nodes.dir_attrs_drop(ino.0);
+                done
+            }
             Reach::First => self.read_meta(op, &place, run).map(|(_, answer)| answer),
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod arbitrate;
 pub mod auto_resync;
+pub mod dir_attrs;
 pub mod escape;
 pub mod iomode;
 pub mod lease;
