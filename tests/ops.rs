@@ -1449,6 +1449,18 @@ fn absent_names_in_a_directory_made_here_cost_no_replica_a_lookup() {
         fs::read_to_string(m.path("here/sub2/deep")).unwrap(),
         "deep"
     );
+    // A file put on every replica behind the daemon's back is found once a listing
+    // showed it.
+    for i in 0..2 {
+        fs::write(m.on(i, "here/behind"), "b").unwrap();
+    }
+    let listed: Vec<_> = fs::read_dir(m.path("here"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == "behind"), "{listed:?}");
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(fs::read_to_string(m.path("here/behind")).unwrap(), "b");
     drop(here);
     assert_replicas_identical(&m);
 }

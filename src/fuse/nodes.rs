@@ -340,18 +340,31 @@ impl NodeTable {
         inner.dir_attrs.drop(dir);
     }
 
+    /// A listing of `dir` showed these names: they exist (in a listed directory, one it did
+    /// not know of is asked of the replica from now on).
+    pub fn seen<'a>(&self, dir: u64, names: impl Iterator<Item = &'a OsStr>) {
+        let mut inner = self.lock();
+        if !inner.listed.is_listed(dir) {
+            return;
+        }
+        for name in names {
+            if inner.listed.absent(dir, name) {
+                inner.listed.added(dir, &Arc::from(name));
+            }
+        }
+    }
+
     /// Whether `name` is known not to exist in `parent` (false: not known either way), so
     /// a lookup needs no replica.
     pub fn surely_absent(&self, parent: u64, name: &OsStr) -> bool {
         self.lock().listed.absent(parent, name)
     }
 
-    /// The attributes to answer for directory `dir` without asking `replica`, if carried
-    /// forward from a fetch less than `ttl` ago (see [`DirAttrs`]).
-    pub fn dir_attrs(&self, dir: u64, replica: usize, ttl: Duration) -> Option<libc::stat> {
-        self.lock()
-            .dir_attrs
-            .answer(dir, replica, Instant::now(), ttl)
+    /// The attributes to answer for directory `dir` without asking the replica they came
+    /// from (given with them), if carried forward from a fetch less than `ttl` ago (see
+    /// [`DirAttrs`]).
+    pub fn dir_attrs(&self, dir: u64, ttl: Duration) -> Option<(usize, libc::stat)> {
+        self.lock().dir_attrs.answer(dir, Instant::now(), ttl)
     }
 
     /// The generation a fetch of `dir`'s attributes starting now hands to

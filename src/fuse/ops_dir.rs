@@ -55,6 +55,11 @@ impl ChironFs {
         let dir = self.handles.dirs.get(fh).ok_or(Errno::EBADF)?;
         if dir.must_list(offset) {
             dir.relisted(self.path(ino).and_then(|p| self.list_dir(&p))?);
+            // What a listing shows exists: a name a listed directory did not know of (put
+            // there behind the daemon's back) is asked of the replica from now on.
+            let entries = dir.entries();
+            self.nodes
+                .seen(ino.0, entries.iter().map(|e| e.name.as_os_str()));
         }
         let entries = dir.entries();
         Ok((dir, entries))

@@ -207,8 +207,10 @@ impl ChironFs {
         };
         // A directory's attributes carried forward through this daemon's own changes of its
         // entries answer without a network round trip (see crate::rules::dir_attrs).
-        let first = self.set.priority_order().first().copied();
-        if let Some(st) = first.and_then(|r| self.nodes.dir_attrs(ino.0, r, self.ttl)) {
+        // Only while the replica they came from is still the one asked first.
+        if let Some((from, st)) = self.nodes.dir_attrs(ino.0, self.ttl)
+            && self.set.priority_order().first() == Some(&from)
+        {
             return reply.attr(&self.ttl, &self.attr_of(ino.0, &st));
         }
         let generation = self.nodes.dir_generation(ino.0);

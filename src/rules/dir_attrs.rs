@@ -127,17 +127,11 @@ impl DirAttrs {
         self.held.remove(&dir);
     }
 
-    /// The attributes to answer for `dir` now, if held, fetched less than `ttl` ago, from
-    /// `replica` (the one that would be asked).
-    pub fn answer(
-        &self,
-        dir: u64,
-        replica: usize,
-        now: Instant,
-        ttl: Duration,
-    ) -> Option<libc::stat> {
+    /// The attributes to answer for `dir` now, if held and fetched less than `ttl` ago, with
+    /// the replica they came from (they stand in for that one's answer only).
+    pub fn answer(&self, dir: u64, now: Instant, ttl: Duration) -> Option<(usize, libc::stat)> {
         let h = self.held.get(&dir)?;
-        (h.replica == replica && now.saturating_duration_since(h.fetched) < ttl).then_some(h.st)
+        (now.saturating_duration_since(h.fetched) < ttl).then_some((h.replica, h.st))
     }
 }
 
@@ -161,23 +155,21 @@ mod tests {
     fn a_change_carries_the_times_and_links_forward_until_the_ttl() {
         let t0 = Instant::now();
         let mut d = DirAttrs::default();
-        assert!(d.answer(5, 0, t0, TTL).is_none());
+        assert!(d.answer(5, t0, TTL).is_none());
         d.fetched(5, 0, &dir_stat((100, 500), 2), d.generation(5), t0);
         d.changed(5, (160, 250), 1);
-        let st = d
-            .answer(5, 0, t0 + Duration::from_millis(900), TTL)
-            .unwrap();
+        let st = d.answer(5, t0 + Duration::from_millis(900), TTL).unwrap().1;
         assert_eq!((st.st_mtime, st.st_mtime_nsec), (160, 250));
         assert_eq!((st.st_ctime, st.st_ctime_nsec), (160, 250));
         assert_eq!(st.st_nlink, 3);
         d.changed(5, (161, 0), -1);
-        assert_eq!(d.answer(5, 0, t0, TTL).unwrap().st_nlink, 2);
+        assert_eq!(d.answer(5, t0, TTL).unwrap().1.st_nlink, 2);
         // Fetched a cache time ago: asked again.
-        assert!(d.answer(5, 0, t0 + TTL, TTL).is_none());
+        assert!(d.answer(5, t0 + TTL, TTL).is_none());
         // A cache time of 0 never answers.
-        assert!(d.answer(5, 0, t0, Duration::ZERO).is_none());
-        // Another replica would answer now: asked.
-        assert!(d.answer(5, 1, t0, TTL).is_none());
+        assert!(d.answer(5, t0, Duration::ZERO).is_none());
+        // They came from replica 0 (the caller asks another one if that one answers now).
+        assert_eq!(d.answer(5, t0, TTL).unwrap().0, 0);
     }
 
     #[test]
@@ -186,12 +178,12 @@ mod tests {
         let mut d = DirAttrs::default();
         d.fetched(5, 0, &dir_stat((200, 0), 2), d.generation(5), t0);
         d.changed(5, (200, 900), 0);
-        let st = d.answer(5, 0, t0, TTL).unwrap();
+        let st = d.answer(5, t0, TTL).unwrap().1;
         assert_eq!((st.st_mtime, st.st_mtime_nsec), (200, 0));
         d.changed(5, (199, 0), 0);
-        assert_eq!(d.answer(5, 0, t0, TTL).unwrap().st_mtime, 200);
+        assert_eq!(d.answer(5, t0, TTL).unwrap().1.st_mtime, 200);
         d.changed(5, (201, 5), 0);
-        let st = d.answer(5, 0, t0, TTL).unwrap();
+        let st = d.answer(5, t0, TTL).unwrap().1;
         assert_eq!((st.st_mtime, st.st_mtime_nsec), (201, 0));
     }
 
@@ -202,16 +194,16 @@ mod tests {
         let started = d.generation(5);
         d.changed(5, (300, 0), 0);
         d.fetched(5, 0, &dir_stat((100, 0), 2), started, t0);
-        assert!(d.answer(5, 0, t0, TTL).is_none());
+        assert!(d.answer(5, t0, TTL).is_none());
         let started = d.generation(5);
         d.drop(5 + SLOTS as u64);
         d.fetched(5, 0, &dir_stat((100, 0), 2), started, t0);
-        assert!(d.answer(5, 0, t0, TTL).is_none());
+        assert!(d.answer(5, t0, TTL).is_none());
         // A change of a directory on another slot does not matter.
         let started = d.generation(5);
         d.changed(6, (400, 0), 0);
         d.fetched(5, 0, &dir_stat((100, 0), 2), started, t0);
-        assert!(d.answer(5, 0, t0, TTL).is_some());
+        assert!(d.answer(5, t0, TTL).is_some());
     }
 
     #[test]
@@ -220,8 +212,8 @@ mod tests {
         let mut d = DirAttrs::default();
         d.fetched(5, 0, &dir_stat((100, 0), 1), d.generation(5), t0);
         d.changed(5, (101, 0), 1);
-        assert_eq!(d.answer(5, 0, t0, TTL).unwrap().st_nlink, 1);
+        assert_eq!(d.answer(5, t0, TTL).unwrap().1.st_nlink, 1);
         d.drop(5);
-        assert!(d.answer(5, 0, t0, TTL).is_none());
+        assert!(d.answer(5, t0, TTL).is_none());
     }
 }

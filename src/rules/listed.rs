@@ -68,6 +68,11 @@ impl Listed {
         }
     }
 
+    /// Whether every name of `dir` is known.
+    pub fn is_listed(&self, dir: u64) -> bool {
+        self.dirs.contains_key(&dir)
+    }
+
     /// Whether `name` is known not to exist in `dir` (false: not known either way).
     pub fn absent(&self, dir: u64, name: &OsStr) -> bool {
         self.dirs
