@@ -1022,7 +1022,8 @@ fn a_network_directorys_attributes_follow_its_changes_without_asking_the_replica
     assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 22);
     assert_all_in_service(&rig);
-    assert_replicas_identical(&rig);
+    // The prefilled files were written on each replica apart: compare what the test made.
+    assert_eq!(tree(&rig.on(0, "carried")), tree(&rig.on(1, "carried")));
 }
 
 #[test]
