@@ -142,6 +142,13 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// Advises the kernel that `fd` is read from start to end (POSIX_FADV_SEQUENTIAL): it reads
+/// ahead twice as far. Only advice: a filesystem that takes none reads as before.
+pub fn advise_sequential(fd: BorrowedFd<'_>) {
+    // SAFETY: `fd` is an open descriptor for the duration of the call, which reads no memory.
+    unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+}
+
 /// `fstat` of an open fd.
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     lstat_at(fd, c"")

@@ -117,7 +117,15 @@ impl OpenFile {
         if let Some(fd) = slot.as_ref() {
             return Ok(Arc::clone(fd));
         }
-        let fd = Arc::new(replica.adopt(self.open_on(replica, self.flags)?));
+        let opened = self.open_on(replica, self.flags)?;
+        if !replica.is_local() {
+            // The reader's own hint (fio, cp: POSIX_FADV_SEQUENTIAL) does not cross FUSE; a
+            // network client given it keeps twice the data in flight (SSHFS at 2 ms: cold
+            // sequential reads 115 -> 170-200 MB/s). A small random read is read as it is
+            // whatever the advice (mm/readahead.c), so random readers lose nothing.
+            sys::advise_sequential(opened.as_fd());
+        }
+        let fd = Arc::new(replica.adopt(opened));
         *slot = Some(Arc::clone(&fd));
         Ok(fd)
     }
