@@ -165,9 +165,10 @@ impl ChironFs {
     /// root is never found.
     pub(super) fn do_lookup(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         // A name known absent (see crate::rules::listed) costs no replica a round trip; one
-        // too long for any filesystem is the replica's to refuse (ENAMETOOLONG).
-        let known_absent =
-            || name.len() <= libc::NAME_MAX as usize && self.nodes.surely_absent(parent.0, name);
+        // too long for any filesystem is the replica's to refuse (ENAMETOOLONG), and the dots
+        // (never in a listing's names) are the replica's to answer.
+        let ordinary = name.len() <= libc::NAME_MAX as usize && name != "." && name != "..";
+        let known_absent = || ordinary && self.nodes.surely_absent(parent.0, name);
         if is_meta_dir(parent, name) || known_absent() {
             return reply.error(Errno::ENOENT);
         }
