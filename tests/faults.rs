@@ -978,19 +978,15 @@ fn a_network_directorys_attributes_follow_its_changes_without_asking_the_replica
     let Some((rig, _)) = faulty_replica_0() else {
         return;
     };
-    let reads_on_0 = || {
-        let labels = [("replica", "0"), ("class", "metadata_read")];
-        metric(&rig.metrics(), "chironfs_replica_operations_total", &labels).unwrap()
-    };
     let dir = rig.path("carried");
     fs::create_dir(&dir).unwrap();
     let made = fs::metadata(&dir).unwrap();
-    let before = reads_on_0();
+    let before = metadata_reads(&rig, 0);
     for n in 0..20 {
         fs::write(dir.join(format!("f{n}")), b"x").unwrap();
     }
     fs::remove_file(dir.join("f0")).unwrap();
-    let asked = reads_on_0() - before;
+    let asked = metadata_reads(&rig, 0) - before;
     assert!(
         asked <= 3.0,
         "{asked} metadata reads on replica 0 for 21 changes"

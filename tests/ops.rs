@@ -1384,17 +1384,13 @@ fn absent_names_in_a_directory_made_here_cost_no_replica_a_lookup() {
         fs::create_dir(m.on(i, "elsewhere")).unwrap();
     }
     fs::create_dir(m.path("here")).unwrap();
-    let meta_reads = |i: usize| {
-        let labels = [("replica", ["0", "1"][i]), ("class", "metadata_read")];
-        metric(&m.metrics(), "chironfs_replica_operations_total", &labels).unwrap()
-    };
     let lookups = |dir: &str| {
-        let before = meta_reads(0) + meta_reads(1);
+        let before = metadata_reads(&m, 0) + metadata_reads(&m, 1);
         for n in 0..50 {
             let err = fs::symlink_metadata(m.path(&format!("{dir}/none{n}"))).unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{dir}/none{n}");
         }
-        meta_reads(0) + meta_reads(1) - before
+        metadata_reads(&m, 0) + metadata_reads(&m, 1) - before
     };
     // One directory attribute refresh at most may land in the window.
     let asked_here = lookups("here");

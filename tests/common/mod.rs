@@ -626,6 +626,15 @@ impl Mount {
     }
 }
 
+/// The metadata reads (lookups, getattrs, listings, ...) replica `i` has served so far, from
+/// the daemon's metrics: what a test counts to show a question cost a replica nothing.
+pub fn metadata_reads(m: &Mount, i: usize) -> f64 {
+    let index = i.to_string();
+    let labels = [("replica", index.as_str()), ("class", "metadata_read")];
+    metric(&m.metrics(), "chironfs_replica_operations_total", &labels)
+        .expect("a metadata_read series for the replica")
+}
+
 /// The value of the series `name` whose labels include every `key="value"` of `labels` (the
 /// first such line), from Prometheus text; None when there is none.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
