@@ -57,6 +57,7 @@ WORKLOADS = [
     ("seqwrite", "seq write 1M +fsync", "MB/s"),
     ("seqread_cold", "seq read cold", "MB/s"),
     ("randread_1", "rand read 4k 1 job (cold)", "IOPS"),
+    ("randread_4", "rand read 4k 4 jobs (cold)", "IOPS"),
     ("randwrite_1", "rand write 4k 1 job", "IOPS"),
     ("randwrite_4", "rand write 4k 4 jobs", "IOPS"),
     ("create", "create 4k files", "files/s"),
@@ -477,7 +478,7 @@ class Runner:
             return job["read"]["bw_bytes"] / 1e6
         self.record(sysm, "seqread_cold", seqread_cold, res, errors, mb=mib * 1.048576)
 
-        for rw, jobs in (("randread", 1), ("randwrite", 1), ("randwrite", 4)):
+        for rw, jobs in (("randread", 1), ("randread", 4), ("randwrite", 1), ("randwrite", 4)):
             def rand(rw=rw, jobs=jobs):
                 if rw == "randread":
                     drop_caches()
