@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod dirfds;
+pub mod job_queue;
 pub mod journal;
 pub mod lease;
 pub mod meta_files;

@@ -4,17 +4,15 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::engine::counters::{OpStats, SpaceStats};
 use crate::engine::dirfds::DirFds;
+use crate::engine::job_queue::{Job, JobSender};
 use crate::sys;
 use crate::view::snapshot::{ReplicaSnapshot, ReplicaState};
-
-/// A unit of work run on one of a replica's worker threads.
-pub type Job = Box<dyn FnOnce() + Send>;
 
 /// The service state of one replica and how it may change; pure, so it is unit-tested.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +93,7 @@ pub struct Replica {
     /// An attempt to open the root is running on a worker (at most one at a time: on a dead
     /// server each attempt holds a worker until the server answers).
     opening: AtomicBool,
-    jobs: Sender<Job>,
+    jobs: JobSender,
     in_service: AtomicBool,
     status: Mutex<ServiceStatus>,
     /// Read-type requests answered.
@@ -161,14 +159,7 @@ impl Replica {
         low_priority: bool,
         workers: usize,
     ) -> std::io::Result<Arc<Self>> {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for n in 0..workers.max(1) {
-            let rx = Arc::clone(&rx);
-            std::thread::Builder::new()
-                .name(format!("replica{index}-{n}"))
-                .spawn(move || worker_loop(&rx))?;
-        }
+        let jobs = JobSender::start(&format!("replica{index}"), workers)?;
         Ok(Arc::new(Replica {
             index,
             workers: workers.max(1),
@@ -176,7 +167,7 @@ impl Replica {
             low_priority,
             root: OnceLock::new(),
             opening: AtomicBool::new(false),
-            jobs: tx,
+            jobs,
             in_service: AtomicBool::new(true),
             status: Mutex::new(ServiceStatus::in_service(now())),
             reads: AtomicU64::new(0),
@@ -307,8 +298,7 @@ impl Replica {
 
     /// Queues a job on this replica's workers.
     pub fn submit(&self, job: Job) {
-        // The workers live as long as the process, so the channel cannot be closed.
-        let _ = self.jobs.send(job);
+        self.jobs.send(job);
     }
 
     /// Wraps a descriptor opened on this replica so that it is closed on this replica's own
@@ -452,7 +442,7 @@ pub fn open_all_within(
 pub struct ReplicaFd {
     fd: Option<OwnedFd>,
     /// The replica's workers; None on a local replica (closed in place).
-    jobs: Option<Sender<Job>>,
+    jobs: Option<JobSender>,
 }
 
 impl AsFd for ReplicaFd {
@@ -464,21 +454,7 @@ impl AsFd for ReplicaFd {
 impl Drop for ReplicaFd {
     fn drop(&mut self) {
         if let (Some(fd), Some(jobs)) = (self.fd.take(), &self.jobs) {
-            // If the workers are gone (process exit), the job comes back and closes here.
-            let _ = jobs.send(Box::new(move || drop(fd)));
-        }
-    }
-}
-
-fn worker_loop(rx: &Mutex<Receiver<Job>>) {
-    loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-            rx.recv()
-        };
-        match job {
-            Ok(job) => job(),
-            Err(_) => return,
+            jobs.send(Box::new(move || drop(fd)));
         }
     }
 }
