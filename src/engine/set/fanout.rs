@@ -4,9 +4,8 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use super::{ReplicaJob, ReplicaSet};
@@ -14,6 +13,52 @@ use crate::engine::replica::Replica;
 use crate::rules::arbitrate::{Fault, Outcome, arbitrate, is_replica_fault};
 use crate::sys::{self, Credentials};
 use crate::view::metrics::OpClass;
+
+/// The answers of one fan-out, filled by the replicas' workers (and the calling thread): the
+/// caller sleeps until the last one is in or the deadline passes, woken once, not once per
+/// answer (a wake-up is a context switch, the largest cost of a small network write).
+struct Gather<A> {
+    state: Mutex<(Vec<Option<A>>, usize)>,
+    all_in: Condvar,
+}
+
+impl<A> Gather<A> {
+    fn new(n: usize) -> Self {
+        Gather {
+            state: Mutex::new(((0..n).map(|_| None).collect(), n)),
+            all_in: Condvar::new(),
+        }
+    }
+
+    /// Answer `pos` is in (a late one, after the caller left, is kept and dropped with it).
+    fn put(&self, pos: usize, answer: A) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (slots, missing) = &mut *state;
+        if slots[pos].replace(answer).is_none() {
+            *missing -= 1;
+            if *missing == 0 {
+                self.all_in.notify_one();
+            }
+        }
+    }
+
+    /// The answers in by `deadline` (None: none by then), once all are in or at the deadline.
+    fn wait_until(&self, deadline: Instant) -> Vec<Option<A>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.1 > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .all_in
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        state.0.iter_mut().map(Option::take).collect()
+    }
+}
 
 impl ReplicaSet {
     /// Runs `job` on each of `targets` in parallel, under `creds`, and collects the outcomes
@@ -84,7 +129,7 @@ impl ReplicaSet {
             .take(if spread { 1 } else { usize::MAX })
             .collect();
         if inline.len() == targets.len() {
-            // Nothing to wait for (the common case on local disks): no channel.
+            // Nothing to wait for (the common case on local disks): nothing to gather.
             // One clock read per job: each one's end is the next one's start.
             let mut clock = Instant::now();
             return inline
@@ -97,39 +142,34 @@ impl ReplicaSet {
                 })
                 .collect();
         }
-        let (tx, rx) = mpsc::channel::<Answer<T>>();
-        for &index in targets.iter().filter(|&i| !inline.contains(i)) {
+        // One slot per target; the last answer (not each one) wakes the caller.
+        let gather = Arc::new(Gather::new(targets.len()));
+        for (pos, &index) in targets.iter().enumerate() {
+            if inline.contains(&index) {
+                continue;
+            }
             let replica = Arc::clone(&self.replicas[index]);
             let job = Arc::clone(job);
-            let tx = tx.clone();
+            let gather = Arc::clone(&gather);
             let creds = creds.clone();
             self.replicas[index].submit(Box::new(move || {
-                let _ = tx.send(answer(&replica, &creds, &job, class, Instant::now()).0);
+                let (answered, _) = answer(&replica, &creds, &job, class, Instant::now());
+                gather.put(pos, answered);
             }));
         }
         let mut clock = Instant::now();
-        for index in inline {
-            let (answered, end) = answer(&self.replicas[index], creds, job, class, clock);
-            clock = end;
-            let _ = tx.send(answered);
-        }
-        drop(tx);
-        let deadline = Instant::now() + self.timeout;
-        let mut got: Vec<Option<(Outcome<T>, Option<String>)>> =
-            targets.iter().map(|_| None).collect();
-        let mut missing = targets.len();
-        while missing > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((index, result, root_problem)) => {
-                    if let Some(pos) = targets.iter().position(|&t| t == index) {
-                        got[pos] = Some((outcome(result), root_problem));
-                        missing -= 1;
-                    }
-                }
-                Err(_) => break,
+        for (pos, &index) in targets.iter().enumerate() {
+            if inline.contains(&index) {
+                let (answered, end) = answer(&self.replicas[index], creds, job, class, clock);
+                clock = end;
+                gather.put(pos, answered);
             }
         }
+        let got: Vec<Option<(Outcome<T>, Option<String>)>> = gather
+            .wait_until(Instant::now() + self.timeout)
+            .into_iter()
+            .map(|a| a.map(|(_, result, problem)| (outcome(result), problem)))
+            .collect();
         targets
             .iter()
             .zip(got)
@@ -338,5 +378,55 @@ impl ReplicaSet {
                 Fault::TimedOut => None,
             })
             .unwrap_or(libc::EIO))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gather;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_gather_ends_when_the_last_answer_is_in() {
+        let g = Arc::new(Gather::new(3));
+        g.put(1, "b");
+        let workers: Vec<_> = [(0, "a"), (2, "c")]
+            .into_iter()
+            .map(|(pos, a)| {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    g.put(pos, a);
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let got = g.wait_until(start + Duration::from_secs(10));
+        assert_eq!(got, [Some("a"), Some("b"), Some("c")]);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not held to the deadline"
+        );
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_gather_gives_what_is_in_at_the_deadline_and_keeps_late_answers_out() {
+        let g = Arc::new(Gather::new(2));
+        g.put(0, 7);
+        let start = Instant::now();
+        let got = g.wait_until(start + Duration::from_millis(50));
+        assert_eq!(got, [Some(7), None]);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        // A late answer lands in the gather the caller has left: nobody waits, nothing breaks.
+        g.put(1, 8);
+        // An answer given twice counts once.
+        let h = Gather::new(2);
+        h.put(0, 1);
+        h.put(0, 2);
+        assert_eq!(h.wait_until(Instant::now()), [Some(2), None]);
     }
 }
