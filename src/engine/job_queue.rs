@@ -34,13 +34,15 @@ impl JobSender {
             }),
             ready: Condvar::new(),
         });
+        // Made first: if a thread cannot start, its drop sends the started ones away.
+        let sender = JobSender(Arc::clone(&queue));
         for n in 0..workers.max(1) {
             let queue = Arc::clone(&queue);
             std::thread::Builder::new()
                 .name(format!("{name}-{n}"))
                 .spawn(move || queue.serve())?;
         }
-        Ok(JobSender(queue))
+        Ok(sender)
     }
 
     /// Queues `job`; one idle worker (if any) wakes for it.
