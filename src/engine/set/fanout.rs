@@ -2,7 +2,6 @@
 //! arbitrates the outcomes (mutations), or on one replica after another until one answers
 //! (reads with fail-over). Faults found here go to `takeout.rs`.
 
-use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,45 +17,42 @@ use crate::view::metrics::OpClass;
 /// caller sleeps until the last one is in or the deadline passes, woken once, not once per
 /// answer (a wake-up is a context switch, the largest cost of a small network write).
 struct Gather<A> {
-    state: Mutex<(Vec<Option<A>>, usize)>,
+    slots: Mutex<Vec<Option<A>>>,
     all_in: Condvar,
 }
 
 impl<A> Gather<A> {
     fn new(n: usize) -> Self {
         Gather {
-            state: Mutex::new(((0..n).map(|_| None).collect(), n)),
+            slots: Mutex::new((0..n).map(|_| None).collect()),
             all_in: Condvar::new(),
         }
     }
 
     /// Answer `pos` is in (a late one, after the caller left, is kept and dropped with it).
     fn put(&self, pos: usize, answer: A) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (slots, missing) = &mut *state;
-        if slots[pos].replace(answer).is_none() {
-            *missing -= 1;
-            if *missing == 0 {
-                self.all_in.notify_one();
-            }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots[pos] = Some(answer);
+        if slots.iter().all(Option::is_some) {
+            self.all_in.notify_one();
         }
     }
 
     /// The answers in by `deadline` (None: none by then), once all are in or at the deadline.
     fn wait_until(&self, deadline: Instant) -> Vec<Option<A>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while state.1 > 0 {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        while slots.iter().any(Option::is_none) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            state = self
+            slots = self
                 .all_in
-                .wait_timeout(state, left)
+                .wait_timeout(slots, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        state.0.iter_mut().map(Option::take).collect()
+        slots.iter_mut().map(Option::take).collect()
     }
 }
 
@@ -91,7 +87,7 @@ impl ReplicaSet {
         spread: bool,
         class: OpClass,
     ) -> Vec<(usize, Outcome<T>, Option<String>)> {
-        type Answer<T> = (usize, io::Result<T>, Option<String>);
+        type Answer<T> = (Outcome<T>, Option<String>);
         /// Runs the job, timed from `start` and counted in the replica's metrics (two relaxed
         /// adds, one cache line); returns the end, the start of the next job run here.
         fn answer<T>(
@@ -112,13 +108,11 @@ impl ReplicaSet {
                 || matches!(&result, Err(e) if is_replica_fault(e.raw_os_error().unwrap_or(libc::EIO)));
             let end = Instant::now();
             replica.stats.finished(class, end - start, fault);
-            ((replica.index, result, root_problem), end)
-        }
-        fn outcome<T>(result: io::Result<T>) -> Outcome<T> {
-            match result {
+            let outcome = match result {
                 Ok(v) => Outcome::Done(v),
                 Err(e) => Outcome::Failed(e.raw_os_error().unwrap_or(libc::EIO)),
-            }
+            };
+            ((outcome, root_problem), end)
         }
         // Local replicas' jobs run here, on the calling thread, after the others were queued
         // (they run in parallel meanwhile); network replicas always use their workers.
@@ -135,10 +129,10 @@ impl ReplicaSet {
             return inline
                 .into_iter()
                 .map(|i| {
-                    let ((_, result, problem), end) =
+                    let ((outcome, problem), end) =
                         answer(&self.replicas[i], creds, job, class, clock);
                     clock = end;
-                    (i, outcome(result), problem)
+                    (i, outcome, problem)
                 })
                 .collect();
         }
@@ -165,11 +159,7 @@ impl ReplicaSet {
                 gather.put(pos, answered);
             }
         }
-        let got: Vec<Option<(Outcome<T>, Option<String>)>> = gather
-            .wait_until(Instant::now() + self.timeout)
-            .into_iter()
-            .map(|a| a.map(|(_, result, problem)| (outcome(result), problem)))
-            .collect();
+        let got = gather.wait_until(Instant::now() + self.timeout);
         targets
             .iter()
             .zip(got)
@@ -423,7 +413,7 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(50));
         // A late answer lands in the gather the caller has left: nobody waits, nothing breaks.
         g.put(1, 8);
-        // An answer given twice counts once.
+        // A slot given twice keeps the later answer (and still waits for the other slot).
         let h = Gather::new(2);
         h.put(0, 1);
         h.put(0, 2);
