@@ -186,6 +186,35 @@ fn rss_kb(pid: i32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
+/// What the daemon's memory and state are, for a failure message: anonymous and file-backed
+/// RSS, each replica's state, and the journal's size (paths kept until its compaction).
+fn memory_report(m: &Mount) -> String {
+    let status = fs::read_to_string(format!("/proc/{}/status", m.pid)).unwrap_or_default();
+    let rss: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("Rss") || l.starts_with("Threads"))
+        .map(|l| l.trim())
+        .collect();
+    let states: Vec<String> = m
+        .snapshot()
+        .replicas
+        .iter()
+        .map(|r| format!("{:?}", r.state))
+        .collect();
+    let journal: Vec<String> = m
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("chironfs_journal_"))
+        .map(String::from)
+        .collect();
+    format!(
+        "{}; replicas {}; {}",
+        rss.join(", "),
+        states.join(", "),
+        journal.join(", ")
+    )
+}
+
 /// The nodes the daemon holds, from `chironctl status --json`.
 fn nodes(m: &Mount) -> u64 {
     m.snapshot().nodes.expect("a node count in the snapshot")
@@ -247,7 +276,8 @@ fn forgotten_nodes_are_freed_and_their_memory_given_back() {
     assert!(
         given_back,
         "RSS {after} kB after the nodes were forgotten: not under {bound} kB (before: {base} kB, \
-         with the nodes: {peak} kB)"
+         with the nodes: {peak} kB); {}",
+        memory_report(&m)
     );
     assert!(m.stop(), "SIGTERM must unmount and end the daemon");
 }

@@ -9,24 +9,31 @@
 /// trim: about 2 MB of node memory (crate::fuse::nodes: about 200 bytes a node).
 pub const TRIM_AFTER: u64 = 10_000;
 
-/// How many looks after a large drop trim again: the memory freed with the last nodes (a
-/// directory listing, the reaper's closes, the kernel's late forgets) comes in the seconds
-/// after it.
+/// How many quiet looks (the count not falling) after a large drop trim again: the memory
+/// freed with the last nodes (a directory listing, the journal's compaction, the reaper's
+/// closes, the kernel's late forgets) comes in the seconds after it.
 pub const TRIMS_AFTER_DROP: u8 = 3;
 
-/// The node counts seen: the highest since the last trim, the last one, and how many looks
-/// still trim after a large drop.
+/// How many looks after a large drop a further fall still counts as the same drop: a removal
+/// that pauses (a loaded machine, a slow client) goes on falling after quiet looks, and its
+/// end must still be trimmed; a table that churns after a drop is not trimmed for longer.
+pub const DROP_LASTS: u8 = 60;
+
+/// The node counts seen: the highest since the last trim, the last one, how many quiet looks
+/// still trim, and for how many looks a fall still belongs to the last large drop.
 #[derive(Debug, Default)]
 pub struct Trim {
     high: u64,
     last: u64,
     after_drop: u8,
+    in_drop: u8,
 }
 
 impl Trim {
     /// One look at the number of nodes held (once a second): whether to give freed memory
-    /// back now. Every [`TRIM_AFTER`] nodes gone, and at the [`TRIMS_AFTER_DROP`] looks that
-    /// follow the end of such a drop.
+    /// back now. Every [`TRIM_AFTER`] nodes gone, and at the [`TRIMS_AFTER_DROP`] quiet looks
+    /// that follow the end of such a drop: a fall within [`DROP_LASTS`] looks of it means the
+    /// drop is not over, and the quiet looks are counted again from there.
     pub fn look(&mut self, nodes: u64) -> bool {
         let falling = nodes < self.last;
         self.last = nodes;
@@ -34,8 +41,17 @@ impl Trim {
         if self.high - nodes >= TRIM_AFTER {
             self.high = nodes;
             self.after_drop = TRIMS_AFTER_DROP;
-            true
-        } else if self.after_drop > 0 && !falling {
+            self.in_drop = DROP_LASTS;
+            return true;
+        }
+        if self.in_drop == 0 {
+            return false;
+        }
+        self.in_drop -= 1;
+        if falling {
+            self.after_drop = TRIMS_AFTER_DROP;
+            false
+        } else if self.after_drop > 0 {
             self.high = nodes;
             self.after_drop -= 1;
             true
@@ -66,6 +82,31 @@ mod tests {
         }
         assert!(!t.look(1));
         assert!(!t.look(3), "small changes");
+    }
+
+    #[test]
+    fn a_drop_that_pauses_is_trimmed_again_at_its_real_end() {
+        let mut t = Trim::default();
+        assert!(!t.look(30_000));
+        assert!(t.look(20_000), "a large drop");
+        // A pause longer than the quiet looks: each trims, then no more.
+        for _ in 0..TRIMS_AFTER_DROP {
+            assert!(t.look(20_000));
+        }
+        assert!(!t.look(20_000));
+        // The removal goes on, less than TRIM_AFTER more: its end is trimmed all the same.
+        assert!(!t.look(15_000));
+        assert!(!t.look(12_000));
+        for _ in 0..TRIMS_AFTER_DROP {
+            assert!(t.look(12_000), "the end of the drop");
+        }
+        assert!(!t.look(12_000));
+        // Long after the drop, small falls are churn again.
+        for _ in 0..DROP_LASTS {
+            t.look(12_000);
+        }
+        assert!(!t.look(11_000));
+        assert!(!t.look(11_000));
     }
 
     #[test]
