@@ -161,6 +161,13 @@ const SMOOTHING_SECONDS: f64 = 5.0;
 /// Samples closer together than this are ignored (the rate of a few milliseconds is noise).
 const MIN_SAMPLE_GAP: Duration = Duration::from_millis(500);
 
+/// No rate is given before the first sample is this old. Bytes are counted a chunk at a time
+/// and the bucket may hold a quarter second's worth when the copy (re)starts, so a window of
+/// T seconds may see up to `rate * T + capacity + chunk` = `rate * (T + 0.5)` bytes: over half
+/// a second that read 2x the limit (3.0 MiB/s was shown for a 2 MiB/s limit), over two
+/// seconds at most 1.25x.
+const FIRST_WINDOW: Duration = Duration::from_secs(2);
+
 /// Smoothed rates (bytes/s and entries/s) from counters sampled now and then, fed by whoever
 /// looks (status file, health check, `chironctl`): for the first few seconds the average since
 /// the first sample (one short window is noise), then an exponential moving average over
@@ -174,7 +181,7 @@ pub struct RateMeter {
 
 impl RateMeter {
     /// Feeds the counters' values at `now` and returns the smoothed (bytes/s, entries/s); zero
-    /// until two samples at least half a second apart were seen.
+    /// until a sample [`FIRST_WINDOW`] after the first one was seen.
     pub fn sample(&mut self, now: Instant, bytes: u64, entries: u64) -> (u64, u64) {
         let (Some(first), Some((t, b, e))) = (self.first, self.last) else {
             self.first = Some((now, bytes, entries));
@@ -182,7 +189,8 @@ impl RateMeter {
             return (0, 0);
         };
         let dt = now.saturating_duration_since(t);
-        if dt >= MIN_SAMPLE_GAP {
+        let first_window_over = now.saturating_duration_since(first.0) >= FIRST_WINDOW;
+        if dt >= MIN_SAMPLE_GAP && first_window_over {
             let rate = |(t, b, e): (Instant, u64, u64)| {
                 let secs = now.saturating_duration_since(t).as_secs_f64();
                 (
@@ -307,9 +315,9 @@ mod tests {
         let mut m = RateMeter::default();
         assert_eq!(m.sample(t0, 0, 0), (0, 0));
         assert_eq!(m.sample(s(0.1), 1000, 10), (0, 0), "too close");
-        // First interval: its own rate.
-        assert_eq!(m.sample(s(1.0), 1000, 100), (1000, 100));
-        // Steady: stays.
+        // A burst at the start is no rate yet: the first window is two seconds.
+        assert_eq!(m.sample(s(1.0), 1500, 100), (0, 0), "first window not over");
+        // First window: its own rate.
         assert_eq!(m.sample(s(2.0), 2000, 200), (1000, 100));
         // A stall in the first seconds: the average since the start.
         assert_eq!(m.sample(s(3.0), 2000, 200), (667, 67));
