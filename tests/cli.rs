@@ -367,6 +367,62 @@ fn path_with_chironfs() -> String {
     )
 }
 
+/// A stop that comes as soon as the mount shows (a cluster manager stopping what it just
+/// started): the daemon unmounts and exits 0, never dies of the signal and leaves a dead mount
+/// ("Transport endpoint is not connected"). Its handlers used to be installed only after the
+/// mount answered, and then the first try here died of the signal.
+#[test]
+fn sigterm_right_after_the_mount_shows_unmounts_cleanly() {
+    if !can_mount() {
+        return;
+    }
+    for attempt in 0..10 {
+        let s = Scratch::new();
+        let mnt = PathBuf::from(s.p("mnt"));
+        let mut args = vec!["-f".to_string()];
+        args.extend(s.own_files());
+        args.extend([s.spec(), s.p("mnt")]);
+        let mut child = Command::new(chironfs_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Looked for without a pause: the signal must come within microseconds of the mount.
+        let t0 = std::time::Instant::now();
+        let shown = loop {
+            if is_mounted(&mnt) {
+                break true;
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) || t0.elapsed() > Duration::from_secs(10) {
+                break false;
+            }
+        };
+        // SAFETY: plain kill(2) of the daemon this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        let left_mounted = is_mounted(&mnt);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        force_unmount(&mnt);
+        assert!(shown, "attempt {attempt}: the mount never showed");
+        let status = status.expect("the daemon did not end within 10 s of SIGTERM");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "attempt {attempt}: the daemon ended by {status:?}, not by unmounting"
+        );
+        assert!(!left_mounted, "attempt {attempt}: a mount was left behind");
+    }
+}
+
 #[test]
 fn mount_fuse3_helper_runs_chironfs_from_path() {
     if !can_mount() {
