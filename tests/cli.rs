@@ -49,6 +49,20 @@ impl Scratch {
         ]
     }
 
+    /// `chironfs -f` of this scratch's replicas on its mount point, started (not yet mounted).
+    fn foreground(&self, stderr: Stdio) -> std::process::Child {
+        let mut args = vec!["-f".to_string()];
+        args.extend(self.own_files());
+        args.extend([self.spec(), self.p("mnt")]);
+        Command::new(chironfs_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
     /// Hands the mount over to the harness, which unmounts it and stops the daemon.
     fn adopt(self) -> Mount {
         let p = |r: &str| self.tmp.path().join(r);
@@ -295,16 +309,7 @@ fn foreground_mode_and_sigterm_unmount_cleanly_even_when_busy() {
     }
     let s = Scratch::new();
     let mnt = PathBuf::from(s.p("mnt"));
-    let mut args = vec!["-f".to_string()];
-    args.extend(s.own_files());
-    args.extend([s.spec(), s.p("mnt")]);
-    let mut child = Command::new(chironfs_bin())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = s.foreground(Stdio::piped());
     if !wait_until(Duration::from_secs(10), || is_mounted(&mnt)) {
         let _ = child.kill();
         panic!("foreground chironfs did not mount");
@@ -379,16 +384,7 @@ fn sigterm_right_after_the_mount_shows_unmounts_cleanly() {
     for attempt in 0..10 {
         let s = Scratch::new();
         let mnt = PathBuf::from(s.p("mnt"));
-        let mut args = vec!["-f".to_string()];
-        args.extend(s.own_files());
-        args.extend([s.spec(), s.p("mnt")]);
-        let mut child = Command::new(chironfs_bin())
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = s.foreground(Stdio::null());
         // Looked for without a pause: the signal must come within microseconds of the mount.
         let t0 = std::time::Instant::now();
         let shown = loop {
