@@ -395,8 +395,11 @@ fn sigterm_right_after_the_mount_shows_unmounts_cleanly() {
                 break false;
             }
         };
-        // SAFETY: plain kill(2) of the daemon this test started.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        if shown {
+            // SAFETY: plain kill(2) of the daemon this test started, not yet reaped (a child
+            // that ended was reaped by try_wait above, and its pid is not signalled).
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
         let mut status = None;
         wait_until(Duration::from_secs(10), || {
             status = child.try_wait().ok().flatten();
