@@ -276,9 +276,16 @@ fn auto_resync_brings_a_returning_replica_back_by_itself() {
     // It comes back: the daemon resyncs it by itself and puts it back in service.
     bind(&backing, &r1);
     let t = Instant::now();
+    // Back in service, and its resync says so: the run's status is closed just after the
+    // replica joins (a snapshot in between shows it in service with the resync "running").
     assert!(
         wait_until(Duration::from_secs(30), || {
-            m.snapshot().replicas[1].state == ReplicaState::InService
+            let s = m.snapshot();
+            s.replicas[1].state == ReplicaState::InService
+                && s.replicas[1]
+                    .resync
+                    .as_ref()
+                    .is_some_and(|p| p.state != "running")
         }),
         "not back by itself: {:?}",
         m.snapshot().replicas[1]
